@@ -1,0 +1,10 @@
+"""perro_pastor: quantized Llama-family models on the GPU through OpenGL 4.3 compute shaders,
+inside a game's own GL context."""
+
+from .errors import BackendError, DownloadError, ModelFormatError, PerroPastorError, TokenizerError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError", "DownloadError", "ModelFormatError", "PerroPastorError", "TokenizerError",
+]
