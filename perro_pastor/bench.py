@@ -1,0 +1,42 @@
+"""`perro-pastor bench`: prefill and decode speed, llama-bench style, as medians over repeats."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+
+def run_bench(model, n_prompt: int = 128, n_gen: int = 64, repeats: int = 3) -> dict:
+    cfg = model.config
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, cfg.vocab_size, size=n_prompt)
+    transformer = model.transformer
+    prefill, decode = [], []
+    transformer.forward(prompt[:8], 0, transformer.new_cache(16))  # warm-up: caches, shader compiles
+    for _ in range(repeats):
+        kv = transformer.new_cache(n_prompt + n_gen + 1)
+        start = time.perf_counter()
+        logits = transformer.forward(prompt, 0, kv)
+        prefill.append(n_prompt / (time.perf_counter() - start))
+        token = int(np.argmax(logits))
+        start = time.perf_counter()
+        for i in range(n_gen):
+            logits = transformer.forward(np.array([token]), n_prompt + i, kv)
+            token = int(np.argmax(logits))
+        decode.append(n_gen / (time.perf_counter() - start))
+    row = {
+        "backend": model.backend,
+        "model": model.file.path.name,
+        "n_prompt": n_prompt,
+        "n_gen": n_gen,
+        "prefill_tok_s": round(statistics.median(prefill), 2),
+        "decode_tok_s": round(statistics.median(decode), 2),
+        "host_ms_per_token": round(1000 / statistics.median(decode), 3),
+    }
+    extra = getattr(transformer, "bench_stats", None)
+    if callable(extra):
+        row.update(extra())
+    row.setdefault("gl_renderer", None)
+    return row

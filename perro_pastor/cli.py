@@ -1,0 +1,245 @@
+"""The `perro-pastor` command line: generate | chat | tokenize | perplexity | bench | inspect |
+download | models | models-dir | demo.
+
+Errors print one line and exit with a code: 0 ok, 2 usage, 3 bad model file, 4 download or
+backend failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from .errors import BackendError, DownloadError, ModelFormatError, PerroPastorError, TokenizerError
+from . import perplexity as ppl_mod
+
+EXIT_OK, EXIT_USAGE, EXIT_BAD_MODEL, EXIT_FAILURE = 0, 2, 3, 4
+
+
+def _model_args(p: argparse.ArgumentParser, backend: bool = True) -> None:
+    p.add_argument("-m", "--model", default="default", help="path, model-folder name, or 'default'")
+    p.add_argument("--tokenizer", help="tokenizer.bin for llama2.c checkpoints (default: beside the model)")
+    if backend:
+        p.add_argument("--backend", choices=("cpu", "gl", "auto"), default="auto")
+
+
+def _sampler_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temp", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.1)
+    p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _load(args, backend: str | None = None):
+    from .model import load
+    return load(args.model, backend=backend or getattr(args, "backend", "cpu"),
+                tokenizer_path=args.tokenizer)
+
+
+def _sampler(args):
+    from .sampling import Sampler, SamplerSettings
+    settings = SamplerSettings(temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                               min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                               repeat_last_n=args.repeat_last_n)
+    return Sampler(settings, seed=args.seed)
+
+
+# -----------------------------------------------------------------------------
+# commands
+
+def cmd_generate(args) -> int:
+    from .model import GenerationStats
+    model = _load(args)
+    stats = GenerationStats()
+    for token in model.generate(args.prompt, max_tokens=args.n, sampler=_sampler(args), stats=stats):
+        if args.json:
+            print(json.dumps({"id": token.id, "text": token.text}), flush=True)
+        else:
+            print(token.text, end="", flush=True)
+    summary = {"prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,
+               "prefill_tok_s": round(stats.prefill_tok_s, 2), "decode_tok_s": round(stats.decode_tok_s, 2),
+               "backend": model.backend}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"\n[{stats.prompt_tokens} prompt tokens at {stats.prefill_tok_s:.1f} tok/s, "
+              f"{stats.generated_tokens} generated at {stats.decode_tok_s:.1f} tok/s, {model.backend}]",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_tokenize(args) -> int:
+    from .formats import open_model_file
+    from .paths import resolve_model
+    from .tokenizer import Tokenizer
+    mf = open_model_file(resolve_model(args.model), args.tokenizer)
+    tok = Tokenizer.from_metadata(mf.metadata, mf.path.name, metadata_types=getattr(mf, "metadata_types", None))
+    add_bos = False if args.no_bos else None
+    parse_special = not args.no_parse_special
+    if args.jsonl:
+        for line in sys.stdin:
+            if line.strip():
+                print(json.dumps(tok.encode(json.loads(line), add_bos=add_bos, parse_special=parse_special)))
+    else:
+        if args.text is None:
+            raise ValueError("give TEXT, or --jsonl to read JSON strings from stdin")
+        print(json.dumps(tok.encode(args.text, add_bos=add_bos, parse_special=parse_special)))
+    return EXIT_OK
+
+
+def cmd_perplexity(args) -> int:
+    model = _load(args)
+    with open(args.file, "rb") as f:
+        text = f.read().decode("utf-8", errors="replace")
+    result = ppl_mod.perplexity(model, text, n_ctx=args.ctx, progress=not args.json)
+    if args.json:
+        print(json.dumps({"ppl": result.ppl, "ppl_err": result.ppl_err, "tokens": result.tokens,
+                          "chunks": result.chunks, "backend": model.backend}))
+    else:
+        print(f"PPL = {result.ppl:.4f} +/- {result.ppl_err:.5f}")
+    return EXIT_OK
+
+
+def cmd_inspect(args) -> int:
+    from .formats import open_model_file
+    from .paths import resolve_model
+    from .quant import TYPE_INFO
+    mf = open_model_file(resolve_model(args.model), args.tokenizer)
+    n_params = sum(t.n_elements for t in mf.tensors.values())
+    tensors = [{"name": t.name, "type": t.qtype.name, "shape": list(t.shape), "bytes": t.nbytes}
+               for t in mf.tensors.values()]
+
+    def short(value):
+        if isinstance(value, (list, tuple, np.ndarray)) and len(value) > 8:
+            return f"[{len(value)} items]"
+        if isinstance(value, str) and len(value) > 80:
+            return value[:77] + "..."
+        return value if not isinstance(value, np.ndarray) else value.tolist()
+
+    metadata = {k: short(v) for k, v in mf.metadata.items()}
+    if args.json:
+        print(json.dumps({"path": str(mf.path), "format": mf.format, "version": mf.version,
+                          "metadata": metadata, "tensors": tensors, "n_params": n_params}, default=str))
+        return EXIT_OK
+    print(f"{mf.path}  ({mf.format} v{mf.version}, {len(tensors)} tensors, {n_params:,} parameters)")
+    for key, value in metadata.items():
+        print(f"  {key} = {value}")
+    print(f"  {'tensor':<34} {'type':<6} {'shape':<18} {'bytes':>12}")
+    for t in tensors:
+        print(f"  {t['name']:<34} {t['type']:<6} {str(t['shape']):<18} {t['bytes']:>12,}")
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+    model = _load(args)
+    row = run_bench(model, n_prompt=args.p, n_gen=args.n, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(row))
+    else:
+        print(" | ".join(f"{k} {v}" for k, v in row.items()))
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    try:
+        from sample_game.__main__ import main as game_main
+    except ImportError:
+        game_main = None
+    if game_main is not None and hasattr(game_main, "__call__"):
+        return game_main(args.rest)
+    args.prompt, args.n, args.json = "Once upon a time, in a small village,", 48, False
+    args.temp, args.top_k, args.top_p, args.min_p = 0.7, 40, 0.95, 0.05
+    args.repeat_penalty, args.repeat_last_n, args.seed = 1.1, 64, 7
+    return cmd_generate(args)
+
+
+# -----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perro-pastor", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="stream a continuation of a prompt")
+    _model_args(p)
+    p.add_argument("-p", "--prompt", required=True)
+    p.add_argument("-n", type=int, default=128, help="tokens to generate")
+    _sampler_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per token, then a summary")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("tokenize", help="print token ids as JSON")
+    _model_args(p, backend=False)
+    p.add_argument("text", nargs="?")
+    p.add_argument("--no-bos", action="store_true")
+    p.add_argument("--no-parse-special", action="store_true")
+    p.add_argument("--jsonl", action="store_true", help="read one JSON string per stdin line")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("perplexity", help="llama-perplexity's method: score the second half of each chunk")
+    _model_args(p)
+    p.add_argument("-f", "--file", required=True)
+    p.add_argument("-c", "--ctx", type=int, default=512)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_perplexity)
+
+    p = sub.add_parser("inspect", help="metadata, tensor table and parameter count")
+    p.add_argument("model")
+    p.add_argument("--tokenizer")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("bench", help="prefill and decode speed, llama-bench style")
+    _model_args(p)
+    p.add_argument("-p", type=int, default=128, help="prompt tokens")
+    p.add_argument("-n", type=int, default=64, help="generated tokens")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="the sample game (until it exists: a short streamed generation)")
+    _model_args(p)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from .tools.download import add_cli
+    except ImportError:
+        add_cli = None
+    if add_cli is not None:
+        add_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ModelFormatError as exc:
+        print(f"perro-pastor: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_MODEL
+    except TokenizerError as exc:
+        print(f"perro-pastor: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_MODEL
+    except (BackendError, DownloadError, PerroPastorError) as exc:
+        print(f"perro-pastor: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (ValueError, OSError) as exc:
+        print(f"perro-pastor: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("perro-pastor: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

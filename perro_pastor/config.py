@@ -1,0 +1,162 @@
+"""The one frozen ``Config``: every hyperparameter of a model, read from file metadata in one
+place. Nothing here is hard-coded per model: rope base, epsilon, head counts and context length all
+come from the file, and inconsistent values are refused before any memory is sized from them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelFormatError
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral")
+
+# Sanity bounds: far above any real Llama-family model, far below what would overflow or exhaust
+# memory when sizing buffers from them (RELIABILITY.md row 18).
+MAX_LAYERS = 1024
+MAX_DIM = 1 << 16
+MAX_HEADS = 1024
+MAX_VOCAB = 1 << 20
+MAX_CONTEXT = 1 << 24
+
+
+@dataclass(frozen=True)
+class Config:
+    arch: str
+    dim: int  # transformer width (residual stream size)
+    hidden_dim: int  # FFN inner size
+    n_layers: int
+    n_heads: int  # query heads
+    n_kv_heads: int  # key/value heads (GQA when fewer than n_heads)
+    vocab_size: int
+    seq_len: int  # context length the model was trained for
+    rms_eps: float
+    rope_base: float
+    rope_dim: int  # leading part of each head that is rotated (usually head_size)
+    rope_scaling: str = "none"  # none | linear | llama3
+    rope_scale_factor: float = 1.0
+    rope_orig_ctx: int = 0  # llama3: original context length
+    rope_low_freq_factor: float = 1.0  # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    sliding_window: int = 0  # 0 = full attention (Mistral sets a window)
+
+    @property
+    def head_size(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_size
+
+    @property
+    def kv_mul(self) -> int:
+        """How many query heads share one key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+    @classmethod
+    def from_metadata(cls, md: dict[str, Any], where: str = "model") -> "Config":
+        arch = md.get("general.architecture")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ModelFormatError(
+                f"{where}: unsupported architecture {arch!r} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
+
+        def get(key: str, kind: type, default: Any = None) -> Any:
+            full = f"{arch}.{key}"
+            value = md.get(full, default)
+            if value is None:
+                raise ModelFormatError(f"{where}: missing metadata key {full}")
+            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ModelFormatError(f"{where}: {full} must be an integer, got {value!r}")
+            if kind is float:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ModelFormatError(f"{where}: {full} must be a finite number, got {value!r}")
+                value = float(value)
+            return value
+
+        def bounded(key: str, value: int, low: int, high: int) -> int:
+            if not low <= value <= high:
+                raise ModelFormatError(f"{where}: {arch}.{key} = {value} is outside [{low}, {high}]")
+            return value
+
+        dim = bounded("embedding_length", get("embedding_length", int), 1, MAX_DIM)
+        n_heads = bounded("attention.head_count", get("attention.head_count", int), 1, MAX_HEADS)
+        n_kv_heads = bounded(
+            "attention.head_count_kv", get("attention.head_count_kv", int, n_heads), 1, n_heads
+        )
+        if dim % n_heads:
+            raise ModelFormatError(
+                f"{where}: embedding_length {dim} is not divisible by head_count {n_heads}"
+            )
+        if n_heads % n_kv_heads:
+            raise ModelFormatError(
+                f"{where}: head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}"
+            )
+        head_size = dim // n_heads
+        if head_size % 2:
+            raise ModelFormatError(f"{where}: head size {head_size} is odd; rope needs pairs")
+        vocab = md.get(f"{arch}.vocab_size")
+        if vocab is None:
+            vocab = len(md.get("tokenizer.ggml.tokens") or ())
+        rope_dim = get("rope.dimension_count", int, head_size)
+        if not (2 <= rope_dim <= head_size and rope_dim % 2 == 0):
+            raise ModelFormatError(f"{where}: rope.dimension_count {rope_dim} does not fit head size {head_size}")
+
+        scaling = md.get(f"{arch}.rope.scaling.type", "none")
+        if scaling not in ("none", "linear", "llama3"):
+            raise ModelFormatError(f"{where}: unsupported rope scaling type {scaling!r}")
+        factor = get("rope.scaling.factor", float, 1.0)
+        if factor <= 0:
+            raise ModelFormatError(f"{where}: rope.scaling.factor must be positive, got {factor}")
+        if scaling == "linear" and factor == 1.0:
+            scaling = "none"
+
+        return cls(
+            arch=arch,
+            dim=dim,
+            hidden_dim=bounded("feed_forward_length", get("feed_forward_length", int), 1, 16 * MAX_DIM),
+            n_layers=bounded("block_count", get("block_count", int), 1, MAX_LAYERS),
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            vocab_size=bounded("vocab_size", int(vocab), 1, MAX_VOCAB),
+            seq_len=bounded("context_length", get("context_length", int, 2048), 1, MAX_CONTEXT),
+            rms_eps=get("attention.layer_norm_rms_epsilon", float, 1e-5),
+            rope_base=get("rope.freq_base", float, 10000.0),
+            rope_dim=rope_dim,
+            rope_scaling=scaling,
+            rope_scale_factor=factor,
+            rope_orig_ctx=get("rope.scaling.original_context_length", int, 8192),
+            sliding_window=bounded("attention.sliding_window", get("attention.sliding_window", int, 0), 0, MAX_CONTEXT),
+        )
+
+
+def rope_inv_freq(cfg: Config, freq_factors: np.ndarray | None = None) -> np.ndarray:
+    """Inverse rotation frequency of each rotated pair, (rope_dim // 2,) float64.
+
+    ``freq_factors`` is the per-pair divisor a GGUF stores as ``rope_freqs.weight`` for Llama 3.x
+    ("llama3" scaling baked in at conversion); without it, llama3 scaling is computed from metadata.
+    """
+    pair = np.arange(0, cfg.rope_dim, 2, dtype=np.float64)
+    inv_freq = cfg.rope_base ** (-pair / cfg.rope_dim)
+    if freq_factors is not None:
+        return inv_freq / np.asarray(freq_factors, dtype=np.float64)
+    if cfg.rope_scaling == "linear":
+        return inv_freq / cfg.rope_scale_factor
+    if cfg.rope_scaling == "llama3":
+        # Long wavelengths are slowed by the factor, short ones kept, the band between blended.
+        low_wavelen = cfg.rope_orig_ctx / cfg.rope_low_freq_factor
+        high_wavelen = cfg.rope_orig_ctx / cfg.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (cfg.rope_orig_ctx / wavelen - cfg.rope_low_freq_factor) / (
+            cfg.rope_high_freq_factor - cfg.rope_low_freq_factor
+        )
+        blended = (1 - smooth) * inv_freq / cfg.rope_scale_factor + smooth * inv_freq
+        return np.where(
+            wavelen < high_wavelen, inv_freq,
+            np.where(wavelen > low_wavelen, inv_freq / cfg.rope_scale_factor, blended),
+        )
+    return inv_freq

@@ -1,0 +1,228 @@
+"""The ``cpu`` backend: a NumPy forward pass.
+
+It is the reference every GL kernel is checked against (each op below is the twin of a shader of
+the same name in ``shaders/``), and the fallback where OpenGL 4.3 is missing (every Mac). It runs
+in float32, or in float64 for tests, and can record named checkpoints (``L3.q``,
+``final.logits``) so a diverging kernel is found op by op.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from . import quant
+from .config import Config, rope_inv_freq
+from .formats import ModelFile, TensorInfo
+from .weights import Weights
+
+Trace = Callable[[str, np.ndarray], None]
+
+# Dequantized weights are cached in RAM while they fit this budget; beyond it, matmuls
+# dequantize block-wise on the fly (bounded memory, slower).
+DEFAULT_CACHE_BUDGET = 3 << 30
+
+
+# -----------------------------------------------------------------------------
+# ops (each the NumPy twin of shaders/<op>.comp)
+
+def embedding(w_raw: np.ndarray, qtype: quant.GGMLType, vocab: int, dim: int,
+              token_ids: np.ndarray) -> np.ndarray:
+    """Rows of the token embedding table for ``token_ids``: (T,) -> (T, dim) float32."""
+    return np.stack([quant.dequantize_rows(w_raw, qtype, vocab, dim, int(t), int(t) + 1)[0]
+                     for t in token_ids])
+
+
+def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(mean(x^2) + eps) * weight, over the last axis."""
+    mean_square = np.mean(x * x, axis=-1, keepdims=True)
+    return x / np.sqrt(mean_square + eps) * weight
+
+
+def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of each head by angle pos * inv_freq[i].
+
+    x: (T, n_heads, head_size); positions: (T,); inv_freq: (rope_dim // 2,). Dimensions past
+    rope_dim pass through unrotated."""
+    rotated = 2 * len(inv_freq)
+    angle = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # (T, rope_dim/2)
+    cos = np.cos(angle).astype(x.dtype)[:, None, :]
+    sin = np.sin(angle).astype(x.dtype)[:, None, :]
+    x0, x1 = x[..., 0:rotated:2], x[..., 1:rotated:2]
+    out = x.copy()
+    out[..., 0:rotated:2] = x0 * cos - x1 * sin
+    out[..., 1:rotated:2] = x0 * sin + x1 * cos
+    return out
+
+
+def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int,
+              sliding_window: int = 0) -> np.ndarray:
+    """Causal multi-head attention with grouped key/value heads.
+
+    q: (T, n_heads, hs) for positions pos0..pos0+T-1; k_cache, v_cache: (>= pos0+T, n_kv_heads, hs).
+    Query head h reads key/value head h // (n_heads // n_kv_heads). Returns (T, n_heads, hs)."""
+    T, n_heads, hs = q.shape
+    n_kv_heads = k_cache.shape[1]
+    group = n_heads // n_kv_heads
+    S = pos0 + T
+    k = k_cache[:S].astype(q.dtype, copy=False)
+    v = v_cache[:S].astype(q.dtype, copy=False)
+
+    # (n_kv_heads, T*group, hs) @ (n_kv_heads, hs, S): every query row against every cached key
+    qg = q.reshape(T, n_kv_heads, group, hs).transpose(1, 0, 2, 3).reshape(n_kv_heads, T * group, hs)
+    scores = qg @ k.transpose(1, 2, 0) / np.sqrt(hs)
+
+    # a query at position p sees keys j <= p (and, with a sliding window, p - j < window)
+    query_pos = pos0 + np.arange(T)[:, None]
+    key_pos = np.arange(S)[None, :]
+    visible = key_pos <= query_pos
+    if sliding_window:
+        visible &= query_pos - key_pos < sliding_window
+    scores = np.where(np.repeat(visible, group, axis=0)[None], scores, -np.inf)
+
+    scores -= scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    out = probs @ v.transpose(1, 0, 2)  # (n_kv_heads, T*group, hs)
+    return out.reshape(n_kv_heads, T, group, hs).transpose(1, 0, 2, 3).reshape(T, n_heads, hs)
+
+
+def swiglu(h1: np.ndarray, h3: np.ndarray) -> np.ndarray:
+    """SiLU-gated linear unit: silu(h1) * h3, with silu(x) = x * sigmoid(x)."""
+    return h1 / (1 + np.exp(-h1)) * h3
+
+
+# -----------------------------------------------------------------------------
+# state
+
+class KVCache:
+    """Keys and values of every layer for one sequence: (n_layers, n_ctx, n_kv_heads, head_size)."""
+
+    def __init__(self, cfg: Config, n_ctx: int, dtype=np.float32):
+        shape = (cfg.n_layers, n_ctx, cfg.n_kv_heads, cfg.head_size)
+        self.key_cache = np.zeros(shape, dtype)
+        self.value_cache = np.zeros(shape, dtype)
+        self.n_ctx = n_ctx
+
+
+class CpuWeights:
+    """Weight access for the NumPy forward: dequantized and cached while within budget,
+    otherwise dequantized block-wise inside each matmul."""
+
+    def __init__(self, mf: ModelFile, dtype, cache_budget: int):
+        self.mf, self.dtype = mf, dtype
+        self.cache: dict[str, np.ndarray] = {}
+        self.budget_left = cache_budget
+
+    def vector(self, t: TensorInfo) -> np.ndarray:
+        return quant.dequantize(self.mf.tensor_bytes(t.name), t.qtype, t.n_elements).astype(self.dtype)
+
+    def matrix(self, t: TensorInfo) -> np.ndarray | None:
+        """The (rows, cols) matrix if it is (or can be) cached, else None."""
+        w = self.cache.get(t.name)
+        if w is None:
+            nbytes = t.n_elements * np.dtype(self.dtype).itemsize
+            if nbytes > self.budget_left:
+                return None
+            cols, rows = t.shape
+            w = self.vector(t).reshape(rows, cols)
+            self.cache[t.name] = w
+            self.budget_left -= nbytes
+        return w
+
+    def matmul(self, x: np.ndarray, t: TensorInfo) -> np.ndarray:
+        """x @ W.T: (T, cols) -> (T, rows)."""
+        w = self.matrix(t)
+        if w is not None:
+            return x @ w.T
+        cols, rows = t.shape
+        return quant.matmul(x, self.mf.tensor_bytes(t.name), t.qtype, rows, cols)
+
+    def rows(self, t: TensorInfo, ids: np.ndarray) -> np.ndarray:
+        w = self.cache.get(t.name)
+        if w is not None:
+            return w[ids]
+        cols, rows = t.shape
+        return embedding(self.mf.tensor_bytes(t.name), t.qtype, rows, cols, ids).astype(self.dtype)
+
+
+# -----------------------------------------------------------------------------
+# the transformer
+
+class CpuTransformer:
+    name = "cpu"
+
+    def __init__(self, mf: ModelFile, cfg: Config, weights: Weights, dtype=np.float32,
+                 cache_budget: int = DEFAULT_CACHE_BUDGET):
+        self.cfg, self.w, self.dtype = cfg, weights, np.dtype(dtype)
+        self.store = CpuWeights(mf, self.dtype, cache_budget)
+        freq_factors = self.store.vector(weights.rope_freqs) if weights.rope_freqs else None
+        self.inv_freq = rope_inv_freq(cfg, freq_factors)
+        self.rms_att = [self.store.vector(l.rms_att_weight) for l in weights.layers]
+        self.rms_ffn = [self.store.vector(l.rms_ffn_weight) for l in weights.layers]
+        self.rms_final = self.store.vector(weights.rms_final_weight)
+
+    def new_cache(self, n_ctx: int) -> KVCache:
+        return KVCache(self.cfg, n_ctx, self.dtype)
+
+    def forward(self, tokens: np.ndarray, pos0: int, kv: KVCache, all_logits: bool = False,
+                trace: Trace | None = None) -> np.ndarray:
+        """Run ``tokens`` (T,) at positions pos0..pos0+T-1, filling ``kv``.
+
+        Returns logits (vocab,) for the last token, or (T, vocab) with ``all_logits``."""
+        cfg, w, store = self.cfg, self.w, self.store
+        trace = trace or (lambda name, value: None)
+        tokens = np.asarray(tokens, dtype=np.int64)
+        T, hs = len(tokens), cfg.head_size
+        if pos0 < 0 or pos0 + T > kv.n_ctx:
+            raise ValueError(f"positions {pos0}..{pos0 + T - 1} do not fit a context of {kv.n_ctx}")
+        positions = np.arange(pos0, pos0 + T)
+
+        # the residual stream starts as each token's embedding: (T,) -> (T, dim)
+        x = store.rows(w.token_embedding_table, tokens)
+        trace("embedding", x)
+
+        for l, layer in enumerate(w.layers):
+            # ---------------------------------------------------------------- attention
+            # pre-norm: RMSNorm the block's input, scaled per feature by a learned weight
+            xb = rmsnorm(x, self.rms_att[l], cfg.rms_eps)
+            trace(f"L{l}.att_norm", xb)
+
+            # project to queries, keys and values: (T, dim) -> (T, heads, hs)
+            q = store.matmul(xb, layer.wq).reshape(T, cfg.n_heads, hs)
+            k = store.matmul(xb, layer.wk).reshape(T, cfg.n_kv_heads, hs)
+            v = store.matmul(xb, layer.wv).reshape(T, cfg.n_kv_heads, hs)
+
+            # rotate q and k by their position (RoPE), so attention scores depend on distance
+            q = rope(q, positions, self.inv_freq)
+            k = rope(k, positions, self.inv_freq)
+            trace(f"L{l}.q", q)
+            trace(f"L{l}.k", k)
+
+            # remember this chunk's keys and values, then attend over everything so far
+            kv.key_cache[l, pos0:pos0 + T] = k
+            kv.value_cache[l, pos0:pos0 + T] = v
+            att = attention(q, kv.key_cache[l], kv.value_cache[l], pos0, cfg.sliding_window)
+            trace(f"L{l}.att", att)
+
+            # mix the heads back into the residual stream
+            x = x + store.matmul(att.reshape(T, cfg.dim), layer.wo)
+            trace(f"L{l}.att_out", x)
+
+            # ---------------------------------------------------------------- feed-forward
+            xb = rmsnorm(x, self.rms_ffn[l], cfg.rms_eps)
+
+            # SwiGLU: a gated projection up to hidden_dim and back down
+            hb = swiglu(store.matmul(xb, layer.w1), store.matmul(xb, layer.w3))
+            trace(f"L{l}.ffn_hidden", hb)
+            x = x + store.matmul(hb, layer.w2)
+            trace(f"L{l}.ffn_out", x)
+
+        # ---------------------------------------------------------------- output
+        if not all_logits:
+            x = x[-1:]
+        x = rmsnorm(x, self.rms_final, cfg.rms_eps)
+        logits = store.matmul(x, w.wcls)
+        trace("final.logits", logits)
+        return logits if all_logits else logits[0]

@@ -1,0 +1,137 @@
+"""Loading a model: file -> validated reader -> Config + weights + tokenizer -> a backend.
+
+    model = perro_pastor.load("default")             # the embedded SmolLM2-135M
+    for piece in model.generate("Once upon a time", max_tokens=32):
+        print(piece.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .config import Config
+from .cpu import CpuTransformer
+from .errors import BackendError, ModelFormatError, TokenizerError
+from .formats import ModelFile, open_model_file
+from .paths import resolve_model
+from .sampling import Sampler, SamplerSettings
+from .tokenizer import StreamDecoder, Tokenizer
+from .weights import Weights, bind_weights
+
+BACKENDS = ("cpu", "gl", "auto")
+
+
+@dataclass
+class Token:
+    id: int
+    text: str  # complete UTF-8 text this token finished (may be "" mid-character)
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.generated_tokens / self.decode_s if self.decode_s else 0.0
+
+
+class Model:
+    """One loaded model: its file, config, tokenizer and a compute backend. Shared by sessions."""
+
+    def __init__(self, file: ModelFile, backend: str = "auto", gl_context=None, dtype=np.float32):
+        self.file = file
+        name = file.path.name
+        self.config: Config = Config.from_metadata(file.metadata, where=name)
+        self.weights: Weights = bind_weights(file, self.config)
+        try:
+            self.tokenizer = Tokenizer.from_metadata(
+                file.metadata, name, metadata_types=getattr(file, "metadata_types", None))
+        except TokenizerError as exc:
+            raise ModelFormatError(str(exc)) from exc
+        if self.tokenizer.vocab_size != self.config.vocab_size:
+            raise ModelFormatError(
+                f"{name}: tokenizer has {self.tokenizer.vocab_size} tokens, "
+                f"the model's embedding has {self.config.vocab_size}")
+        self.transformer = make_backend(backend, file, self.config, self.weights, gl_context, dtype)
+
+    @property
+    def backend(self) -> str:
+        return self.transformer.name
+
+    def generate(self, prompt: str | list[int], max_tokens: int = 128,
+                 sampler: Sampler | None = None, n_ctx: int | None = None,
+                 stats: GenerationStats | None = None, stop_at_eos: bool = True) -> Iterator[Token]:
+        """Stream the continuation of ``prompt`` (text, or token ids) token by token."""
+        sampler = sampler or Sampler(SamplerSettings())
+        stats = stats if stats is not None else GenerationStats()
+        tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not tokens:
+            raise ValueError("empty prompt: nothing to continue (the vocab adds no BOS)")
+        n_ctx = min(n_ctx or self.config.seq_len, self.config.seq_len)
+        if len(tokens) >= n_ctx:
+            raise ValueError(f"prompt of {len(tokens)} tokens does not fit a context of {n_ctx}")
+        max_tokens = min(max_tokens, n_ctx - len(tokens))
+        kv = self.transformer.new_cache(n_ctx)
+        decoder = StreamDecoder(self.tokenizer)
+        stats.prompt_tokens = len(tokens)
+
+        start = time.perf_counter()
+        logits = self.transformer.forward(np.array(tokens), 0, kv)
+        stats.prefill_s = time.perf_counter() - start
+
+        history = list(tokens)
+        start = time.perf_counter()
+        for step in range(max_tokens):
+            token = sampler.sample(logits, history)
+            history.append(token)
+            stats.generated_tokens += 1
+            if stop_at_eos and token in self.tokenizer.eog_ids:
+                break
+            yield Token(token, decoder.feed(token))
+            if step + 1 < max_tokens:
+                logits = self.transformer.forward(np.array([token]), len(history) - 1, kv)
+            stats.decode_s = time.perf_counter() - start
+        stats.decode_s = time.perf_counter() - start
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def make_backend(kind: str, file: ModelFile, cfg: Config, weights: Weights, gl_context=None, dtype=np.float32):
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown backend {kind!r} (choose from {', '.join(BACKENDS)})")
+    if kind in ("gl", "auto"):
+        try:
+            from .gl.forward import GlTransformer
+            return GlTransformer(file, cfg, weights, ctx=gl_context)
+        except (BackendError, ImportError) as exc:
+            if kind == "gl":
+                raise BackendError(f"gl backend unavailable: {exc}") from exc
+            print(f"perro_pastor: gl backend unavailable ({exc}); using cpu", file=sys.stderr)
+    return CpuTransformer(file, cfg, weights, dtype=dtype)
+
+
+def load(name_or_path: str | Path, backend: str = "auto", tokenizer_path: str | Path | None = None,
+         gl_context=None, dtype=np.float32) -> Model:
+    """Open, validate and prepare a model: `default`, a path, or a name in the model folder."""
+    path = resolve_model(str(name_or_path))
+    file = open_model_file(path, tokenizer_path)
+    try:
+        return Model(file, backend, gl_context, dtype)
+    except BaseException:
+        file.close()
+        raise
