@@ -1,0 +1,34 @@
+#version 430
+// embedding.comp: out[t, :] = dequant(W[tokens[token_offset + t], :])   (W: vocab x dim, QUANT_*)
+//
+// Threads: x = one invocation per 8 consecutive features, y = token t.
+// Buffers: 0 W      (vocab, dim) raw GGUF bytes   readonly
+//          1 tokens (int32) token ids on the GPU   readonly   (the sampler writes them there)
+//          2 out    (n_tokens, dim) f32            writeonly
+// Ids outside 0..vocab-1 are clamped, so a bad id reads a real row instead of out of bounds.
+// Twin:    cpu.embedding
+#ifndef WG_SIZE
+#define WG_SIZE 32
+#endif
+layout(local_size_x = WG_SIZE) in;
+layout(std430, binding = 0) readonly buffer WBuf { uint W[]; };
+layout(std430, binding = 1) readonly buffer TokBuf { int tokens[]; };
+layout(std430, binding = 2) writeonly buffer OutBuf { vec4 out4[]; };
+uniform uint dim;
+uniform uint vocab;
+uniform uint token_offset;
+#include "common/dequant.glsl"
+
+void main() {
+    uint i8 = gl_GlobalInvocationID.x;  // which group of 8 features
+    if (i8 * 8u >= dim) return;
+    uint t = gl_GlobalInvocationID.y;
+    uint tok = uint(clamp(tokens[token_offset + t], 0, int(vocab) - 1));
+    uint i = i8 * 8u;
+    uint blk = tok * (dim / QK) * BLOCK_BYTES + (i / QK) * BLOCK_BYTES;
+    vec4 lo, hi;
+    dequant8(blk, (i % QK) / 8u, lo, hi);
+    uint o = (t * dim + i) / 4u;
+    out4[o] = lo;
+    out4[o + 1u] = hi;
+}

@@ -1,0 +1,60 @@
+#version 430
+// matvec.comp: dst[t, r] (+)= sum_c W[r, c] * x[t, c]   (W: rows x cols, GGML blocks of QUANT_*)
+//
+// Threads: x = one invocation per NR consecutive rows; each decoded x block is reused for NR rows.
+//          y = token t (n_tokens = 1 is the decode mat-vec, T > 1 the batched prefill).
+// Buffers: 0 W   (rows of this part, raw GGUF bytes)           readonly
+//          1 x   (n_tokens, cols) f32, read as vec4             readonly
+//          2 dst (n_tokens, dst_stride) f32; read too when accumulate = 1 (residual: dst += W x)
+// Uniforms: rows row_begin..row_end of this buffer part, written to dst column part_row0 + r.
+// Twin:    quant.matmul (x @ W.T)
+#ifndef NR
+#define NR 4
+#endif
+#ifndef WG_SIZE
+#define WG_SIZE 16
+#endif
+layout(local_size_x = WG_SIZE) in;
+layout(std430, binding = 0) readonly buffer WBuf { uint W[]; };
+layout(std430, binding = 1) readonly buffer XBuf { vec4 x4[]; };
+layout(std430, binding = 2) buffer DstBuf { float dst[]; };
+uniform uint row_begin;
+uniform uint row_end;
+uniform uint part_row0;
+uniform uint cols;
+uniform uint dst_stride;
+uniform uint accumulate;
+#include "common/dequant.glsl"
+
+void main() {
+    uint r0 = row_begin + gl_GlobalInvocationID.x * NR;
+    if (r0 >= row_end) return;
+    uint t = gl_GlobalInvocationID.y;
+    uint nb = cols / QK;
+    uint row_bytes = nb * BLOCK_BYTES;
+    uint xq = t * (cols / 4u);
+
+    uint base[NR];
+    float acc[NR];
+    for (uint r = 0u; r < NR; r++) {
+        base[r] = min(r0 + r, row_end - 1u) * row_bytes;  // tail rows repeat the last row, unwritten
+        acc[r] = 0.0;
+    }
+    for (uint ib = 0u; ib < nb; ib++) {
+        for (uint g = 0u; g < QK / 8u; g++) {
+            uint xi = xq + (ib * QK + g * 8u) / 4u;
+            vec4 xa = x4[xi], xb = x4[xi + 1u];
+            for (uint r = 0u; r < NR; r++) {
+                vec4 lo, hi;
+                dequant8(base[r] + ib * BLOCK_BYTES, g, lo, hi);
+                acc[r] += dot(lo, xa) + dot(hi, xb);
+            }
+        }
+    }
+    for (uint r = 0u; r < NR; r++) {
+        if (r0 + r < row_end) {
+            uint o = t * dst_stride + part_row0 + r0 + r;
+            dst[o] = accumulate != 0u ? dst[o] + acc[r] : acc[r];
+        }
+    }
+}

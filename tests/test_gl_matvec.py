@@ -1,0 +1,109 @@
+"""matvec.comp and embedding.comp against their NumPy twins, for every GGML type.
+
+Tolerance: the kernel decodes exactly the same weights as the twin and sums in f32 with a different
+order, so the error is f32 round-off of a length-cols dot product: |err| <= 2e-5 * sum|w*x| + 1e-6.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perro_pastor.errors import BackendError
+from perro_pastor.gl.buffers import f32_buffer, i32_buffer, read_f32, rows_per_part, upload_weight
+from perro_pastor.gl.context import GLContext, assert_no_gl_error
+from perro_pastor.gl.kernels import Kernels
+from perro_pastor.quant import TYPE_INFO, GGMLType
+
+from gl_helpers import ALL_TYPES, dequantize, glctx, kernels, random_weight  # noqa: F401
+
+RTOL = 2e-5
+
+
+def check_close(got: np.ndarray, want: np.ndarray, scale: np.ndarray, what: str) -> None:
+    """llm.c-style report: the first mismatches and the max error."""
+    bad = np.abs(got - want) > RTOL * scale + 1e-6
+    if bad.any():
+        idx = np.argwhere(bad)[:5]
+        lines = [f"  {tuple(i)}: got {got[tuple(i)]:.7g} want {want[tuple(i)]:.7g}" for i in idx]
+        raise AssertionError(f"{what}: {bad.sum()} mismatches, max |err| {np.abs(got - want).max():.3g}\n"
+                             + "\n".join(lines))
+
+
+def cols_for(qtype: GGMLType) -> int:
+    # an odd number of blocks per row, so block offsets hit every byte alignment
+    return 3 * TYPE_INFO[qtype].block_size if TYPE_INFO[qtype].block_size > 1 else 3 * 8 * 5
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("rows,n_tokens", [(37, 1), (64, 3)])
+def test_matvec_every_type(glctx, kernels, qtype, rows, n_tokens):  # noqa: F811
+    rng = np.random.default_rng([int(qtype), rows, n_tokens])
+    cols = cols_for(qtype)
+    raw = random_weight(qtype, rows, cols, rng)
+    w = upload_weight(glctx, raw, qtype, rows, cols)
+    x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+    dst = f32_buffer(glctx, n_tokens * rows)
+    kernels.matvec(dst, w, f32_buffer(glctx, x), n_tokens=n_tokens)
+    W = dequantize(raw, qtype, rows, cols)
+    check_close(read_f32(dst, (n_tokens, rows)), x @ W.T, np.abs(x) @ np.abs(W).T, f"matvec {qtype.name}")
+    assert_no_gl_error(glctx)
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q6_K], ids=lambda t: t.name)
+def test_matvec_accumulate_and_row_range(glctx, kernels, qtype):  # noqa: F811
+    rng = np.random.default_rng(7)
+    rows, cols, T = 101, 2 * TYPE_INFO[qtype].block_size, 2
+    raw = random_weight(qtype, rows, cols, rng)
+    w = upload_weight(glctx, raw, qtype, rows, cols)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    base = rng.standard_normal((T, rows)).astype(np.float32)
+    dst = f32_buffer(glctx, base)
+    # two calls over a split row range, as a caller spreading one mat-vec over two frames would
+    kernels.matvec(dst, w, f32_buffer(glctx, x), n_tokens=T, accumulate=True, row_offset=0, n_rows=50)
+    kernels.matvec(dst, w, f32_buffer(glctx, x), n_tokens=T, accumulate=True, row_offset=50, n_rows=51)
+    W = dequantize(raw, qtype, rows, cols)
+    check_close(read_f32(dst, (T, rows)), base + x @ W.T, np.abs(base) + np.abs(x) @ np.abs(W).T, "dst += W x")
+    with pytest.raises(BackendError, match="rows 90..120 outside 0..101"):
+        kernels.matvec(dst, w, f32_buffer(glctx, x), row_offset=90, n_rows=30)
+    assert_no_gl_error(glctx)
+
+
+def test_weight_split_across_buffers_and_dispatches(glctx):  # noqa: F811
+    """A tiny SSBO limit splits the tensor by whole rows; results must not change."""
+    qtype, rows, cols = GGMLType.Q8_0, 300, 64  # 68-byte rows: parts start at odd word offsets
+    small = GLContext(glctx.ctx, max_ssbo_bytes=5000)
+    k = Kernels(small, max_weights_per_dispatch=64 * cols)
+    rng = np.random.default_rng(3)
+    raw = random_weight(qtype, rows, cols, rng)
+    w = upload_weight(small, raw, qtype, rows, cols)
+    assert [p.n_rows for p in w.parts] == [73] * 4 + [8]
+    assert rows_per_part(68, 5000) == 73
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    dst = f32_buffer(glctx, rows)
+    before = k.dispatches
+    k.matvec(dst, w, f32_buffer(glctx, x))
+    assert k.dispatches - before > len(w.parts)  # also split by max_weights_per_dispatch
+    W = dequantize(raw, qtype, rows, cols)
+    check_close(read_f32(dst, (1, rows)), x @ W.T, np.abs(x) @ np.abs(W).T, "split matvec")
+    assert_no_gl_error(glctx)
+
+
+def test_upload_rejects_wrong_size(glctx):  # noqa: F811
+    with pytest.raises(BackendError, match=r"tensor blk\.0\.attn_q: Q4_1 4x64 needs 160 bytes, got 150"):
+        upload_weight(glctx, np.zeros(150, np.uint8), GGMLType.Q4_1, 4, 64, name="blk.0.attn_q")
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_embedding_every_type(glctx, kernels, qtype):  # noqa: F811
+    rng = np.random.default_rng(int(qtype) + 100)
+    vocab, dim = 29, cols_for(qtype)
+    raw = random_weight(qtype, vocab, dim, rng)
+    w = upload_weight(glctx, raw, qtype, vocab, dim)
+    ids = np.array([0, 28, 5, 5, 17], np.int32)
+    out = f32_buffer(glctx, 4 * dim)
+    # token_offset=1: read ids 1..4 of the buffer, as a decode step reads the last sampled id
+    kernels.embedding(out, w, i32_buffer(glctx, ids), n_tokens=4, token_offset=1)
+    want = dequantize(raw, qtype, vocab, dim)[ids[1:]]  # TODO: cpu.embedding once quant.dequantize_rows lands
+    np.testing.assert_array_equal(read_f32(out, (4, dim)), want)  # decoding is exact
+    assert_no_gl_error(glctx)
