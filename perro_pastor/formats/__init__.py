@@ -6,12 +6,14 @@ and memory-mapped access to their raw bytes. Nothing is trusted until it has bee
 from __future__ import annotations
 
 import mmap
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
+from ..errors import ModelFormatError
 from ..quant import GGMLType
 
 
@@ -39,6 +41,10 @@ class ModelFile:
     metadata: dict[str, Any]
     tensors: dict[str, TensorInfo]
     _mmap: mmap.mmap | None = field(default=None, repr=False)
+    # The GGUF value type each metadata key was stored as: "UINT32", "FLOAT32", "STRING", "BOOL",
+    # ..., and "ARRAY[FLOAT32]" for arrays, so later code can refuse e.g. scores stored as u8.
+    # Readers of other formats fill it with the types a GGUF converter would have written.
+    metadata_types: dict[str, str] = field(default_factory=dict)
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         """The raw bytes of one tensor as a read-only uint8 view of the mapped file (no copy)."""
@@ -55,5 +61,106 @@ class ModelFile:
 
 
 def open_model_file(path: str | Path, tokenizer_path: str | Path | None = None) -> ModelFile:
-    """Open any supported model file, choosing the reader by its magic bytes."""
-    raise NotImplementedError  # filled in by the formats work
+    """Open any supported model file, choosing the reader by its first four bytes.
+
+    GGUF and GGML/GGMF/GGJT and llama2.c v1+ files carry a magic. The original llama2.c checkpoint
+    has none (it starts with ``dim``), so any other magic is tried as one; its exact-size check
+    makes that safe, and if it fails too the error names the four bytes seen and why.
+    ``tokenizer_path`` is only used by llama2.c checkpoints (default: ``tokenizer.bin`` beside)."""
+    from . import ggml_legacy, gguf, llama2c  # the readers import this module
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot open model file: {e.strerror or e}") from None
+    if len(magic) < 4:
+        raise ModelFormatError(f"{path}: file too small ({len(magic)} bytes) to be a model file")
+    if magic in (gguf.GGUF_MAGIC, gguf.GGUF_MAGIC_SWAPPED):
+        return gguf.read_gguf(path)
+    if magic in ggml_legacy.MAGICS:
+        return ggml_legacy.read_ggml(path)
+    if magic == llama2c.LLAMA2C_MAGIC:
+        return llama2c.read_llama2c(path, tokenizer_path)
+    try:
+        model = llama2c.read_checkpoint(path)
+    except ModelFormatError as e:
+        reason = str(e).removeprefix(f"{path}: ")
+        raise ModelFormatError(
+            f"{path}: unknown magic {magic!r} (0x{int.from_bytes(magic, 'little'):08x}): not GGUF, "
+            f"GGML/GGMF/GGJT or llama2.c; read as a headerless llama2.c checkpoint: {reason}"
+        ) from None
+    return llama2c.attach_tokenizer(model, tokenizer_path)
+
+
+# -----------------------------------------------------------------------------
+# helpers shared by the readers
+
+
+def map_file(path: Path) -> tuple[mmap.mmap, int]:
+    """Map a whole file read-only. Empty files cannot be mapped, so they are refused here."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size == 0:
+                raise ModelFormatError(f"{path}: file too small (0 bytes)")
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot open model file: {e.strerror or e}") from None
+
+
+def close_quietly(mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:  # a view is still alive (e.g. in a traceback); the GC closes it later
+        pass
+
+
+class ByteReader:
+    """A cursor over the mapped file. Every read first checks that the bytes exist, so a
+    truncated or lying file ends in one ModelFormatError naming the field and the offset."""
+
+    def __init__(self, path: Path, buf: Any, size: int, pos: int = 0) -> None:
+        self.path, self.buf, self.size, self.pos = path, buf, size, pos
+
+    @property
+    def remaining(self) -> int:
+        return self.size - self.pos
+
+    def fail(self, msg: str) -> NoReturn:
+        raise ModelFormatError(f"{self.path}: {msg}")
+
+    def need(self, n: int, what: str) -> None:
+        if n > self.size - self.pos:
+            self.fail(
+                f"{what} needs {n} bytes at offset {self.pos} but the file has only "
+                f"{self.size - self.pos} left (file size {self.size}): truncated or corrupt"
+            )
+
+    def take(self, n: int, what: str) -> bytes:
+        self.need(n, what)
+        b = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return b
+
+    def unpack(self, fmt: str, n: int, what: str) -> Any:
+        self.need(n, what)
+        v = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += n
+        return v
+
+    def u8(self, what: str) -> int:
+        return self.unpack("<B", 1, what)
+
+    def i32(self, what: str) -> int:
+        return self.unpack("<i", 4, what)
+
+    def u32(self, what: str) -> int:
+        return self.unpack("<I", 4, what)
+
+    def u64(self, what: str) -> int:
+        return self.unpack("<Q", 8, what)
+
+    def f32(self, what: str) -> float:
+        return self.unpack("<f", 4, what)
