@@ -184,3 +184,62 @@ def write_tokenizer_bin(path: Path, pieces: list[str], seed: int = 0) -> list[fl
         for t, s in zip(texts, scores):
             f.write(struct.pack("<fi", s, len(t)) + t)
     return scores
+
+
+# -----------------------------------------------------------------------------
+# legacy GGML / GGMF / GGJT
+
+GGML_MAGIC = {"ggml": 0x67676D6C, "ggmf": 0x67676D66, "ggjt": 0x67676A74}
+
+
+def ggml_vocab_texts(n_vocab: int) -> list[bytes]:
+    """A LLaMA vocab as the old converters wrote it: ' ⁇ ' unknown, empty controls, raw bytes."""
+    texts = [" \u2047 ".encode(), b"", b""]
+    texts += [bytes([b]) for b in range(min(256, n_vocab - 3))]
+    words = [" the", " perro", "ñu", "日本", "  "]
+    i = 0
+    while len(texts) < n_vocab:
+        texts.append((words[i] if i < len(words) else f" w{i}").encode())
+        i += 1
+    return texts[:n_vocab]
+
+
+def ggml_tensor(name: str, ttype: int, dims: list[int], data: bytes) -> tuple:
+    return (name, ttype, dims, data)
+
+
+def llama_ggml_tensors(n_vocab, n_embd, n_ff, n_layer, rng) -> list[tuple]:
+    """F32 LLaMA tensors with the old names; dims row length first."""
+
+    def t(name, *dims):
+        return (name, 0, list(dims), rng.standard_normal(dims[::-1]).astype(np.float32).tobytes())
+
+    out = [t("tok_embeddings.weight", n_embd, n_vocab), t("norm.weight", n_embd),
+           t("output.weight", n_embd, n_vocab)]
+    for i in range(n_layer):
+        p = f"layers.{i}."
+        out += [t(p + "attention.wq.weight", n_embd, n_embd), t(p + "attention.wk.weight", n_embd, n_embd),
+                t(p + "attention.wv.weight", n_embd, n_embd), t(p + "attention.wo.weight", n_embd, n_embd),
+                t(p + "attention_norm.weight", n_embd), t(p + "ffn_norm.weight", n_embd),
+                t(p + "feed_forward.w1.weight", n_embd, n_ff), t(p + "feed_forward.w2.weight", n_ff, n_embd),
+                t(p + "feed_forward.w3.weight", n_embd, n_ff)]
+    return out
+
+
+def pack_ggml(kind: str, version: int, hparams: tuple, texts: list[bytes], tensors: list[tuple],
+              scores: list[float] | None = None) -> bytes:
+    out = bytearray(struct.pack("<I", GGML_MAGIC[kind]))
+    if kind != "ggml":
+        out += struct.pack("<I", version)
+    out += struct.pack("<7i", *hparams)
+    for i, t in enumerate(texts):
+        out += struct.pack("<I", len(t)) + t
+        if kind != "ggml":
+            out += struct.pack("<f", -float(i) if scores is None else scores[i])
+    for name, ttype, dims, data in tensors:
+        nb = name.encode() if isinstance(name, str) else name
+        out += struct.pack(f"<3i{len(dims)}i", len(dims), len(nb), ttype, *dims) + nb
+        if kind == "ggjt":
+            out += b"\0" * (-len(out) % 32)
+        out += data
+    return bytes(out)
