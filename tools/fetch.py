@@ -250,12 +250,13 @@ def _stream_body(r, remote, slot, policy, emit, attempt, start, resumed_from, st
     try:
         _disk_op(lambda: os.ftruncate(fd, start), slot, pos, remote.size)
         os.lseek(fd, start, os.SEEK_SET)
-        window_start, window_bytes = time.monotonic(), 0
+        window_start, window_bytes, overflow = time.monotonic(), 0, False
         while pos < remote.size:
             data = r.raw.read1(policy.chunk, decode_content=False)
             if not data:
                 break
             now = time.monotonic()
+            overflow = len(data) > remote.size - pos
             data = data[: remote.size - pos]
             _write_all(fd, data, slot, pos, remote.size)
             pos += len(data)
@@ -269,7 +270,7 @@ def _stream_body(r, remote, slot, policy, emit, attempt, start, resumed_from, st
             if policy.deadline is not None and now - started > policy.deadline:
                 raise DownloadError(f"{remote.filename}: gave up after {policy.deadline:.0f} s (deadline); "
                                     f"{pos} bytes kept in {slot.part} for a later resume")
-        if pos == remote.size and r.raw.read1(1, decode_content=False):
+        if pos == remote.size and (overflow or r.raw.read1(1, decode_content=False)):
             # Row 32: more bytes than the Hub promised. What we kept may be wrong too: drop it.
             os.close(fd)
             fd = -1
