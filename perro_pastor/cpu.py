@@ -30,7 +30,11 @@ DEFAULT_CACHE_BUDGET = 3 << 30
 def embedding(w_raw: np.ndarray, qtype: quant.GGMLType, vocab: int, dim: int,
               token_ids: np.ndarray) -> np.ndarray:
     """Rows of the token embedding table for ``token_ids``: (T,) -> (T, dim) float32."""
-    return np.stack([quant.dequantize_rows(w_raw, qtype, vocab, dim, int(t), int(t) + 1)[0]
+    row = quant.row_nbytes(qtype, dim)
+    for t in token_ids:
+        if not 0 <= t < vocab:
+            raise ValueError(f"token id {t} is outside the vocabulary (0..{vocab - 1})")
+    return np.stack([quant.dequantize(w_raw[int(t) * row:(int(t) + 1) * row], qtype, dim)
                      for t in token_ids])
 
 

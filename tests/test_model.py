@@ -1,0 +1,70 @@
+"""The whole model on the cpu backend: float32 against float64 at named checkpoints, a golden
+greedy continuation, and the Python API."""
+
+import numpy as np
+import pytest
+
+import perro_pastor
+from perro_pastor.model import GenerationStats, load
+from perro_pastor.sampling import GREEDY, Sampler, SamplerSettings
+
+PROMPT = "The quick brown fox jumps over the lazy dog. In the village, the shepherd"
+
+
+@pytest.fixture(scope="module")
+def model32():
+    return load("default", backend="cpu")
+
+
+def run_with_checkpoints(model, tokens):
+    seen = {}
+    kv = model.transformer.new_cache(64)
+    model.transformer.forward(np.array(tokens), 0, kv, all_logits=True,
+                              trace=lambda name, value: seen.__setitem__(name, np.array(value, np.float64)))
+    return seen
+
+
+def test_float32_matches_float64_at_every_checkpoint(model32):
+    model64 = load("default", backend="cpu", dtype=np.float64)
+    tokens = model32.tokenizer.encode(PROMPT)
+    got, want = run_with_checkpoints(model32, tokens), run_with_checkpoints(model64, tokens)
+    assert got.keys() == want.keys() and "L3.q" in got and "final.logits" in got
+    for name in want:  # in forward order, so the first failure names the first diverging op
+        scale = np.abs(want[name]).max()
+        err = np.abs(got[name] - want[name]).max()
+        assert err <= 2e-4 * scale + 1e-5, f"{name}: max |f32 - f64| = {err:.3g} (scale {scale:.3g})"
+    # the float32 model predicts the same next token everywhere
+    np.testing.assert_array_equal(got["final.logits"].argmax(-1), want["final.logits"].argmax(-1))
+
+
+def test_prefill_in_chunks_equals_one_batch(model32):
+    tokens = np.array(model32.tokenizer.encode(PROMPT))
+    t = model32.transformer
+    whole = t.forward(tokens, 0, t.new_cache(64), all_logits=True)
+    kv = t.new_cache(64)
+    parts = [t.forward(tokens[:7], 0, kv, all_logits=True)]
+    parts += [t.forward(tokens[i:i + 1], i, kv, all_logits=True) for i in range(7, len(tokens))]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-4, atol=1e-3)
+
+
+def test_same_seed_same_tokens(model32):
+    settings = SamplerSettings(temperature=0.9, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1)
+    runs = [[t.id for t in model32.generate(PROMPT, 12, Sampler(settings, seed=11))] for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 12
+
+
+def test_generate_stats_and_streaming_text(model32):
+    stats = GenerationStats()
+    pieces = list(model32.generate("Once upon a time", 8, Sampler(GREEDY), stats=stats))
+    assert stats.prompt_tokens == 4 and stats.generated_tokens == 8
+    assert "".join(p.text for p in pieces).strip()
+    assert stats.decode_tok_s > 0 and stats.prefill_tok_s > 0
+
+
+def test_context_overflow_is_refused(model32):
+    with pytest.raises(ValueError, match="does not fit a context of 4"):
+        list(model32.generate(PROMPT, 4, n_ctx=4))
+
+
+def test_public_api_exports_load():
+    assert perro_pastor.load is load
