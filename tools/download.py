@@ -268,6 +268,9 @@ class _TqdmProgress:
             tqdm.write(p.message, file=sys.stderr)
         if p.state in ("checking", "waiting-lock"):
             return
+        if p.state == "done":
+            self.close()
+            return
         if self.bar is None or self.name != (p.filename, p.state == "verifying"):
             self.close()
             self.name = (p.filename, p.state == "verifying")
