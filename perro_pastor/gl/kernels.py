@@ -16,6 +16,7 @@ from ..errors import BackendError
 from ..quant import GGMLType
 from .buffers import GLWeight
 from .context import GLContext
+from .layer_ops import LayerOps
 from .shader_loader import compile_compute
 
 # About 2 ms of Q4_1/Q8_0 mat-vec on 2-core llvmpipe; real GPUs do this in microseconds.
@@ -28,7 +29,7 @@ def _groups(n: int, size: int) -> int:
     return (n + size - 1) // size
 
 
-class Kernels:
+class Kernels(LayerOps):
     """Compiled programs (cached per shader + defines) and their launchers for one GL context."""
 
     def __init__(self, glctx: GLContext, *, max_weights_per_dispatch: int = DEFAULT_MAX_WEIGHTS_PER_DISPATCH,
@@ -38,6 +39,7 @@ class Kernels:
         self.max_weights_per_dispatch = max_weights_per_dispatch
         self.matvec_nr = matvec_rows_per_invocation
         self._programs: dict[tuple, object] = {}
+        self._scratch: dict[str, object] = {}
         self.dispatches = 0  # counted so tests and the scheduler can see how work was split
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -49,6 +51,16 @@ class Kernels:
             prog = compile_compute(self.ctx, name, defines)
             self._programs[key] = prog
         return prog
+
+    def scratch(self, name: str, nbytes: int):
+        """A launcher-owned buffer of at least nbytes, reused between calls (grown when too small)."""
+        buf = self._scratch.get(name)
+        if buf is None or buf.size < nbytes:
+            if buf is not None:
+                buf.release()
+            buf = self.ctx.buffer(reserve=max(16, nbytes))
+            self._scratch[name] = buf
+        return buf
 
     def _run(self, prog, gx: int, gy: int = 1, gz: int = 1, **uniforms: object) -> None:
         for k, v in uniforms.items():

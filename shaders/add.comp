@@ -1,0 +1,18 @@
+#version 430
+// add.comp: dst[i] += src[i]   (the residual connection x += xb when it is not fused into matvec)
+//
+// Threads: one invocation per element.
+// Buffers: 0 src (n,) f32 readonly, 1 dst (n,) f32 read-write
+// Twin:    numpy `dst + src`
+#ifndef WG_SIZE
+#define WG_SIZE 64
+#endif
+layout(local_size_x = WG_SIZE) in;
+layout(std430, binding = 0) readonly buffer SrcBuf { float src[]; };
+layout(std430, binding = 1) buffer DstBuf { float dst[]; };
+uniform uint n;
+
+void main() {
+    uint i = gl_GlobalInvocationID.x;
+    if (i < n) dst[i] += src[i];
+}
