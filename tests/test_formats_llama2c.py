@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from fixtures_formats import llama_pieces, write_llama2c, write_tokenizer_bin
 from perro_pastor.errors import ModelFormatError
 from perro_pastor.formats import open_model_file
+from perro_pastor.formats.llama2c import read_checkpoint
 from perro_pastor.quant import GGMLType
 
 GGUF_OF = {  # fixture weight name -> (GGUF name pattern, per layer?)
@@ -141,14 +142,54 @@ def test_size_mismatch(tmp_path):
     rejects(tmp_path, data + b"\0" * 4, "does not match")
 
 
-@settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.integers(-(2**31), 2**31 - 1) | st.integers(-2, 70), min_size=7, max_size=7))
-def test_header_property(tmp_path, header):
+SANE_HEADERS = st.builds(
+    lambda n_kv, group, half_head, n_layers, hidden, vocab, seq, unshared: [
+        n_kv * group * 2 * half_head, hidden, n_layers, n_kv * group, n_kv,
+        -vocab if unshared else vocab, seq,
+    ],
+    st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 3),
+    st.integers(1, 20), st.integers(1, 40), st.integers(1, 16), st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    header=st.lists(st.integers(-(2**31), 2**31 - 1) | st.integers(-2, 12), min_size=7, max_size=7)
+    | SANE_HEADERS,
+    tweak=st.none() | st.tuples(st.integers(0, 6), st.integers(-2, 2)),
+    pad=st.sampled_from([0, 0, 4, -4]),
+)
+def test_header_property(tmp_path, header, tweak, pad):
+    """Accepted exactly when an independent check says the header is sane and the size matches."""
+    header = list(header)
+    if tweak is not None:
+        header[tweak[0]] = max(-(2**31), min(2**31 - 1, header[tweak[0]] + tweak[1]))
+    dim, hidden, n_layers, n_heads, n_kv, vocab, seq = header
+    sane = all(v > 0 for v in (dim, hidden, n_layers, n_heads, n_kv, seq)) and vocab != 0
+    sane = sane and dim % n_heads == 0 and n_heads % n_kv == 0 and (dim // n_heads) % 2 == 0
+    size = 1028
+    if sane:
+        kv_dim, v = dim * n_kv // n_heads, abs(vocab)
+        per_layer = 2 * dim + 2 * dim * dim + 2 * kv_dim * dim + 3 * hidden * dim
+        floats = v * dim * (2 if vocab < 0 else 1) + n_layers * per_layer + dim + seq * dim // n_heads
+        if 28 + 4 * floats + pad <= 64 << 20:
+            size = 28 + 4 * floats + pad
+    should_open = sane and size == 28 + 4 * floats
     path = tmp_path / "h.bin"
-    path.write_bytes(struct.pack("<7i", *header) + b"\0" * 1000)
-    with pytest.raises(ModelFormatError) as e:  # 1028 bytes can never match a valid layout here
-        open_model_file(path)
-    assert str(e.value).startswith(str(path))
+    with open(path, "wb") as f:
+        f.write(struct.pack("<7i", *header))
+        f.truncate(size)  # sparse: big valid sizes cost nothing
+    try:
+        m = read_checkpoint(path)
+    except ModelFormatError as e:
+        assert not should_open, e
+        assert str(e).startswith(str(path))
+        return
+    assert should_open
+    assert m.metadata["llama.block_count"] == n_layers
+    last = max(m.tensors.values(), key=lambda t: t.offset)
+    assert last.offset + last.nbytes == size - (0 if vocab < 0 else 4 * seq * dim // n_heads)
+    m.close()
 
 
 # -----------------------------------------------------------------------------
