@@ -8,7 +8,8 @@ in float32, or in float64 for tests, and can record named checkpoints (``L3.q``,
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 
@@ -110,6 +111,14 @@ class KVCache:
         self.n_ctx = n_ctx
 
 
+@dataclass
+class Segment:
+    """One sequence's share of a batched forward: its tokens, first position and KV cache."""
+    tokens: np.ndarray
+    pos0: int
+    kv: KVCache
+
+
 class CpuWeights:
     """Weight access for the NumPy forward: dequantized and cached while within budget,
     otherwise dequantized block-wise inside each matmul."""
@@ -175,13 +184,24 @@ class CpuTransformer:
         """Run ``tokens`` (T,) at positions pos0..pos0+T-1, filling ``kv``.
 
         Returns logits (vocab,) for the last token, or (T, vocab) with ``all_logits``."""
+        return run_to_end(self.forward_steps([Segment(tokens, pos0, kv)], all_logits, trace))[0]
+
+    def forward_steps(self, segments: list[Segment], all_logits: bool = False,
+                      trace: Trace | None = None) -> Iterator[None]:
+        """The forward pass as a generator that yields after each sub-block, so a scheduler can
+        interleave it with other work. Several sequences (segments, each with its own KV cache)
+        run as one batch: every weight is read once for all of them; only attention is per
+        sequence. Returns (via StopIteration) one logits array per segment."""
         cfg, w, store = self.cfg, self.w, self.store
         trace = trace or (lambda name, value: None)
-        tokens = np.asarray(tokens, dtype=np.int64)
+        for seg in segments:
+            if seg.pos0 < 0 or seg.pos0 + len(seg.tokens) > seg.kv.n_ctx:
+                raise ValueError(f"positions {seg.pos0}..{seg.pos0 + len(seg.tokens) - 1} "
+                                 f"do not fit a context of {seg.kv.n_ctx}")
+        tokens = np.concatenate([np.asarray(seg.tokens, dtype=np.int64) for seg in segments])
+        positions = np.concatenate([np.arange(seg.pos0, seg.pos0 + len(seg.tokens)) for seg in segments])
+        bounds = np.cumsum([0] + [len(seg.tokens) for seg in segments])  # segment i = rows bounds[i]:bounds[i+1]
         T, hs = len(tokens), cfg.head_size
-        if pos0 < 0 or pos0 + T > kv.n_ctx:
-            raise ValueError(f"positions {pos0}..{pos0 + T - 1} do not fit a context of {kv.n_ctx}")
-        positions = np.arange(pos0, pos0 + T)
 
         # the residual stream starts as each token's embedding: (T,) -> (T, dim)
         x = store.rows(w.token_embedding_table, tokens)
@@ -204,15 +224,19 @@ class CpuTransformer:
             trace(f"L{l}.q", q)
             trace(f"L{l}.k", k)
 
-            # remember this chunk's keys and values, then attend over everything so far
-            kv.key_cache[l, pos0:pos0 + T] = k
-            kv.value_cache[l, pos0:pos0 + T] = v
-            att = attention(q, kv.key_cache[l], kv.value_cache[l], pos0, cfg.sliding_window)
+            # each sequence remembers its keys and values, then attends over its own past
+            att = np.empty_like(q)
+            for seg, a, b in zip(segments, bounds[:-1], bounds[1:]):
+                seg.kv.key_cache[l, seg.pos0:seg.pos0 + b - a] = k[a:b]
+                seg.kv.value_cache[l, seg.pos0:seg.pos0 + b - a] = v[a:b]
+                att[a:b] = attention(q[a:b], seg.kv.key_cache[l], seg.kv.value_cache[l], seg.pos0,
+                                     cfg.sliding_window)
             trace(f"L{l}.att", att)
 
             # mix the heads back into the residual stream
             x = x + store.matmul(att.reshape(T, cfg.dim), layer.wo)
             trace(f"L{l}.att_out", x)
+            yield
 
             # ---------------------------------------------------------------- feed-forward
             xb = rmsnorm(x, self.rms_ffn[l], cfg.rms_eps)
@@ -222,11 +246,23 @@ class CpuTransformer:
             trace(f"L{l}.ffn_hidden", hb)
             x = x + store.matmul(hb, layer.w2)
             trace(f"L{l}.ffn_out", x)
+            yield
 
         # ---------------------------------------------------------------- output
         if not all_logits:
-            x = x[-1:]
+            x = x[bounds[1:] - 1]  # the last token of each segment
         x = rmsnorm(x, self.rms_final, cfg.rms_eps)
         logits = store.matmul(x, w.wcls)
         trace("final.logits", logits)
-        return logits if all_logits else logits[0]
+        if all_logits:
+            return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return list(logits)
+
+
+def run_to_end(steps: Generator[None, None, list]) -> list:
+    """Drive a step generator to completion and return its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
