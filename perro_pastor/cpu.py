@@ -117,6 +117,7 @@ class Segment:
     tokens: np.ndarray
     pos0: int
     kv: KVCache
+    adapters: tuple = ()  # LoRA adapters: objects with .scale and .factors(layer, name) -> (A, B) | None
 
 
 class CpuWeights:
@@ -214,9 +215,9 @@ class CpuTransformer:
             trace(f"L{l}.att_norm", xb)
 
             # project to queries, keys and values: (T, dim) -> (T, heads, hs)
-            q = store.matmul(xb, layer.wq).reshape(T, cfg.n_heads, hs)
-            k = store.matmul(xb, layer.wk).reshape(T, cfg.n_kv_heads, hs)
-            v = store.matmul(xb, layer.wv).reshape(T, cfg.n_kv_heads, hs)
+            q = self.project(xb, l, "wq", segments, bounds).reshape(T, cfg.n_heads, hs)
+            k = self.project(xb, l, "wk", segments, bounds).reshape(T, cfg.n_kv_heads, hs)
+            v = self.project(xb, l, "wv", segments, bounds).reshape(T, cfg.n_kv_heads, hs)
 
             # rotate q and k by their position (RoPE), so attention scores depend on distance
             q = rope(q, positions, self.inv_freq)
@@ -234,7 +235,7 @@ class CpuTransformer:
             trace(f"L{l}.att", att)
 
             # mix the heads back into the residual stream
-            x = x + store.matmul(att.reshape(T, cfg.dim), layer.wo)
+            x = x + self.project(att.reshape(T, cfg.dim), l, "wo", segments, bounds)
             trace(f"L{l}.att_out", x)
             yield
 
@@ -242,9 +243,10 @@ class CpuTransformer:
             xb = rmsnorm(x, self.rms_ffn[l], cfg.rms_eps)
 
             # SwiGLU: a gated projection up to hidden_dim and back down
-            hb = swiglu(store.matmul(xb, layer.w1), store.matmul(xb, layer.w3))
+            hb = swiglu(self.project(xb, l, "w1", segments, bounds),
+                        self.project(xb, l, "w3", segments, bounds))
             trace(f"L{l}.ffn_hidden", hb)
-            x = x + store.matmul(hb, layer.w2)
+            x = x + self.project(hb, l, "w2", segments, bounds)
             trace(f"L{l}.ffn_out", x)
             yield
 
@@ -257,6 +259,20 @@ class CpuTransformer:
         if all_logits:
             return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         return list(logits)
+
+
+    def project(self, x: np.ndarray, l: int, name: str, segments: list[Segment],
+                bounds: np.ndarray) -> np.ndarray:
+        """x @ W.T for weight ``name`` of layer ``l``, plus each segment's own LoRA deltas:
+        y = W x + scale * B (A x). The base weights are never modified."""
+        out = self.store.matmul(x, getattr(self.w.layers[l], name))
+        for seg, a, b in zip(segments, bounds[:-1], bounds[1:]):
+            for adapter in seg.adapters:
+                factors = adapter.factors(l, name)
+                if factors is not None:
+                    lora_a, lora_b = factors  # (rank, cols), (rows, rank)
+                    out[a:b] += adapter.scale * ((x[a:b] @ lora_a.T) @ lora_b.T).astype(out.dtype)
+        return out
 
 
 def run_to_end(steps: Generator[None, None, list]) -> list:
