@@ -17,6 +17,7 @@ from ..quant import GGMLType
 from .buffers import GLWeight
 from .context import GLContext
 from .layer_ops import LayerOps
+from .sampling_ops import SamplingOps
 from .shader_loader import compile_compute
 
 # About 2 ms of Q4_1/Q8_0 mat-vec on 2-core llvmpipe; real GPUs do this in microseconds.
@@ -29,7 +30,7 @@ def _groups(n: int, size: int) -> int:
     return (n + size - 1) // size
 
 
-class Kernels(LayerOps):
+class Kernels(LayerOps, SamplingOps):
     """Compiled programs (cached per shader + defines) and their launchers for one GL context."""
 
     def __init__(self, glctx: GLContext, *, max_weights_per_dispatch: int = DEFAULT_MAX_WEIGHTS_PER_DISPATCH,
