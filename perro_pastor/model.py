@@ -99,7 +99,7 @@ class Model:
             token = sampler.sample(logits, history)
             history.append(token)
             stats.generated_tokens += 1
-            if stop_at_eos and token in self.tokenizer.eog_ids:
+            if stop_at_eos and (token == self.tokenizer.eos_id or self.tokenizer.is_eot(token)):
                 break
             yield Token(token, decoder.feed(token))
             if step + 1 < max_tokens:
