@@ -1,5 +1,5 @@
 #version 430
-// matvec.comp: dst[t, r] (+)= sum_c W[r, c] * x[t, c]   (W: rows x cols, GGML blocks of QUANT_*)
+// matvec.comp: dst[t, r] (+)= scale * sum_c W[r, c] * x[t, c]   (W: rows x cols, GGML blocks of QUANT_*)
 //
 // Threads: x = one invocation per NR consecutive rows; each decoded x block is reused for NR rows.
 //          y = token t (n_tokens = 1 is the decode mat-vec, T > 1 the batched prefill).
@@ -24,6 +24,7 @@ uniform uint part_row0;
 uniform uint cols;
 uniform uint dst_stride;
 uniform uint accumulate;
+uniform float scale;  // 1 for weights; the LoRA scale for the B (A x) half of an adapter
 #include "common/dequant.glsl"
 
 void main() {
@@ -54,7 +55,7 @@ void main() {
     for (uint r = 0u; r < NR; r++) {
         if (r0 + r < row_end) {
             uint o = t * dst_stride + part_row0 + r0 + r;
-            dst[o] = accumulate != 0u ? dst[o] + acc[r] : acc[r];
+            dst[o] = accumulate != 0u ? dst[o] + scale * acc[r] : scale * acc[r];
         }
     }
 }

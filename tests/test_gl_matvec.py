@@ -107,3 +107,23 @@ def test_embedding_every_type(glctx, kernels, qtype):  # noqa: F811
     want = dequantize(raw, qtype, vocab, dim)[ids[1:]]  # TODO: cpu.embedding once quant.dequantize_rows lands
     np.testing.assert_array_equal(read_f32(out, (4, dim)), want)  # decoding is exact
     assert_no_gl_error(glctx)
+
+
+@pytest.mark.parametrize("rank,T", [(4, 1), (16, 3)])
+def test_lora_delta(glctx, kernels, rank, T):  # noqa: F811
+    from perro_pastor.gl.kernels import LoraPair
+
+    rng = np.random.default_rng(rank)
+    rows, cols, scale = 72, 96, 0.37
+    a = rng.standard_normal((rank, cols)).astype(np.float32)
+    b = rng.standard_normal((rows, rank)).astype(np.float32)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    y0 = rng.standard_normal((T, rows)).astype(np.float32)
+    y = f32_buffer(glctx, y0)
+    kernels.lora(y, LoraPair(glctx, a, b), f32_buffer(glctx, x), scale=scale, n_tokens=T)
+    want = y0 + scale * (x.astype(np.float64) @ a.T @ b.T)
+    bound = np.abs(y0) + scale * (np.abs(x) @ np.abs(a).T @ np.abs(b).T)
+    check_close(read_f32(y, (T, rows)), want, bound, "lora")
+    with pytest.raises(BackendError, match="ranks differ"):
+        LoraPair(glctx, a, b[:, :-1])
+    assert_no_gl_error(glctx)

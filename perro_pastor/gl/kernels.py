@@ -12,9 +12,11 @@ frame; the caller can also pass ``row_offset``/``n_rows`` to spread one mat-vec 
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import BackendError
 from ..quant import GGMLType
-from .buffers import GLWeight
+from .buffers import GLWeight, upload_weight
 from .context import GLContext
 from .layer_ops import LayerOps
 from .sampling_ops import SamplingOps
@@ -99,7 +101,8 @@ class Kernels(LayerOps, SamplingOps):
     # -- matvec ---------------------------------------------------------------------------------
 
     def matvec(self, dst, weight: GLWeight, x, n_tokens: int = 1, accumulate: bool = False,
-               row_offset: int = 0, n_rows: int | None = None, dst_stride: int | None = None) -> None:
+               row_offset: int = 0, n_rows: int | None = None, dst_stride: int | None = None,
+               scale: float = 1.0) -> None:
         """dst[t, r] = (dst[t, r] +) sum_c W[r, c] x[t, c] for rows row_offset .. row_offset + n_rows.
 
         x is (n_tokens, cols) f32, dst is (n_tokens, dst_stride) with dst_stride = weight.rows by
@@ -124,8 +127,47 @@ class Kernels(LayerOps, SamplingOps):
                 end = min(b, start + chunk)
                 self._run(prog, _groups(end - start, nr * MATVEC_WG), n_tokens,
                           row_begin=start - part.row0, row_end=end - part.row0, part_row0=part.row0,
-                          cols=weight.cols, dst_stride=dst_stride or weight.rows, accumulate=int(accumulate))
+                          cols=weight.cols, dst_stride=dst_stride or weight.rows, accumulate=int(accumulate),
+                          scale=float(scale))
         self.barrier()
 
 
-__all__ = ["Kernels", "GGMLType"]
+    # -- LoRA -----------------------------------------------------------------------------------
+
+    def lora(self, y, adapter: "LoraPair", x, scale: float, n_tokens: int = 1) -> None:
+        """y += scale * B (A x): a low-rank adapter's delta on top of a base mat-vec's output.
+
+        Two matvec dispatches through a scratch (n_tokens, rank) buffer; A and B are f32.
+        """
+        tmp = self.scratch("lora_ax", n_tokens * adapter.a.rows * 4)
+        self.matvec(tmp, adapter.a, x, n_tokens=n_tokens)
+        self.matvec(y, adapter.b, tmp, n_tokens=n_tokens, accumulate=True, scale=scale)
+
+
+class LoraPair:
+    """A (rank, cols) and B (rows, rank) of one adapted weight, uploaded as f32.
+
+    The rank is padded with zeros to a multiple of 8 (kernels decode 8 weights at a time); the
+    padding adds nothing to B (A x).
+    """
+
+    def __init__(self, glctx: GLContext, a: np.ndarray, b: np.ndarray, name: str = "lora") -> None:
+        rank, cols = a.shape
+        rows, rank_b = b.shape
+        if rank_b != rank:
+            raise BackendError(f"LoRA {name}: A is {a.shape} but B is {b.shape}; ranks differ")
+        padded = (rank + 7) // 8 * 8
+        a_pad = np.zeros((padded, cols), np.float32)
+        a_pad[:rank] = a
+        b_pad = np.zeros((rows, padded), np.float32)
+        b_pad[:, :rank] = b
+        self.rank = rank
+        self.a = upload_weight(glctx, a_pad.view(np.uint8), GGMLType.F32, padded, cols, f"{name}.lora_a")
+        self.b = upload_weight(glctx, b_pad.view(np.uint8), GGMLType.F32, rows, padded, f"{name}.lora_b")
+
+    def release(self) -> None:
+        self.a.release()
+        self.b.release()
+
+
+__all__ = ["Kernels", "LoraPair"]
