@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures_formats import (
-    ARR, BOOL, F32, I32, STR, U8, U32, gstr, kv, kv_str, kv_u32, pack_gguf, tinfo, write_small_gguf,
+    ARR, BOOL, I32, STR, U8, U32, gstr, kv, kv_str, kv_u32, pack_gguf, tinfo, write_small_gguf,
 )
 from perro_pastor.errors import ModelFormatError
 from perro_pastor.formats import open_model_file
