@@ -27,7 +27,7 @@ void main() {
     uint i = i8 * 8u;
     uint blk = tok * (dim / QK) * BLOCK_BYTES + (i / QK) * BLOCK_BYTES;
     vec4 lo, hi;
-    dequant8(blk, (i % QK) / 8u, lo, hi);
+    dequant8(blk, dq_head(blk), (i % QK) / 8u, lo, hi);
     uint o = (t * dim + i) / 4u;
     out4[o] = lo;
     out4[o + 1u] = hi;

@@ -42,12 +42,14 @@ void main() {
         acc[r] = 0.0;
     }
     for (uint ib = 0u; ib < nb; ib++) {
+        uvec4 head[NR];
+        for (uint r = 0u; r < NR; r++) head[r] = dq_head(base[r] + ib * BLOCK_BYTES);
         for (uint g = 0u; g < QK / 8u; g++) {
             uint xi = xq + (ib * QK + g * 8u) / 4u;
             vec4 xa = x4[xi], xb = x4[xi + 1u];
             for (uint r = 0u; r < NR; r++) {
                 vec4 lo, hi;
-                dequant8(base[r] + ib * BLOCK_BYTES, g, lo, hi);
+                dequant8(base[r] + ib * BLOCK_BYTES, head[r], g, lo, hi);
                 acc[r] += dot(lo, xa) + dot(hi, xb);
             }
         }

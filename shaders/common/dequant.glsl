@@ -5,9 +5,14 @@
 //
 //     void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi)
 //
-// which returns weights 8g .. 8g+7 of the block starting at byte `blk` of W, scales applied.
-// Eight weights always share one scale and sit in consecutive bytes in every layout, so a decode
-// is two word reads plus a little bit twiddling. NumPy twin: quant.dequantize (the layouts are
+//     uvec4 dq_head(uint blk)                      // the block's scale words, read once
+//     void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi)
+//
+// dequant8 returns weights 8g .. 8g+7 of the block starting at byte `blk` of W, scales applied.
+// dq_head loads the block's header (scales, mins, high bits) into registers once per block, so a
+// kernel decoding all QK/8 groups reads each header word once. Eight weights always share one
+// scale and sit in consecutive bytes in every layout, so a decode is two word reads plus a little
+// bit twiddling. NumPy twin: quant.dequantize (the layouts are
 // checked bit for bit against gguf.quants there). The includer declares `uint W[]` first.
 #ifndef COMMON_DEQUANT_GLSL
 #define COMMON_DEQUANT_GLSL
@@ -18,6 +23,11 @@ vec4 nib4(uint w, uint shift) {
     return vec4((uvec4(w >> shift) >> uvec4(0u, 8u, 16u, 24u)) & 0xFu);
 }
 
+// Byte b (0..15) of a header held in registers.
+uint head_u8(uvec4 h, uint b) {
+    return (h[b >> 2] >> ((b & 3u) << 3)) & 0xFFu;
+}
+
 // Bits b..b+3 of `bits`, one per lane, as 0.0 or 1.0.
 vec4 bit4(uint bits, uint b) {
     return vec4((uvec4(bits >> b) >> uvec4(0u, 1u, 2u, 3u)) & 1u);
@@ -26,7 +36,8 @@ vec4 bit4(uint bits, uint b) {
 #if defined(QUANT_F32)
 #define QK 8u
 #define BLOCK_BYTES 32u
-void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
+uvec4 dq_head(uint blk) { return uvec4(0u); }
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
     uint i = blk >> 2;
     lo = uintBitsToFloat(uvec4(W[i], W[i + 1u], W[i + 2u], W[i + 3u]));
     hi = uintBitsToFloat(uvec4(W[i + 4u], W[i + 5u], W[i + 6u], W[i + 7u]));
@@ -35,7 +46,8 @@ void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
 #elif defined(QUANT_F16)
 #define QK 8u
 #define BLOCK_BYTES 16u
-void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
+uvec4 dq_head(uint blk) { return uvec4(0u); }
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
     uint i = blk >> 2;
     lo = vec4(unpackHalf2x16(W[i]), unpackHalf2x16(W[i + 1u]));
     hi = vec4(unpackHalf2x16(W[i + 2u]), unpackHalf2x16(W[i + 3u]));
@@ -47,7 +59,8 @@ void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
 vec2 bf16x2(uint w) {  // bfloat16 is the top half of an f32
     return uintBitsToFloat(uvec2(w << 16, w & 0xFFFF0000u));
 }
-void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
+uvec4 dq_head(uint blk) { return uvec4(0u); }
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
     uint i = blk >> 2;
     lo = vec4(bf16x2(W[i]), bf16x2(W[i + 1u]));
     hi = vec4(bf16x2(W[i + 2u]), bf16x2(W[i + 3u]));
@@ -57,8 +70,9 @@ void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
 // d: f16 @0, qs: int8[32] @2.  w = d * q
 #define QK 32u
 #define BLOCK_BYTES 34u
-void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
-    float d = w_f16(blk);
+uvec4 dq_head(uint blk) { return uvec4(w_u16(blk), 0u, 0u, 0u); }
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
+    float d = unpackHalf2x16(head.x).x;
     uint q = blk + 2u + 8u * g;
     lo = d * i8x4(w_u32(q));
     hi = d * i8x4(w_u32(q + 4u));
@@ -68,8 +82,9 @@ void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
 // d: f16 @0, qs: u8[16] @2; weight j<16 is the low nibble of qs[j], j>=16 the high nibble of qs[j-16].
 #define QK 32u
 #define BLOCK_BYTES 18u
-void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
-    float d = w_f16(blk);
+uvec4 dq_head(uint blk) { return uvec4(w_u16(blk), 0u, 0u, 0u); }
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
+    float d = unpackHalf2x16(head.x).x;
     uint q = blk + 2u + 8u * (g & 1u);
     uint s = (g >> 1) * 4u;
     lo = d * (nib4(w_u32(q), s) - 8.0);
@@ -80,9 +95,10 @@ void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
 // d, m: f16 @0,@2, qs: u8[16] @4 (20-byte blocks stay 4-byte aligned).  w = d * q + m
 #define QK 32u
 #define BLOCK_BYTES 20u
-void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
+uvec4 dq_head(uint blk) { return uvec4(W[blk >> 2], 0u, 0u, 0u); }
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
     uint i = blk >> 2;
-    vec2 dm = unpackHalf2x16(W[i]);
+    vec2 dm = unpackHalf2x16(head.x);
     uint s = (g >> 1) * 4u;
     uint qi = i + 1u + 2u * (g & 1u);
     lo = dm.x * nib4(W[qi], s) + dm.y;
@@ -93,9 +109,10 @@ void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
 // d: f16 @0, qh: u32 @2 (bit j = 5th bit of weight j), qs: u8[16] @6.  w = d * (q - 16)
 #define QK 32u
 #define BLOCK_BYTES 22u
-void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
-    float d = w_f16(blk);
-    uint qh = w_u32(blk + 2u) >> (8u * g);
+uvec4 dq_head(uint blk) { return uvec4(w_u16(blk), w_u32(blk + 2u), 0u, 0u); }
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
+    float d = unpackHalf2x16(head.x).x;
+    uint qh = head.y >> (8u * g);
     uint q = blk + 6u + 8u * (g & 1u);
     uint s = (g >> 1) * 4u;
     lo = d * (nib4(w_u32(q), s) + 16.0 * bit4(qh, 0u) - 16.0);
@@ -106,10 +123,11 @@ void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
 // d, m: f16 @0,@2, qh: u32 @4, qs: u8[16] @8.  w = d * q + m
 #define QK 32u
 #define BLOCK_BYTES 24u
-void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
+uvec4 dq_head(uint blk) { return uvec4(W[blk >> 2], W[(blk >> 2) + 1u], 0u, 0u); }
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
     uint i = blk >> 2;
-    vec2 dm = unpackHalf2x16(W[i]);
-    uint qh = W[i + 1u] >> (8u * g);
+    vec2 dm = unpackHalf2x16(head.x);
+    uint qh = head.y >> (8u * g);
     uint qi = i + 2u + 2u * (g & 1u);
     uint s = (g >> 1) * 4u;
     lo = dm.x * (nib4(W[qi], s) + 16.0 * bit4(qh, 0u)) + dm.y;
@@ -121,9 +139,13 @@ void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
 // Weight i: half h = i/128, shift 2*((i%128)/32), byte qs[32h + i%32], sub-block (i/16).
 #define QK 256u
 #define BLOCK_BYTES 84u
-void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
+uvec4 dq_head(uint blk) {  // the 16 scale bytes
+    uint i = blk >> 2;
+    return uvec4(W[i], W[i + 1u], W[i + 2u], W[i + 3u]);
+}
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
     uint h = g >> 4, j = (g & 15u) >> 2, l0 = (g & 3u) * 8u;
-    uint sc = w_u8(blk + h * 8u + j * 2u + (l0 >> 4));
+    uint sc = head_u8(head, h * 8u + j * 2u + (l0 >> 4));
     vec2 dm = unpackHalf2x16(W[(blk >> 2) + 20u]);
     float dl = dm.x * float(sc & 0xFu), ml = dm.y * float(sc >> 4);
     uint qi = ((blk + 16u + h * 32u + l0) >> 2);
@@ -137,12 +159,15 @@ void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
 // w = d * (scale - 32) * (q2 - (hmask bit ? 0 : 4))
 #define QK 256u
 #define BLOCK_BYTES 110u
-void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
+uvec4 dq_head(uint blk) {  // 12 scale bytes, then d
+    return uvec4(w_u32(blk + 96u), w_u32(blk + 100u), w_u32(blk + 104u), w_u16(blk + 108u));
+}
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
     uint h = g >> 4, j = (g & 15u) >> 2, l0 = (g & 3u) * 8u;
     uint is = h * 8u + j * 2u + (l0 >> 4);
-    uint low4 = is < 8u ? (w_u8(blk + 96u + is) & 0xFu) : (w_u8(blk + 88u + is) >> 4);
-    uint high2 = (w_u8(blk + 104u + (is & 3u)) >> (2u * (is >> 2))) & 3u;
-    float dl = w_f16(blk + 108u) * float(int(low4 | (high2 << 4)) - 32);
+    uint low4 = is < 8u ? (head_u8(head, is) & 0xFu) : (head_u8(head, is - 8u) >> 4);
+    uint high2 = (head_u8(head, 8u + (is & 3u)) >> (2u * (is >> 2))) & 3u;
+    float dl = unpackHalf2x16(head.w).x * float(int(low4 | (high2 << 4)) - 32);
     uint q = blk + 32u + h * 32u + l0;
     uint m = blk + l0;
     uint sh = 2u * j, hb = h * 4u + j;
@@ -164,19 +189,23 @@ void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
 #define BLOCK_BYTES 176u
 #define QS_OFF 48u
 #endif
-void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
+uvec4 dq_head(uint blk) {  // d and dmin, then the 12 scale bytes (header bytes 4..15)
+    uint i = blk >> 2;
+    return uvec4(W[i], W[i + 1u], W[i + 2u], W[i + 3u]);
+}
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
     uint gr = g >> 3, sub = (g >> 2) & 1u, l0 = (g & 3u) * 8u;
     uint is = 2u * gr + sub;
-    uint s = blk + 4u;
+    uint s = 4u;  // scale bytes start at header byte 4
     uint sc, mn;
     if (is < 4u) {
-        sc = w_u8(s + is) & 63u;
-        mn = w_u8(s + is + 4u) & 63u;
+        sc = head_u8(head, s + is) & 63u;
+        mn = head_u8(head, s + is + 4u) & 63u;
     } else {
-        sc = (w_u8(s + is + 4u) & 0xFu) | ((w_u8(s + is - 4u) >> 6) << 4);
-        mn = (w_u8(s + is + 4u) >> 4) | ((w_u8(s + is) >> 6) << 4);
+        sc = (head_u8(head, s + is + 4u) & 0xFu) | ((head_u8(head, s + is - 4u) >> 6) << 4);
+        mn = (head_u8(head, s + is + 4u) >> 4) | ((head_u8(head, s + is) >> 6) << 4);
     }
-    vec2 dm = unpackHalf2x16(W[blk >> 2]);
+    vec2 dm = unpackHalf2x16(head.x);
     float d1 = dm.x * float(sc), m1 = dm.y * float(mn);
     uint qi = (blk + QS_OFF + gr * 32u + l0) >> 2;
     vec4 q0 = nib4(W[qi], 4u * sub);
@@ -196,9 +225,12 @@ void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
 // high = bits 2k of qh[32h + l], scale sc[8h + l/16 + 2k].  w = d * sc * (q - 32)
 #define QK 256u
 #define BLOCK_BYTES 210u
-void dequant8(uint blk, uint g, out vec4 lo, out vec4 hi) {
+uvec4 dq_head(uint blk) {  // the 16 int8 scales
+    return uvec4(w_u32(blk + 192u), w_u32(blk + 196u), w_u32(blk + 200u), w_u32(blk + 204u));
+}
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
     uint h = g >> 4, k = (g & 15u) >> 2, l0 = (g & 3u) * 8u;
-    uint sc = w_u8(blk + 192u + h * 8u + (l0 >> 4) + 2u * k);
+    uint sc = head_u8(head, h * 8u + (l0 >> 4) + 2u * k);
     float dl = w_f16(blk + 208u) * float(int(sc << 24) >> 24);
     uint ql = blk + h * 64u + (k & 1u) * 32u + l0;
     uint qh = blk + 128u + h * 32u + l0;

@@ -1,0 +1,69 @@
+"""Mat-vec throughput per GGML type on the gl backend, in G weights/s, plus the longest dispatch.
+
+    .venv/bin/python benchmarks/bench_kernels.py [--types Q4_1,Q8_0] [--nr 4] [--repeat 20]
+
+Shapes are the default model's (SmolLM2-135M: 576 -> 1536 FFN, 1536 -> 576, 576 -> 576) and its
+49152-row output layer, which the launcher splits into dispatches of max_weights_per_dispatch.
+Random weights: speed does not depend on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from gl_helpers import ALL_TYPES, random_weight  # noqa: E402
+
+from perro_pastor.gl.buffers import f32_buffer, upload_weight  # noqa: E402
+from perro_pastor.gl.context import GLContext  # noqa: E402
+from perro_pastor.gl.kernels import Kernels  # noqa: E402
+from perro_pastor.quant import GGMLType  # noqa: E402
+
+SHAPES = [(1536, 576), (576, 1536), (576, 576)]  # K-quants use cols 1536 -> 1536 rows (256-blocks)
+OUTPUT = (49152, 576)
+
+
+def bench(k: Kernels, glctx: GLContext, qtype: GGMLType, rows: int, cols: int, repeat: int, n_tokens: int = 1):
+    rng = np.random.default_rng(0)
+    w = upload_weight(glctx, random_weight(qtype, rows, cols, rng), qtype, rows, cols)
+    x = f32_buffer(glctx, rng.standard_normal((n_tokens, cols)).astype(np.float32))
+    dst = f32_buffer(glctx, rows * n_tokens)
+    k.matvec(dst, w, x, n_tokens=n_tokens)  # JIT on first run
+    glctx.ctx.finish()
+    before = k.dispatches
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        k.matvec(dst, w, x, n_tokens=n_tokens)
+    glctx.ctx.finish()
+    dt = (time.perf_counter() - t0) / repeat
+    per_dispatch = dt / ((k.dispatches - before) / repeat)
+    w.release()
+    return rows * cols * n_tokens / dt / 1e9, dt, per_dispatch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--types", default=",".join(t.name for t in ALL_TYPES))
+    ap.add_argument("--nr", type=int, default=4, help="rows per invocation")
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--tokens", type=int, default=1, help="n_tokens (prefill batch)")
+    args = ap.parse_args()
+    glctx = GLContext()
+    k = Kernels(glctx, matvec_rows_per_invocation=args.nr)
+    print(f"# {glctx.limits.renderer}, NR={args.nr}, n_tokens={args.tokens}")
+    print(f"{'type':6} " + " ".join(f"{r}x{c:>5}" for r, c in SHAPES) + "   output 49152x576 (ms, max dispatch ms)")
+    for name in args.types.split(","):
+        qtype = GGMLType[name]
+        shapes = [(r, c if c % 256 == 0 or not name.endswith("_K") else 1536) for r, c in SHAPES + [OUTPUT]]
+        rates = [bench(k, glctx, qtype, r, c, args.repeat, args.tokens)[0] for r, c in shapes[:-1]]
+        rate, dt, per = bench(k, glctx, qtype, *shapes[-1], max(2, args.repeat // 5), args.tokens)
+        print(f"{name:6} " + " ".join(f"{v:9.2f}" for v in rates) + f"   {rate:9.2f} ({dt * 1e3:.1f} ms, {per * 1e3:.2f})")
+
+
+if __name__ == "__main__":
+    main()
