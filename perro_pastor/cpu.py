@@ -180,6 +180,24 @@ class CpuTransformer:
     def new_cache(self, n_ctx: int) -> KVCache:
         return KVCache(self.cfg, n_ctx, self.dtype)
 
+    def export_kv(self, kv: KVCache, n_tokens: int) -> np.ndarray:
+        """A copy of the first ``n_tokens`` rows of ``kv``: (2, n_layers, n_tokens, n_kv_heads,
+        head_size), keys then values, in the cache's dtype. Sessions save, fork and share prompt
+        prefixes through it without knowing how a backend stores its cache."""
+        if not 0 <= n_tokens <= kv.n_ctx:
+            raise ValueError(f"cannot export {n_tokens} KV rows from a context of {kv.n_ctx}")
+        return np.stack([kv.key_cache[:, :n_tokens], kv.value_cache[:, :n_tokens]])
+
+    def import_kv(self, kv: KVCache, array: np.ndarray) -> None:
+        """Write rows 0..n-1 of ``kv`` from an ``export_kv`` array (any float dtype)."""
+        shape = kv.key_cache.shape
+        if array.ndim != 5 or array.shape[0] != 2 or array.shape[1] != shape[0] \
+                or array.shape[2] > kv.n_ctx or array.shape[3:] != shape[2:]:
+            raise ValueError(f"KV array of shape {array.shape} does not fit a cache of shape {shape}")
+        n = array.shape[2]
+        kv.key_cache[:, :n] = array[0]
+        kv.value_cache[:, :n] = array[1]
+
     def forward(self, tokens: np.ndarray, pos0: int, kv: KVCache, all_logits: bool = False,
                 trace: Trace | None = None) -> np.ndarray:
         """Run ``tokens`` (T,) at positions pos0..pos0+T-1, filling ``kv``.

@@ -1,16 +1,23 @@
 """Turning logits into the next token: greedy, or seeded sampling with temperature, top-k,
-top-p, min-p and a repetition penalty.
+typical, top-p, min-p, repetition/frequency/presence penalties, logit bias and a pluggable hook.
 
-The chain runs in llama.cpp's default order — penalties, top-k, top-p, min-p, temperature, draw —
-so the same settings mean the same thing here as there. The sampler owns its RNG: the same seed
-and settings give the same tokens.
+The chain runs in llama.cpp's default order — logit bias, penalties, hook, top-k, typical, top-p,
+min-p, temperature, draw — so the same settings mean the same thing here as there. The sampler
+owns its RNG: the same seed and settings give the same tokens, and the RNG state can be saved
+(``get_state``/``set_state``) so a restored NPC continues exactly where it left off.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+# A hook sees the (biased, penalized) logits, the recent tokens and the sampler's RNG, and returns
+# new logits (the chain goes on with them) or a token id (taken as the answer).
+SamplerHook = Callable[[np.ndarray, Sequence[int], np.random.Generator], "np.ndarray | int"]
 
 
 @dataclass(frozen=True)
@@ -20,9 +27,16 @@ class SamplerSettings:
     top_p: float = 0.95  # 1.0 = off
     min_p: float = 0.05  # 0.0 = off
     repeat_penalty: float = 1.0  # 1.0 = off
-    repeat_last_n: int = 64  # window of recent tokens the penalty looks at
+    repeat_last_n: int = 64  # window of recent tokens every penalty looks at
+    typical_p: float = 1.0  # 1.0 = off (locally typical sampling)
+    frequency_penalty: float = 0.0  # subtracted once per occurrence in the window
+    presence_penalty: float = 0.0  # subtracted once if present in the window
+    logit_bias: Any = ()  # {token_id: bias} (stored as sorted pairs); -inf bans, +inf forces
+    hook: SamplerHook | None = field(default=None, compare=False)
 
     def __post_init__(self):
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, Mapping) else self.logit_bias
+        object.__setattr__(self, "logit_bias", tuple(sorted((int(t), float(b)) for t, b in bias)))
         checks = [
             (self.temperature >= 0, "temperature must be >= 0"),
             (self.top_k >= 0, "top_k must be >= 0"),
@@ -30,10 +44,20 @@ class SamplerSettings:
             (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
             (self.repeat_penalty > 0, "repeat_penalty must be > 0"),
             (self.repeat_last_n >= 0, "repeat_last_n must be >= 0"),
+            (0 < self.typical_p <= 1, "typical_p must be in (0, 1]"),
+            (all(t >= 0 for t, _ in self.logit_bias), "logit_bias token ids must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def to_dict(self) -> dict:
+        """JSON-able settings (the hook is code, so it is not saved: pass it again on restore)."""
+        names = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
+                 "typical_p", "frequency_penalty", "presence_penalty")
+        d = {n: getattr(self, n) for n in names}
+        d["logit_bias"] = [list(p) for p in self.logit_bias]
+        return d
 
 
 GREEDY = SamplerSettings(temperature=0.0)
@@ -51,28 +75,102 @@ def apply_repetition_penalty(logits: np.ndarray, recent: list[int], penalty: flo
     return logits
 
 
+def apply_frequency_presence(logits: np.ndarray, recent: list[int], frequency: float,
+                             presence: float) -> np.ndarray:
+    """OpenAI-style penalties: logit -= count * frequency + (count > 0) * presence."""
+    if (frequency == 0 and presence == 0) or not recent:
+        return logits
+    ids, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
+    logits = logits.copy()
+    logits[ids] -= counts * frequency + presence
+    return logits
+
+
+def typical_filter(cand: np.ndarray, probs: np.ndarray, p: float) -> np.ndarray:
+    """Locally typical sampling: keep the tokens whose surprise is closest to the distribution's
+    entropy until their mass reaches p. Returns the indices kept, in their original order."""
+    logp = np.log(np.maximum(probs, 1e-300))
+    entropy = -np.sum(probs * logp)
+    order = np.argsort(np.abs(-logp - entropy), kind="stable")
+    keep = int(np.searchsorted(np.cumsum(probs[order]), p)) + 1
+    return np.sort(order[:keep])
+
+
+def top_candidates(logits: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k largest logits, most likely first, ties in id order — the same answer as a
+    stable full argsort, found with a partition so a 50k vocabulary costs a fraction of it."""
+    if k == 0 or k >= len(logits):
+        return np.argsort(-logits, kind="stable")
+    threshold = np.partition(logits, len(logits) - k)[len(logits) - k]
+    ids = np.flatnonzero(logits >= threshold)  # ascending ids; ties at the threshold all included
+    return ids[np.argsort(-logits[ids], kind="stable")][:k]
+
+
+def entropy_adaptive_hook(low: float = 0.5, high: float = 3.0, hot: float = 1.5) -> SamplerHook:
+    """An entropix-style hook: when the model is sure (entropy < low nats) take the argmax; when
+    it is lost (entropy > high) flatten the distribution by ``hot`` to explore."""
+    def hook(logits: np.ndarray, recent: Sequence[int], rng: np.random.Generator):
+        z = logits - logits.max()
+        probs = np.exp(z)
+        probs /= probs.sum()
+        entropy = float(-np.sum(probs * np.log(np.maximum(probs, 1e-300))))
+        if entropy < low:
+            return int(np.argmax(logits))
+        return logits / hot if entropy > high else logits
+    return hook
+
+
 class Sampler:
     def __init__(self, settings: SamplerSettings = SamplerSettings(), seed: int | None = None):
         self.settings = settings
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
-    def sample(self, logits: np.ndarray, recent: list[int] = ()) -> int:
+    def get_state(self) -> dict:
+        """The RNG state (JSON-able), for save games."""
+        return copy.deepcopy(self.rng.bit_generator.state)
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = copy.deepcopy(state)
+
+    def clone(self) -> "Sampler":
+        """Same settings and the same RNG state: both copies draw the same future tokens."""
+        other = Sampler(self.settings, self.seed)
+        other.set_state(self.get_state())
+        return other
+
+    def sample(self, logits: np.ndarray, recent: Sequence[int] = ()) -> int:
         s = self.settings
         logits = np.asarray(logits, dtype=np.float64)
-        if s.repeat_last_n:
-            logits = apply_repetition_penalty(logits, list(recent)[-s.repeat_last_n:], s.repeat_penalty)
+        if s.logit_bias:
+            logits = logits.copy()
+            for token, bias in s.logit_bias:
+                if token < len(logits):
+                    logits[token] += bias
+        window = list(recent)[-s.repeat_last_n:] if s.repeat_last_n else []
+        logits = apply_repetition_penalty(logits, window, s.repeat_penalty)
+        logits = apply_frequency_presence(logits, window, s.frequency_penalty, s.presence_penalty)
+        if s.hook is not None:
+            out = s.hook(logits, window, self.rng)
+            if isinstance(out, (int, np.integer)):
+                return int(out)
+            logits = np.asarray(out, dtype=np.float64)
         if s.temperature == 0:
             return int(np.argmax(logits))
 
         # candidates, most likely first (a stable sort keeps ties in id order: deterministic)
-        order = np.argsort(-logits, kind="stable")
-        if s.top_k:
-            order = order[: s.top_k]
+        order = top_candidates(logits, s.top_k)
         cand = logits[order]
+        if not np.isfinite(cand[0]):  # +inf forces a token; all -inf would be a caller error
+            return int(order[0])
 
         probs = np.exp(cand - cand[0])
         probs /= probs.sum()
+        if s.typical_p < 1.0:
+            keep = typical_filter(cand, probs, s.typical_p)
+            order, cand = order[keep], cand[keep]
+            probs = np.exp(cand - cand[0])
+            probs /= probs.sum()
         if s.top_p < 1.0:
             # keep the smallest prefix whose probability mass reaches top_p
             keep = int(np.searchsorted(np.cumsum(probs), s.top_p)) + 1

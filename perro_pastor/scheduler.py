@@ -1,0 +1,235 @@
+"""The frame-budgeted scheduler: ``tick(budget_ms)`` once per frame advances every NPC a little
+and returns before the budget is spent. It never blocks.
+
+Work is cooperative generators that yield at dispatch boundaries:
+- one *batch* at a time: every session in the decode phase (one token each) plus a chunk of the
+  highest-priority prefill, run as ONE ``transformer.forward_steps`` call, so each weight is read
+  once for all NPCs; then one step per session to sample its next token;
+- *jobs*: any generator (e.g. model loading) submitted with a priority.
+
+Before each step the scheduler predicts its cost from what the same step cost before (an
+exponential average) and stops the tick if it would overrun the budget. A step never splits, so
+the first step of a tick always runs (else nothing would progress): the longest tick is about one
+step. Priority: the highest-priority work runs first; a running batch is abandoned (preempted) when
+a session of higher priority than all of its members needs work. Abandoning is safe: sessions
+only count tokens when their batch completes.
+
+On synchronous drivers (cpu, llvmpipe) a step's wall time is its cost. An asynchronous GPU backend
+exposes ``transformer.poll() -> bool`` (fences with a zero timeout): while it returns False the
+tick ends at once instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Callable, Generator, Iterator
+
+from .cpu import Segment
+from .session import Session
+
+PREFIX_CACHE_SIZE = 8
+
+
+class Job:
+    """A cooperative background job (e.g. loading): a generator advanced one step per slot."""
+
+    def __init__(self, steps: Iterator, priority: int, name: str):
+        self.steps, self.priority, self.name = steps, priority, name
+        self.done, self.result, self.error = False, None, None
+
+
+class Scheduler:
+    def __init__(self, model, clock: Callable[[], float] = time.perf_counter, max_batch: int = 8,
+                 prefill_chunk: int = 32, sync_budget_ms: float = 50.0):
+        self.model, self.clock = model, clock
+        self.max_batch, self.prefill_chunk, self.sync_budget_ms = max_batch, prefill_chunk, sync_budget_ms
+        self.sessions: list[Session] = []
+        self.jobs: list[Job] = []
+        self.prefix_cache: OrderedDict[tuple, object] = OrderedDict()  # system prompt -> KV rows
+        self.step_cost: dict[tuple, float] = {}  # (kind, step index, batch tokens) -> seconds (EMA)
+        self.tick_ms: list[float] = []  # wall time of every tick, for benchmarks
+        self.tokens_generated = 0
+        self._batch: Generator | None = None
+        self._batch_members: list[Session] = []
+        self._batch_key: tuple = ()
+        self._batch_step = 0
+        self._driver: asyncio.Task | None = None
+
+    # -------------------------------------------------------------------------
+    # sessions and jobs
+
+    def session(self, **options) -> Session:
+        """A new NPC on this scheduler's model (see ``Session`` for the options)."""
+        s = Session(self, **options)
+        self.sessions.append(s)
+        return s
+
+    def restore(self, data: bytes, lora=None, hook=None) -> Session:
+        """A session from ``Session.save()`` bytes (refused with StateError on a mismatch)."""
+        from .state import restore_session
+        return restore_session(self, data, lora=lora, hook=hook)
+
+    def remove(self, session: Session) -> None:
+        session.cancel()
+        self.sessions.remove(session)
+
+    def submit(self, steps: Iterator, priority: int = 0, name: str = "job") -> Job:
+        """Run a generator through the scheduler, one ``next`` per slot."""
+        job = Job(iter(steps), priority, name)
+        self.jobs.append(job)
+        return job
+
+    def warmup(self, system_prompt: str, **options) -> None:
+        """Compute a system prompt's KV once (blocking), so sessions that start with it reuse it."""
+        s = Session(self, system_prompt=system_prompt, **options)
+        if s.prefix and tuple(s.prefix) not in self.prefix_cache:
+            from .cpu import run_to_end
+            run_to_end(self.model.transformer.forward_steps([Segment(s.prefix, 0, s.kv)]))
+            self._cache_prefix(s.prefix, s)
+
+    def _cache_prefix(self, prefix: list[int], s: Session) -> None:
+        self.prefix_cache[tuple(prefix)] = self.model.transformer.export_kv(s.kv, len(prefix))
+        while len(self.prefix_cache) > PREFIX_CACHE_SIZE:
+            self.prefix_cache.popitem(last=False)
+
+    def _wake(self, session: Session) -> None:
+        if session not in self.sessions:
+            self.sessions.append(session)
+
+    # -------------------------------------------------------------------------
+    # the frame tick
+
+    def tick(self, budget_ms: float) -> int:
+        """Advance work for at most ``budget_ms`` (one step may overrun it). Returns steps run."""
+        start = self.clock()
+        budget = budget_ms / 1000.0
+        steps = 0
+        poll = getattr(self.model.transformer, "poll", None)
+        while True:
+            if poll is not None and not poll():
+                break  # async GPU backend: a fence is still pending; look again next frame
+            work = self._pick()
+            if work is None:
+                break
+            key, advance = work
+            elapsed = self.clock() - start
+            if steps and elapsed + self.step_cost.get(key, 0.0) > budget:
+                break
+            t0 = self.clock()
+            advance()
+            cost = self.clock() - t0
+            old = self.step_cost.get(key)
+            self.step_cost[key] = cost if old is None else 0.7 * old + 0.3 * cost
+            steps += 1
+            if self.clock() - start >= budget:
+                break
+        self.tick_ms.append((self.clock() - start) * 1000.0)
+        return steps
+
+    def idle(self) -> bool:
+        return self._batch is None and not self.jobs and not any(self._wants_work(s) for s in self.sessions)
+
+    def _wants_work(self, s: Session) -> bool:
+        return s.busy and len(s.tokens) > s.n_past
+
+    def _pick(self):
+        """The next step to run, as (cost key, callable), or None when there is nothing to do."""
+        waiting = [s for s in self.sessions if self._wants_work(s) and s not in self._batch_members]
+        top_waiting = max((s.priority for s in waiting), default=None)
+        if self._batch is not None and top_waiting is not None \
+                and top_waiting > max(s.priority for s in self._batch_members):
+            self._abandon_batch()  # preempt background chatter for the more important NPC
+        batch_priority = (max(s.priority for s in self._batch_members) if self._batch is not None
+                          else top_waiting)
+        job = max(self.jobs, key=lambda j: j.priority, default=None)
+        if job is not None and (batch_priority is None or job.priority > batch_priority):
+            return ("job", job.name), lambda: self._advance_job(job)
+        if self._batch is None:
+            if not waiting:
+                return None
+            self._start_batch(waiting)
+        return (*self._batch_key, self._batch_step), self._advance_batch
+
+    def _advance_job(self, job: Job) -> None:
+        try:
+            next(job.steps)
+        except StopIteration as done:
+            job.done, job.result = True, done.value
+            self.jobs.remove(job)
+        except Exception as exc:  # a failed job must not take the game's frame loop down
+            job.done, job.error = True, exc
+            self.jobs.remove(job)
+
+    # -------------------------------------------------------------------------
+    # batches
+
+    def _start_batch(self, waiting: list[Session]) -> None:
+        waiting.sort(key=lambda s: -s.priority)  # stable: equal priorities keep creation order
+        decoding = [s for s in waiting if len(s.pending()) == 1][: self.max_batch]
+        prefilling = [s for s in waiting if len(s.pending()) > 1]
+        members = list(decoding)
+        if prefilling and (not decoding or len(decoding) < self.max_batch):
+            members.append(prefilling[0])
+        # highest priority first: the on-screen speaker's sampling step comes first
+        members.sort(key=lambda s: -s.priority)
+        plan = []
+        for s in members:
+            pending = s.pending()
+            n = min(len(pending), self.prefill_chunk)
+            if s.n_past < len(s.prefix) and tuple(s.prefix) not in self.prefix_cache:
+                n = min(n, len(s.prefix) - s.n_past)  # stop at the system prompt to cache it
+            plan.append((s, s.epoch, s.n_past, pending[:n]))
+        self._batch_members = members
+        self._batch_key = ("batch", sum(len(p[3]) for p in plan))
+        self._batch_step = 0
+        self._batch = self._run_batch(plan)
+
+    def _run_batch(self, plan) -> Generator:
+        """Forward every member's tokens as one batch, then sample for each member in turn."""
+        segments = [Segment(tokens, pos0, s.kv) for s, _, pos0, tokens in plan]
+        logits = yield from self.model.transformer.forward_steps(segments)
+        for (s, epoch, pos0, tokens), row in zip(plan, logits):
+            if s.epoch != epoch or s.n_past != pos0:
+                continue  # cancelled or replaced while in flight: its rows are simply rewritten later
+            s.n_past = pos0 + len(tokens)
+            if len(s.prefix) == s.n_past and s.tokens[:s.n_past] == s.prefix \
+                    and tuple(s.prefix) not in self.prefix_cache:
+                self._cache_prefix(s.prefix, s)
+            if s.n_past == len(s.tokens) and s.busy:
+                yield  # sampling is a step of its own (it costs a few ms on a 50k vocabulary)
+                if s.epoch == epoch:
+                    s._accept(s.sampler.sample(row, s.tokens))
+                    self.tokens_generated += 1
+
+    def _advance_batch(self) -> None:
+        try:
+            next(self._batch)
+            self._batch_step += 1
+        except StopIteration:
+            self._batch, self._batch_members = None, []
+        except Exception as exc:  # e.g. a backend error: fail these replies, keep the game running
+            members, self._batch, self._batch_members = self._batch_members, None, []
+            for s in members:
+                if s.busy:
+                    s.reply.error = exc
+                    s._end_reply(s.reply, "error")
+
+    def _abandon_batch(self) -> None:
+        self._batch.close()
+        self._batch, self._batch_members = None, []
+
+    # -------------------------------------------------------------------------
+    # asyncio
+
+    async def run(self, budget_ms: float = 4.0, frame_s: float = 1 / 60) -> None:
+        """Tick once per frame forever (cancel the task to stop): the asyncio driver."""
+        while True:
+            self.tick(budget_ms)
+            await asyncio.sleep(frame_s if self.idle() else 0)
+
+    def ensure_async_driver(self, budget_ms: float = 4.0) -> None:
+        """Start ``run`` on the running loop unless a driver is already going."""
+        if self._driver is None or self._driver.done():
+            self._driver = asyncio.get_running_loop().create_task(self.run(budget_ms))

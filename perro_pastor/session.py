@@ -1,0 +1,323 @@
+"""One NPC: a conversation on a shared model, with its own KV cache, position, sampler and RNG,
+history and priority. Sessions do no compute themselves: ``ask`` queues work and returns a
+``Reply`` handle, and the ``Scheduler`` advances every session a frame-budgeted slice at a time.
+
+    sched = Scheduler(model)
+    guard = sched.session(system_prompt="You are a castle guard.", priority=10, seed=1)
+    reply = guard.ask("Who goes there?", max_tokens=40, on_token=print)
+    ...  # once per frame: sched.tick(4.0)
+    for text in reply: ...            # or drive it to the end from plain code
+    text = await reply                # or from asyncio
+
+Bookkeeping rule: ``tokens`` is what the KV cache should hold, ``n_past`` how many of them it
+really holds (fully processed). Work still to do is ``tokens[n_past:]``. Cancel, preemption and
+context policies only ever shorten ``tokens``/``n_past``, so the cache is never inconsistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .chat import ChatTemplate, ChatTemplateError, template_for_model
+from .errors import PerroPastorError
+from .sampling import Sampler, SamplerSettings
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+POLICIES = ("error", "drop_oldest", "shift")
+
+
+class ContextFullError(PerroPastorError):
+    """A session's context window is full and its policy is ``error``."""
+
+
+class Reply:
+    """A handle on one generated reply: stream it (callbacks, iterator, ``async for``), poll it,
+    await it, or cancel it. ``finish_reason``: eos | stop | length | cancelled | context_full."""
+
+    def __init__(self, session: "Session", max_tokens: int, stop: Sequence[str],
+                 on_token: Callable[[str], None] | None, ignore_eos: bool):
+        self.session, self.max_tokens, self.stop = session, max_tokens, [s for s in stop if s]
+        self.callbacks = [on_token] if on_token else []
+        self.ignore_eos = ignore_eos
+        self.token_ids: list[int] = []
+        self.text = ""  # what was emitted (stop strings never are)
+        self.finish_reason: str | None = None
+        self.error: Exception | None = None
+        self._pieces: list[str] = []
+        self._held = ""  # text that might be the start of a stop string
+        self._decoder = session.model.tokenizer.stream_decoder()
+        self._event: asyncio.Event | None = None
+        self._polled = 0
+
+    # -- state
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def poll(self) -> str:
+        """Text emitted since the last poll ('' if none); never blocks."""
+        new = "".join(self._pieces[self._polled:])
+        self._polled = len(self._pieces)
+        return new
+
+    def cancel(self) -> None:
+        """Stop now. The KV cache keeps exactly the tokens it fully processed."""
+        if not self.done:
+            self.session._end_reply(self, "cancelled")
+
+    # -- sync driving: each wait ticks the scheduler (for scripts, tests and the CLI)
+    def __iter__(self) -> Iterator[str]:
+        i = 0
+        while True:
+            while i < len(self._pieces):
+                i += 1
+                yield self._pieces[i - 1]
+            if self.done:
+                break
+            self.session.scheduler.tick(self.session.scheduler.sync_budget_ms)
+        if self.error:
+            raise self.error
+
+    def result(self) -> str:
+        for _ in self:
+            pass
+        return self.text
+
+    # -- asyncio: a driver task ticks the scheduler once per frame
+    def __await__(self):
+        return self._wait().__await__()
+
+    async def _wait(self) -> str:
+        async for _ in self:
+            pass
+        return self.text
+
+    async def __aiter__(self):
+        self.session.scheduler.ensure_async_driver()
+        i = 0
+        while True:
+            while i < len(self._pieces):
+                i += 1
+                yield self._pieces[i - 1]
+            if self.done:
+                break
+            self._event = asyncio.Event()
+            await self._event.wait()
+        if self.error:
+            raise self.error
+
+    # -- called by the session as tokens arrive
+    def _emit(self, text: str) -> None:
+        if not text:
+            return
+        self.text += text
+        self._pieces.append(text)
+        for callback in self.callbacks:
+            callback(text)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._event is not None:
+            self._event.set()
+
+    def _feed(self, text: str) -> bool:
+        """Add decoded text; emit what cannot be part of a stop string. True if a stop matched."""
+        buf = self._held + text
+        for s in self.stop:
+            at = buf.find(s)
+            if at >= 0:
+                self._held = ""
+                self._emit(buf[:at])
+                return True
+        hold = max((k for s in self.stop for k in range(1, len(s)) if buf.endswith(s[:k])), default=0)
+        self._held = buf[len(buf) - hold:] if hold else ""
+        self._emit(buf[:len(buf) - hold])
+        return False
+
+
+class Session:
+    """One NPC on a shared model. Create it with ``Scheduler.session(...)``."""
+
+    def __init__(self, scheduler: "Scheduler", system_prompt: str | None = None,
+                 sampler: SamplerSettings | Sampler | None = None, seed: int | None = None,
+                 priority: int = 0, n_ctx: int = 512, context_policy: str = "drop_oldest",
+                 template: ChatTemplate | str | None = None, lora=None, name: str = ""):
+        if context_policy not in POLICIES:
+            raise ValueError(f"context_policy {context_policy!r}: choose from {', '.join(POLICIES)}")
+        self.scheduler, self.model = scheduler, scheduler.model
+        self.transformer = scheduler.model.transformer
+        cfg = self.model.config
+        if not 2 <= n_ctx <= cfg.seq_len:
+            raise ValueError(f"n_ctx {n_ctx} must be in 2..{cfg.seq_len} (the model's context)")
+        self.system_prompt, self.priority, self.name = system_prompt, priority, name
+        self.n_ctx, self.context_policy, self.lora = n_ctx, context_policy, lora
+        self.sampler = sampler if isinstance(sampler, Sampler) else Sampler(sampler or SamplerSettings(), seed)
+        tok = self.model.tokenizer
+        if isinstance(template, ChatTemplate):
+            self.template = template
+        else:
+            self.template = template_for_model(self.model.file.metadata, tok.tokens, tok.tokens[tok.bos_id],
+                                               tok.tokens[tok.eos_id], name=template)
+        self.messages: list[dict] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        self.kv = self.transformer.new_cache(n_ctx)
+        self.tokens: list[int] = []
+        self.n_past = 0
+        self.epoch = 0  # bumped whenever pending work is replaced, so stale batches are ignored
+        self.reply: Reply | None = None
+        self.prefix = self.encode(self.render(self.messages, False)) if self.messages else []
+
+    # -------------------------------------------------------------------------
+    # prompts
+
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool) -> str:
+        try:
+            return self.template.render(messages, add_generation_prompt)
+        except ChatTemplateError:
+            from .chat import guess_builtin
+            self.template = guess_builtin(None, self.model.tokenizer.tokens)
+            return self.template.render(messages, add_generation_prompt)
+
+    def encode(self, text: str) -> list[int]:
+        tok = self.model.tokenizer
+        starts_with_bos = text.startswith(tok.tokens[tok.bos_id])
+        return tok.encode(text, add_bos=tok.add_bos and not starts_with_bos, parse_special=True)
+
+    # -------------------------------------------------------------------------
+    # the public calls
+
+    @property
+    def busy(self) -> bool:
+        return self.reply is not None and not self.reply.done
+
+    def say(self, text: str, role: str = "user") -> None:
+        """Add a message to the history without generating (what the player said, a narration,
+        or a line written for the NPC with ``role='assistant'``)."""
+        if self.busy:
+            raise RuntimeError(f"session {self.name!r} is generating; cancel or await the reply first")
+        self.messages.append({"role": role, "content": text})
+
+    def ask(self, text: str | None = None, max_tokens: int = 128, stop: Sequence[str] = (),
+            on_token: Callable[[str], None] | None = None, ignore_eos: bool = False) -> Reply:
+        """Add ``text`` as a user turn (if given) and start the assistant's reply. Returns at once."""
+        if self.busy:
+            raise RuntimeError(f"session {self.name!r} is generating; cancel or await the reply first")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if text is not None:
+            self.messages.append({"role": "user", "content": text})
+        prompt = self._fit(lambda: self.encode(self.render(self.messages, True)))
+        self._replace_tokens(prompt)
+        self.reply = Reply(self, max_tokens, stop, on_token, ignore_eos)
+        self.scheduler._wake(self)
+        return self.reply
+
+    def cancel(self) -> None:
+        if self.reply is not None:
+            self.reply.cancel()
+
+    def save(self, kv_dtype: str = "f16") -> bytes:
+        from .state import save_session
+        return save_session(self, kv_dtype)
+
+    def fork(self, seed: int | None = None, **overrides) -> "Session":
+        """A branch of this dialogue: same history and KV, its own future. Same RNG state unless
+        a new ``seed`` is given."""
+        from .state import fork_session
+        return fork_session(self, seed, **overrides)
+
+    # -------------------------------------------------------------------------
+    # scheduler side
+
+    def pending(self) -> list[int]:
+        return self.tokens[self.n_past:]
+
+    def _replace_tokens(self, new: list[int]) -> None:
+        """Make ``new`` the target contents of the cache, keeping the longest processed prefix
+        (and reusing a cached system-prompt prefix on a fresh cache)."""
+        self.epoch += 1
+        common = 0
+        limit = min(self.n_past, len(new))
+        while common < limit and self.tokens[common] == new[common]:
+            common += 1
+        if common == len(new):  # all processed already, but the last logits are needed again
+            common -= 1
+        self.tokens, self.n_past = list(new), common
+        if self.n_past < len(self.prefix) and new[:len(self.prefix)] == self.prefix:
+            cached = self.scheduler.prefix_cache.get(tuple(self.prefix))
+            if cached is not None:
+                self.transformer.import_kv(self.kv, cached)
+                self.n_past = len(self.prefix)
+
+    def _fit(self, make_prompt: Callable[[], list[int]], reserve: int = 0) -> list[int]:
+        """The prompt, dropping the oldest turns (never the system prompt) until it fits, per
+        policy. ``error`` refuses instead."""
+        prompt = make_prompt()
+        while len(prompt) + reserve > self.n_ctx:
+            first = 1 if self.system_prompt else 0
+            if self.context_policy == "error" or len(self.messages) - first <= 1:
+                raise ContextFullError(
+                    f"session {self.name!r}: prompt of {len(prompt) + reserve} tokens does not fit "
+                    f"n_ctx={self.n_ctx} (policy {self.context_policy})")
+            del self.messages[first]
+            if self.messages[first:first + 1] and self.messages[first]["role"] == "assistant":
+                del self.messages[first]  # keep turns whole: never start on an assistant line
+        return prompt
+
+    def _accept(self, token: int) -> None:
+        """A token was sampled for the running reply: finish, or queue it for the next step."""
+        reply, tok = self.reply, self.model.tokenizer
+        if not reply.ignore_eos and tok.is_eot(token):
+            return self._end_reply(reply, "eos")
+        reply.token_ids.append(token)
+        if reply._feed(reply._decoder.feed(token)):
+            return self._end_reply(reply, "stop")
+        if len(reply.token_ids) >= reply.max_tokens:
+            return self._end_reply(reply, "length")
+        self.tokens.append(token)
+        if len(self.tokens) > self.n_ctx:
+            self._context_full()
+
+    def _context_full(self) -> None:
+        """The next token has no position left. Apply the session's policy."""
+        reply = self.reply
+        if self.context_policy == "drop_oldest" and len(self.messages) - (1 if self.system_prompt else 0) > 1:
+            try:
+                self._replace_tokens(self._fit(
+                    lambda: self.encode(self.render(self.messages, True)) + reply.token_ids))
+                return
+            except ContextFullError:
+                pass
+        if self.context_policy in ("drop_oldest", "shift"):
+            # shift: keep the system prompt, discard the oldest half of the rest, recompute the
+            # kept tail at its new positions (exact; costs a prefill of <= n_ctx/2 tokens)
+            n_keep = len(self.prefix) if self.tokens[:len(self.prefix)] == self.prefix else 0
+            n_discard = max(1, (len(self.tokens) - n_keep) // 2)
+            if len(self.tokens) - n_discard <= self.n_ctx and n_keep + n_discard < len(self.tokens):
+                self._replace_tokens(self.tokens[:n_keep] + self.tokens[n_keep + n_discard:])
+                return
+        reply.error = ContextFullError(
+            f"session {self.name!r}: context of {self.n_ctx} tokens is full (policy {self.context_policy})")
+        self._end_reply(reply, "context_full")
+
+    def _end_reply(self, reply: Reply, reason: str) -> None:
+        if reply.done:
+            return
+        if reason != "cancelled":
+            reply._emit(reply._held + (reply._decoder.flush() if reason != "stop" else ""))
+        reply._held = ""
+        reply.finish_reason = reason
+        if reply is self.reply:
+            self.epoch += 1
+            self.tokens = self.tokens[:self.n_past]  # the cache holds exactly these
+            if reply.token_ids or reason != "cancelled":
+                self.messages.append({"role": "assistant", "content": reply.text})
+        reply._wake()
+
+    def __repr__(self) -> str:
+        return (f"Session({self.name!r}, priority={self.priority}, n_past={self.n_past}, "
+                f"n_ctx={self.n_ctx}, busy={self.busy})")
