@@ -1,0 +1,65 @@
+"""The `perro-pastor` command as a user runs it: a real subprocess, real model files."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "perro_pastor.cli", *args], capture_output=True,
+                          text=True, input=stdin, timeout=600)
+
+
+def test_generate_json_streams_tokens_then_summary():
+    out = run("generate", "-m", "default", "-p", "Once upon a time", "-n", "6", "--temp", "0",
+              "--backend", "cpu", "--json")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert all(set(line) == {"id", "text"} for line in lines[:-1]) and len(lines) == 7
+    summary = lines[-1]
+    assert summary["prompt_tokens"] == 4 and summary["generated_tokens"] == 6
+    assert summary["prefill_tok_s"] > 0 and summary["decode_tok_s"] > 0
+
+
+def test_tokenize_parses_special_tokens_like_llama_tokenize():
+    out = run("tokenize", "-m", "default", "<|im_start|>user")
+    assert out.returncode == 0, out.stderr
+    ids = json.loads(out.stdout)
+    assert ids[0] == 1 and len(ids) == 2  # <|im_start|> is one special token, no BOS for SmolLM2
+    plain = json.loads(run("tokenize", "-m", "default", "--no-parse-special", "<|im_start|>user").stdout)
+    assert 1 not in plain and len(plain) > 2
+
+
+def test_tokenize_jsonl_batch_mode():
+    out = run("tokenize", "-m", "default", "--jsonl", stdin='"Hello"\n"12345"\n')
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 2 and len(rows[1]) == 5  # the smollm pre-tokenizer splits digits singly
+
+
+def test_inspect_counts_parameters():
+    out = run("inspect", "default", "--json")
+    info = json.loads(out.stdout)
+    assert info["format"] == "gguf" and len(info["tensors"]) == 272
+    assert 130e6 < info["n_params"] < 140e6
+    assert info["metadata"]["llama.block_count"] == 30
+
+
+@pytest.mark.parametrize("content", [b"", b"GGUF", b"GGUF\x03\x00\x00\x00" + b"\xff" * 40, b"not a model at all"])
+def test_bad_model_file_is_one_line_and_exit_3(tmp_path, content):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(content)
+    for args in (["generate", "-m", str(bad), "-p", "hi", "--backend", "cpu"], ["inspect", str(bad)],
+                 ["tokenize", "-m", str(bad), "hi"]):
+        out = run(*args)
+        assert out.returncode == 3, (args, out.stderr)
+        assert out.stderr.count("\n") == 1 and "bad.gguf" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_missing_model_and_usage_errors():
+    out = run("generate", "-m", "/nonexistent/model.gguf", "-p", "hi")
+    assert out.returncode == 3 and "no such model file" in out.stderr
+    assert run("generate").returncode == 2
+    out = run("generate", "-m", "default", "-p", "hi", "--top-p", "0", "--backend", "cpu")
+    assert out.returncode == 2 and "top_p" in out.stderr
