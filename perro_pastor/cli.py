@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import time
 
-import numpy as np
+# OpenBLAS's threads spin against llvmpipe's and the game's: on 2 cores a single BLAS thread was
+# 2.4x faster for cpu decode under load (docs/performance.md). Set before NumPy loads OpenBLAS;
+# an explicit OPENBLAS_NUM_THREADS from the user wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 from .errors import BackendError, DownloadError, ModelFormatError, PerroPastorError, TokenizerError
 from . import perplexity as ppl_mod
