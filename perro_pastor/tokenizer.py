@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ EOT_TEXTS = frozenset({
 # llama.cpp's default special ids when a file does not name them: (bos, eos, unk).
 _DEFAULT_IDS = {"llama": (1, 2, 0), "gpt2": (11, 11, None)}
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _MAX_VOCAB = 1 << 24  # far above any real vocabulary; a bigger array is corrupt or hostile
 
 
@@ -51,7 +53,9 @@ class Tokenizer:
 
     def __init__(self, *, model: str, tokens: list[str], types: list[int], engine: Any,
                  bos_id: int, eos_id: int, unk_id: int | None, pad_id: int | None,
-                 add_bos: bool, add_eos: bool, add_space_prefix: bool, eot_ids: frozenset[int]):
+                 add_bos: bool, add_eos: bool, add_space_prefix: bool, eot_ids: frozenset[int],
+                 where: str = "tokenizer"):
+        self.where = where  # the file name, for error messages
         self.model = model
         self.tokens = tokens
         self.types = types
@@ -108,22 +112,21 @@ class Tokenizer:
                 v.scores(n)  # unused by BPE, but a malformed array still means a corrupt file
             engine = tokenizer_bpe.build(tokens, v.merges(), pre, v.where)
             add_bos = v.flag("add_bos_token", pre in tokenizer_bpe.ADD_BOS_DEFAULT)
-            add_space_prefix = v.flag("add_space_prefix", False)
-            if add_space_prefix:
-                raise TokenizerError(f"{v.where}: {K}add_space_prefix = True is not supported "
-                                     "for gpt2 (byte-level BPE) vocabularies")
+            v.flag("add_space_prefix", False)  # checked, but llama.cpp's BPE never uses it
+            add_space_prefix = False
         add_eos = v.flag("add_eos_token", False)
 
-        # End of turn: eos, the file's eot/eom ids, and tokens with a well-known end-of-turn text.
-        eot = {eos_id, *(i for i in eot_meta if i is not None)}
-        eot.update(i for i, t in enumerate(tokens) if t in EOT_TEXTS)
+        # End of turn: eos, the file's eot/eom ids, and tokens with a well-known end-of-turn
+        # text, which llama.cpp also makes control tokens whatever their stored type.
+        named = [i for i, t in enumerate(tokens) if t in EOT_TEXTS]
         types = list(types)
-        for i in eot:
-            if types[i] in (NORMAL, 0):  # llama.cpp forces these to control
+        for i in named:
+            if types[i] in (NORMAL, 0):
                 types[i] = CONTROL
+        eot = {eos_id, *named, *(i for i in eot_meta if i is not None)}
         return cls(model=model, tokens=tokens, types=types, engine=engine, bos_id=bos_id,
                    eos_id=eos_id, unk_id=unk_id, pad_id=pad_id, add_bos=add_bos, add_eos=add_eos,
-                   add_space_prefix=add_space_prefix, eot_ids=frozenset(eot))
+                   add_space_prefix=add_space_prefix, eot_ids=frozenset(eot), where=v.where)
 
     @classmethod
     def from_sentencepiece_file(cls, path: str | Path) -> "Tokenizer":
@@ -142,6 +145,10 @@ class Tokenizer:
         """Token ids for ``text``. ``add_bos``/``add_eos`` None: as the file says (llama.cpp's
         ``add_special=True``). ``parse_special``: control tokens written in the text become
         their ids; False treats them as plain text (user-defined tokens are always parsed)."""
+        if not text.isascii():
+            # A lone surrogate (say, from a surrogate-escaped file name) has no UTF-8 form;
+            # it becomes U+FFFD rather than an exception in the middle of a game.
+            text = _SURROGATE.sub("\ufffd", text)
         ids: list[int] = []
         if self.add_bos if add_bos is None else add_bos:
             ids.append(self.bos_id)
@@ -188,7 +195,7 @@ class Tokenizer:
     # decoding
 
     def is_control(self, token_id: int) -> bool:
-        return self.types[token_id] == CONTROL
+        return 0 <= token_id < len(self.types) and self.types[token_id] == CONTROL
 
     def is_eot(self, token_id: int) -> bool:
         return token_id in self.eot_ids
@@ -197,7 +204,8 @@ class Tokenizer:
         """The bytes this token adds to the output text. Control and unknown tokens add nothing
         unless ``special`` (then their text); unused/undefined tokens never add anything."""
         if not 0 <= token_id < len(self.tokens):
-            raise TokenizerError(f"token id {token_id} outside the vocabulary of {len(self.tokens)}")
+            raise TokenizerError(f"{self.where}: token id {token_id} is outside the vocabulary "
+                                 f"of {len(self.tokens)} tokens")
         kind = self.types[token_id]
         if kind in (CONTROL, UNKNOWN):
             if not special:

@@ -130,20 +130,20 @@ def build(tokens: list[str], merges: list[str], pre: str, where: str) -> HFToken
             f"{where}: tokenizer.ggml.pre = {pre!r} is not a supported pre-tokenizer "
             f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})")
     vocab = {t: i for i, t in enumerate(tokens)}
-    pairs = []
-    for m in merges:
-        # llama.cpp splits at the first space after position 0; an entry without one can never
-        # apply, and a pair whose halves or result are not in the vocab cannot either.
-        cut = m.find(" ", 1)
-        if cut < 0:
-            continue
-        a, b = m[:cut], m[cut + 1:]
-        if a in vocab and b in vocab and a + b in vocab:
-            pairs.append((a, b))
+    # llama.cpp splits a merge at the first space after position 0; an entry without one can
+    # never apply.
+    pairs = [(m[:cut], m[cut + 1:]) for m in merges if (cut := m.find(" ", 1)) > 0]
+    ignore_merges = pre in IGNORE_MERGES
     try:
-        model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre in IGNORE_MERGES)
-    except Exception as e:  # tokenizers reports its own errors as plain Exception
-        raise TokenizerError(f"{where}: cannot build BPE from tokenizer.ggml.tokens/merges: {e}") from e
+        model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges)
+    except Exception:  # tokenizers refuses merges naming pieces outside the vocab
+        # llama.cpp keeps them, but they can never produce a token; drop them and retry.
+        pairs = [(a, b) for a, b in pairs if a in vocab and b in vocab and a + b in vocab]
+        try:
+            model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges)
+        except Exception as e:
+            raise TokenizerError(
+                f"{where}: cannot build BPE from tokenizer.ggml.tokens/merges: {e}") from e
     tok = HFTokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre]]
