@@ -30,6 +30,8 @@ def _model_args(p: argparse.ArgumentParser, backend: bool = True) -> None:
     p.add_argument("--tokenizer", help="tokenizer.bin for llama2.c checkpoints (default: beside the model)")
     if backend:
         p.add_argument("--backend", choices=("cpu", "gl", "auto"), default="auto")
+        p.add_argument("--cpu-cache-mb", type=int, default=3072,
+                       help="cpu backend: dequantized weights kept in RAM; the rest is decoded on the fly")
 
 
 def _sampler_args(p: argparse.ArgumentParser) -> None:
@@ -45,7 +47,7 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
 def _load(args, backend: str | None = None):
     from .model import load
     return load(args.model, backend=backend or getattr(args, "backend", "cpu"),
-                tokenizer_path=args.tokenizer)
+                tokenizer_path=args.tokenizer, cpu_cache_bytes=args.cpu_cache_mb << 20)
 
 
 def _sampler(args):

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from .config import Config
-from .cpu import CpuTransformer
+from .cpu import DEFAULT_CACHE_BUDGET, CpuTransformer
 from .errors import BackendError, ModelFormatError, TokenizerError
 from .formats import ModelFile, open_model_file
 from .paths import resolve_model
@@ -52,7 +52,8 @@ class GenerationStats:
 class Model:
     """One loaded model: its file, config, tokenizer and a compute backend. Shared by sessions."""
 
-    def __init__(self, file: ModelFile, backend: str = "auto", gl_context=None, dtype=np.float32):
+    def __init__(self, file: ModelFile, backend: str = "auto", gl_context=None, dtype=np.float32,
+                 cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET):
         self.file = file
         name = file.path.name
         self.config: Config = Config.from_metadata(file.metadata, where=name)
@@ -66,7 +67,8 @@ class Model:
             raise ModelFormatError(
                 f"{name}: tokenizer has {self.tokenizer.vocab_size} tokens, "
                 f"the model's embedding has {self.config.vocab_size}")
-        self.transformer = make_backend(backend, file, self.config, self.weights, gl_context, dtype)
+        self.transformer = make_backend(backend, file, self.config, self.weights, gl_context, dtype,
+                                        cpu_cache_bytes)
 
     @property
     def backend(self) -> str:
@@ -81,7 +83,7 @@ class Model:
         tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:
             raise ValueError("empty prompt: nothing to continue (the vocab adds no BOS)")
-        n_ctx = min(n_ctx or self.config.seq_len, self.config.seq_len)
+        n_ctx = min(n_ctx or len(tokens) + max_tokens, self.config.seq_len)
         if len(tokens) >= n_ctx:
             raise ValueError(f"prompt of {len(tokens)} tokens does not fit a context of {n_ctx}")
         max_tokens = min(max_tokens, n_ctx - len(tokens))
@@ -111,7 +113,8 @@ class Model:
         self.file.close()
 
 
-def make_backend(kind: str, file: ModelFile, cfg: Config, weights: Weights, gl_context=None, dtype=np.float32):
+def make_backend(kind: str, file: ModelFile, cfg: Config, weights: Weights, gl_context=None,
+                 dtype=np.float32, cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET):
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r} (choose from {', '.join(BACKENDS)})")
     if kind in ("gl", "auto"):
@@ -122,16 +125,19 @@ def make_backend(kind: str, file: ModelFile, cfg: Config, weights: Weights, gl_c
             if kind == "gl":
                 raise BackendError(f"gl backend unavailable: {exc}") from exc
             print(f"perro_pastor: gl backend unavailable ({exc}); using cpu", file=sys.stderr)
-    return CpuTransformer(file, cfg, weights, dtype=dtype)
+    return CpuTransformer(file, cfg, weights, dtype=dtype, cache_budget=cpu_cache_bytes)
 
 
 def load(name_or_path: str | Path, backend: str = "auto", tokenizer_path: str | Path | None = None,
-         gl_context=None, dtype=np.float32) -> Model:
-    """Open, validate and prepare a model: `default`, a path, or a name in the model folder."""
+         gl_context=None, dtype=np.float32, cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET) -> Model:
+    """Open, validate and prepare a model: `default`, a path, or a name in the model folder.
+
+    ``cpu_cache_bytes`` bounds the dequantized weights the cpu backend keeps in RAM; past it,
+    weights are dequantized block-wise inside each matmul (slower, but any model runs)."""
     path = resolve_model(str(name_or_path))
     file = open_model_file(path, tokenizer_path)
     try:
-        return Model(file, backend, gl_context, dtype)
+        return Model(file, backend, gl_context, dtype, cpu_cache_bytes)
     except BaseException:
         file.close()
         raise
