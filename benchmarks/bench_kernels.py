@@ -36,33 +36,38 @@ def bench(k: Kernels, glctx: GLContext, qtype: GGMLType, rows: int, cols: int, r
     k.matvec(dst, w, x, n_tokens=n_tokens)  # JIT on first run
     glctx.ctx.finish()
     before = k.dispatches
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(repeat):
         k.matvec(dst, w, x, n_tokens=n_tokens)
     glctx.ctx.finish()
     dt = (time.perf_counter() - t0) / repeat
+    cpu = (time.process_time() - c0) / repeat
     per_dispatch = dt / ((k.dispatches - before) / repeat)
     w.release()
-    return rows * cols * n_tokens / dt / 1e9, dt, per_dispatch
+    return rows * cols * n_tokens / dt / 1e9, dt, per_dispatch, rows * cols * n_tokens / cpu / 1e9
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--types", default=",".join(t.name for t in ALL_TYPES))
-    ap.add_argument("--nr", type=int, default=4, help="rows per invocation")
+    ap.add_argument("--nr", type=int, default=8, help="rows per invocation")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--tokens", type=int, default=1, help="n_tokens (prefill batch)")
     args = ap.parse_args()
     glctx = GLContext()
     k = Kernels(glctx, matvec_rows_per_invocation=args.nr)
     print(f"# {glctx.limits.renderer}, NR={args.nr}, n_tokens={args.tokens}")
-    print(f"{'type':6} " + " ".join(f"{r}x{c:>5}" for r, c in SHAPES) + "   output 49152x576 (ms, max dispatch ms)")
+    # wall: G weights/s of wall time; cpu: G weights per CPU-second of this process (llvmpipe's
+    # threads included), which stays meaningful when other jobs load the machine.
+    print(f"{'type':6} " + " ".join(f"{r}x{c:>5}" for r, c in SHAPES)
+          + "   output 49152x576: wall (ms total, ms per dispatch)  | cpu G/cpu-s")
     for name in args.types.split(","):
         qtype = GGMLType[name]
         shapes = [(r, c if c % 256 == 0 or not name.endswith("_K") else 1536) for r, c in SHAPES + [OUTPUT]]
-        rates = [bench(k, glctx, qtype, r, c, args.repeat, args.tokens)[0] for r, c in shapes[:-1]]
-        rate, dt, per = bench(k, glctx, qtype, *shapes[-1], max(2, args.repeat // 5), args.tokens)
-        print(f"{name:6} " + " ".join(f"{v:9.2f}" for v in rates) + f"   {rate:9.2f} ({dt * 1e3:.1f} ms, {per * 1e3:.2f})")
+        res = [bench(k, glctx, qtype, r, c, args.repeat, args.tokens) for r, c in shapes[:-1]]
+        rate, dt, per, cpu = bench(k, glctx, qtype, *shapes[-1], max(2, args.repeat // 5), args.tokens)
+        print(f"{name:6} " + " ".join(f"{v[0]:9.2f}" for v in res) + f"   {rate:9.2f} ({dt * 1e3:.1f} ms, {per * 1e3:.2f})"
+              + "  | " + " ".join(f"{v[3]:.2f}" for v in res) + f" {cpu:.2f}")
 
 
 if __name__ == "__main__":

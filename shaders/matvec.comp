@@ -15,8 +15,8 @@
 #define WG_SIZE 16
 #endif
 layout(local_size_x = WG_SIZE) in;
-layout(std430, binding = 0) readonly buffer WBuf { uint W[]; };
-layout(std430, binding = 1) readonly buffer XBuf { vec4 x4[]; };
+layout(std430, binding = 0) readonly restrict buffer WBuf { uint W[]; };
+layout(std430, binding = 1) readonly restrict buffer XBuf { vec4 x4[]; };
 layout(std430, binding = 2) buffer DstBuf { float dst[]; };
 uniform uint row_begin;
 uniform uint row_end;

@@ -73,7 +73,7 @@ def test_weight_split_across_buffers_and_dispatches(glctx):  # noqa: F811
     """A tiny SSBO limit splits the tensor by whole rows; results must not change."""
     qtype, rows, cols = GGMLType.Q8_0, 300, 64  # 68-byte rows: parts start at odd word offsets
     small = GLContext(glctx.ctx, max_ssbo_bytes=5000)
-    k = Kernels(small, max_weights_per_dispatch=64 * cols)
+    k = Kernels(small, max_weights_per_dispatch=32 * cols, matvec_rows_per_invocation=2)
     rng = np.random.default_rng(3)
     raw = random_weight(qtype, rows, cols, rng)
     w = upload_weight(small, raw, qtype, rows, cols)
