@@ -172,6 +172,10 @@ def _gguf_lora(mf: ModelFile, model, user_scale: float) -> LoraAdapter:
     known = base_targets(model)
     pairs = {}
     for base_name, pair in halves.items():
+        if base_name not in known and base_name in getattr(getattr(model, "file", None), "tensors", ()):
+            raise ModelFormatError(
+                f"{where}: tensor '{base_name}.{next(iter(pair))}' targets '{base_name}', which run-time "
+                "LoRA does not cover (only the attention and feed-forward projections)")
         if base_name not in known:
             raise ModelFormatError(
                 f"{where}: tensor '{base_name}.{next(iter(pair))}' targets '{base_name}', which is no projection of "

@@ -61,6 +61,14 @@ def adapter_files(work, model) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="module")
+def merged_a(base_path, work, adapter_files):
+    """The slice with adapter a merged in at scale 0.7: the oracle for run-time adapter a."""
+    m = load_merged(base_path, work, "a", [(adapter_files["a"], 0.7)])
+    yield m
+    m.close()
+
+
 def load_merged(base_path, work, name, adapters, out_type="F32"):
     out = merge_lora(base_path, adapters, work / f"merged_{name}.gguf", out_type)
     return perro_pastor.load(out, backend="cpu")
@@ -73,10 +81,10 @@ def run(transformer, segments, all_logits=False):
 # -----------------------------------------------------------------------------
 # equivalence with merged weights
 
-def test_runtime_matches_merged_logits_and_perplexity(model, base_path, work, adapter_files, tokens):
+def test_runtime_matches_merged_logits_and_perplexity(model, merged_a, adapter_files, tokens):
     a = load_adapter(adapter_files["a"], model, scale=0.7)
     assert a.rank == 8 and a.scale == pytest.approx(16 / 8 * 0.7)
-    merged = load_merged(base_path, work, "a", [(adapter_files["a"], 0.7)])
+    merged = merged_a
     tr = model.transformer
     n = len(tokens)
     got = run(tr, [Segment(tokens, 0, tr.new_cache(n), (a,))], all_logits=True)[0]
@@ -91,7 +99,6 @@ def test_runtime_matches_merged_logits_and_perplexity(model, base_path, work, ad
     ppl_plain = perplexity(model, TEXT, n_ctx=16)
     assert ppl_runtime.ppl == pytest.approx(ppl_merged.ppl, rel=1e-4)
     assert ppl_runtime.ppl != pytest.approx(ppl_plain.ppl, rel=1e-2)
-    merged.close()
 
 
 def test_stacked_adapters_match_merge_of_both_via_cli(model, base_path, work, adapter_files, tokens, capsys):
@@ -141,13 +148,12 @@ def test_segments_with_different_adapters_batch_like_solo_runs(model, adapter_fi
     assert np.abs(solo[0] - solo[2]).max() > 0.5  # adapters matter
 
 
-def test_hot_swap_between_turns_matches_merged_models(model, base_path, work, adapter_files, tokens):
+def test_hot_swap_between_turns_matches_merged_models(model, base_path, work, merged_a, adapter_files, tokens):
     """Turn 1 under adapter A, turn 2 under B, on the same KV cache; the oracle runs turn 1 on
     the A-merged model and turn 2 on the B-merged model, sharing one cache the same way."""
     tr = model.transformer
-    a, b = load_adapter(adapter_files["a"], model), load_adapter(adapter_files["b"], model, 2.0)
+    a, b = load_adapter(adapter_files["a"], model, 0.7), load_adapter(adapter_files["b"], model, 2.0)
     turn1, turn2 = tokens[:12], tokens[12:20]
-    merged_a = load_merged(base_path, work, "hot_a", [(adapter_files["a"], 1.0)])
     merged_b = load_merged(base_path, work, "hot_b", [(adapter_files["b"], 2.0)])
 
     kv = tr.new_cache(32)
@@ -163,7 +169,6 @@ def test_hot_swap_between_turns_matches_merged_models(model, base_path, work, ad
     run(tr, [Segment(turn1, 0, kv_stay, (a,))])
     stayed = run(tr, [Segment(turn2, len(turn1), kv_stay, (a,))])[0]
     assert np.abs(stayed - got).max() > 0.5, "swapping should change the second turn"
-    merged_a.close()
     merged_b.close()
 
 
@@ -286,3 +291,150 @@ def test_merge_cli_with_peft_and_f16_output(model, base_path, work, tokens):
     err = np.abs(got - want).max()
     assert err < 0.1 * np.abs(got - plain).max()  # F16 rounding, far below the adapter's effect
     merged.close()
+
+
+# -----------------------------------------------------------------------------
+# refused adapters (RELIABILITY.md row 23): one ModelFormatError naming the field or tensor
+
+def one_pair(cfg, rank=4, seed=7):
+    """A, B for blk.0.attn_q.weight (rows = cols = dim)."""
+    return random_factors(cfg, rank, np.random.default_rng(seed), layers=[0], projections=["wq"])[(0, "wq")]
+
+
+Q = "blk.0.attn_q.weight"
+
+
+def gguf_case(name, cfg):
+    a, b = one_pair(cfg)
+    pair = {f"{Q}.lora_a": a, f"{Q}.lora_b": b}
+    rows, cols = proj_shape(cfg, "w2")
+    cases = {
+        "wrong_arch": (dict(tensors=pair, arch="mistral"), r"general\.architecture is 'mistral', the base model is 'llama'"),
+        "model_not_adapter": (dict(tensors=pair, general_type="model"), r"general\.type is 'model', expected 'adapter'"),
+        "no_general_type": (dict(tensors=pair, general_type=None), r"general\.type is None"),
+        "not_lora": (dict(tensors=pair, adapter_type="control_vector"), r"adapter\.type is 'control_vector'"),
+        "negative_alpha": (dict(tensors=pair, alpha=-1.0), r"adapter\.lora\.alpha"),
+        "missing_b": (dict(tensors={f"{Q}.lora_a": a}), rf"'{Q}' is missing its other half '{Q}\.lora_b'"),
+        "missing_a": (dict(tensors={f"{Q}.lora_b": b}), rf"missing its other half '{Q}\.lora_a'"),
+        "transposed_a": (dict(tensors={f"{Q}.lora_a": a.T.copy(), f"{Q}.lora_b": b}),
+                         rf"'{Q}\.lora_a' \[4, 576\].*transposed"),
+        "transposed_both": (dict(tensors={f"{Q}.lora_a": b.copy(), f"{Q}.lora_b": a.copy()}), r"transposed"),
+        "rank_mismatch": (dict(tensors={f"{Q}.lora_a": a, f"{Q}.lora_b": b[:, :3].copy()}),
+                          rf"rank mismatch: '{Q}\.lora_a' has rank 4, '{Q}\.lora_b' has rank 3"),
+        "wrong_cols": (dict(tensors={f"{Q}.lora_a": np.zeros((4, 577), np.float32), f"{Q}.lora_b": b}),
+                       rf"'{Q}\.lora_a' \[577, 4\].*does not fit base weight '{Q}' \[576, 576\]"),
+        "wrong_rows": (dict(tensors={"blk.1.ffn_down.weight.lora_a": np.zeros((4, cols), np.float32),
+                                     "blk.1.ffn_down.weight.lora_b": np.zeros((rows + 1, 4), np.float32)}),
+                       r"'blk\.1\.ffn_down\.weight\.lora_b' \[4, 577\]"),
+        "unknown_weight": (dict(tensors={"blk.0.attn_qq.weight.lora_a": a, "blk.0.attn_qq.weight.lora_b": b}),
+                           r"'blk\.0\.attn_qq\.weight\.lora_a' targets 'blk\.0\.attn_qq\.weight', which is no projection"),
+        "layer_past_end": (dict(tensors={"blk.2.attn_q.weight.lora_a": a, "blk.2.attn_q.weight.lora_b": b}),
+                           r"'blk\.2\.attn_q\.weight\.lora_a'.*layers 0\.\.1"),
+        "embedding_lora": (dict(tensors={"token_embd.weight.lora_a": a, "token_embd.weight.lora_b": b}),
+                           r"'token_embd\.weight\.lora_a' targets 'token_embd\.weight', which run-time LoRA does not cover"),
+        "not_a_half": (dict(tensors={Q: b}), rf"tensor '{Q}' is not a LoRA half"),
+        "nan": (dict(tensors={f"{Q}.lora_a": np.where(a > 0.1, np.nan, a).astype(np.float32), f"{Q}.lora_b": b}),
+                rf"'{Q}\.lora_a' holds NaN"),
+        "empty": (dict(tensors={}), r"holds no LoRA tensors"),
+    }
+    return cases[name]
+
+
+GGUF_CASES = ["wrong_arch", "model_not_adapter", "no_general_type", "not_lora", "negative_alpha", "missing_b",
+              "missing_a", "transposed_a", "transposed_both", "rank_mismatch", "wrong_cols", "wrong_rows",
+              "unknown_weight", "layer_past_end", "embedding_lora", "not_a_half", "nan", "empty"]
+
+
+@pytest.mark.parametrize("case", GGUF_CASES)
+def test_gguf_adapter_refused(model, tmp_path, case):
+    kwargs, message = gguf_case(case, model.config)
+    path = write_gguf_lora(tmp_path / f"{case}.gguf", **kwargs)
+    with pytest.raises(ModelFormatError, match=message) as exc:
+        load_adapter(path, model)
+    assert f"{case}.gguf" in str(exc.value)
+
+
+def test_base_model_given_as_adapter_refused(model, base_path):
+    with pytest.raises(ModelFormatError, match=r"slice\.gguf: general\.type is .*expected 'adapter'"):
+        load_adapter(base_path, model)
+
+
+def test_truncated_adapter_refused_by_the_hardened_reader(model, tmp_path, adapter_files):
+    data = adapter_files["a"].read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[:len(data) - 100])
+    with pytest.raises(ModelFormatError, match=r"cut\.gguf.*truncated"):
+        load_adapter(tmp_path / "cut.gguf", model)
+
+
+PEFT_Q = "base_model.model.model.layers.0.self_attn.q_proj"
+
+
+def peft_case(name, cfg, folder: Path):
+    a, b = one_pair(cfg)
+    pair = {f"{PEFT_Q}.lora_A.weight": a, f"{PEFT_Q}.lora_B.weight": b}
+    cases = {
+        "unknown_target_module": (dict(tensors=pair, target_modules=["q_proj", "lm_head"]),
+                                  r"unknown target module 'lm_head'"),
+        "module_not_targeted": (dict(tensors=pair, target_modules=["v_proj"]),
+                                rf"'{PEFT_Q}\.lora_A\.weight' is for module 'q_proj', which is not in target_modules"),
+        "unknown_tensor": (dict(tensors={**pair, "base_model.model.lm_head.lora_A.weight": a}, target_modules=["q_proj"]),
+                           r"'base_model\.model\.lm_head\.lora_A\.weight' matches no weight"),
+        "wrong_parent": (dict(tensors={"base_model.model.model.layers.0.mlp.q_proj.lora_A.weight": a,
+                                       "base_model.model.model.layers.0.mlp.q_proj.lora_B.weight": b}),
+                         r"'base_model\.model\.model\.layers\.0\.mlp\.q_proj\.lora_A\.weight' matches no weight"),
+        "layer_past_end": (dict(tensors={k.replace("layers.0", "layers.5"): v for k, v in pair.items()}),
+                           r"layers\.5\.self_attn\.q_proj\.lora_[AB]\.weight' matches no weight.*N < 2"),
+        "missing_b": (dict(tensors={f"{PEFT_Q}.lora_A.weight": a}),
+                      rf"'{PEFT_Q}\.lora_A\.weight' has no matching lora_B"),
+        "config_rank_mismatch": (dict(tensors=pair, r=8), r"rank mismatch: .*has rank 4, adapter_config\.json says r = 8"),
+        "pair_rank_mismatch": (dict(tensors={**pair, f"{PEFT_Q}.lora_B.weight": b[:, :2].copy()}),
+                               r"rank mismatch: .*lora_A\.weight' has rank 4, .*lora_B\.weight' has rank 2"),
+        "transposed_a": (dict(tensors={**pair, f"{PEFT_Q}.lora_A.weight": a.T.copy()}),
+                         r"lora_A\.weight' \[576, 4\].*transposed"),
+        "wrong_shape": (dict(tensors={**pair, f"{PEFT_Q}.lora_B.weight": np.zeros((100, 4), np.float32)}),
+                        r"lora_B\.weight' \[100, 4\] does not fit base weight 'blk\.0\.attn_q\.weight'"),
+        "dora": (dict(tensors=pair, use_dora=True), r"use_dora = True"),
+        "bias": (dict(tensors=pair, bias="all"), r"bias = 'all'"),
+        "rank_pattern": (dict(tensors=pair, rank_pattern={"q_proj": 8}), r"rank_pattern"),
+        "not_lora": (dict(tensors=pair, peft_type="IA3"), r"peft_type = 'IA3'"),
+    }
+    kwargs, message = cases[name]
+    kwargs.setdefault("r", 4)
+    return write_peft(folder, **kwargs), message
+
+
+PEFT_CASES = ["unknown_target_module", "module_not_targeted", "unknown_tensor", "wrong_parent", "layer_past_end",
+              "missing_b", "config_rank_mismatch", "pair_rank_mismatch", "transposed_a", "wrong_shape", "dora",
+              "bias", "rank_pattern", "not_lora"]
+
+
+@pytest.mark.parametrize("case", PEFT_CASES)
+def test_peft_adapter_refused(model, tmp_path, case):
+    folder, message = peft_case(case, model.config, tmp_path / case)
+    with pytest.raises(ModelFormatError, match=message) as exc:
+        load_adapter(folder, model)
+    assert str(exc.value).startswith(f"{case}: ")
+
+
+def test_peft_unreadable_files_refused(model, tmp_path):
+    a, b = one_pair(model.config)
+    folder = write_peft(tmp_path / "p", {f"{PEFT_Q}.lora_A.weight": a, f"{PEFT_Q}.lora_B.weight": b}, r=4)
+    assert load_adapter(folder / "adapter_model.safetensors", model).factors(0, "wq") is not None
+
+    (folder / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ModelFormatError, match=r"adapter_config\.json is not valid JSON"):
+        load_adapter(folder, model)
+    (folder / "adapter_config.json").unlink()
+    with pytest.raises(ModelFormatError, match=r"cannot read adapter_config\.json"):
+        load_adapter(folder, model)
+
+    write_peft(folder, {}, r=4)
+    (folder / "adapter_model.safetensors").write_bytes(b"\xff" * 12)
+    with pytest.raises(ModelFormatError, match=r"adapter_model\.safetensors is not a valid safetensors file"):
+        load_adapter(folder, model)
+
+    # bf16, as a trainer might save it: a hand-made one-tensor file (numpy has no bfloat16)
+    header = json.dumps({f"{PEFT_Q}.lora_A.weight": {"dtype": "BF16", "shape": [1, 2], "data_offsets": [0, 4]}})
+    (folder / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(4))
+    with pytest.raises(ModelFormatError, match=r"lora_A\.weight' is BF16; save the adapter as float32"):
+        load_adapter(folder, model)
