@@ -72,6 +72,8 @@ def read_limits(ctx) -> GLLimits:
     shared = info.get("GL_MAX_COMPUTE_SHARED_MEMORY_SIZE")
     if shared is None:
         shared = _query_int(GL_MAX_COMPUTE_SHARED_MEMORY_SIZE)
+        if shared is None:  # no PyOpenGL: GL 4.3 guarantees 32 KiB
+            shared = 32768
     limits = GLLimits(
         version=version,
         renderer=renderer,
