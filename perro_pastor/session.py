@@ -266,6 +266,7 @@ class Session:
             del self.messages[first]
             if self.messages[first:first + 1] and self.messages[first]["role"] == "assistant":
                 del self.messages[first]  # keep turns whole: never start on an assistant line
+            prompt = make_prompt()
         return prompt
 
     def _accept(self, token: int) -> None:

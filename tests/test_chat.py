@@ -1,0 +1,96 @@
+"""Chat templates: built-ins, the model's own template in the sandbox, and hostile templates."""
+
+import os
+import time
+import warnings
+
+import pytest
+
+from perro_pastor.chat import BUILTIN, ChatTemplateError, guess_builtin, jinja_template, template_for_model
+from perro_pastor.formats import open_model_file
+from perro_pastor.paths import default_model_path
+
+CONVO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Name?"}]
+
+
+@pytest.fixture(scope="module")
+def smollm_metadata():
+    mf = open_model_file(default_model_path())
+    yield dict(mf.metadata)
+    mf.close()
+
+
+def test_gguf_template_matches_builtin_chatml(smollm_metadata):
+    t = template_for_model(smollm_metadata)
+    assert t.name == "gguf"
+    assert t.render(CONVO, True) == BUILTIN["chatml"].render(CONVO, True)
+    assert t.render(CONVO, False) == BUILTIN["chatml"].render(CONVO, False)
+
+
+def test_builtins_shapes():
+    assert BUILTIN["chatml"].render(CONVO[:2]).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    l2 = BUILTIN["llama2"].render(CONVO, True)
+    assert l2.startswith("<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello. </s><s>[INST] Name? [/INST]")
+    l3 = BUILTIN["llama3"].render(CONVO[:2], True)
+    assert l3 == ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                  "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert BUILTIN["zephyr"].render(CONVO[1:2], True) == "<|user|>\nHi</s>\n<|assistant|>\n"
+
+
+def test_guess_builtin():
+    assert guess_builtin("{{ '[INST]' }}").name == "llama2"
+    assert guess_builtin(None, ["<|start_header_id|>"]).name == "llama3"
+    assert guess_builtin(None, ["<|assistant|>"]).name == "zephyr"
+    assert guess_builtin(None).name == "chatml"
+
+
+HOSTILE = [
+    # classic SSTI: reach os through a global function's __globals__ and write a file
+    "{{ cycler.__init__.__globals__.os.popen('touch {path}').read() }}",
+    "{{ lipsum.__globals__['os'].system('touch {path}') }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}{{ open('{path}', 'w').write('x') }}",
+    "{% for c in [].__class__.__base__.__subclasses__() %}{% if c.__name__ == 'catch_warnings' %}"
+    "{{ c()._module.__builtins__['__import__']('os').system('touch {path}') }}{% endif %}{% endfor %}",
+    "{{ raise_exception.__globals__['__builtins__']['__import__']('os').system('touch {path}') }}",
+    "{{ messages.append(1) or self._TemplateReference__context.cycler.__init__.__globals__.os.system('touch {path}') }}",
+]
+
+
+@pytest.mark.parametrize("payload", HOSTILE)
+def test_hostile_template_never_executes(tmp_path, payload):
+    target = tmp_path / "pwned"
+    source = payload.replace("{path}", str(target))
+    with pytest.raises(ChatTemplateError):
+        jinja_template(source).render(CONVO, True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = template_for_model({"tokenizer.chat_template": source}, ["<|im_start|>"])
+    assert t.name == "chatml" and any("tokenizer.chat_template" in str(w.message) for w in caught)
+    assert not target.exists() and not os.path.exists("pwned")
+
+
+@pytest.mark.parametrize("source", [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",  # time
+    "{{ 'x' * 1000000000 }}",  # memory
+    "{{ 7 ** 100000000 }}",
+    "{% for i in range(100000) %}{{ 'xxxxxxxxxxxxxxxxxxxx' }}{% endfor %}",  # output size
+    "{{ raise_exception('no system role') }}",
+    "{% for %}",  # syntax
+])
+def test_template_limits(source):
+    start = time.perf_counter()
+    with pytest.raises(ChatTemplateError):
+        jinja_template(source).render(CONVO, True)
+    assert time.perf_counter() - start < 3
+
+
+def test_oversized_template_refused():
+    with pytest.raises(ChatTemplateError, match="over the"):
+        jinja_template("x" * 100_000)
+
+
+def test_unknown_builtin_name():
+    with pytest.raises(ChatTemplateError, match="unknown chat template"):
+        template_for_model({}, name="alpaca")

@@ -1,0 +1,192 @@
+"""Sessions: determinism, batched == alone, stop strings, cancellation at every step, context
+policies at exactly the boundary, the shared system-prompt prefix."""
+
+import numpy as np
+import pytest
+
+from perro_pastor.sampling import GREEDY, SamplerSettings
+from perro_pastor.scheduler import Scheduler
+from perro_pastor.session import ContextFullError
+
+from runtime_model import small_model
+
+SYSTEM = "You are Bob, the village smith."
+QUESTIONS = ["Hello, who are you?", "What do you sell?", "Is the dragon near?"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return small_model(tmp_path_factory)
+
+
+def run_alone(model, question, **kw):
+    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96)
+    return s.ask(question, max_tokens=kw.get("max_tokens", 4), ignore_eos=True)
+
+
+def test_same_seed_same_tokens(model):
+    settings = SamplerSettings(temperature=1.2, top_k=0, top_p=1.0, min_p=0.0)
+    runs = []
+    for _ in range(2):
+        s = Scheduler(model).session(system_prompt=SYSTEM, sampler=settings, seed=7, n_ctx=96)
+        r = s.ask(QUESTIONS[0], max_tokens=6, ignore_eos=True)
+        r.result()
+        runs.append(r.token_ids)
+    assert runs[0] == runs[1] and len(runs[0]) == 6
+
+
+def test_batched_decode_equals_each_session_alone(model):
+    alone = []
+    for q in QUESTIONS:
+        r = run_alone(model, q)
+        r.result()
+        alone.append(r.token_ids)
+    sched = Scheduler(model)
+    batch_sizes = []
+    real = model.transformer.forward_steps
+
+    def spy(segments, *a, **k):
+        batch_sizes.append(len(segments))
+        return real(segments, *a, **k)
+
+    model.transformer.forward_steps = spy
+    try:
+        replies = [sched.session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96).ask(q, max_tokens=4, ignore_eos=True)
+                   for q in QUESTIONS]
+        while not all(r.done for r in replies):
+            sched.tick(1000)
+    finally:
+        del model.transformer.forward_steps
+    assert [r.token_ids for r in replies] == alone
+    assert max(batch_sizes) == 3  # the three NPCs decoded in one forward
+
+
+def test_callbacks_iterator_and_poll_agree(model):
+    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96)
+    seen = []
+    r = s.ask(QUESTIONS[1], max_tokens=5, on_token=seen.append, ignore_eos=True)
+    pieces = list(r)
+    assert "".join(seen) == "".join(pieces) == r.text == r.poll() and r.poll() == ""
+    assert r.finish_reason == "length" and len(r.token_ids) == 5
+    assert s.messages[-1] == {"role": "assistant", "content": r.text}
+    assert s.n_past == len(s.tokens) and not s.busy
+
+
+def test_stop_string_is_never_emitted(model):
+    ref = run_alone(model, QUESTIONS[0], max_tokens=8)
+    text = ref.result()
+    assert len(text) > 4
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96)
+    seen = []
+    r = s.ask(QUESTIONS[0], max_tokens=8, stop=[stop], on_token=seen.append, ignore_eos=True)
+    assert r.result() == text[:text.find(stop)] == "".join(seen)
+    assert r.finish_reason == "stop" and stop not in r.text
+
+
+def follow_up_tokens(s, question="And then?"):
+    r = s.ask(question, max_tokens=3, ignore_eos=True)
+    r.result()
+    return r.token_ids
+
+
+def test_cancel_at_every_step_leaves_kv_consistent(model):
+    sched = Scheduler(model)
+    probe = sched.session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96)
+    probe.ask(QUESTIONS[2], max_tokens=3, ignore_eos=True)
+    total = 0
+    while probe.busy:
+        total += sched.tick(0)  # budget 0: exactly one step per tick
+    assert total >= 8
+    tr = model.transformer
+    for k in range(total):
+        sched = Scheduler(model)
+        s = sched.session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96)
+        r = s.ask(QUESTIONS[2], max_tokens=3, ignore_eos=True)
+        for _ in range(k):
+            sched.tick(0)
+        r.cancel()  # returns at once: no tick needed
+        assert r.done and r.finish_reason in ("cancelled", "length")
+        assert s.n_past == len(s.tokens) <= s.n_ctx and not s.busy
+        # the cache holds exactly the keys/values of the tokens it claims, computed afresh
+        kv = tr.new_cache(96)
+        if s.n_past:
+            tr.forward(np.array(s.tokens), 0, kv)
+        np.testing.assert_allclose(tr.export_kv(s.kv, s.n_past), tr.export_kv(kv, s.n_past),
+                                   atol=2e-4, err_msg=f"cancelled after step {k}")
+        if k in (1, total // 2, total - 2):  # and it goes on like a fresh NPC with that history
+            fresh = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96)
+            for m in s.messages[1:]:
+                fresh.say(m["content"], m["role"])
+            assert follow_up_tokens(s) == follow_up_tokens(fresh), f"cancelled after step {k}"
+
+
+def prompt_len(model, question):
+    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96)
+    return len(s.encode(s.render(s.messages + [{"role": "user", "content": question}], True)))
+
+
+def test_context_error_policy_at_exact_boundary(model):
+    P = prompt_len(model, QUESTIONS[0])
+    # prompt fills the window exactly: one token can still be sampled, the next has no position
+    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=P, context_policy="error")
+    r = s.ask(QUESTIONS[0], max_tokens=5, ignore_eos=True)
+    with pytest.raises(ContextFullError, match=f"context of {P} tokens is full"):
+        r.result()
+    assert r.finish_reason == "context_full" and len(r.token_ids) == 1 and s.n_past == P
+    # two free positions: three tokens (the last one sampled but never fed back)
+    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=P + 2, context_policy="error")
+    r = s.ask(QUESTIONS[0], max_tokens=10, ignore_eos=True)
+    with pytest.raises(ContextFullError):
+        r.result()
+    assert len(r.token_ids) == 3 and s.n_past == P + 2 == len(s.tokens)
+    # one token too long: refused up front
+    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=P - 1, context_policy="error")
+    with pytest.raises(ContextFullError, match=f"prompt of {P} tokens does not fit n_ctx={P - 1}"):
+        s.ask(QUESTIONS[0])
+
+
+def test_context_shift_keeps_system_prompt_and_generates_on(model):
+    P = prompt_len(model, QUESTIONS[0])
+    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=P + 2, context_policy="shift")
+    r = s.ask(QUESTIONS[0], max_tokens=12, ignore_eos=True)
+    r.result()
+    assert r.finish_reason == "length" and len(r.token_ids) == 12
+    assert s.tokens[:len(s.prefix)] == s.prefix and s.n_past == len(s.tokens) <= s.n_ctx
+
+
+def test_drop_oldest_turns_keeps_system_prompt(model):
+    P = prompt_len(model, QUESTIONS[2])
+    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=P + 4, context_policy="drop_oldest")
+    for q in QUESTIONS[:2]:
+        s.say(q)
+        s.say("Fine.", role="assistant")
+    r = s.ask(QUESTIONS[2], max_tokens=8, ignore_eos=True)
+    r.result()
+    assert len(r.token_ids) == 8
+    assert s.messages[0] == {"role": "system", "content": SYSTEM}
+    assert QUESTIONS[0] not in [m["content"] for m in s.messages]
+    assert s.n_past == len(s.tokens) <= s.n_ctx
+
+
+def test_system_prefix_is_computed_once_and_reused(model):
+    sched = Scheduler(model)
+    a = sched.session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96)
+    a.ask(QUESTIONS[0], max_tokens=2, ignore_eos=True).result()
+    assert tuple(a.prefix) in sched.prefix_cache
+    b = sched.session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96)
+    r = b.ask(QUESTIONS[1], max_tokens=3, ignore_eos=True)
+    assert b.n_past == len(b.prefix) > 0  # imported, not recomputed
+    r.result()
+    alone = run_alone(model, QUESTIONS[1], max_tokens=3)
+    alone.result()
+    assert r.token_ids == alone.token_ids
+
+
+def test_busy_session_refuses_second_ask(model):
+    s = Scheduler(model).session(sampler=GREEDY, n_ctx=64)
+    s.ask("Hi", max_tokens=2)
+    with pytest.raises(RuntimeError, match="generating"):
+        s.ask("Again")
+    s.cancel()
+    assert not s.busy
