@@ -48,7 +48,8 @@ class Scheduler:
         self.sessions: list[Session] = []
         self.jobs: list[Job] = []
         self.prefix_cache: OrderedDict[tuple, object] = OrderedDict()  # system prompt -> KV rows
-        self.step_cost: dict[tuple, float] = {}  # (kind, step index, batch tokens) -> seconds (EMA)
+        self.step_cost: dict[tuple, float] = {}  # (kind, batch tokens, step index) -> seconds (EMA)
+        self._worst: dict[str, float] = {}  # kind -> a slowly decaying max of step costs
         self.tick_ms: list[float] = []  # wall time of every tick, for benchmarks
         self.tokens_generated = 0
         self._batch: Generator | None = None
@@ -106,7 +107,7 @@ class Scheduler:
         start = self.clock()
         budget = budget_ms / 1000.0
         steps = 0
-        poll = getattr(self.model.transformer, "poll", None)
+        poll = getattr(getattr(self.model, "transformer", None), "poll", None)  # None: jobs only
         while True:
             if poll is not None and not poll():
                 break  # async GPU backend: a fence is still pending; look again next frame
@@ -115,13 +116,16 @@ class Scheduler:
                 break
             key, advance = work
             elapsed = self.clock() - start
-            if steps and elapsed + self.step_cost.get(key, 0.0) > budget:
+            # a step never seen before is assumed as costly as the worst recent one of its kind
+            estimate = self.step_cost.get(key, self._worst.get(key[0], 0.0))
+            if steps and elapsed + estimate > budget:
                 break
             t0 = self.clock()
             advance()
             cost = self.clock() - t0
             old = self.step_cost.get(key)
             self.step_cost[key] = cost if old is None else 0.7 * old + 0.3 * cost
+            self._worst[key[0]] = max(cost, 0.9 * self._worst.get(key[0], 0.0))
             steps += 1
             if self.clock() - start >= budget:
                 break

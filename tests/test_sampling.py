@@ -59,3 +59,53 @@ def test_repetition_penalty_moves_both_signs_down():
 def test_bad_settings_refused(bad):
     with pytest.raises(ValueError):
         SamplerSettings(**bad)
+
+
+# -----------------------------------------------------------------------------
+# the runtime's additions: typical, frequency/presence penalties, logit bias, hook, RNG state
+
+from perro_pastor.sampling import apply_frequency_presence, entropy_adaptive_hook, top_candidates  # noqa: E402
+
+
+def test_top_candidates_equals_stable_full_sort():
+    rng = np.random.default_rng()
+    logits = rng.integers(-5, 5, 5000).astype(np.float64)  # many ties
+    for k in (1, 7, 100, 0):
+        full = np.argsort(-logits, kind="stable")
+        np.testing.assert_array_equal(top_candidates(logits, k), full[:k] if k else full)
+
+
+def test_frequency_and_presence_penalties():
+    out = apply_frequency_presence(np.zeros(4), [1, 1, 1, 2], frequency=0.5, presence=1.0)
+    np.testing.assert_array_equal(out, [0.0, -2.5, -1.5, 0.0])
+
+
+def test_logit_bias_bans_and_forces(logits):
+    best = int(np.argmax(logits))
+    assert Sampler(SamplerSettings(temperature=0, logit_bias={best: -np.inf})).sample(logits) != best
+    s = Sampler(SamplerSettings(temperature=1.0, logit_bias={3: np.inf}), seed=1)
+    assert {s.sample(logits) for _ in range(20)} == {3}
+
+
+def test_typical_keeps_tokens_near_the_entropy():
+    # one very likely token, a flat tail: the likely token is the atypical one
+    probs = np.array([0.5] + [0.5 / 50] * 50)
+    s = Sampler(SamplerSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=0.3), seed=2)
+    drawn = {s.sample(np.log(probs)) for _ in range(300)}
+    assert 0 not in drawn and len(drawn) > 5
+
+
+def test_hook_can_pick_or_reshape():
+    logits = np.array([0.0, 5.0, 1.0])
+    assert Sampler(SamplerSettings(hook=lambda l, r, g: 2)).sample(logits) == 2
+    sure = Sampler(SamplerSettings(temperature=5.0, top_k=0, top_p=1.0, min_p=0.0, hook=entropy_adaptive_hook()), 3)
+    assert {sure.sample(np.array([0.0, 30.0, 1.0])) for _ in range(50)} == {1}  # confident: argmax
+
+
+def test_rng_state_round_trip(logits):
+    settings = SamplerSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+    a = Sampler(settings, seed=9)
+    a.sample(logits)
+    b = Sampler(settings)
+    b.set_state(a.get_state())
+    assert [a.sample(logits) for _ in range(10)] == [b.sample(logits) for _ in range(10)]

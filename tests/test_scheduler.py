@@ -1,0 +1,147 @@
+"""The scheduler: frame budgets under an injected clock, priorities, preemption, jobs, asyncio."""
+
+import asyncio
+
+import pytest
+
+from perro_pastor.sampling import GREEDY
+from perro_pastor.scheduler import Scheduler
+
+from runtime_model import small_model
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def costly_steps(clock, costs, log, name):
+    for c in costs:
+        clock.now += c / 1000
+        log.append(name)
+        yield
+    return name.upper()
+
+
+def test_budget_with_injected_clock():
+    clock = FakeClock()
+    sched = Scheduler(model=None, clock=clock)
+    log = []
+    sched.submit(costly_steps(clock, [1] * 12, log, "a"))
+    assert sched.tick(4) == 4 and sched.tick_ms[-1] == 4  # 1 ms steps fill a 4 ms budget
+    sched.jobs.clear()
+    sched.submit(costly_steps(clock, [3] * 4, log, "b"), name="b")
+    assert sched.tick(4) == 1  # unknown cost: runs; then 3 + 3 > 4 would overrun: stop
+    assert sched.tick(4) == 1 and sched.tick_ms[-1] == 3
+    sched.jobs.clear()
+    sched.submit(costly_steps(clock, [10] * 3, log, "c"), name="c")
+    assert sched.tick(4) == 1 and sched.tick_ms[-1] == 10  # one step never splits: the max tick
+
+
+def test_jobs_by_priority_and_results():
+    clock = FakeClock()
+    sched = Scheduler(model=None, clock=clock)
+    log = []
+    low = sched.submit(costly_steps(clock, [1, 1], log, "low"), priority=0, name="low")
+    high = sched.submit(costly_steps(clock, [1, 1], log, "high"), priority=5, name="high")
+
+    def broken():
+        yield
+        raise OSError("disk gone")
+
+    bad = sched.submit(broken(), priority=-1, name="bad")
+    while sched.jobs:
+        sched.tick(100)
+    assert log == ["high", "high", "low", "low"]
+    assert high.result == "HIGH" and low.result == "LOW"
+    assert isinstance(bad.error, OSError) and bad.done
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return small_model(tmp_path_factory)
+
+
+class SteppedModel:
+    """The real model, but every forward sub-step advances a fake clock by ``step_ms``."""
+
+    def __init__(self, model, clock, step_ms):
+        self.__dict__.update(model.__dict__)
+        real, self.transformer = model.transformer, self
+
+        def forward_steps(segments, *a, **k):
+            gen = real.forward_steps(segments, *a, **k)
+            while True:
+                clock.now += step_ms / 1000
+                try:
+                    next(gen)
+                except StopIteration as done:
+                    return done.value
+                yield
+
+        self.forward_steps = forward_steps
+        for name in ("new_cache", "export_kv", "import_kv", "name"):
+            setattr(self, name, getattr(real, name))
+
+
+def test_real_batches_respect_the_budget_with_injected_clock(model):
+    clock = FakeClock()
+    sched = Scheduler(SteppedModel(model, clock, step_ms=1.5), clock=clock)
+    replies = [sched.session(sampler=GREEDY, n_ctx=64).ask(q, max_tokens=4, ignore_eos=True)
+               for q in ("Hi", "Hello", "Hey", "Yo")]
+    while not all(r.done for r in replies):
+        sched.tick(4)
+    # steps cost 1.5 ms (sampling ~0 on the fake clock): a tick runs at most 2 steps after warm-up
+    assert max(sched.tick_ms[1:]) <= 4 and max(sched.tick_ms) <= 4 + 1.5
+    assert all(len(r.token_ids) == 4 for r in replies)
+
+
+def test_on_screen_speaker_preempts_background_chatter(model):
+    sched = Scheduler(model)
+    alone = sched.session(sampler=GREEDY, n_ctx=64)
+    ref = alone.ask("The weather today", max_tokens=6, ignore_eos=True)
+    ref.result()
+    sched = Scheduler(model)
+    chatter = sched.session(sampler=GREEDY, n_ctx=64, priority=0)
+    speaker = sched.session(sampler=GREEDY, n_ctx=64, priority=10)
+    order = []
+    bg = chatter.ask("The weather today", max_tokens=6, ignore_eos=True, on_token=lambda t: order.append("bg"))
+    while len(bg.token_ids) < 2:
+        sched.tick(0)
+    sched.tick(0)  # a background batch is now in flight
+    assert sched._batch is not None and speaker not in sched._batch_members
+    fg = speaker.ask("Halt!", max_tokens=2, ignore_eos=True, on_token=lambda t: order.append("fg"))
+    sched.tick(0)
+    assert speaker in sched._batch_members  # the background batch was dropped for the speaker
+    fg.result()
+    bg.result()
+    assert bg.token_ids == ref.token_ids  # preemption lost nothing and corrupted nothing
+    assert order.index("fg") <= 3
+
+
+def test_asyncio_path(model):
+    sched = Scheduler(model)
+    a = sched.session(sampler=GREEDY, n_ctx=64)
+    b = sched.session(sampler=GREEDY, n_ctx=64)
+
+    async def main():
+        streamed = []
+        ra = a.ask("Hello", max_tokens=3, ignore_eos=True)
+        rb = b.ask("Hello", max_tokens=3, ignore_eos=True)
+        async for piece in ra:
+            streamed.append(piece)
+        text_b = await rb
+        sched._driver.cancel()
+        return "".join(streamed), ra.text, text_b
+
+    streamed, text_a, text_b = asyncio.run(main())
+    assert streamed == text_a == text_b and text_a
+
+
+def test_tick_without_work_returns_at_once(model):
+    sched = Scheduler(model)
+    sched.session(sampler=GREEDY, n_ctx=64)
+    assert sched.tick(4) == 0 and sched.idle()
