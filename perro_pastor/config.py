@@ -99,9 +99,7 @@ class Config:
         head_size = dim // n_heads
         if head_size % 2:
             raise ModelFormatError(f"{where}: head size {head_size} is odd; rope needs pairs")
-        vocab = md.get(f"{arch}.vocab_size")
-        if vocab is None:
-            vocab = len(md.get("tokenizer.ggml.tokens") or ())
+        vocab = get("vocab_size", int, len(md.get("tokenizer.ggml.tokens") or ()))
         rope_dim = get("rope.dimension_count", int, head_size)
         if not (2 <= rope_dim <= head_size and rope_dim % 2 == 0):
             raise ModelFormatError(f"{where}: rope.dimension_count {rope_dim} does not fit head size {head_size}")
@@ -122,7 +120,7 @@ class Config:
             n_layers=bounded("block_count", get("block_count", int), 1, MAX_LAYERS),
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
-            vocab_size=bounded("vocab_size", int(vocab), 1, MAX_VOCAB),
+            vocab_size=bounded("vocab_size", vocab, 1, MAX_VOCAB),
             seq_len=bounded("context_length", get("context_length", int, 2048), 1, MAX_CONTEXT),
             rms_eps=get("attention.layer_norm_rms_epsilon", float, 1e-5),
             rope_base=get("rope.freq_base", float, 10000.0),

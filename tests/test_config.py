@@ -35,6 +35,8 @@ def test_values_come_from_metadata():
     ({"llama.rope.freq_base": float("nan")}, "finite number"),
     ({"llama.rope.scaling.type": "yarn"}, "unsupported rope scaling type 'yarn'"),
     ({"llama.attention.head_count_kv": 0}, "head_count_kv = 0"),
+    ({"llama.vocab_size": "many"}, "vocab_size must be an integer"),
+    ({"llama.vocab_size": 0}, "vocab_size = 0"),
 ])
 def test_inconsistent_hparams_are_refused(changes, fragment):
     with pytest.raises(ModelFormatError, match="m.gguf") as err:
