@@ -190,3 +190,19 @@ def test_busy_session_refuses_second_ask(model):
         s.ask("Again")
     s.cancel()
     assert not s.busy
+
+
+def test_chat_cli_streams_replies(model):
+    import argparse
+    import io
+
+    from perro_pastor.chat_cli import add_chat_cli
+    parser = argparse.ArgumentParser()
+    add_chat_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["chat", "-m", str(model.file.path), "--backend", "cpu", "--system", SYSTEM,
+                              "-n", "3", "--temp", "0", "-c", "128"])
+    out = io.StringIO()
+    assert args.func(args, stdin=io.StringIO(f"{QUESTIONS[0]}\n\n{QUESTIONS[1]}\n"), stdout=out) == 0
+    expected = run_alone(model, QUESTIONS[0], max_tokens=3)
+    lines = out.getvalue().split("\n")
+    assert len(lines) == 3 and lines[0] == expected.result()
