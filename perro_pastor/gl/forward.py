@@ -1,0 +1,384 @@
+"""The ``gl`` backend: the Llama forward pass as OpenGL 4.3 compute dispatches.
+
+It mirrors ``cpu.CpuTransformer`` line for line (same interface, same checkpoint names), with one
+launcher call per line of math. Weights are uploaded once as raw GGUF blocks; activations, the
+KV caches and LoRA factors stay on the GPU; only logits (or, with a trace, the named checkpoints)
+are read back. A decode step is 12 dispatches per layer:
+
+    rmsnorm, wq, wk, wv, rope (+ KV store), attention, wo (+ residual),
+    rmsnorm, w1, w3, swiglu, w2 (+ residual)
+
+Several sequences (segments) run as one batch: each mat-vec reads its weights once for every
+token of every segment (``n_tokens`` = all of them); only rope's cache store and attention run
+per segment, on that segment's rows (bound as buffer ranges) and its own KV cache.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..config import Config, rope_inv_freq
+from ..cpu import Segment
+from ..errors import BackendError
+from ..formats import ModelFile, TensorInfo
+from ..quant import GGMLType, dequantize
+from ..weights import Weights
+from .buffers import GLWeight, f32_buffer, upload_weight
+from .context import GLContext
+from .kernels import LoraPair
+from .state import BufferSlice, GlKVCache, LoraCache, Scratch, TimedKernels, ssbo_offset_alignment
+
+Trace = Callable[[str, np.ndarray], None]
+
+MAX_BATCH = 128  # tokens per pass; longer prompts run as successive passes (bounded scratch)
+ATTENTION_MACS_PER_DISPATCH = 3 << 20  # ~1-2 ms of attention on 2-core llvmpipe
+
+
+@dataclass
+class GlLayer:
+    """One layer's weights on the GPU, by llama2.c name."""
+    rms_att_weight: object  # (dim,) f32 buffer
+    wq: GLWeight
+    wk: GLWeight
+    wv: GLWeight
+    wo: GLWeight
+    rms_ffn_weight: object
+    w1: GLWeight
+    w2: GLWeight
+    w3: GLWeight
+
+
+def _rows(buf, width: int, a: int, b: int) -> BufferSlice:
+    """Token rows a..b-1 of a (T, width) f32 buffer."""
+    return BufferSlice(buf, a * width * 4, max(4, (b - a) * width * 4))
+
+
+def _rows_per_dispatch(max_weights: int, weights_per_row: int) -> int:
+    """Rows of one mat-vec slice: as many as the launcher puts in one dispatch (whole groups of
+    128 rows, its invocation tile), so each slice between two yields is a single dispatch."""
+    return max(128, max_weights // max(1, weights_per_row) // 128 * 128)
+
+
+class GlTransformer:
+    name = "gl"
+
+    def __init__(self, file: ModelFile, cfg: Config, weights: Weights, ctx=None, kv_f16: bool = True,
+                 max_batch: int = MAX_BATCH):
+        self.glctx = GLContext(ctx)  # BackendError without GL 4.3 (``--backend auto`` falls back)
+        self.cfg, self.kv_f16, self.max_batch = cfg, kv_f16, max_batch
+        self.kernels = TimedKernels(self.glctx)
+        self.file = file
+
+        # weights: quant blocks as they are in the file; norms and rope frequencies as f32
+        def matrix(t: TensorInfo) -> GLWeight:
+            cols, rows = t.shape
+            return upload_weight(self.glctx, file.tensor_bytes(t.name), t.qtype, rows, cols, t.name)
+
+        def vector(t: TensorInfo) -> np.ndarray:
+            return dequantize(file.tensor_bytes(t.name), t.qtype, t.n_elements).astype(np.float32)
+
+        self.token_embedding_table = matrix(weights.token_embedding_table)
+        self.wcls = (self.token_embedding_table if weights.wcls is weights.token_embedding_table
+                     else matrix(weights.wcls))
+        self.layers = [GlLayer(rms_att_weight=f32_buffer(self.glctx, vector(l.rms_att_weight)),
+                               wq=matrix(l.wq), wk=matrix(l.wk), wv=matrix(l.wv), wo=matrix(l.wo),
+                               rms_ffn_weight=f32_buffer(self.glctx, vector(l.rms_ffn_weight)),
+                               w1=matrix(l.w1), w2=matrix(l.w2), w3=matrix(l.w3))
+                       for l in weights.layers]
+        self.rms_final_weight = f32_buffer(self.glctx, vector(weights.rms_final_weight))
+        freq_factors = vector(weights.rope_freqs) if weights.rope_freqs else None
+        inv_freq = rope_inv_freq(cfg, freq_factors)
+        self.n_rot = len(inv_freq)
+        self.inv_freq = f32_buffer(self.glctx, inv_freq.astype(np.float32))
+
+        self.s = Scratch(self.glctx, cfg)
+        self.lora = LoraCache(self.glctx)
+        # Segments are bound as buffer ranges, whose offsets the driver wants aligned.
+        align = ssbo_offset_alignment()
+        self.can_slice = all(4 * n % align == 0 for n in (cfg.dim, cfg.kv_dim, cfg.hidden_dim))
+        self.decode = dict(tokens=0, passes=0, wall=0.0, dispatches=0, layer_dispatches=0,
+                           dispatch_s=0.0, matvec_s=0.0)
+        self.matvec_bytes = 0
+        self.glctx.check_error("uploading the model")
+        self._warm_up()
+
+    # -------------------------------------------------------------------------
+    # caches
+
+    def new_cache(self, n_ctx: int) -> GlKVCache:
+        if n_ctx < 1:
+            raise ValueError(f"KV cache size {n_ctx} must be at least 1")
+        return GlKVCache(self.glctx, self.cfg, n_ctx, self.kv_f16)
+
+    def export_kv(self, kv: GlKVCache, n_tokens: int) -> np.ndarray:
+        """Rows 0..n_tokens-1 of ``kv``: (2, n_layers, n_tokens, n_kv_heads, head_size), keys then
+        values, in the cache's dtype (f16 or f32), the format of ``CpuTransformer.export_kv``."""
+        if not 0 <= n_tokens <= kv.n_ctx:
+            raise ValueError(f"cannot export {n_tokens} KV rows from a context of {kv.n_ctx}")
+        return np.stack([np.stack([kv.read(kind, l, n_tokens) for l in range(kv.n_layers)])
+                         for kind in (kv.key_cache, kv.value_cache)])
+
+    def import_kv(self, kv: GlKVCache, array: np.ndarray) -> None:
+        """Write rows 0..n-1 of ``kv`` from an ``export_kv`` array (any float dtype, any backend)."""
+        if array.ndim != 5 or array.shape[0] != 2 or array.shape[1] != kv.n_layers \
+                or array.shape[2] > kv.n_ctx or array.shape[3:] != kv.row_shape:
+            raise ValueError(f"KV array of shape {array.shape} does not fit a cache of shape "
+                             f"{(kv.n_layers, kv.n_ctx) + kv.row_shape}")
+        data = np.ascontiguousarray(array, dtype=kv.dtype)
+        if array.shape[2]:
+            for l in range(kv.n_layers):
+                kv.key_cache[l].write(data[0, l].tobytes())
+                kv.value_cache[l].write(data[1, l].tobytes())
+
+    # -------------------------------------------------------------------------
+    # the forward pass
+
+    def forward(self, tokens: np.ndarray, pos0: int, kv: GlKVCache, all_logits: bool = False,
+                trace: Trace | None = None) -> np.ndarray:
+        """Run ``tokens`` (T,) at positions pos0..pos0+T-1, filling ``kv``.
+
+        Returns logits (vocab,) for the last token, or (T, vocab) with ``all_logits``."""
+        steps = self.forward_steps([Segment(tokens, pos0, kv)], all_logits, trace)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value[0]
+
+    def forward_steps(self, segments: list[Segment], all_logits: bool = False,
+                      trace: Trace | None = None) -> Iterator[None]:
+        """The forward pass as a generator that yields between dispatches (each under ~3 ms on
+        llvmpipe), so a scheduler can keep its frame budget. Returns (via StopIteration) one
+        logits array per segment, like ``CpuTransformer.forward_steps``.
+
+        Batches of more than ``max_batch`` tokens (long prompts) run as successive passes; so do
+        several segments when the driver cannot bind their rows as buffer ranges."""
+        for seg in segments:
+            if not isinstance(seg.kv, GlKVCache):
+                raise ValueError(f"segment cache is a {type(seg.kv).__name__}; use GlTransformer.new_cache")
+            if seg.pos0 < 0 or seg.pos0 + len(seg.tokens) > seg.kv.n_ctx:
+                raise ValueError(f"positions {seg.pos0}..{seg.pos0 + len(seg.tokens) - 1} "
+                                 f"do not fit a context of {seg.kv.n_ctx}")
+        total = sum(len(seg.tokens) for seg in segments)
+        if total <= self.max_batch and (len(segments) == 1 or self.can_slice):
+            return (yield from self._timed_pass(segments, all_logits, trace))
+        results = []
+        for seg in segments:
+            pieces = []
+            for a in range(0, len(seg.tokens), self.max_batch):
+                piece = Segment(seg.tokens[a:a + self.max_batch], seg.pos0 + a, seg.kv, seg.adapters)
+                pieces.append((yield from self._timed_pass([piece], all_logits, trace))[0])
+            results.append(np.concatenate(pieces) if all_logits else pieces[-1])
+        return results
+
+    def _pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None) -> Iterator[None]:
+        """One batch of at most ``max_batch`` tokens, narrated like cpu.py's forward_steps."""
+        cfg, k, s = self.cfg, self.kernels, self.s
+        hs, dim, kv_dim = cfg.head_size, cfg.dim, cfg.kv_dim
+        bounds = np.cumsum([0] + [len(seg.tokens) for seg in segments])  # segment i = rows bounds[i]:bounds[i+1]
+        spans = list(zip(segments, bounds[:-1].tolist(), bounds[1:].tolist()))
+        T = int(bounds[-1])
+        s.ensure(T)
+        check = self._checkpoint(trace, T)
+        s.tokens.write(np.concatenate([np.asarray(seg.tokens, np.int32) for seg in segments]).tobytes())
+
+        # the residual stream starts as each token's embedding, looked up on the GPU: (T,) -> (T, dim)
+        k.embedding(s.x, self.token_embedding_table, s.tokens, n_tokens=T)
+        check("embedding", s.x, (dim,))
+
+        for l, w in enumerate(self.layers):
+            # ---------------------------------------------------------------- attention
+            # pre-norm: RMSNorm the block's input, scaled per feature by a learned weight
+            k.rmsnorm(s.xb, s.x, w.rms_att_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T)
+            check(f"L{l}.att_norm", s.xb, (dim,))
+
+            # project to queries, keys and values: (T, dim) -> (T, dim), (T, kv_dim), (T, kv_dim)
+            yield from self.project(s.q, l, "wq", s.xb, spans)
+            yield from self.project(s.k, l, "wk", s.xb, spans)
+            yield from self.project(s.v, l, "wv", s.xb, spans)
+
+            # rotate q and k by position (RoPE), and store each segment's k, v in its own cache
+            for seg, a, b in spans:
+                k.rope(_rows(s.q, dim, a, b), _rows(s.k, kv_dim, a, b), self.inv_freq,
+                       n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=hs, n_rot=self.n_rot,
+                       n_tokens=b - a, pos0=seg.pos0, v=_rows(s.v, kv_dim, a, b),
+                       k_cache=seg.kv.key_cache[l], v_cache=seg.kv.value_cache[l],
+                       seq_len=seg.kv.n_ctx, kv_f16=seg.kv.f16)
+            check(f"L{l}.q", s.q, (cfg.n_heads, hs))
+            check(f"L{l}.k", s.k, (cfg.n_kv_heads, hs))
+            yield
+
+            # each segment's queries attend over its own past, all heads in one dispatch: -> xb
+            for seg, a, b in spans:
+                yield from self.attend(seg, l, a, b)
+            check(f"L{l}.att", s.xb, (cfg.n_heads, hs))
+
+            # mix the heads back into the residual stream: x += wo @ xb
+            yield from self.project(s.x, l, "wo", s.xb, spans, accumulate=True)
+            check(f"L{l}.att_out", s.x, (dim,))
+
+            # ---------------------------------------------------------------- feed-forward
+            k.rmsnorm(s.xb, s.x, w.rms_ffn_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T)
+
+            # SwiGLU: a gated projection up to hidden_dim, hb = silu(w1 xb) * (w3 xb), and back down
+            yield from self.project(s.hb, l, "w1", s.xb, spans)
+            yield from self.project(s.hb2, l, "w3", s.xb, spans)
+            k.swiglu(s.hb, s.hb, s.hb2, n=T * cfg.hidden_dim)
+            check(f"L{l}.ffn_hidden", s.hb, (cfg.hidden_dim,))
+            yield from self.project(s.x, l, "w2", s.hb, spans, accumulate=True)
+            check(f"L{l}.ffn_out", s.x, (dim,))
+
+        # ---------------------------------------------------------------- output
+        # the classifier needs only each segment's last token, unless every position is scored
+        if all_logits:
+            n_out, last = T, s.x
+        else:
+            for i, (seg, a, b) in enumerate(spans):
+                self.glctx.ctx.copy_buffer(s.xl, s.x, size=dim * 4, read_offset=(b - 1) * dim * 4,
+                                           write_offset=i * dim * 4)
+            n_out, last = len(spans), s.xl
+        k.rmsnorm(s.xb, last, self.rms_final_weight, dim=dim, eps=cfg.rms_eps, n_tokens=n_out)
+        yield from self.matvec(s.logits, self.wcls, s.xb, n_out)
+
+        # the only read-back of the pass: (n_out, vocab) logits
+        logits = s.read("logits", n_out)
+        if trace is not None:
+            trace("final.logits", logits)
+        if all_logits:
+            return [logits[a:b] for _, a, b in spans]
+        return list(logits)
+
+    # -------------------------------------------------------------------------
+    # the steps the narration calls
+
+    def project(self, dst, l: int, name: str, x, spans: list, accumulate: bool = False) -> Iterator[None]:
+        """dst (+)= W x for weight ``name`` of layer ``l`` over every token, then each segment's
+        LoRA deltas on its own rows: dst[a:b] += scale * B (A x[a:b]). Base weights never change."""
+        w = getattr(self.layers[l], name)
+        yield from self.matvec(dst, w, x, spans[-1][2], accumulate)
+        for seg, a, b in spans:
+            for adapter in seg.adapters:
+                factors = adapter.factors(l, name)
+                if factors is not None:
+                    pair = self.lora.pair(factors[0], factors[1], f"L{l}.{name}")
+                    self.kernels.lora(_rows(dst, w.rows, a, b), pair, _rows(x, w.cols, a, b),
+                                      adapter.scale, n_tokens=b - a)
+
+    def matvec(self, dst, w: GLWeight, x, n_tokens: int, accumulate: bool = False) -> Iterator[None]:
+        """dst (+)= W x, yielding after every slice of rows (one dispatch's worth of work)."""
+        step = _rows_per_dispatch(self.kernels.max_weights_per_dispatch, w.cols * n_tokens)
+        for r in range(0, w.rows, step):
+            n = min(step, w.rows - r)
+            self.kernels.matvec(dst, w, x, n_tokens=n_tokens, accumulate=accumulate, row_offset=r, n_rows=n)
+            self.matvec_bytes += n * w.row_bytes
+            yield
+
+    def attend(self, seg: Segment, l: int, a: int, b: int) -> Iterator[None]:
+        """Attention of segment rows a..b-1 (q -> xb), split into groups of query tokens so that
+        one dispatch stays short however long the prompt is."""
+        cfg, s = self.cfg, self.s
+        macs_per_token = cfg.n_heads * (seg.pos0 + b - a) * cfg.head_size * 2
+        group = max(1, ATTENTION_MACS_PER_DISPATCH // macs_per_token) if self.can_slice else b - a
+        for t in range(a, b, group):
+            u = min(b, t + group)
+            self.kernels.attention(_rows(s.xb, cfg.dim, t, u), _rows(s.q, cfg.dim, t, u),
+                                   seg.kv.key_cache[l], seg.kv.value_cache[l],
+                                   n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=cfg.head_size,
+                                   pos0=seg.pos0 + t - a, seq_len=seg.kv.n_ctx, n_tokens=u - t,
+                                   sliding_window=cfg.sliding_window, kv_f16=seg.kv.f16)
+            yield
+
+    def _checkpoint(self, trace: Trace | None, T: int) -> Callable:
+        """trace(name, rows of a buffer) when tracing; a no-op (no read-back) otherwise."""
+        if trace is None:
+            return lambda name, buf, shape: None
+
+        def check(name: str, buf, shape: tuple) -> None:
+            n = int(np.prod(shape))
+            trace(name, np.frombuffer(buf.read(size=T * n * 4), np.float32).reshape((T,) + shape).copy())
+        return check
+
+    # -------------------------------------------------------------------------
+    # start-up and measurement
+
+    def _warm_up(self) -> None:
+        """Compile every program now (llvmpipe JIT-compiles on first dispatch, up to ~1 s each), so
+        the first real token is not slow: a 2-token prompt, a decode step, and a (zero) LoRA delta."""
+        kv = self.new_cache(4)
+        self.forward(np.zeros(2, np.int64), 0, kv)
+        self.forward(np.zeros(1, np.int64), 2, kv, all_logits=True)
+        kv.release()
+        zeros = np.zeros((1, self.cfg.dim), np.float32)
+        pair = LoraPair(self.glctx, zeros, zeros.T.copy(), "warm-up")
+        self.kernels.lora(self.s.xb, pair, self.s.x, 0.0)
+        pair.release()
+        self.glctx.check_error("warming up the gl backend")
+        self.kernels.timing.reset()
+        self.decode = {key: type(value)() for key, value in self.decode.items()}
+        self.matvec_bytes = 0
+
+    def _timed_pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None) -> Iterator[None]:
+        """``_pass``, with decode passes (one token per segment) counted for ``bench_stats``."""
+        if any(len(seg.tokens) != 1 for seg in segments):
+            return (yield from self._pass(segments, all_logits, trace))
+        t, d = self.kernels.timing, self.decode
+        count0, seconds0, mv0, start = t.count, t.seconds, t.by_program.get("matvec.comp", 0.0), time.perf_counter()
+        result = yield from self._pass(segments, all_logits, trace)
+        d["wall"] += time.perf_counter() - start
+        d["tokens"] += len(segments)
+        d["passes"] += 1
+        d["dispatches"] += t.count - count0
+        d["dispatch_s"] += t.seconds - seconds0
+        d["matvec_s"] += t.by_program.get("matvec.comp", 0.0) - mv0
+        d["layer_dispatches"] = (t.count - count0 - self._output_dispatches(len(segments))) / self.cfg.n_layers
+        return result
+
+    def _output_dispatches(self, n_out: int) -> int:
+        """Dispatches outside the layers: embedding, final rmsnorm, the classifier's row slices."""
+        step = _rows_per_dispatch(self.kernels.max_weights_per_dispatch, self.wcls.cols * n_out)
+        return 2 + -(-self.wcls.rows // step)
+
+    def bench_stats(self) -> dict:
+        """Figures of the decode steps run since construction, for ``perro-pastor bench``."""
+        d, t = self.decode, self.kernels.timing
+        n = max(1, d["tokens"])
+        matvec_gb_s = None
+        if d["matvec_s"] > 0:
+            bytes_per_token = sum(w.rows * w.row_bytes for layer in self.layers
+                                  for w in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w1, layer.w2, layer.w3))
+            bytes_per_token += self.wcls.rows * self.wcls.row_bytes
+            matvec_gb_s = round(bytes_per_token * d["passes"] / d["matvec_s"] / 1e9, 3)
+        return {
+            "backend": self.name,
+            "gl_renderer": self.glctx.limits.renderer,
+            "kv_cache": "f16" if self.kv_f16 else "f32",
+            "dispatches_per_token": round(d["dispatches"] / n, 1),
+            "dispatches_per_layer": d["layer_dispatches"],
+            "max_dispatch_ms": round(t.max_seconds * 1000, 3),
+            "host_ms_per_token": round((d["wall"] - d["dispatch_s"]) / n * 1000, 3),
+            "dispatch_ms_per_token": round(d["dispatch_s"] / n * 1000, 3),
+            "matvec_ms_per_token": round(d["matvec_s"] / n * 1000, 3),
+            "gpu_ms_per_token": self._gpu_ms_per_token(),
+            "matvec_gb_s": matvec_gb_s,
+        }
+
+    def _gpu_ms_per_token(self, steps: int = 3) -> float | None:
+        """GPU time of a few decode steps from a GL timer query; None where the driver has none."""
+        try:
+            kv = self.new_cache(steps + 1)
+            query = self.glctx.ctx.query(time=True)
+            with query:
+                for pos in range(steps):
+                    run = self._pass([Segment(np.zeros(1, np.int64), pos, kv)], False, None)
+                    for _ in run:
+                        pass
+            elapsed = query.elapsed
+            kv.release()
+        except Exception:
+            return None
+        return round(elapsed / 1e6 / steps, 3) if elapsed and elapsed > 1000 else None
+
