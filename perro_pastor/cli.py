@@ -171,7 +171,10 @@ def cmd_demo(args) -> int:
 # -----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="perro-pastor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="perro-pastor",
+        description="Run quantized Llama-family models on the GPU (OpenGL 4.3 compute) or the CPU.",
+        epilog="Exit codes: 0 ok, 2 usage, 3 bad model file, 4 download or backend failure.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="stream a continuation of a prompt")
@@ -216,12 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from .tools.download import add_cli
-    except ImportError:
-        add_cli = None
-    if add_cli is not None:
-        add_cli(sub)
+    from .chat_cli import add_chat_cli
+    from .tools.download import add_cli as add_download_cli
+    add_chat_cli(sub)
+    add_download_cli(sub)
     return parser
 
 
