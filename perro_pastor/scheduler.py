@@ -192,7 +192,7 @@ class Scheduler:
 
     def _run_batch(self, plan) -> Generator:
         """Forward every member's tokens as one batch, then sample for each member in turn."""
-        segments = [Segment(tokens, pos0, s.kv) for s, _, pos0, tokens in plan]
+        segments = [Segment(tokens, pos0, s.kv, s.adapters) for s, _, pos0, tokens in plan]
         logits = yield from self.model.transformer.forward_steps(segments)
         for (s, epoch, pos0, tokens), row in zip(plan, logits):
             if s.epoch != epoch or s.n_past != pos0:

@@ -156,6 +156,8 @@ class Session:
             raise ValueError(f"n_ctx {n_ctx} must be in 2..{cfg.seq_len} (the model's context)")
         self.system_prompt, self.priority, self.name = system_prompt, priority, name
         self.n_ctx, self.context_policy, self.lora = n_ctx, context_policy, lora
+        # LoRA adapters applied inside the batch to this session's rows only (lora.py's objects)
+        self.adapters = tuple(lora) if isinstance(lora, (list, tuple)) else ((lora,) if lora is not None else ())
         self.sampler = sampler if isinstance(sampler, Sampler) else Sampler(sampler or SamplerSettings(), seed)
         tok = self.model.tokenizer
         if isinstance(template, ChatTemplate):

@@ -61,8 +61,10 @@ def model_hash(model) -> bytes:
 
 def adapter_hash(lora) -> bytes:
     """32 zero bytes for no adapter; else its ``sha256`` attribute (bytes or hex), or a hash of its repr."""
-    if lora is None:
+    if lora is None or (isinstance(lora, (list, tuple)) and not lora):
         return bytes(32)
+    if isinstance(lora, (list, tuple)):  # several adapters: order matters
+        return hashlib.sha256(b"".join(adapter_hash(a) for a in lora)).digest()
     digest = getattr(lora, "sha256", None)
     if isinstance(digest, bytes) and len(digest) == 32:
         return digest
