@@ -3,10 +3,12 @@
 //
 // Threads: x = one invocation per NR consecutive rows; each decoded x block is reused for NR rows.
 //          y = token t (n_tokens = 1 is the decode mat-vec, T > 1 the batched prefill).
-// Buffers: 0 W   (rows of this part, raw GGUF bytes)           readonly
+// Buffers: 0 W   (rows of this part: raw GGUF bytes, or REPACKED groups of 4 blocks)  readonly
 //          1 x   (n_tokens, cols) f32, read as vec4             readonly
 //          2 dst (n_tokens, dst_stride) f32; read too when accumulate = 1 (residual: dst += W x)
 // Uniforms: rows row_begin..row_end of this buffer part, written to dst column part_row0 + r.
+// REPACKED (Q4_0/Q4_1/Q8_0): per block, 8 x vec4s are loaded once and dotted with NR rows'
+// blocks by dq_dot32 (two uvec4-aligned loads per block instead of ~17 unaligned words).
 // Twin:    quant.matmul (x @ W.T)
 #ifndef NR
 #define NR 4
@@ -16,6 +18,10 @@
 #endif
 layout(local_size_x = WG_SIZE) in;
 layout(std430, binding = 0) readonly restrict buffer WBuf { uint W[]; };
+#ifdef REPACKED
+layout(std430, binding = 0) readonly restrict buffer WBuf4 { uvec4 W4[]; };  // the same buffer
+#define DQ_VEC4_LOADS
+#endif
 layout(std430, binding = 1) readonly restrict buffer XBuf { vec4 x4[]; };
 layout(std430, binding = 2) buffer DstBuf { float dst[]; };
 uniform uint row_begin;
@@ -35,6 +41,20 @@ void main() {
     uint row_bytes = nb * BLOCK_BYTES;
     uint xq = t * (cols / 4u);
 
+#ifdef REPACKED
+    uint b0[NR];  // flat block index of each row's first block
+    float acc[NR];
+    for (uint r = 0u; r < NR; r++) {
+        b0[r] = min(r0 + r, row_end - 1u) * nb;  // tail rows repeat the last row, unwritten
+        acc[r] = 0.0;
+    }
+    for (uint ib = 0u; ib < nb; ib++) {
+        vec4 xs[8];
+        for (uint j = 0u; j < 8u; j++) xs[j] = x4[xq + ib * 8u + j];
+        float sx = dot(((xs[0] + xs[1]) + (xs[2] + xs[3])) + ((xs[4] + xs[5]) + (xs[6] + xs[7])), vec4(1.0));
+        for (uint r = 0u; r < NR; r++) acc[r] += dq_dot32(b0[r] + ib, xs, sx);
+    }
+#else
     uint base[NR];
     float acc[NR];
     for (uint r = 0u; r < NR; r++) {
@@ -54,6 +74,7 @@ void main() {
             }
         }
     }
+#endif
     for (uint r = 0u; r < NR; r++) {
         if (r0 + r < row_end) {
             uint o = t * dst_stride + part_row0 + r0 + r;

@@ -52,6 +52,56 @@ def test_matvec_every_type(glctx, kernels, qtype, rows, n_tokens):  # noqa: F811
     assert_no_gl_error(glctx)
 
 
+REPACKABLE = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0]
+
+
+@pytest.mark.parametrize("qtype", REPACKABLE, ids=lambda t: t.name)
+@pytest.mark.parametrize("repack", [False, True], ids=["raw", "repacked"])
+def test_matvec_both_layouts(glctx, kernels, qtype, repack):  # noqa: F811
+    """The types repacked by default also run from the file's raw bytes; both match the twin.
+
+    5 blocks per row and 13 rows: groups of 4 blocks straddle rows and the last one is padded.
+    """
+    rng = np.random.default_rng([int(qtype), repack])
+    rows, cols, T = 13, 5 * 32, 2
+    raw = random_weight(qtype, rows, cols, rng)
+    w = upload_weight(glctx, raw, qtype, rows, cols, repack=repack)
+    assert w.repacked == repack
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    dst = f32_buffer(glctx, T * rows)
+    kernels.matvec(dst, w, f32_buffer(glctx, x), n_tokens=T)
+    W = dequantize(raw, qtype, rows, cols)
+    want = quant.matmul(x.astype(np.float64), raw, qtype, rows, cols)
+    check_close(read_f32(dst, (T, rows)), want, np.abs(x) @ np.abs(W).T, f"matvec {qtype.name} repack={repack}")
+    # the embedding lookup decodes the same buffer weight by weight: exact in both layouts
+    ids = np.array([12, 0, 7], np.int32)
+    out = f32_buffer(glctx, 3 * cols)
+    kernels.embedding(out, w, i32_buffer(glctx, ids), n_tokens=3)
+    np.testing.assert_array_equal(read_f32(out, (3, cols)), cpu.embedding(raw.reshape(-1), qtype, rows, cols, ids))
+    assert_no_gl_error(glctx)
+
+
+def test_repack_blocks_layout():
+    """Group layout by hand for Q4_1: [4 scale words][4 x 16 quant bytes], zero padding at the end."""
+    from perro_pastor.gl.buffers import repack_blocks, repacked_nbytes
+
+    rng = np.random.default_rng(11)
+    blocks = rng.integers(0, 256, size=(5, 20), dtype=np.uint8)
+    words = repack_blocks(blocks, GGMLType.Q4_1)
+    assert words.nbytes == repacked_nbytes(GGMLType.Q4_1, 5) == 2 * 80
+    g = words.view(np.uint8).reshape(2, 80)
+    np.testing.assert_array_equal(g[0, :16].reshape(4, 4), blocks[:4, :4])
+    np.testing.assert_array_equal(g[0, 16:].reshape(4, 16), blocks[:4, 4:])
+    np.testing.assert_array_equal(g[1, :4], blocks[4, :4])
+    np.testing.assert_array_equal(g[1, 16:32], blocks[4, 4:])
+    assert not g[1, 4:16].any() and not g[1, 32:].any()
+    q8 = rng.integers(0, 256, size=(4, 34), dtype=np.uint8)
+    g8 = repack_blocks(q8, GGMLType.Q8_0).view(np.uint8)
+    np.testing.assert_array_equal(g8[:16].reshape(4, 4)[:, :2], q8[:, :2])  # d, zero-extended
+    assert not g8[:16].reshape(4, 4)[:, 2:].any()
+    np.testing.assert_array_equal(g8[16:].reshape(4, 32), q8[:, 2:])
+
+
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q6_K], ids=lambda t: t.name)
 def test_matvec_accumulate_and_row_range(glctx, kernels, qtype):  # noqa: F811
     rng = np.random.default_rng(7)
@@ -71,15 +121,19 @@ def test_matvec_accumulate_and_row_range(glctx, kernels, qtype):  # noqa: F811
     assert_no_gl_error(glctx)
 
 
-def test_weight_split_across_buffers_and_dispatches(glctx):  # noqa: F811
+@pytest.mark.parametrize("repack,part_rows", [(False, [73] * 4 + [8]), (True, [68] * 4 + [28])])
+def test_weight_split_across_buffers_and_dispatches(glctx, repack, part_rows):  # noqa: F811
     """A tiny SSBO limit splits the tensor by whole rows; results must not change."""
     qtype, rows, cols = GGMLType.Q8_0, 300, 64  # 68-byte rows: parts start at odd word offsets
     small = GLContext(glctx.ctx, max_ssbo_bytes=5000)
     k = Kernels(small, max_weights_per_dispatch=32 * cols, matvec_rows_per_invocation=2)
     rng = np.random.default_rng(3)
     raw = random_weight(qtype, rows, cols, rng)
-    w = upload_weight(small, raw, qtype, rows, cols)
-    assert [p.n_rows for p in w.parts] == [73] * 4 + [8]
+    w = upload_weight(small, raw, qtype, rows, cols, repack=repack)
+    assert w.repacked == repack
+    # raw: 68-byte rows; repacked: groups of 4 blocks (144 bytes), 34 per part = 136 blocks = 68 rows
+    assert [p.n_rows for p in w.parts] == part_rows
+    assert all(p.buffer.size <= 5000 for p in w.parts)
     assert rows_per_part(68, 5000) == 73
     x = rng.standard_normal((1, cols)).astype(np.float32)
     dst = f32_buffer(glctx, rows)

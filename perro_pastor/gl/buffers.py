@@ -1,8 +1,12 @@
-"""GPU buffers: weight tensors as raw GGUF blocks, and f32/int scratch buffers.
+"""GPU buffers: weight tensors as GGUF blocks (raw or repacked), and f32/int scratch buffers.
 
-Weights are uploaded byte for byte as they sit in the file (the shaders read unaligned block
-fields with the helpers in ``shaders/common/bytes.glsl``), so the upload is a memcpy and the NumPy
-twins decode the very same bytes. Only the tail is padded to a whole 4-byte word.
+Most weight types are uploaded byte for byte as they sit in the file (the shaders read unaligned
+block fields with the helpers in ``shaders/common/bytes.glsl``); only the tail is padded to a whole
+4-byte word. Q4_0, Q4_1 and Q8_0, the types of the default model and of most small models, are
+*repacked* by default (``repack_blocks``): on llvmpipe a SIMD lane per invocation makes every
+unaligned word read a gather, and reading a block as two aligned uvec4s instead of ~17 words
+made the mat-vec ~1.5-2x faster (docs/gl_kernels.md). The repack only moves bytes, so the kernels
+decode exactly the weights the NumPy twins decode from the file.
 
 A tensor bigger than GL_MAX_SHADER_STORAGE_BLOCK_SIZE (128 MiB on llvmpipe; the tied output layer
 of a 7B model is bigger) is split into several buffers of whole rows. The launchers dispatch once
@@ -38,10 +42,19 @@ class GLWeight:
     rows: int
     cols: int
     parts: list[WeightPart]
+    repacked: bool = False  # blocks regrouped by repack_blocks (shaders need `#define REPACKED`)
 
     @property
     def row_bytes(self) -> int:
         return row_nbytes(self.qtype, self.cols)
+
+    @property
+    def defines(self) -> dict[str, int]:
+        """The shader ``#define``s that select this weight's decoder (type and layout)."""
+        d = {f"QUANT_{self.qtype.name}": 1}
+        if self.repacked:
+            d["REPACKED"] = 1
+        return d
 
     def release(self) -> None:
         for p in self.parts:
@@ -55,6 +68,36 @@ def _pad4(data: bytes | memoryview | np.ndarray) -> bytes:
     return raw if rem == 0 else raw + b"\0" * (4 - rem)
 
 
+# Types repack_blocks knows: block bytes -> (offset of the quant bytes, bytes of scale header).
+REPACKABLE = {GGMLType.Q4_0: 2, GGMLType.Q4_1: 4, GGMLType.Q8_0: 2}
+
+
+def repack_blocks(blocks: np.ndarray, qtype: GGMLType) -> np.ndarray:
+    """Regroup 32-weight blocks so a shader reads them with aligned uvec4 loads.
+
+    ``blocks`` is (n, type_size) uint8, the file's blocks in row-major order. Every 4 blocks
+    become one group: a uvec4 holding the 4 blocks' scale fields (the f16 d, or the f16 pair d, m,
+    zero-extended to a 32-bit word), then each block's quant bytes (16 for Q4_*, 32 for Q8_0),
+    in order. The last group is zero-padded. Returns the group words as uint32, ready to upload;
+    ``shaders/common/dequant.glsl`` (REPACKED) reads them back.
+    """
+    hdr = REPACKABLE[qtype]
+    n, size = blocks.shape
+    ng = (n + 3) // 4
+    scales = np.zeros((ng * 4, 4), np.uint8)
+    scales[:n, :hdr] = blocks[:, :hdr]
+    quants = np.zeros((ng * 4, size - hdr), np.uint8)
+    quants[:n] = blocks[:, hdr:]
+    groups = np.concatenate([scales.reshape(ng, 16), quants.reshape(ng, 4 * (size - hdr))], axis=1)
+    return groups.reshape(-1).view(np.uint32)
+
+
+def repacked_nbytes(qtype: GGMLType, n_blocks: int) -> int:
+    """Bytes of ``n_blocks`` blocks after repack_blocks (whole groups of 4)."""
+    q = TYPE_INFO[qtype].type_size - REPACKABLE[qtype]
+    return (n_blocks + 3) // 4 * (16 + 4 * q)
+
+
 def rows_per_part(row_bytes: int, max_bytes: int) -> int:
     """How many whole rows fit in one buffer of at most ``max_bytes`` (padding included)."""
     n = (max_bytes - 3) // row_bytes
@@ -64,9 +107,14 @@ def rows_per_part(row_bytes: int, max_bytes: int) -> int:
 
 
 def upload_weight(
-    glctx: GLContext, raw, qtype: GGMLType | int, rows: int, cols: int, name: str = "weight"
+    glctx: GLContext, raw, qtype: GGMLType | int, rows: int, cols: int, name: str = "weight",
+    repack: bool = True,
 ) -> GLWeight:
-    """Upload ``raw`` (the tensor's bytes from the file, rows x cols) split by whole rows."""
+    """Upload ``raw`` (the tensor's bytes from the file, rows x cols) split by whole rows.
+
+    ``repack`` (default on) regroups Q4_0/Q4_1/Q8_0 blocks for aligned loads (``repack_blocks``);
+    other types, and ``repack=False``, go up byte for byte.
+    """
     qtype = GGMLType(int(qtype))
     if qtype not in TYPE_INFO:
         raise BackendError(f"tensor {name}: unsupported tensor type {qtype.name}")
@@ -76,14 +124,27 @@ def upload_weight(
     buf = np.frombuffer(raw, dtype=np.uint8) if not isinstance(raw, np.ndarray) else raw.reshape(-1).view(np.uint8)
     if buf.size != rows * rb:
         raise BackendError(f"tensor {name}: {qtype.name} {rows}x{cols} needs {rows * rb} bytes, got {buf.size}")
-    per_part = rows_per_part(rb, glctx.max_ssbo_bytes)
+    repacked = repack and qtype in REPACKABLE
+    if repacked:
+        # whole groups of 4 blocks (a group may straddle two rows) within the limit
+        nb = cols // TYPE_INFO[qtype].block_size
+        per_part = 4 * (glctx.max_ssbo_bytes // repacked_nbytes(qtype, 4)) // nb
+        if per_part < 1:
+            raise BackendError(f"tensor {name}: one repacked row of {repacked_nbytes(qtype, nb)} bytes "
+                               f"exceeds the SSBO limit of {glctx.max_ssbo_bytes} bytes")
+    else:
+        per_part = rows_per_part(rb, glctx.max_ssbo_bytes)
     parts = []
     for row0 in range(0, rows, per_part):
         n = min(per_part, rows - row0)
-        data = _pad4(buf[row0 * rb : (row0 + n) * rb])
+        chunk = buf[row0 * rb : (row0 + n) * rb]
+        if repacked:
+            data = repack_blocks(chunk.reshape(-1, TYPE_INFO[qtype].type_size), qtype).tobytes()
+        else:
+            data = _pad4(chunk)
         parts.append(WeightPart(glctx.ctx.buffer(data), row0, n))
     glctx.check_error(f"uploading tensor {name}")
-    return GLWeight(name, qtype, rows, cols, parts)
+    return GLWeight(name, qtype, rows, cols, parts, repacked)
 
 
 def f32_buffer(glctx: GLContext, data: np.ndarray | int):

@@ -91,7 +91,7 @@ class Kernels(LayerOps, SamplingOps):
             # Row-split tables: each part reads only ids in its range; not needed for any model so
             # far (a 128 MiB embedding table is 32000 x 4096 F32).
             raise BackendError(f"embedding table {weight.name} is split across buffers; not supported yet")
-        prog = self.program("embedding.comp", **{f"QUANT_{weight.qtype.name}": 1})
+        prog = self.program("embedding.comp", **weight.defines)
         weight.parts[0].buffer.bind_to_storage_buffer(0)
         tokens.bind_to_storage_buffer(1)
         out.bind_to_storage_buffer(2)
@@ -113,7 +113,7 @@ class Kernels(LayerOps, SamplingOps):
         if row_offset < 0 or n_rows < 0 or row_offset + n_rows > weight.rows:
             raise BackendError(f"matvec {weight.name}: rows {row_offset}..{row_offset + n_rows} outside 0..{weight.rows}")
         nr = self.matvec_nr
-        prog = self.program("matvec.comp", **{f"QUANT_{weight.qtype.name}": 1, "NR": nr, "WG_SIZE": MATVEC_WG})
+        prog = self.program("matvec.comp", **weight.defines, NR=nr, WG_SIZE=MATVEC_WG)
         x.bind_to_storage_buffer(1)
         dst.bind_to_storage_buffer(2)
         chunk = max(nr * MATVEC_WG, self.max_weights_per_dispatch // max(1, weight.cols * n_tokens))

@@ -14,6 +14,15 @@
 // scale and sit in consecutive bytes in every layout, so a decode is two word reads plus a little
 // bit twiddling. NumPy twin: quant.dequantize (the layouts are
 // checked bit for bit against gguf.quants there). The includer declares `uint W[]` first.
+//
+// REPACKED (Q4_0, Q4_1, Q8_0; see perro_pastor/gl/buffers.py): blocks are regrouped at upload in
+// fours so every field is 16-byte aligned: one uvec4 of the 4 blocks' scale words (the block's
+// f16 d, or f16 pair d, m, as in the file), then each block's quant bytes as whole uvec4s
+// (RP_QUADS of them). Block b (flat, row-major within a buffer part) is found without any table,
+// so `blk` stays b * BLOCK_BYTES and dq_head/dequant8 keep working for the embedding lookup;
+// the mat-vec instead calls dq_dot32, which decodes a whole block from uvec4 loads (W4, the same
+// buffer seen as uvec4[]) and dots it with 32 x values. Measured on llvmpipe: ~1.5-2x the raw
+// layout (docs/gl_kernels.md).
 #ifndef COMMON_DEQUANT_GLSL
 #define COMMON_DEQUANT_GLSL
 #include "common/bytes.glsl"
@@ -33,7 +42,76 @@ vec4 bit4(uint bits, uint b) {
     return vec4((uvec4(bits >> b) >> uvec4(0u, 1u, 2u, 3u)) & 1u);
 }
 
-#if defined(QUANT_F32)
+#if defined(REPACKED)
+// ---- repacked Q4_0 / Q4_1 / Q8_0: groups of 4 blocks, [scales uvec4][4 x RP_QUADS uvec4] ----
+#define QK 32u
+#if defined(QUANT_Q4_0)
+#define BLOCK_BYTES 18u
+#define RP_QUADS 1u
+#elif defined(QUANT_Q4_1)
+#define BLOCK_BYTES 20u
+#define RP_QUADS 1u
+#elif defined(QUANT_Q8_0)
+#define BLOCK_BYTES 34u
+#define RP_QUADS 2u
+#else
+#error "REPACKED is defined only for Q4_0, Q4_1 and Q8_0"
+#endif
+#define RP_GROUP (1u + 4u * RP_QUADS)  // uvec4s per group of 4 blocks
+
+uint rp_scale_word(uint b) { return W[(b >> 2) * RP_GROUP * 4u + (b & 3u)]; }
+uint rp_quad0(uint b) { return (b >> 2) * RP_GROUP + 1u + (b & 3u) * RP_QUADS; }  // uvec4 index
+
+uvec4 dq_head(uint blk) { return uvec4(rp_scale_word(blk / BLOCK_BYTES), 0u, 0u, 0u); }
+void dequant8(uint blk, uvec4 head, uint g, out vec4 lo, out vec4 hi) {
+    uint q = rp_quad0(blk / BLOCK_BYTES) * 4u;  // word index of the block's quant bytes
+    vec2 dm = unpackHalf2x16(head.x);
+#if defined(QUANT_Q8_0)
+    lo = dm.x * i8x4(W[q + 2u * g]);
+    hi = dm.x * i8x4(W[q + 2u * g + 1u]);
+#else
+    uint s = (g >> 1) * 4u;
+    uint qi = q + 2u * (g & 1u);
+#if defined(QUANT_Q4_0)
+    lo = dm.x * (nib4(W[qi], s) - 8.0);
+    hi = dm.x * (nib4(W[qi + 1u], s) - 8.0);
+#else
+    lo = dm.x * nib4(W[qi], s) + dm.y;
+    hi = dm.x * nib4(W[qi + 1u], s) + dm.y;
+#endif
+#endif
+}
+
+#ifdef DQ_VEC4_LOADS
+// sum_j w[b, j] * xs[j/4][j%4] for block b, with sx = the sum of the 32 x values (the Q4 offsets
+// factor out of the dot: sum d*(q-8)*x = d*(q.x - 8*sx), sum (d*q+m)*x = d*q.x + m*sx).
+float dq_dot32(uint b, vec4 xs[8], float sx) {
+    vec2 dm = unpackHalf2x16(rp_scale_word(b));
+    uint i = rp_quad0(b);
+    vec4 s = vec4(0.0);
+#if defined(QUANT_Q8_0)
+    uvec4 q0 = W4[i], q1 = W4[i + 1u];
+    for (uint w = 0u; w < 4u; w++) {
+        s += i8x4(q0[w]) * xs[w];
+        s += i8x4(q1[w]) * xs[4u + w];
+    }
+    return dm.x * dot(s, vec4(1.0));
+#else
+    uvec4 q = W4[i];  // byte j: weight j in the low nibble, weight 16 + j in the high one
+    for (uint w = 0u; w < 4u; w++) {
+        s += vec4((uvec4(q[w]) >> uvec4(0u, 8u, 16u, 24u)) & 0xFu) * xs[w];
+        s += vec4((uvec4(q[w]) >> uvec4(4u, 12u, 20u, 28u)) & 0xFu) * xs[4u + w];
+    }
+#if defined(QUANT_Q4_0)
+    return dm.x * (dot(s, vec4(1.0)) - 8.0 * sx);
+#else
+    return dm.x * dot(s, vec4(1.0)) + dm.y * sx;
+#endif
+#endif
+}
+#endif
+
+#elif defined(QUANT_F32)
 #define QK 8u
 #define BLOCK_BYTES 32u
 uvec4 dq_head(uint blk) { return uvec4(0u); }
