@@ -19,9 +19,12 @@ def model(tmp_path_factory):
     return small_model(tmp_path_factory)
 
 
-def run_alone(model, question, **kw):
-    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96)
+def run_alone(model, question, sampler=GREEDY, seed=None, **kw):
+    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=sampler, seed=seed, n_ctx=96)
     return s.ask(question, max_tokens=kw.get("max_tokens", 4), ignore_eos=True)
+
+
+SAMPLED = SamplerSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
 
 
 def test_same_seed_same_tokens(model):
@@ -35,10 +38,11 @@ def test_same_seed_same_tokens(model):
     assert runs[0] == runs[1] and len(runs[0]) == 6
 
 
-def test_batched_decode_equals_each_session_alone(model):
+@pytest.mark.parametrize("sampler", [GREEDY, SAMPLED], ids=["greedy", "seeded"])
+def test_batched_decode_equals_each_session_alone(model, sampler):
     alone = []
-    for q in QUESTIONS:
-        r = run_alone(model, q)
+    for seed, q in enumerate(QUESTIONS):
+        r = run_alone(model, q, sampler, seed)
         r.result()
         alone.append(r.token_ids)
     sched = Scheduler(model)
@@ -51,14 +55,16 @@ def test_batched_decode_equals_each_session_alone(model):
 
     model.transformer.forward_steps = spy
     try:
-        replies = [sched.session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96).ask(q, max_tokens=4, ignore_eos=True)
-                   for q in QUESTIONS]
+        replies = [sched.session(system_prompt=SYSTEM, sampler=sampler, seed=seed, n_ctx=96)
+                   .ask(q, max_tokens=4, ignore_eos=True) for seed, q in enumerate(QUESTIONS)]
         while not all(r.done for r in replies):
             sched.tick(1000)
     finally:
         del model.transformer.forward_steps
     assert [r.token_ids for r in replies] == alone
     assert max(batch_sizes) == 3  # the three NPCs decoded in one forward
+    if sampler is SAMPLED:  # each NPC has its own RNG: the three replies differ
+        assert len({tuple(t) for t in alone}) == 3
 
 
 def test_callbacks_iterator_and_poll_agree(model):
