@@ -4,7 +4,7 @@
 // Threads: x = one invocation per NR consecutive rows; each decoded x block is reused for NR rows.
 //          y = token t (n_tokens = 1 is the decode mat-vec, T > 1 the batched prefill).
 // Buffers: 0 W   (rows of this part: raw GGUF bytes, or REPACKED groups of 4 blocks)  readonly
-//          1 x   (n_tokens, cols) f32, read as vec4             readonly
+//          1 x   (n_tokens, cols) f32, read as vec4             readonly (a UBO if X_VEC4S)
 //          2 dst (n_tokens, dst_stride) f32; read too when accumulate = 1 (residual: dst += W x)
 // Uniforms: rows row_begin..row_end of this buffer part, written to dst column part_row0 + r.
 // REPACKED (Q4_0/Q4_1/Q8_0): per block, 8 x vec4s are loaded once and dotted with NR rows'
@@ -22,7 +22,13 @@ layout(std430, binding = 0) readonly restrict buffer WBuf { uint W[]; };
 layout(std430, binding = 0) readonly restrict buffer WBuf4 { uvec4 W4[]; };  // the same buffer
 #define DQ_VEC4_LOADS
 #endif
+#ifdef X_VEC4S
+// decode (n_tokens = 1, cols <= 4096): x as a uniform block. Every invocation reads the same x,
+// and llvmpipe loads uniform-block values once per SIMD batch instead of once per lane.
+layout(std140, binding = 1) uniform XBuf { vec4 x4[X_VEC4S]; };
+#else
 layout(std430, binding = 1) readonly restrict buffer XBuf { vec4 x4[]; };
+#endif
 layout(std430, binding = 2) buffer DstBuf { float dst[]; };
 uniform uint row_begin;
 uniform uint row_end;

@@ -27,6 +27,7 @@ from .shader_loader import compile_compute
 DEFAULT_MAX_WEIGHTS_PER_DISPATCH = 2 << 20
 
 MATVEC_WG = 16
+MIN_UNIFORM_BLOCK_BYTES = 16384  # GL_MAX_UNIFORM_BLOCK_SIZE is at least this everywhere
 
 
 def _groups(n: int, size: int) -> int:
@@ -37,11 +38,12 @@ class Kernels(LayerOps, SamplingOps):
     """Compiled programs (cached per shader + defines) and their launchers for one GL context."""
 
     def __init__(self, glctx: GLContext, *, max_weights_per_dispatch: int = DEFAULT_MAX_WEIGHTS_PER_DISPATCH,
-                 matvec_rows_per_invocation: int = 8) -> None:
+                 matvec_rows_per_invocation: int = 8, matvec_x_ubo: bool = True) -> None:
         self.glctx = glctx
         self.ctx = glctx.ctx
         self.max_weights_per_dispatch = max_weights_per_dispatch
         self.matvec_nr = matvec_rows_per_invocation
+        self.matvec_x_ubo = matvec_x_ubo  # off: x always from an SSBO (for benchmarks)
         self._programs: dict[tuple, object] = {}
         self._scratch: dict[str, object] = {}
         self.dispatches = 0  # counted so tests and the scheduler can see how work was split
@@ -113,8 +115,14 @@ class Kernels(LayerOps, SamplingOps):
         if row_offset < 0 or n_rows < 0 or row_offset + n_rows > weight.rows:
             raise BackendError(f"matvec {weight.name}: rows {row_offset}..{row_offset + n_rows} outside 0..{weight.rows}")
         nr = self.matvec_nr
-        prog = self.program("matvec.comp", **weight.defines, NR=nr, WG_SIZE=MATVEC_WG)
-        x.bind_to_storage_buffer(1)
+        defines = dict(weight.defines, NR=nr, WG_SIZE=MATVEC_WG)
+        if self.matvec_x_ubo and n_tokens == 1 and weight.cols * 4 <= MIN_UNIFORM_BLOCK_BYTES:
+            # decode: x as a uniform block, read once per SIMD batch on llvmpipe (~1.3x, docs/gl_kernels.md)
+            defines["X_VEC4S"] = weight.cols // 4
+            x.bind_to_uniform_block(1, size=weight.cols * 4)
+        else:
+            x.bind_to_storage_buffer(1)
+        prog = self.program("matvec.comp", **defines)
         dst.bind_to_storage_buffer(2)
         chunk = max(nr * MATVEC_WG, self.max_weights_per_dispatch // max(1, weight.cols * n_tokens))
         chunk = chunk // (nr * MATVEC_WG) * (nr * MATVEC_WG)
