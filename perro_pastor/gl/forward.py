@@ -106,6 +106,20 @@ class GlTransformer:
         self.glctx.check_error("uploading the model")
         self._warm_up()
 
+    def release(self) -> None:
+        """Free every GL object this backend made (weights, scratch, LoRA pairs); caches made by
+        ``new_cache`` belong to their sessions (``GlKVCache.release``)."""
+        weights = {id(w): w for layer in self.layers for w in vars(layer).values()}
+        weights.update({id(self.token_embedding_table): self.token_embedding_table, id(self.wcls): self.wcls})
+        for w in weights.values():
+            w.release()
+        for buf in (self.rms_final_weight, self.inv_freq):
+            buf.release()
+        self.s.release()
+        self.lora.release()
+        self.layers = []
+        self.glctx.release()
+
     # -------------------------------------------------------------------------
     # caches
 
@@ -307,10 +321,10 @@ class GlTransformer:
 
     def _warm_up(self) -> None:
         """Compile every program now (llvmpipe JIT-compiles on first dispatch, up to ~1 s each), so
-        the first real token is not slow: a 2-token prompt, a decode step, and a (zero) LoRA delta."""
-        kv = self.new_cache(4)
-        self.forward(np.zeros(2, np.int64), 0, kv)
-        self.forward(np.zeros(1, np.int64), 2, kv, all_logits=True)
+        the first real token is not slow. Prefill and decode use the same programs, so one token
+        and a (zero) LoRA delta reach them all."""
+        kv = self.new_cache(1)
+        self.forward(np.zeros(1, np.int64), 0, kv)
         kv.release()
         zeros = np.zeros((1, self.cfg.dim), np.float32)
         pair = LoraPair(self.glctx, zeros, zeros.T.copy(), "warm-up")

@@ -157,6 +157,11 @@ class LoraCache:
         self.pairs[id(a)] = (weakref.ref(a), pair)
         return pair
 
+    def release(self) -> None:
+        for _, pair in self.pairs.values():
+            pair.release()
+        self.pairs.clear()
+
     def purge(self) -> None:
         for key, (ref, pair) in list(self.pairs.items()):
             if ref() is None:

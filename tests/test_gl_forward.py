@@ -1,0 +1,302 @@
+"""The gl forward pass against the cpu reference: named checkpoints on the real default model and
+on 1-layer slices re-quantized to each type, perplexity, batching, LoRA, KV export/import.
+
+Slices are derived once with tools/requantize and kept in pytest's cache directory (keyed by the
+source model and the requantize code), because quantizing the 49152-row embedding takes seconds.
+All models share one headless context: moderngl does not switch between standalone contexts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+
+import numpy as np
+import pytest
+
+from perro_pastor import model as model_mod
+from perro_pastor.cpu import Segment, run_to_end
+from perro_pastor.gl import forward as gl_forward
+from perro_pastor.gl.context import assert_no_gl_error, create_headless_context
+from perro_pastor.paths import default_model_path
+from perro_pastor.perplexity import perplexity
+from perro_pastor.tools import requantize as requantize_mod
+
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
+PROMPT = "The quick brown fox jumps over"
+
+# Per-checkpoint tolerance, relative to the reference's largest magnitude at that checkpoint.
+# Activations differ by float32 summation order (~1e-6) plus the f16 KV cache (~5e-4 at att);
+# 30 layers of the real model compound it. Logits are compared the same way.
+TOLERANCE = {"embedding": 1e-6, "att_norm": 2e-3, "q": 2e-3, "k": 2e-3, "att": 3e-3,
+             "att_out": 3e-3, "ffn_hidden": 3e-3, "ffn_out": 3e-3, "logits": 3e-3}
+
+
+def first_divergence(gl: dict, ref: dict) -> str | None:
+    """llm.c-style report of the first checkpoint (in forward order) beyond its tolerance."""
+    for name, want in ref.items():
+        got = gl.get(name)
+        if got is None:
+            return f"{name}: missing from the gl trace"
+        if got.shape != want.shape:
+            return f"{name}: shape {got.shape} != reference {want.shape}"
+        scale = float(np.abs(want).max()) or 1.0
+        diff = np.abs(got.astype(np.float64) - want)
+        tol = TOLERANCE[name.rsplit(".", 1)[-1]]
+        if not np.isfinite(got).all() or diff.max() > tol * scale:
+            i = np.unravel_index(int(np.nanargmax(diff)), diff.shape)
+            return (f"{name}: max |gl - cpu| = {diff.max():.3g} > {tol} * {scale:.3g} at {i}: "
+                    f"gl {got[i]:.6g} cpu {want[i]:.6g}")
+    return None
+
+
+def traced(transformer, tokens, n_ctx=16, **kw):
+    rec: dict[str, np.ndarray] = {}
+    kv = transformer.new_cache(n_ctx)
+    logits = transformer.forward(np.asarray(tokens), 0, kv, trace=lambda n, v: rec.__setitem__(n, v), **kw)
+    return rec, logits
+
+
+@pytest.fixture(scope="module")
+def glctx():
+    ctx = create_headless_context()
+    yield ctx
+    ctx.release()
+
+
+@pytest.fixture(scope="module")
+def text():
+    return open("/usr/share/common-licenses/GPL-3", encoding="utf-8").read()[:3000]
+
+
+def slice_path(request, qtype: str, n_layers: int = 1):
+    src = default_model_path()
+    code = hashlib.sha256(inspect.getsource(requantize_mod).encode()).hexdigest()[:12]
+    folder = request.config.cache.mkdir(f"gl_forward_slices_{src.stat().st_size}_{code}")
+    path = folder / f"{qtype}-{n_layers}.gguf"
+    if not path.exists():
+        tmp = path.with_suffix(".part")
+        requantize_mod.requantize(src, tmp, qtype, n_layers)
+        tmp.replace(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def default_pair(glctx):
+    gl = model_mod.load("default", backend="gl", gl_context=glctx)
+    cpu = model_mod.load("default", backend="cpu")
+    yield gl, cpu
+    gl.transformer.release()
+    gl.close()
+    cpu.close()
+
+
+@pytest.fixture(scope="module")
+def q8_pair(request, glctx):
+    """A 2-layer Q8_0 slice on gl, and on cpu in float64 (the oracle) for batching/LoRA/KV tests."""
+    path = slice_path(request, "Q8_0", 2)
+    gl = model_mod.load(path, backend="gl", gl_context=glctx)
+    cpu = model_mod.load(path, backend="cpu", dtype=np.float64)
+    yield gl, cpu
+    gl.transformer.release()
+    gl.close()
+    cpu.close()
+
+
+# -----------------------------------------------------------------------------
+# fidelity
+
+def test_default_model_checkpoints_match_cpu(default_pair):
+    gl, cpu = default_pair
+    tokens = gl.tokenizer.encode(PROMPT)
+    rec_gl, logits_gl = traced(gl.transformer, tokens)
+    rec_cpu, logits_cpu = traced(cpu.transformer, tokens)
+    assert len(rec_cpu) == 2 + 7 * gl.config.n_layers
+    assert first_divergence(rec_gl, rec_cpu) is None, first_divergence(rec_gl, rec_cpu)
+    assert int(np.argmax(logits_gl)) == int(np.argmax(logits_cpu))
+    assert_no_gl_error(gl.transformer.glctx)
+
+
+def test_decode_step_dispatches_per_layer(default_pair):
+    gl, _ = default_pair
+    tr = gl.transformer
+    kv = tr.new_cache(4)
+    tr.forward(np.array([1, 2]), 0, kv)
+    tr.forward(np.array([3]), 2, kv)  # a decode step: one token
+    stats = tr.bench_stats()
+    assert stats["dispatches_per_layer"] <= 12, stats
+    assert stats["dispatches_per_token"] <= 12 * gl.config.n_layers + 20, stats
+    assert stats["gl_renderer"] and stats["max_dispatch_ms"] > 0 and stats["matvec_gb_s"] > 0
+    assert_no_gl_error(tr.glctx)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_slice_matches_cpu_checkpoints_and_perplexity(request, glctx, text, qtype):
+    path = slice_path(request, qtype)
+    gl = model_mod.load(path, backend="gl", gl_context=glctx)
+    cpu = model_mod.load(path, backend="cpu", dtype=np.float64)
+    try:
+        tokens = gl.tokenizer.encode(PROMPT)
+        rec_gl, _ = traced(gl.transformer, tokens)
+        rec_cpu, _ = traced(cpu.transformer, tokens)
+        problem = first_divergence(rec_gl, rec_cpu)
+        assert problem is None, f"{qtype}: {problem}"
+        # one 16-token chunk keeps the 49152-row classifier affordable on a loaded 2-core llvmpipe
+        short = text[:200]
+        ppl_gl = perplexity(gl, short, n_ctx=16).ppl
+        ppl_cpu = perplexity(cpu, short, n_ctx=16).ppl
+        assert abs(ppl_gl / ppl_cpu - 1) < 0.005, (qtype, ppl_gl, ppl_cpu)
+        assert_no_gl_error(glctx)
+    finally:
+        gl.transformer.release()
+        gl.close()
+        cpu.close()
+
+
+def test_f32_kv_cache_matches_cpu(request, glctx):
+    path = slice_path(request, "Q8_0", 2)
+    gl = model_mod.load(path, backend="gl", gl_context=glctx)
+    cpu = model_mod.load(path, backend="cpu", dtype=np.float64)
+    tr = gl_forward.GlTransformer(gl.file, gl.config, gl.weights, ctx=glctx, kv_f16=False)
+    try:
+        tokens = gl.tokenizer.encode(PROMPT)
+        rec_gl, _ = traced(tr, tokens)
+        rec_cpu, _ = traced(cpu.transformer, tokens)
+        assert first_divergence(rec_gl, rec_cpu) is None, first_divergence(rec_gl, rec_cpu)
+        # an f32 cache is exact enough to hold attention 10x tighter than the f16 tolerance
+        att = max(np.abs(rec_gl[n] - rec_cpu[n]).max() / np.abs(rec_cpu[n]).max() for n in ("L0.att", "L1.att"))
+        assert att < 3e-4
+        assert tr.export_kv(tr.new_cache(2), 1).dtype == np.float32
+    finally:
+        tr.release()
+        gl.transformer.release()
+        gl.close()
+        cpu.close()
+
+
+# -----------------------------------------------------------------------------
+# batching
+
+def test_prefill_equals_token_by_token_decode(q8_pair, monkeypatch):
+    gl, _ = q8_pair
+    tr = gl.transformer
+    tokens = np.array(gl.tokenizer.encode(PROMPT))
+    prefill = tr.forward(tokens, 0, tr.new_cache(len(tokens)), all_logits=True)
+    kv = tr.new_cache(len(tokens))
+    decode = np.stack([tr.forward(tokens[i:i + 1], i, kv) for i in range(len(tokens))])
+    np.testing.assert_allclose(prefill, decode, rtol=0, atol=2e-3 * np.abs(decode).max())
+    # the same prompt as passes of 2 tokens, and with attention split into one dispatch per token
+    monkeypatch.setattr(tr, "max_batch", 2)
+    monkeypatch.setattr(gl_forward, "ATTENTION_MACS_PER_DISPATCH", 1)
+    dispatches = tr.kernels.dispatches
+    passes = tr.forward(tokens, 0, tr.new_cache(len(tokens)), all_logits=True)
+    assert tr.kernels.dispatches - dispatches > 20 * gl.config.n_layers
+    np.testing.assert_allclose(passes, prefill, rtol=0, atol=2e-3 * np.abs(decode).max())
+    assert_no_gl_error(tr.glctx)
+
+
+def make_adapter(rng, cfg, layers_names, scale):
+    """A random LoRA adapter in the shape perro_pastor.lora.LoraAdapter exposes."""
+    sizes = {"wq": (cfg.dim, cfg.dim), "wk": (cfg.kv_dim, cfg.dim), "wv": (cfg.kv_dim, cfg.dim),
+             "wo": (cfg.dim, cfg.dim), "w1": (cfg.hidden_dim, cfg.dim), "w3": (cfg.hidden_dim, cfg.dim),
+             "w2": (cfg.dim, cfg.hidden_dim)}
+
+    class Adapter:
+        def __init__(self):
+            self.scale = scale
+            self.targets = {}
+            for l, name in layers_names:
+                rows, cols = sizes[name]
+                rank = 3
+                self.targets[(l, name)] = (rng.standard_normal((rank, cols)).astype(np.float32) * 0.05,
+                                           rng.standard_normal((rows, rank)).astype(np.float32) * 0.05)
+
+        def factors(self, layer, name):
+            return self.targets.get((layer, name))
+    return Adapter()
+
+
+def test_batched_segments_with_lora_equal_each_alone(q8_pair):
+    gl, cpu = q8_pair
+    rng = np.random.default_rng(7)
+    cfg = gl.config
+    a1 = make_adapter(rng, cfg, [(0, "wq"), (0, "wv"), (1, "w2"), (1, "wo")], 0.8)
+    a2 = make_adapter(rng, cfg, [(0, "w1"), (1, "w3"), (1, "wk")], 1.5)
+    history = [rng.integers(0, cfg.vocab_size, 3) for _ in range(3)]
+    new = [rng.integers(0, cfg.vocab_size, n) for n in (1, 4, 1)]
+    adapters = [(), (a1,), (a1, a2)]
+
+    def segments(tr):
+        segs = []
+        for hist, tok, ad in zip(history, new, adapters):
+            kv = tr.new_cache(8)
+            run_to_end(tr.forward_steps([Segment(hist, 0, kv, ad)]))
+            segs.append(Segment(tok, len(hist), kv, ad))
+        return segs
+
+    steps = gl.transformer.forward_steps(segments(gl.transformer), all_logits=True)
+    n_steps = 0
+    try:
+        while True:
+            next(steps)
+            n_steps += 1
+    except StopIteration as done:
+        batched = done.value
+    assert n_steps >= 12 * cfg.n_layers  # it yields between dispatches
+    alone = [run_to_end(gl.transformer.forward_steps([s], all_logits=True))[0] for s in segments(gl.transformer)]
+    ref = [run_to_end(cpu.transformer.forward_steps([s], all_logits=True))[0] for s in segments(cpu.transformer)]
+    plain = run_to_end(cpu.transformer.forward_steps([Segment(new[1], 3, segments(cpu.transformer)[1].kv)],
+                                                     all_logits=True))[0]
+    assert np.abs(ref[1] - plain).max() > 0.05  # the adapters change the logits
+    for i, (b, a, r) in enumerate(zip(batched, alone, ref)):
+        assert b.shape == r.shape == (len(new[i]), cfg.vocab_size)
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-3 * np.abs(r).max(), err_msg=f"segment {i}: batched")
+        np.testing.assert_allclose(b, r, rtol=0, atol=3e-3 * np.abs(r).max(), err_msg=f"segment {i}: vs cpu")
+    assert_no_gl_error(gl.transformer.glctx)
+
+
+# -----------------------------------------------------------------------------
+# KV cache
+
+def test_export_import_round_trip(q8_pair):
+    gl, cpu = q8_pair
+    tr, cfg = gl.transformer, gl.config
+    tokens = np.array(gl.tokenizer.encode(PROMPT))
+    kv = tr.new_cache(12)
+    tr.forward(tokens, 0, kv)
+    saved = tr.export_kv(kv, len(tokens))
+    assert saved.shape == (2, cfg.n_layers, len(tokens), cfg.n_kv_heads, cfg.head_size)
+    assert saved.dtype == np.float16 and np.abs(saved).max() > 0.1
+
+    # restored into a fresh gl cache: the same rows, and the same next-token logits
+    other = tr.new_cache(12)
+    tr.import_kv(other, saved)
+    np.testing.assert_array_equal(tr.export_kv(other, len(tokens)), saved)
+    nxt = np.array([42])
+    np.testing.assert_array_equal(tr.forward(nxt, len(tokens), other), tr.forward(nxt, len(tokens), kv))
+
+    # the format is the cpu backend's: a gl cache continues on cpu and the other way round
+    cpu_kv = cpu.transformer.new_cache(12)
+    cpu.transformer.import_kv(cpu_kv, saved)
+    ref = cpu.transformer.forward(nxt, len(tokens), cpu_kv)
+    back = tr.new_cache(12)
+    tr.import_kv(back, cpu.transformer.export_kv(cpu_kv, len(tokens) + 1))
+    got = tr.forward(np.array([7]), len(tokens) + 1, back)
+    want = cpu.transformer.forward(np.array([7]), len(tokens) + 1, cpu_kv)
+    assert np.abs(ref - tr.forward(nxt, len(tokens), other)).max() < 3e-3 * np.abs(ref).max()
+    assert np.abs(got - want).max() < 3e-3 * np.abs(want).max()
+
+    with pytest.raises(ValueError, match="does not fit"):
+        tr.import_kv(tr.new_cache(2), saved)
+    with pytest.raises(ValueError, match="cannot export"):
+        tr.export_kv(kv, 13)
+    assert_no_gl_error(tr.glctx)
+
+
+def test_bad_segments_are_refused(q8_pair):
+    gl, cpu = q8_pair
+    tr = gl.transformer
+    with pytest.raises(ValueError, match="do not fit a context of 4"):
+        tr.forward(np.arange(5), 0, tr.new_cache(4))
+    with pytest.raises(ValueError, match="KVCache"):
+        tr.forward(np.arange(2), 0, cpu.transformer.new_cache(4))
