@@ -77,6 +77,18 @@ def load_adapter(path: str | Path, model, scale: float = 1.0) -> LoraAdapter:
     return read_gguf_lora(path, model, float(scale))
 
 
+def parse_lora_arg(arg: str) -> tuple[str, float]:
+    """A command-line ``--lora FILE[:SCALE]`` value: 'npc.gguf:0.5' -> ('npc.gguf', 0.5).
+    Without a numeric suffix the scale is 1 (so 'C:/npc.gguf' stays a path)."""
+    path, sep, tail = arg.rpartition(":")
+    if sep:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return arg, 1.0
+
+
 # -----------------------------------------------------------------------------
 # validation shared by both formats
 
@@ -113,11 +125,11 @@ def check_pair(where: str, a_name: str, b_name: str, a: np.ndarray, b: np.ndarra
 
 
 def build_adapter(name: str, pairs: dict[tuple[int, str], tuple[np.ndarray, np.ndarray, int]],
-                  alpha: float, rsqrt: bool, user_scale: float, where: str) -> LoraAdapter:
+                  alpha: float, rsqrt: bool, user_scale: float) -> LoraAdapter:
     """Assemble a LoraAdapter from checked (A, B, rank) pairs. The nominal rank is the most common
     one; other ranks are folded into B so ``scale`` is one number."""
     if not pairs:
-        raise ModelFormatError(f"{where}: the adapter holds no LoRA tensors")
+        raise ModelFormatError(f"{name}: the adapter holds no LoRA tensors")
     ranks = [r for _, _, r in pairs.values()]
     rank = max(set(ranks), key=ranks.count)
     per_rank = (lambda r: 1 / math.sqrt(r)) if rsqrt else (lambda r: 1 / r)
@@ -189,7 +201,7 @@ def _gguf_lora(mf: ModelFile, model, user_scale: float) -> LoraAdapter:
         rank = check_pair(where, pair["lora_a"].name, pair["lora_b"].name, a, b,
                           getattr(model.weights.layers[l], proj), gguf_order=True)
         pairs[(l, proj)] = (a, b, rank)
-    return build_adapter(where, pairs, float(alpha), False, user_scale, where)
+    return build_adapter(where, pairs, float(alpha), False, user_scale)
 
 
 def _dequantize(mf: ModelFile, info: TensorInfo) -> np.ndarray:

@@ -43,9 +43,9 @@ def permute_rows_for_rope(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def read_peft(path: Path, model, user_scale: float) -> LoraAdapter:
     folder = path if path.is_dir() else path.parent
-    where = folder.name or str(folder)
-    config = _read_config(folder / CONFIG_NAME, where)
+    config = _read_config(folder / CONFIG_NAME, folder.name or str(folder))
     rank, alpha = config["r"], config["lora_alpha"]
+    where = f"{folder.name}/{WEIGHTS_NAME}"  # tensor errors name the weights file
     tensors = _read_tensors(folder / WEIGHTS_NAME, where)
     cfg = model.config
 
@@ -78,7 +78,7 @@ def read_peft(path: Path, model, user_scale: float) -> LoraAdapter:
         if proj in ("wq", "wk"):
             b = permute_rows_for_rope(b, cfg.n_heads if proj == "wq" else cfg.n_kv_heads)
         pairs[(l, proj)] = (a, b, r)
-    return build_adapter(where, pairs, alpha, config["rslora"], user_scale, where)
+    return build_adapter(where, pairs, alpha, config["rslora"], user_scale)
 
 
 def _read_config(path: Path, where: str) -> dict:
@@ -134,7 +134,7 @@ def _read_tensors(path: Path, where: str) -> dict[str, np.ndarray]:
                                            "float32 or float16 (numpy cannot read other types)")
                 out[name] = f.get_tensor(name).astype(np.float32)
     except FileNotFoundError:
-        raise ModelFormatError(f"{where}: {path.name} not found") from None
+        raise ModelFormatError(f"{where}: file not found") from None
     except (SafetensorError, OSError) as e:
-        raise ModelFormatError(f"{where}: {path.name} is not a valid safetensors file: {e}") from None
+        raise ModelFormatError(f"{where}: not a valid safetensors file: {e}") from None
     return out

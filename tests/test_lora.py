@@ -15,9 +15,9 @@ import pytest
 import perro_pastor
 from perro_pastor.cpu import Segment, rope, run_to_end
 from perro_pastor.errors import ModelFormatError
-from perro_pastor.lora import AdaptedTransformer, load_adapter
+from perro_pastor.lora import AdaptedTransformer, load_adapter, parse_lora_arg
 from perro_pastor.perplexity import perplexity
-from perro_pastor.tools.merge_lora import main as merge_main, merge_lora, parse_adapter_arg
+from perro_pastor.tools.merge_lora import main as merge_main, merge_lora
 from perro_pastor.tools.requantize import requantize
 
 from lora_fixtures import (gguf_tensors, peft_tensors, proj_shape, random_factors, write_gguf_lora,
@@ -120,10 +120,10 @@ def test_merge_cli_refuses_bad_adapter_with_one_line(base_path, work, capsys):
     assert rc == 1 and "general.type" in err and err.count("\n") == 1
 
 
-def test_parse_adapter_arg():
-    assert parse_adapter_arg("npc.gguf:0.25") == ("npc.gguf", 0.25)
-    assert parse_adapter_arg("npc.gguf") == ("npc.gguf", 1.0)
-    assert parse_adapter_arg("C:/x/npc.gguf") == ("C:/x/npc.gguf", 1.0)
+def test_parse_lora_arg():
+    assert parse_lora_arg("npc.gguf:0.25") == ("npc.gguf", 0.25)
+    assert parse_lora_arg("npc.gguf") == ("npc.gguf", 1.0)
+    assert parse_lora_arg("C:/x/npc.gguf") == ("C:/x/npc.gguf", 1.0)
 
 
 # -----------------------------------------------------------------------------
@@ -202,6 +202,13 @@ def test_f16_and_q8_0_factors_are_dequantized(model, work):
     got_a, got_b = load_adapter(work / "q8.gguf", model).factors(1, "wv")
     np.testing.assert_array_equal(got_b, gguf.quants.dequantize(gguf.quants.quantize(b, q), q))
     np.testing.assert_allclose(got_a, a, atol=0.01)
+
+
+def test_missing_alpha_means_scale_is_the_user_scale(model, work):
+    """llama.cpp's rule: without adapter.lora.alpha the factors are applied at the user scale."""
+    f = random_factors(model.config, 4, np.random.default_rng(8), layers=[1], projections=["w3"])
+    ad = load_adapter(write_gguf_lora(work / "no_alpha.gguf", gguf_tensors(f), alpha=None), model, 0.3)
+    assert ad.scale == pytest.approx(0.3)
 
 
 def test_mixed_ranks_scale_each_tensor_by_its_own_rank(model, work):
@@ -413,7 +420,7 @@ def test_peft_adapter_refused(model, tmp_path, case):
     folder, message = peft_case(case, model.config, tmp_path / case)
     with pytest.raises(ModelFormatError, match=message) as exc:
         load_adapter(folder, model)
-    assert str(exc.value).startswith(f"{case}: ")
+    assert str(exc.value).startswith((f"{case}: adapter_config.json: ", f"{case}/adapter_model.safetensors: "))
 
 
 def test_peft_unreadable_files_refused(model, tmp_path):
@@ -430,7 +437,7 @@ def test_peft_unreadable_files_refused(model, tmp_path):
 
     write_peft(folder, {}, r=4)
     (folder / "adapter_model.safetensors").write_bytes(b"\xff" * 12)
-    with pytest.raises(ModelFormatError, match=r"adapter_model\.safetensors is not a valid safetensors file"):
+    with pytest.raises(ModelFormatError, match=r"p/adapter_model\.safetensors: not a valid safetensors file"):
         load_adapter(folder, model)
 
     # bf16, as a trainer might save it: a hand-made one-tensor file (numpy has no bfloat16)

@@ -21,7 +21,7 @@ import numpy as np
 from ..config import Config
 from ..errors import PerroPastorError
 from ..formats import open_model_file
-from ..lora import LoraAdapter, base_targets, load_adapter
+from ..lora import LoraAdapter, base_targets, load_adapter, parse_lora_arg
 from ..paths import resolve_model
 from ..quant import dequantize
 from .requantize import _value_type
@@ -79,17 +79,6 @@ def merge_lora(base: str | Path, adapters: list[tuple[str | Path, float]], out: 
     return Path(out)
 
 
-def parse_adapter_arg(arg: str) -> tuple[str, float]:
-    """'file.gguf:0.5' -> ('file.gguf', 0.5); a path with no numeric suffix gets scale 1."""
-    path, sep, tail = arg.rpartition(":")
-    if sep:
-        try:
-            return path, float(tail)
-        except ValueError:
-            pass
-    return arg, 1.0
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("base")
@@ -98,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--type", default="F32", choices=sorted(OUT_TYPES))
     args = p.parse_args(argv)
     try:
-        merge_lora(args.base, [parse_adapter_arg(a) for a in args.adapters], args.out, args.type)
+        merge_lora(args.base, [parse_lora_arg(a) for a in args.adapters], args.out, args.type)
     except (PerroPastorError, ValueError) as e:
         print(f"merge_lora: {e}", file=sys.stderr)
         return 1
