@@ -1,0 +1,211 @@
+"""The game: state, per-frame update and drawing. The window and the frame loop are in
+``__main__``; this class only needs a GL context to draw into (pyglet's current one).
+
+Per frame: input -> movement -> model loading or ``scheduler.tick(budget)`` -> conversations ->
+draw. The tick's budget is what is left of the frame after everything else, so a frame stays
+near ``FRAME_MS`` while villagers talk (the scheduler never starts a step it predicts would
+overrun, and a step is at most one sub-block of one layer).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import world
+from .controls import Controls
+from .loading import ModelLoader
+from .picker import ModelPicker
+from .stats import FrameStats
+from .talk import Village
+
+FRAME_MS = 1000.0 / 60.0
+MIN_BUDGET_MS, MAX_BUDGET_MS = 1.0, 14.0
+TOAST_S = 3.0
+
+
+class Game:
+    def __init__(self, model_name: str = "default", backend: str = "auto", gl_context=None,
+                 save_path: Path | None = None, chatter: bool = True, reply_tokens: int | None = None):
+        self.model_name, self.backend, self.gl_context = model_name, backend, gl_context
+        self.save_path = save_path
+        self.chatter, self.reply_tokens = chatter, reply_tokens
+        self.player = world.Player()
+        self.villagers = world.VILLAGERS
+        self.controls = Controls()
+        self.stats = FrameStats()
+        self.picker = ModelPicker()
+        self.loader: ModelLoader | None = ModelLoader(model_name, backend, gl_context)
+        self.village: Village | None = None
+        self.model = None
+        self.load_s: float | None = None
+        self.talking_to: str | None = None
+        self.budget_ms = MAX_BUDGET_MS
+        self.render_ms = 2.0  # moving average of the draw cost, to size the scheduler budget
+        self.toast, self.toast_until = "", 0.0
+        self.quit = False
+        self.loaded_this_frame = False
+        self._views = None
+
+    # -------------------------------------------------------------------------
+    # input
+
+    def on_action(self, action, now: float) -> None:
+        if action is None:
+            return
+        kind = action.kind
+        if kind == "quit":
+            self.quit = True
+        elif kind == "talk":
+            near = world.nearest_villager(self.player, self.villagers)
+            if near is not None and self.village is not None:
+                self.talking_to = near.name
+                self.controls.start_typing(swallow=action.text)
+        elif kind == "send" and self.talking_to and self.village is not None:
+            self.village.ask(self.talking_to, action.text, now)
+        elif kind == "cancel":
+            self.talking_to = None
+        elif kind == "save":
+            self.save_game()
+        elif kind == "load":
+            self.load_game()
+        elif kind == "picker":
+            self.picker.refresh()
+            self.controls.open_picker(len(self.picker.rows))
+        elif kind == "pick":
+            name = self.picker.choose(action.index)
+            if name is not None:
+                self.controls.mode = "walk"
+                self.switch_model(name)
+
+    def say(self, text: str, now: float | None = None) -> None:
+        self.toast, self.toast_until = text, (now or time.perf_counter()) + TOAST_S
+
+    # -------------------------------------------------------------------------
+    # model
+
+    def switch_model(self, name: str) -> None:
+        if self.loader is not None:
+            self.loader.cancel()
+        if self.village is not None:
+            self.village.cancel_all()
+        self.village, self.model_name = None, name
+        self.loader = ModelLoader(name, self.backend, self.gl_context)
+
+    def _poll_loader(self, now: float) -> None:
+        model = self.loader.poll()
+        if self.loader.error is not None:
+            self.say(f"could not load {self.model_name}: {self.loader.error}", now)
+            self.loader = None
+            return
+        if model is not None:
+            old, self.model = self.model, model
+            if old is not None:
+                old.close()
+            self.load_s = self.loader.load_s
+            self.village = Village(model, self.villagers, chatter=self.chatter,
+                                  reply_tokens=self.reply_tokens, template=self.loader.template)
+            self.loaded_this_frame = True  # this frame did loading work: file it as such
+            self.loader = None
+
+    # -------------------------------------------------------------------------
+    # save / load
+
+    def save_game(self) -> None:
+        if self.village is None or self.save_path is None:
+            return
+        try:
+            data = self.village.save((self.player.x, self.player.y), self.model_name)
+            self.save_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.save_path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(self.save_path)  # never a half-written save
+            self.say(f"saved to {self.save_path}")
+        except (OSError, RuntimeError) as exc:
+            self.say(f"not saved: {exc}")
+
+    def load_game(self) -> None:
+        if self.village is None or self.save_path is None:
+            return
+        try:
+            self.player.x, self.player.y = self.village.load(self.save_path.read_bytes())
+            self.say(f"loaded {self.save_path}")
+        except Exception as exc:  # a bad save file must never end the game
+            self.say(f"not loaded: {exc}")
+
+    # -------------------------------------------------------------------------
+    # per frame
+
+    @property
+    def phase(self) -> str:
+        if self.village is None or self.loaded_this_frame:
+            return "loading"
+        return "generating" if self.village.generating else "idle"
+
+    def update(self, dt: float, now: float, frame_start: float) -> None:
+        self.loaded_this_frame = False
+        dx, dy = self.controls.move_vector()
+        self.player.move(dx, dy, dt)
+        if self.loader is not None:
+            self._poll_loader(now)
+        if self.picker.poll():
+            self.controls.picker_size = len(self.picker.rows)
+        if self.village is None:
+            return
+        # the scheduler gets what is left of this frame after drawing and a small margin
+        left = FRAME_MS - (time.perf_counter() - frame_start) * 1000.0 - self.render_ms - 1.0
+        self.budget_ms = min(max(left, MIN_BUDGET_MS), MAX_BUDGET_MS)
+        if self.village.generating:
+            self.village.scheduler.tick(self.budget_ms)
+        self.village.update(now)
+        self.stats.add_tokens(now, self.village.scheduler.tokens_generated)
+
+    def hud_lines(self) -> tuple[str, str]:
+        s = self.stats
+        last = s.recent[-1] if s.recent else 0.0
+        backend = self.model.backend if self.model is not None else "-"
+        sched = self.village.scheduler if self.village is not None else None
+        tick = sched.tick_ms[-1] if sched is not None and sched.tick_ms else 0.0
+        line1 = (f"{s.fps():5.1f} fps   frame {last:5.1f} ms   {s.tok_s_recent():5.1f} tok/s   "
+                 f"budget {self.budget_ms:4.1f} ms (used {tick:4.1f})")
+        line2 = (f"{Path(str(self.model_name)).name[:28]} [{backend}]  "
+                 "WASD walk  E talk  F2 models  F5/F9 save/load")
+        return line1, line2
+
+    def hint(self) -> str:
+        if self.controls.mode != "walk" or self.village is None:
+            return ""
+        near = world.nearest_villager(self.player, self.villagers)
+        return f"Press E to talk to {near.name}" if near else ""
+
+    def draw(self, now: float) -> None:
+        from .render import Hud, LoadingScreen, PickerPanel, Scene
+        if self._views is None:
+            # build and draw everything once up front: the first draw of each view compiles
+            # shaders and rasterizes glyphs (a long frame), better spent under the loading screen
+            self._views = (Scene(self.villagers), Hud(), LoadingScreen(), PickerPanel())
+            from .render import WARM_CHARS
+            for v in self.villagers:
+                self._views[0].bubble(v, WARM_CHARS)
+            self._views[0].draw(self.player, "Press E", WARM_CHARS)
+            self._views[3].draw(["warm-up"], 0, "status")
+            for v in self.villagers:
+                self._views[0].bubble(v, "")
+        scene, hud, loading, picker = self._views
+        if self.village is None and self.loader is not None:
+            loading.draw(self.loader.progress, f"loading {self.model_name}: {self.loader.phase}")
+        else:
+            for v in self.villagers:
+                bubble = self.village.bubbles.get(v.name) if self.village is not None else None
+                scene.bubble(v, bubble.shown if bubble is not None else "")
+            typing = None
+            if self.controls.mode == "type":
+                typing = f"You to {self.talking_to}: {self.controls.line.text}"
+            scene.draw(self.player, self.hint(), typing)
+        toast = self.toast if now < self.toast_until else ""
+        hud.draw(self.stats, *self.hud_lines(), toast)
+        if self.controls.mode == "picker":
+            picker.draw(self.picker.labels(), self.controls.picker_index, self.picker.status)
+
+    def bubble_rects(self) -> dict:
+        return dict(self._views[0].bubble_rects) if self._views else {}

@@ -1,0 +1,293 @@
+"""The sample game: input handling, movement and bubbles without a window; conversations and
+save/load on a real (2-layer) model; a short headless autoplay (EGL) and a run in a real window
+under Xvfb, each checked through its JSON report and its screenshot."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sample_game import world
+from sample_game.controls import MAX_LINE, Controls, TextLine
+from sample_game.stats import FrameStats, percentile
+from sample_game.talk import Bubble
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT_KEYS = ("frame_ms_p50", "frame_ms_p95", "frame_ms_p99", "frame_ms_max", "idle_frame_ms_p99",
+               "load_s", "tokens_generated", "tok_s", "transcript")
+
+
+# -----------------------------------------------------------------------------
+# input handling, no window
+
+def test_move_vector_from_held_keys():
+    c = Controls()
+    assert c.move_vector() == (0, 0)
+    c.key_down("LEFT")
+    assert c.move_vector() == (-1, 0)
+    c.key_down("W")
+    assert c.move_vector() == (-1, 1)
+    c.key_down("RIGHT")  # opposite keys cancel
+    assert c.move_vector() == (0, 1)
+    c.key_up("W"), c.key_up("LEFT"), c.key_up("RIGHT")
+    assert c.move_vector() == (0, 0)
+
+
+def test_talk_then_type_a_line_and_send():
+    c = Controls()
+    action = c.key_down("E")
+    assert action.kind == "talk"
+    c.start_typing(swallow=action.text)
+    c.text("e")  # the character of the E that opened the line: swallowed
+    c.key_up("E")
+    c.text("Hi the")
+    c.text("re\x07")  # control characters are dropped
+    c.key_down("BACKSPACE")
+    c.text("e!")
+    assert c.move_vector() == (0, 0)  # typing WASD does not walk
+    c.key_down("W")
+    assert c.move_vector() == (0, 0)
+    sent = c.key_down("ENTER")
+    assert (sent.kind, sent.text) == ("send", "Hi there!")
+    assert c.mode == "walk" and c.line.text == ""
+
+
+def test_typing_edge_cases():
+    c = Controls()
+    c.text("ignored")  # walking: characters do nothing
+    c.start_typing()
+    c.text("e")  # nothing to swallow: kept
+    assert c.line.text == "e"
+    assert c.key_down("ESCAPE").kind == "cancel" and c.mode == "walk"
+    c.start_typing()
+    assert c.line.text == ""
+    assert c.key_down("ENTER").kind == "cancel"  # an empty line sends nothing
+    line = TextLine()
+    line.insert("x" * (MAX_LINE + 30))
+    assert len(line.text) == MAX_LINE
+
+
+def test_walk_mode_actions_and_picker_navigation():
+    c = Controls()
+    assert [c.key_down(k).kind for k in ("F5", "F9", "ESCAPE", "F2")] == ["save", "load", "quit", "picker"]
+    assert c.key_down("Q") is None
+    c.open_picker(3)
+    assert c.mode == "picker" and c.held == set()
+    c.key_down("UP")  # wraps to the last row
+    assert c.picker_index == 2
+    c.key_down("DOWN")
+    c.key_down("DOWN")
+    pick = c.key_down("ENTER")
+    assert (pick.kind, pick.index) == ("pick", 1)
+    assert c.key_down("ESCAPE").kind == "picker_close" and c.mode == "walk"
+    c.open_picker(0)
+    assert c.key_down("ENTER") is None  # nothing to pick
+
+
+# -----------------------------------------------------------------------------
+# the world
+
+def test_player_moves_at_constant_speed_and_is_clamped():
+    p = world.Player(x=300, y=150)
+    p.move(1, 0, 0.1)
+    assert p.x == pytest.approx(300 + world.PLAYER_SPEED * 0.1)
+    q = world.Player(x=300, y=150)
+    q.move(1, 1, 0.1)  # diagonals are not faster
+    assert (q.x - 300) ** 2 + (q.y - 150) ** 2 == pytest.approx((world.PLAYER_SPEED * 0.1) ** 2)
+    for _ in range(200):
+        q.move(-1, -1, 0.05)
+    assert (q.x, q.y) == (world.PLAYER_RADIUS, world.PLAYER_RADIUS)
+
+
+def test_player_is_blocked_by_a_house_and_slides_along_it():
+    house = world.HOUSES[0].rect
+    p = world.Player(x=house.x + house.w / 2, y=house.y - world.PLAYER_RADIUS - 1)
+    p.move(0, 1, 0.05)
+    assert p.y == house.y - world.PLAYER_RADIUS - 1  # up is blocked
+    p.move(1, 1, 0.05)
+    assert p.x > house.x + house.w / 2  # but the sideways half of a diagonal still moves
+
+
+def test_nearest_villager_within_reach():
+    mara = next(v for v in world.VILLAGERS if v.name == "Mara")
+    assert world.nearest_villager(world.Player(x=mara.x + 20, y=mara.y), world.VILLAGERS) is mara
+    assert world.nearest_villager(world.Player(x=mara.x + world.TALK_RADIUS + 1, y=mara.y),
+                                  world.VILLAGERS) is None
+    for v in world.VILLAGERS:  # everyone stands where the player can reach them
+        assert not any(r.contains(v.x, v.y, world.PLAYER_RADIUS) for r in world.OBSTACLES)
+
+
+def test_bubble_shows_whole_words_until_done():
+    b = Bubble("Mara")
+    b.full = "Fresh br"
+    assert b.shown == "Fresh"
+    b.full += "ead and hon"
+    assert b.shown == "Fresh bread and"
+    b.done = True
+    assert b.shown == "Fresh bread and hon"
+
+
+def test_percentiles_and_report_kinds():
+    assert percentile([], 99) == 0.0
+    values = list(range(1, 101))
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (50, 99, 100)
+    s = FrameStats()
+    for ms in (10.0, 20.0, 30.0):
+        s.add_frame("generating", ms)
+    s.add_frame("idle", 5.0)
+    r = s.report(tokens=6, load_s=1.5)
+    assert (r["frame_ms_max"], r["idle_frame_ms_p99"], r["tok_s"]) == (30.0, 5.0, 6 / 0.06)
+
+
+# -----------------------------------------------------------------------------
+# conversations on a real model (2 layers, fast)
+
+@pytest.fixture(scope="module")
+def small_model_path(tmp_path_factory) -> Path:
+    from perro_pastor.paths import default_model_path
+    from perro_pastor.tools.requantize import requantize
+    path = tmp_path_factory.mktemp("game") / "smollm2-2layers-f16.gguf"
+    requantize(default_model_path(), path, "F16", n_layers=2)
+    return path
+
+
+def _drive(village, until, limit_s: float = 60.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not until():
+        assert time.monotonic() < deadline, "conversation did not finish in time"
+        village.scheduler.tick(20.0)
+        village.update(time.monotonic())
+
+
+def test_loader_then_conversation_save_and_load(small_model_path):
+    from sample_game.loading import ModelLoader
+    from sample_game.talk import Village
+    loader = ModelLoader(str(small_model_path), backend="cpu")
+    progress = []
+    while loader.poll() is None:
+        assert loader.error is None
+        progress.append(loader.progress)
+        time.sleep(0.01)
+    assert progress == sorted(progress) and loader.progress == 1.0 and loader.load_s > 0
+    model = loader.model
+    village = Village(model, world.VILLAGERS, chatter=False, reply_tokens=6)
+    village.ask("Mara", "Hello there!", time.monotonic())
+    with pytest.raises(RuntimeError, match="wait for the reply"):
+        village.save((1, 2), "m")
+    _drive(village, lambda: village.talk is None)
+    assert [e["speaker"] for e in village.transcript] == ["Player", "Mara"]
+    assert village.bubbles["Mara"].shown == village.transcript[1]["text"]
+    data = village.save((123.0, 45.0), "m")
+
+    other = Village(model, world.VILLAGERS, chatter=False, reply_tokens=6)
+    with pytest.raises(ValueError, match="corrupt"):
+        other.load(data[:-20])
+    assert other.load(data) == (123.0, 45.0)
+    mara = other.sessions["Mara"]
+    assert mara.messages == village.sessions["Mara"].messages
+    assert mara.n_past == village.sessions["Mara"].n_past > 0
+    assert other.transcript == village.transcript
+    other.ask("Mara", "And tomorrow?", time.monotonic())  # the restored NPC talks on
+    _drive(other, lambda: other.talk is None)
+    assert len(other.transcript) == 4
+
+
+def test_background_chatter_takes_turns(small_model_path):
+    from perro_pastor.model import load
+    from sample_game.talk import Village
+    model = load(small_model_path, backend="cpu")
+    village = Village(model, world.VILLAGERS, chatter=True, reply_tokens=5)
+    village.update(0.0)
+    a, b = village.chat["pair"]
+    assert village.sessions[a].busy and village.sessions[a].priority < village.sessions[b].priority + 1
+    _drive(village, lambda: len(village.transcript) >= 2)
+    speakers = [e["speaker"] for e in village.transcript[:2]]
+    assert speakers == [a, b]
+    village.ask(b, "Sorry to interrupt!", time.monotonic())  # the player preempts the chatter
+    assert village.chat is None and village.sessions[b].priority > village.sessions[a].priority
+
+
+def test_loader_reports_a_missing_model():
+    from perro_pastor.errors import ModelFormatError
+    from sample_game.loading import ModelLoader
+    loader = ModelLoader("/nonexistent/model.gguf", backend="cpu")
+    deadline = time.monotonic() + 10
+    while not loader.done and time.monotonic() < deadline:
+        loader.poll()
+        time.sleep(0.01)
+    assert isinstance(loader.error, ModelFormatError) and loader.model is None
+
+
+# -----------------------------------------------------------------------------
+# whole game runs: headless (EGL) and a real window (Xvfb)
+
+def _run_game(tmp_path: Path, model: Path, env_display: str | None, extra=()) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    if env_display:
+        env["DISPLAY"] = env_display
+    report, shot = tmp_path / "report.json", tmp_path / "shot.png"
+    cmd = [sys.executable, "-m", "sample_game", "--autoplay", "--backend", "cpu", "--model", str(model),
+           "--frames", "2500", "--reply-tokens", "8", "--report", str(report), "--screenshot", str(shot),
+           *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(report.read_text())
+    data["_stdout"], data["_shot"] = proc.stdout, shot
+    return data
+
+
+def _check_report_and_screenshot(r: dict) -> None:
+    for key in REPORT_KEYS:
+        assert key in r, key
+    for key in REPORT_KEYS[:5]:
+        assert isinstance(r[key], float) and r[key] >= 0
+    assert r["frame_ms_max"] >= r["frame_ms_p99"] >= r["frame_ms_p95"] >= r["frame_ms_p50"] > 0
+    assert r["load_s"] > 0 and r["tokens_generated"] > 0 and r["tok_s"] > 0
+    speakers = [e["speaker"] for e in r["transcript"]]
+    assert speakers[:2] == ["Player", "Mara"] and all(e["text"] for e in r["transcript"][:2])
+    assert r["script_finished"], r
+    assert "Mara:" in r["_stdout"]
+
+    import numpy as np
+    import pyglet
+    pyglet.options["headless"] = True
+    img = pyglet.image.load(str(r["_shot"]))
+    pixels = np.frombuffer(img.get_data("RGB", img.width * 3), np.uint8).reshape(img.height, img.width, 3)
+    pixels = pixels[::-1]  # get_data rows run bottom-up; flip to the window's y
+    assert (img.width, img.height) == (world.WIDTH, world.HEIGHT)
+    assert pixels.std() > 20  # not blank
+    x, y, w, h = r["bubble_rects"]["Mara"]
+    inner = pixels[world.HEIGHT - (y + h) + 4: world.HEIGHT - y - 4, x + 6: x + w - 6]
+    dark = (inner.max(axis=2) < 120).sum()  # glyph pixels on the white bubble
+    white = (inner.min(axis=2) > 235).sum()
+    assert white > inner.shape[0] * inner.shape[1] * 0.3, "no white bubble at the reported place"
+    assert dark > 40, "the bubble has no text pixels"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="EGL headless")
+def test_headless_autoplay_report_and_screenshot(tmp_path, small_model_path):
+    r = _run_game(tmp_path, small_model_path, env_display=None)
+    assert r["headless"] is True
+    _check_report_and_screenshot(r)
+
+
+@pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="xvfb-run is not installed")
+def test_real_window_under_xvfb(tmp_path, small_model_path):
+    xvfb = subprocess.Popen(["Xvfb", ":97", "-screen", "0", "1280x720x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        assert xvfb.poll() is None, "Xvfb did not start"
+        r = _run_game(tmp_path, small_model_path, env_display=":97")
+    finally:
+        xvfb.terminate()
+        xvfb.wait(timeout=10)
+    assert r["headless"] is False
+    _check_report_and_screenshot(r)
