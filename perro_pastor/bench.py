@@ -38,5 +38,6 @@ def run_bench(model, n_prompt: int = 128, n_gen: int = 64, repeats: int = 3) -> 
     extra = getattr(transformer, "bench_stats", None)
     if callable(extra):
         row.update(extra())
-    row.setdefault("gl_renderer", None)
+    for key in ("dispatches_per_token", "max_dispatch_ms", "gl_renderer"):
+        row.setdefault(key, None)  # the cpu backend has no dispatches or renderer
     return row

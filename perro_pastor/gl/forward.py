@@ -30,7 +30,7 @@ from ..weights import Weights
 from .buffers import GLWeight, f32_buffer, upload_weight
 from .context import GLContext
 from .kernels import LoraPair
-from .state import BufferSlice, GlKVCache, LoraCache, Scratch, TimedKernels, ssbo_offset_alignment
+from .state import BufferSlice, GlKVCache, LoraCache, Scratch, TimedKernels, buffer_offset_alignment
 
 Trace = Callable[[str, np.ndarray], None]
 
@@ -98,7 +98,7 @@ class GlTransformer:
         self.s = Scratch(self.glctx, cfg)
         self.lora = LoraCache(self.glctx)
         # Segments are bound as buffer ranges, whose offsets the driver wants aligned.
-        align = ssbo_offset_alignment()
+        align = buffer_offset_alignment(self.glctx.ctx)
         self.can_slice = all(4 * n % align == 0 for n in (cfg.dim, cfg.kv_dim, cfg.hidden_dim))
         self.decode = dict(tokens=0, passes=0, wall=0.0, dispatches=0, layer_dispatches=0,
                            dispatch_s=0.0, matvec_s=0.0)

@@ -36,15 +36,23 @@ class BufferSlice:
     def bind_to_storage_buffer(self, binding: int = 0) -> None:
         self.buffer.bind_to_storage_buffer(binding, offset=self.offset, size=self.size)
 
+    def bind_to_uniform_block(self, binding: int = 0, size: int = -1) -> None:
+        """The decode mat-vec reads x as a uniform block (docs/gl_kernels.md)."""
+        size = self.size if size < 0 else min(size, self.size)
+        self.buffer.bind_to_uniform_block(binding, offset=self.offset, size=size)
 
-def ssbo_offset_alignment() -> int:
-    """The driver's SSBO offset alignment (16 on llvmpipe); 256, the largest seen, if unknown."""
+
+def buffer_offset_alignment(ctx) -> int:
+    """The alignment a bound buffer range's offset needs, as storage or uniform block (16 and
+    16 on llvmpipe); 256, the largest seen, where the driver does not say."""
+    ubo = int(ctx.info.get("GL_UNIFORM_BUFFER_OFFSET_ALIGNMENT", 0) or 256)
     try:
         from OpenGL import GL  # noqa: PLC0415
 
-        return int(GL.glGetIntegerv(GL_SHADER_STORAGE_BUFFER_OFFSET_ALIGNMENT)) or 256
+        ssbo = int(GL.glGetIntegerv(GL_SHADER_STORAGE_BUFFER_OFFSET_ALIGNMENT)) or 256
     except Exception:
-        return 256
+        ssbo = 256
+    return max(ubo, ssbo)
 
 
 # -----------------------------------------------------------------------------
