@@ -171,11 +171,10 @@ class Scheduler:
 
     def _start_batch(self, waiting: list[Session]) -> None:
         waiting.sort(key=lambda s: -s.priority)  # stable: equal priorities keep creation order
-        decoding = [s for s in waiting if len(s.pending()) == 1][: self.max_batch]
+        decoding = [s for s in waiting if len(s.pending()) == 1]
         prefilling = [s for s in waiting if len(s.pending()) > 1]
-        members = list(decoding)
-        if prefilling and (not decoding or len(decoding) < self.max_batch):
-            members.append(prefilling[0])
+        # the most important prefill always rides along, so a new speaker never starves
+        members = decoding[: self.max_batch - 1 if prefilling else self.max_batch] + prefilling[:1]
         # highest priority first: the on-screen speaker's sampling step comes first
         members.sort(key=lambda s: -s.priority)
         plan = []

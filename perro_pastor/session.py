@@ -212,7 +212,12 @@ class Session:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         if text is not None:
             self.messages.append({"role": "user", "content": text})
-        prompt = self._fit(lambda: self.encode(self.render(self.messages, True)))
+        try:
+            prompt = self._fit(lambda: self.encode(self.render(self.messages, True)))
+        except ContextFullError:
+            if text is not None:
+                self.messages.pop()  # refused: the history stays as it was
+            raise
         self._replace_tokens(prompt)
         self.reply = Reply(self, max_tokens, stop, on_token, ignore_eos)
         self.scheduler._wake(self)

@@ -145,3 +145,15 @@ def test_tick_without_work_returns_at_once(model):
     sched = Scheduler(model)
     sched.session(sampler=GREEDY, n_ctx=64)
     assert sched.tick(4) == 0 and sched.idle()
+
+
+def test_full_batch_still_takes_a_new_speakers_prefill(model):
+    sched = Scheduler(model, max_batch=2)
+    chatter = [sched.session(sampler=GREEDY, n_ctx=64) for _ in range(2)]
+    bg = [s.ask("Hello", max_tokens=8, ignore_eos=True) for s in chatter]
+    while not all(r.token_ids for r in bg):
+        sched.tick(1000)
+    fg = sched.session(sampler=GREEDY, n_ctx=64, priority=5).ask("Halt!", max_tokens=1, ignore_eos=True)
+    while not fg.done:
+        sched.tick(1000)
+    assert not any(r.done for r in bg)  # the speaker did not wait for the chatter to finish

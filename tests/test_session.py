@@ -150,6 +150,7 @@ def test_context_error_policy_at_exact_boundary(model):
     s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=P - 1, context_policy="error")
     with pytest.raises(ContextFullError, match=f"prompt of {P} tokens does not fit n_ctx={P - 1}"):
         s.ask(QUESTIONS[0])
+    assert s.messages == [{"role": "system", "content": SYSTEM}]  # the refused line is not kept
 
 
 def test_context_shift_keeps_system_prompt_and_generates_on(model):
