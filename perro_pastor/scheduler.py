@@ -234,5 +234,6 @@ class Scheduler:
 
     def ensure_async_driver(self, budget_ms: float = 4.0) -> None:
         """Start ``run`` on the running loop unless a driver is already going."""
-        if self._driver is None or self._driver.done():
-            self._driver = asyncio.get_running_loop().create_task(self.run(budget_ms))
+        loop = asyncio.get_running_loop()
+        if self._driver is None or self._driver.done() or self._driver.get_loop() is not loop:
+            self._driver = loop.create_task(self.run(budget_ms))  # (a driver of a closed loop is dead)

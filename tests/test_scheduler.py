@@ -140,6 +140,11 @@ def test_asyncio_path(model):
     streamed, text_a, text_b = asyncio.run(main())
     assert streamed == text_a == text_b and text_a
 
+    async def again():  # a second event loop (the first one's driver task died with it)
+        return await a.ask("Bye", max_tokens=2, ignore_eos=True)
+
+    assert asyncio.run(again())
+
 
 def test_tick_without_work_returns_at_once(model):
     sched = Scheduler(model)
