@@ -303,6 +303,19 @@ def test_export_import_round_trip(q8_pair):
     assert_no_gl_error(tr.glctx)
 
 
+def test_decode_greedy_reads_back_only_the_id(q8_pair):
+    gl, _ = q8_pair
+    tr = gl.transformer
+    tokens = np.array(gl.tokenizer.encode(PROMPT))
+    a, b = tr.new_cache(len(tokens) + 1), tr.new_cache(len(tokens) + 1)
+    assert tr.decode_greedy(tokens, 0, a) == int(np.argmax(tr.forward(tokens, 0, b)))
+    nxt = int(np.argmax(tr.forward(np.array([5]), len(tokens), b)))
+    assert tr.decode_greedy(np.array([5]), len(tokens), a) == nxt
+    np.testing.assert_array_equal(tr.export_kv(a, len(tokens) + 1), tr.export_kv(b, len(tokens) + 1))
+    with pytest.raises(ValueError, match="do not fit"):
+        tr.decode_greedy(np.array([5]), len(tokens) + 1, a)
+
+
 def test_bad_segments_are_refused(q8_pair):
     gl, cpu = q8_pair
     tr = gl.transformer

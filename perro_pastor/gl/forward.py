@@ -171,12 +171,7 @@ class GlTransformer:
 
         Batches of more than ``max_batch`` tokens (long prompts) run as successive passes; so do
         several segments when the driver cannot bind their rows as buffer ranges."""
-        for seg in segments:
-            if not isinstance(seg.kv, GlKVCache):
-                raise ValueError(f"segment cache is a {type(seg.kv).__name__}; use GlTransformer.new_cache")
-            if seg.pos0 < 0 or seg.pos0 + len(seg.tokens) > seg.kv.n_ctx:
-                raise ValueError(f"positions {seg.pos0}..{seg.pos0 + len(seg.tokens) - 1} "
-                                 f"do not fit a context of {seg.kv.n_ctx}")
+        self._check(segments)
         total = sum(len(seg.tokens) for seg in segments)
         if total <= self.max_batch and (len(segments) == 1 or self.can_slice):
             return (yield from self._timed_pass(segments, all_logits, trace))
@@ -189,7 +184,29 @@ class GlTransformer:
             results.append(np.concatenate(pieces) if all_logits else pieces[-1])
         return results
 
-    def _pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None) -> Iterator[None]:
+    @staticmethod
+    def _check(segments: list[Segment]) -> None:
+        for seg in segments:
+            if not isinstance(seg.kv, GlKVCache):
+                raise ValueError(f"segment cache is a {type(seg.kv).__name__}; use GlTransformer.new_cache")
+            if seg.pos0 < 0 or seg.pos0 + len(seg.tokens) > seg.kv.n_ctx:
+                raise ValueError(f"positions {seg.pos0}..{seg.pos0 + len(seg.tokens) - 1} "
+                                 f"do not fit a context of {seg.kv.n_ctx}")
+
+    def decode_greedy(self, tokens: np.ndarray, pos0: int, kv: GlKVCache) -> int:
+        """Run ``tokens`` like ``forward`` and pick the most likely next token on the GPU: only the
+        4-byte id is read back, never the (vocab,) logits."""
+        segment = Segment(tokens, pos0, kv)
+        self._check([segment])
+        if len(tokens) > self.max_batch:
+            return int(np.argmax(self.forward(tokens, pos0, kv)))
+        for _ in self._timed_pass([segment], False, None, read_logits=False):
+            pass
+        self.kernels.argmax(self.s.next_token, self.s.logits, self.cfg.vocab_size)
+        return int(np.frombuffer(self.s.next_token.read(size=4), np.int32)[0])
+
+    def _pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None,
+              read_logits: bool = True) -> Iterator[None]:
         """One batch of at most ``max_batch`` tokens, narrated like cpu.py's forward_steps."""
         cfg, k, s = self.cfg, self.kernels, self.s
         hs, dim, kv_dim = cfg.head_size, cfg.dim, cfg.kv_dim
@@ -258,7 +275,9 @@ class GlTransformer:
         k.rmsnorm(s.xb, last, self.rms_final_weight, dim=dim, eps=cfg.rms_eps, n_tokens=n_out)
         yield from self.matvec(s.logits, self.wcls, s.xb, n_out)
 
-        # the only read-back of the pass: (n_out, vocab) logits
+        # the only read-back of the pass: (n_out, vocab) logits (none when sampling on the GPU)
+        if not read_logits:
+            return None
         logits = s.read("logits", n_out)
         if trace is not None:
             trace("final.logits", logits)
@@ -322,9 +341,9 @@ class GlTransformer:
     def _warm_up(self) -> None:
         """Compile every program now (llvmpipe JIT-compiles on first dispatch, up to ~1 s each), so
         the first real token is not slow. Prefill and decode use the same programs, so one token
-        and a (zero) LoRA delta reach them all."""
+        a (zero) LoRA delta and the GPU argmax reach them all."""
         kv = self.new_cache(1)
-        self.forward(np.zeros(1, np.int64), 0, kv)
+        self.decode_greedy(np.zeros(1, np.int64), 0, kv)
         kv.release()
         zeros = np.zeros((1, self.cfg.dim), np.float32)
         pair = LoraPair(self.glctx, zeros, zeros.T.copy(), "warm-up")
@@ -335,13 +354,14 @@ class GlTransformer:
         self.decode = {key: type(value)() for key, value in self.decode.items()}
         self.matvec_bytes = 0
 
-    def _timed_pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None) -> Iterator[None]:
+    def _timed_pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None,
+                    read_logits: bool = True) -> Iterator[None]:
         """``_pass``, with decode passes (one token per segment) counted for ``bench_stats``."""
         if any(len(seg.tokens) != 1 for seg in segments):
-            return (yield from self._pass(segments, all_logits, trace))
+            return (yield from self._pass(segments, all_logits, trace, read_logits))
         t, d = self.kernels.timing, self.decode
         count0, seconds0, mv0, start = t.count, t.seconds, t.by_program.get("matvec.comp", 0.0), time.perf_counter()
-        result = yield from self._pass(segments, all_logits, trace)
+        result = yield from self._pass(segments, all_logits, trace, read_logits)
         d["wall"] += time.perf_counter() - start
         d["tokens"] += len(segments)
         d["passes"] += 1

@@ -97,13 +97,14 @@ class Scratch:
 
     x (T, dim) residual stream; xb (T, dim) normed input / attention output; q (T, dim);
     k, v (T, kv_dim); hb, hb2 (T, hidden_dim); xl (S, dim) last rows; logits (S or T, vocab);
-    tokens, positions (T,) int32. Grown (never shrunk) when a bigger batch comes."""
+    tokens (T,) int32 ids the embedding reads; next_token, the id the GPU argmax picks.
+    Grown (never shrunk) when a bigger batch comes."""
 
     def __init__(self, glctx: GLContext, cfg: Config):
         self.glctx, self.cfg, self.capacity = glctx, cfg, 0
         self.widths = dict(x=cfg.dim, xb=cfg.dim, q=cfg.dim, k=cfg.kv_dim, v=cfg.kv_dim,
                            hb=cfg.hidden_dim, hb2=cfg.hidden_dim, xl=cfg.dim, logits=cfg.vocab_size,
-                           tokens=1, positions=1)
+                           tokens=1, next_token=1)
         self.buffers: dict[str, object] = {}
 
     def ensure(self, n_tokens: int) -> None:
@@ -132,7 +133,7 @@ class Scratch:
         """The first ``n_rows`` rows, read back (blocks: traces and logits only)."""
         width = self.widths[name]
         raw = self.buffers[name].read(size=n_rows * width * 4)
-        dtype = np.int32 if name in ("tokens", "positions") else np.float32
+        dtype = np.int32 if name in ("tokens", "next_token") else np.float32
         return np.frombuffer(raw, dtype=dtype).reshape((n_rows,) + (shape or (width,))).copy()
 
     def release(self) -> None:
