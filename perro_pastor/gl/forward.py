@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..config import Config, rope_inv_freq
-from ..cpu import Segment
+from ..cpu import Segment, run_to_end
 from ..errors import BackendError
 from ..formats import ModelFile, TensorInfo
 from ..quant import GGMLType, dequantize
@@ -156,12 +156,7 @@ class GlTransformer:
         """Run ``tokens`` (T,) at positions pos0..pos0+T-1, filling ``kv``.
 
         Returns logits (vocab,) for the last token, or (T, vocab) with ``all_logits``."""
-        steps = self.forward_steps([Segment(tokens, pos0, kv)], all_logits, trace)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value[0]
+        return run_to_end(self.forward_steps([Segment(tokens, pos0, kv)], all_logits, trace))[0]
 
     def forward_steps(self, segments: list[Segment], all_logits: bool = False,
                       trace: Trace | None = None) -> Iterator[None]:
