@@ -147,7 +147,18 @@ def cmd_inspect(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
     model = _load(args)
-    row = run_bench(model, n_prompt=args.p, n_gen=args.n, repeats=args.repeats)
+    if args.sessions:
+        from .runtime_bench import run_restore_bench, run_runtime_bench
+        run_runtime_bench(model, 1, 1000, 2)  # warm-up: dequantize/upload, compile
+        row = run_runtime_bench(model, args.sessions, args.budget_ms, args.n)
+        if args.sessions != 1:
+            single = run_runtime_bench(model, 1, args.budget_ms, args.n)
+            row["aggregate_tok_s_1_session"] = single["aggregate_tok_s"]
+            row["batch_speedup"] = round(row["aggregate_tok_s"] / single["aggregate_tok_s"], 2)
+        if args.restore:
+            row["restore"] = run_restore_bench(model)
+    else:
+        row = run_bench(model, n_prompt=args.p, n_gen=args.n, repeats=args.repeats)
     if args.json:
         print(json.dumps(row))
     else:
@@ -211,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", type=int, default=128, help="prompt tokens")
     p.add_argument("-n", type=int, default=64, help="generated tokens")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sessions", type=int, default=0,
+                   help="NPC sessions generating at once under the scheduler (runtime figures)")
+    p.add_argument("--budget-ms", type=float, default=4.0, help="with --sessions: tick budget")
+    p.add_argument("--restore", action="store_true", help="with --sessions: restore vs re-prefill")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 

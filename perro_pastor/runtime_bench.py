@@ -1,0 +1,80 @@
+"""`perro-pastor bench --sessions N --budget-ms B`: NPCs generating under a per-frame budget, and
+save/restore speed.
+
+Ticks are called back to back (a game would render between them); the tick time is what the
+frame pays. Prefill is done before measuring, so the figures are for the decode phase.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+PROMPTS = ["Tell me about the old mill.", "Where is the blacksmith?", "Any news from the north?",
+           "What are you selling?", "Have you seen my sheep?", "Is it going to rain?",
+           "Who rules this town?", "Sing me a song."]
+
+
+def run_runtime_bench(model, sessions: int, budget_ms: float, n_tokens: int) -> dict:
+    """``sessions`` NPCs each generate ``n_tokens`` while ``tick(budget_ms)`` is called back to
+    back. Returns tick-time percentiles and tokens per second (aggregate and per NPC)."""
+    from perro_pastor.sampling import SamplerSettings
+    from perro_pastor.scheduler import Scheduler
+    sched = Scheduler(model)
+    settings = SamplerSettings(temperature=0.8, top_k=40, repeat_penalty=1.1)
+    npcs = [sched.session(system_prompt="You are a villager in a small town.", sampler=settings,
+                          seed=i, n_ctx=256, name=f"npc{i}") for i in range(sessions)]
+    replies = [npc.ask(PROMPTS[i % len(PROMPTS)], max_tokens=n_tokens + 1, ignore_eos=True)
+               for i, npc in enumerate(npcs)]
+    while any(len(r.token_ids) == 0 for r in replies):  # prefill + first token, not measured
+        sched.tick(1000)
+    sched.tick_ms.clear()
+    start_tokens = sum(len(r.token_ids) for r in replies)
+    start = time.perf_counter()
+    while not all(r.done for r in replies):
+        sched.tick(budget_ms)
+    wall = time.perf_counter() - start
+    ticks = np.array(sched.tick_ms or [0.0])
+    generated = sum(len(r.token_ids) for r in replies) - start_tokens
+    return {
+        "sessions": sessions, "budget_ms": budget_ms, "backend": model.backend, "ticks": len(ticks),
+        "tick_ms_p50": round(float(np.percentile(ticks, 50)), 3),
+        "tick_ms_p99": round(float(np.percentile(ticks, 99)), 3),
+        "tick_ms_max": round(float(ticks.max()), 3),
+        "aggregate_tok_s": round(generated / wall, 3),
+        "per_session_tok_s": round(generated / wall / sessions, 3),
+    }
+
+
+def run_restore_bench(model, history_tokens: int = 200) -> dict:
+    """Time to the first new token: restoring a saved NPC vs re-prefilling its history."""
+    from perro_pastor.sampling import GREEDY
+    from perro_pastor.scheduler import Scheduler
+    sched = Scheduler(model)
+    npc = sched.session(system_prompt="You are a villager.", sampler=GREEDY, n_ctx=512)
+    npc.say("word " * (history_tokens - 30))
+    npc.ask(max_tokens=4, ignore_eos=True).result()
+    out = {"history_tokens": npc.n_past}
+    for dtype in ("f16", "q8"):
+        out[f"bytes_{dtype}"] = len(npc.save(dtype))
+    data = npc.save("f16")
+
+    def first_token(make):
+        start = time.perf_counter()
+        s = make()
+        r = s.ask("And then?", max_tokens=1, ignore_eos=True)
+        while not r.token_ids:
+            s.scheduler.tick(1000)
+        return time.perf_counter() - start
+
+    def reprefill():
+        s = Scheduler(model).session(system_prompt="You are a villager.", sampler=GREEDY, n_ctx=512)
+        for m in npc.messages[1:]:
+            s.say(m["content"], m["role"])
+        return s
+
+    out["restore_first_token_s"] = round(min(first_token(lambda: Scheduler(model).restore(data)) for _ in range(3)), 4)
+    out["reprefill_first_token_s"] = round(min(first_token(reprefill) for _ in range(3)), 4)
+    out["speedup"] = round(out["reprefill_first_token_s"] / out["restore_first_token_s"], 2)
+    return out
