@@ -105,6 +105,7 @@ def test_stacked_adapters_match_merge_of_both_via_cli(model, base_path, work, ad
     out = work / "merged_ab.gguf"
     rc = merge_main([str(base_path), f"{adapter_files['a']}:0.5", f"{adapter_files['b']}:-1.5", "-o", str(out)])
     assert rc == 0 and capsys.readouterr().out.strip() == str(out)
+    assert not list(work.glob("*.part"))
     merged = perro_pastor.load(out, backend="cpu")
     a, b = load_adapter(adapter_files["a"], model, 0.5), load_adapter(adapter_files["b"], model, -1.5)
     tr = model.transformer
@@ -118,6 +119,7 @@ def test_merge_cli_refuses_bad_adapter_with_one_line(base_path, work, capsys):
     rc = merge_main([str(base_path), str(base_path), "-o", str(work / "never.gguf")])
     err = capsys.readouterr().err
     assert rc == 1 and "general.type" in err and err.count("\n") == 1
+    assert not list(work.glob("never.gguf*"))
 
 
 def test_parse_lora_arg():
