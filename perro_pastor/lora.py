@@ -104,7 +104,9 @@ def check_pair(where: str, a_name: str, b_name: str, a: np.ndarray, b: np.ndarra
     """Check A (rank, cols) and B (rows, rank) against base weight ``base`` and return the rank.
     Shapes are quoted in the file's own order (GGUF's is reversed) so users can find them."""
     cols, rows = base.shape
-    show = (lambda s: list(reversed(s))) if gguf_order else list
+
+    def show(shape) -> str:
+        return "[" + ", ".join(map(str, reversed(shape) if gguf_order else shape)) + "]"
     want_a, want_b = show(("rank", cols)), show((rows, "rank"))
     for name, t, want in ((a_name, a, want_a), (b_name, b, want_b)):
         if t.ndim != 2:
@@ -114,7 +116,7 @@ def check_pair(where: str, a_name: str, b_name: str, a: np.ndarray, b: np.ndarra
                 if a.shape[0] == cols or b.shape[1] == rows else "")
         raise ModelFormatError(
             f"{where}: LoRA pair '{a_name}' {show(a.shape)} / '{b_name}' {show(b.shape)} does not fit "
-            f"base weight '{base.name}' {list(base.shape)}: expected {want_a} / {want_b}{hint}")
+            f"base weight '{base.name}' {show(tuple(reversed(base.shape)))}: expected {want_a} / {want_b}{hint}")
     if a.shape[0] != b.shape[1]:
         raise ModelFormatError(
             f"{where}: rank mismatch: '{a_name}' has rank {a.shape[0]}, '{b_name}' has rank {b.shape[1]}")
