@@ -112,7 +112,12 @@ class Scene:
 
 
 class Hud:
-    """Top strip: fps, frame time and its graph, tok/s, the scheduler's per-frame budget."""
+    """Top strip: fps, frame time and its graph, tok/s, the scheduler's per-frame budget.
+
+    Text and graph are refreshed every ``EVERY`` frames: laying out text and rebuilding shapes
+    are Python work that would otherwise cost more than the frame they describe."""
+
+    EVERY = 6  # frames; text on frame 1, second line on 3, graph on 5
 
     def __init__(self):
         self.batch = pyglet.graphics.Batch()
@@ -126,21 +131,31 @@ class Hud:
         self.graph_bg = shapes.Rectangle(g.x, g.y, g.w, g.h, color=(45, 50, 65), batch=b)
         self.marks = [shapes.Line(g.x, g.y + g.h * ms / GRAPH_MAX_MS, g.x + g.w, g.y + g.h * ms / GRAPH_MAX_MS,
                                   color=c, batch=b) for ms, c in ((16.7, (90, 160, 90)), (25.0, (200, 160, 60)))]
-        self.graph = None
+        # the graph: one GL_LINES vertex list (a segment per pair of frames), rewritten in place
+        n = 2 * (GRAPH_FRAMES - 1)
+        program = pyglet.graphics.get_default_shader()
+        self.graph = program.vertex_list(
+            n, pyglet.gl.GL_LINES, batch=b, group=pyglet.graphics.ShaderGroup(program, order=1),
+            position=("f", (0.0,) * 3 * n), colors=("Bn", (240, 240, 120, 255) * n))
+        self.frame = 0
 
     def draw(self, stats, text: str, text2: str, toast: str) -> None:
-        _set(self.left, text)
-        _set(self.left2, text2)
+        self.frame += 1
         _set(self.toast, toast)
-        g = GRAPH
-        ms = list(stats.recent)[-GRAPH_FRAMES:]
-        if self.graph is not None:
-            self.graph.delete()
-            self.graph = None
-        if len(ms) >= 2:
+        if self.frame % self.EVERY == 1:  # spread the refreshes over different frames
+            _set(self.left, text)
+        elif self.frame % self.EVERY == 3:
+            _set(self.left2, text2)
+        elif self.frame % self.EVERY == 5:
+            g = GRAPH
+            ms = list(stats.recent)[-GRAPH_FRAMES:]
+            ms = [0.0] * (GRAPH_FRAMES - len(ms)) + ms
             step = g.w / (GRAPH_FRAMES - 1)
-            points = [(g.x + i * step, g.y + g.h * min(m, GRAPH_MAX_MS) / GRAPH_MAX_MS) for i, m in enumerate(ms)]
-            self.graph = shapes.MultiLine(*points, color=(240, 240, 120), batch=self.batch)
+            ys = [g.y + g.h * min(m, GRAPH_MAX_MS) / GRAPH_MAX_MS for m in ms]
+            coords = []
+            for i in range(GRAPH_FRAMES - 1):
+                coords += (g.x + i * step, ys[i], 0.0, g.x + (i + 1) * step, ys[i + 1], 0.0)
+            self.graph.position[:] = coords
         self.batch.draw()
 
 
