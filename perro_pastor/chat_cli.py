@@ -33,7 +33,7 @@ def cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     sched = Scheduler(model)
     npc = sched.session(system_prompt=args.system, sampler=_sampler(args),
                         n_ctx=min(args.ctx, model.config.seq_len), context_policy=args.context_policy,
-                        template=args.template, name="chat")
+                        template=args.template, name="chat", lora=model.adapters or None)
     interactive = stdin.isatty()
     while True:
         if interactive:

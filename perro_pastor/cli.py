@@ -32,6 +32,8 @@ def _model_args(p: argparse.ArgumentParser, backend: bool = True) -> None:
         p.add_argument("--backend", choices=("cpu", "gl", "auto"), default="auto")
         p.add_argument("--cpu-cache-mb", type=int, default=3072,
                        help="cpu backend: dequantized weights kept in RAM; the rest is decoded on the fly")
+        p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                       help="LoRA adapter (GGUF or PEFT folder) applied at run time; repeatable")
 
 
 def _sampler_args(p: argparse.ArgumentParser) -> None:
@@ -46,8 +48,18 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args, backend: str | None = None):
     from .model import load
-    return load(args.model, backend=backend or getattr(args, "backend", "cpu"),
-                tokenizer_path=args.tokenizer, cpu_cache_bytes=args.cpu_cache_mb << 20)
+    model = load(args.model, backend=backend or getattr(args, "backend", "cpu"),
+                 tokenizer_path=args.tokenizer, cpu_cache_bytes=args.cpu_cache_mb << 20)
+    model.adapters = _adapters(args, model)
+    if model.adapters and args.command != "chat":  # chat hands them to its session instead
+        from .lora import AdaptedTransformer
+        model.transformer = AdaptedTransformer(model.transformer, model.adapters)
+    return model
+
+
+def _adapters(args, model) -> tuple:
+    from .lora import load_adapter, parse_lora_arg
+    return tuple(load_adapter(path, model, scale) for path, scale in map(parse_lora_arg, args.lora))
 
 
 def _sampler(args):

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -63,3 +64,27 @@ def test_missing_model_and_usage_errors():
     assert run("generate").returncode == 2
     out = run("generate", "-m", "default", "-p", "hi", "--top-p", "0", "--backend", "cpu")
     assert out.returncode == 2 and "top_p" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    from lora_fixtures import gguf_tensors, random_factors, write_gguf_lora
+    from perro_pastor.model import load
+    cfg = load("default", backend="cpu").config
+    factors = random_factors(cfg, 4, np.random.default_rng(5), layers=range(cfg.n_layers), size=0.2)
+    return write_gguf_lora(tmp_path_factory.mktemp("lora") / "npc.gguf", gguf_tensors(factors), alpha=4.0)
+
+
+def greedy_ids(*extra):
+    out = run("generate", "-m", "default", "-p", "The old mill", "-n", "6", "--temp", "0",
+              "--backend", "cpu", "--json", *extra)
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line)["id"] for line in out.stdout.splitlines()[:-1]]
+
+
+def test_lora_flag_applies_adapters_at_run_time(adapter):
+    plain = greedy_ids()
+    assert greedy_ids("--lora", f"{adapter}:0") == plain  # scale 0 is the base model
+    assert greedy_ids("--lora", str(adapter)) != plain
+    bad = run("generate", "-m", "default", "-p", "x", "--backend", "cpu", "--lora", "/nonexistent.gguf")
+    assert bad.returncode == 3 and bad.stderr.count("\n") == 1
