@@ -323,3 +323,24 @@ def test_bad_segments_are_refused(q8_pair):
         tr.forward(np.arange(5), 0, tr.new_cache(4))
     with pytest.raises(ValueError, match="KVCache"):
         tr.forward(np.arange(2), 0, cpu.transformer.new_cache(4))
+
+
+def test_scheduler_drives_gl_like_cpu(q8_pair):
+    """The runtime (sessions, batches, prefix cache) on gl picks the tokens it picks on cpu."""
+    from perro_pastor.sampling import SamplerSettings
+    from perro_pastor.scheduler import Scheduler
+
+    greedy = SamplerSettings(temperature=0.0)
+    picked = {}
+    for m in q8_pair:
+        sched = Scheduler(m)
+        guard = sched.session(sampler=greedy, n_ctx=48, system_prompt="You guard the gate.")
+        smith = sched.session(sampler=greedy, n_ctx=48)
+        a = guard.ask("Who goes there?", max_tokens=2, ignore_eos=True)
+        b = smith.ask("Hello", max_tokens=2, ignore_eos=True)
+        for _ in range(500):
+            if a.done and b.done:
+                break
+            sched.tick(50)
+        picked[m.backend] = (a.token_ids, b.token_ids)
+    assert len(picked["gl"][0]) == 2 and picked["gl"] == picked["cpu"]
