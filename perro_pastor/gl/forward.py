@@ -102,7 +102,6 @@ class GlTransformer:
         self.can_slice = all(4 * n % align == 0 for n in (cfg.dim, cfg.kv_dim, cfg.hidden_dim))
         self.decode = dict(tokens=0, passes=0, wall=0.0, dispatches=0, layer_dispatches=0,
                            dispatch_s=0.0, matvec_s=0.0)
-        self.matvec_bytes = 0
         self.glctx.check_error("uploading the model")
         self._warm_up()
 
@@ -297,13 +296,19 @@ class GlTransformer:
                                       adapter.scale, n_tokens=b - a)
 
     def matvec(self, dst, w: GLWeight, x, n_tokens: int, accumulate: bool = False) -> Iterator[None]:
-        """dst (+)= W x, yielding after every slice of rows (one dispatch's worth of work)."""
-        step = _rows_per_dispatch(self.kernels.max_weights_per_dispatch, w.cols * n_tokens)
-        for r in range(0, w.rows, step):
-            n = min(step, w.rows - r)
-            self.kernels.matvec(dst, w, x, n_tokens=n_tokens, accumulate=accumulate, row_offset=r, n_rows=n)
-            self.matvec_bytes += n * w.row_bytes
-            yield
+        """dst (+)= W x, one dispatch per step: slices of rows, and for a long batch also groups
+        of tokens (the launcher's smallest slice is 128 rows, which times 128 tokens of w2 would
+        be a 25 M-weight dispatch)."""
+        budget = self.kernels.max_weights_per_dispatch
+        group = n_tokens if not self.can_slice else max(1, min(n_tokens, budget // (128 * w.cols)))
+        step = _rows_per_dispatch(budget, w.cols * group)
+        for t in range(0, n_tokens, group):
+            u = min(n_tokens, t + group)
+            xs, ds = (x, dst) if u - t == n_tokens else (_rows(x, w.cols, t, u), _rows(dst, w.rows, t, u))
+            for r in range(0, w.rows, step):
+                n = min(step, w.rows - r)
+                self.kernels.matvec(ds, w, xs, n_tokens=u - t, accumulate=accumulate, row_offset=r, n_rows=n)
+                yield
 
     def attend(self, seg: Segment, l: int, a: int, b: int) -> Iterator[None]:
         """Attention of segment rows a..b-1 (q -> xb), split into groups of query tokens so that
@@ -347,7 +352,6 @@ class GlTransformer:
         self.glctx.check_error("warming up the gl backend")
         self.kernels.timing.reset()
         self.decode = {key: type(value)() for key, value in self.decode.items()}
-        self.matvec_bytes = 0
 
     def _timed_pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None,
                     read_logits: bool = True) -> Iterator[None]:
