@@ -75,6 +75,9 @@ class Village:
     def ask(self, name: str, text: str, now: float):
         """The player says ``text`` to villager ``name``; the reply streams into its bubble."""
         session = self.sessions[name]
+        if self.talk is not None and not self.talk["reply"].done:  # the player turned away
+            self.talk["reply"].cancel()
+            self.sessions[self.talk["name"]].priority = CHATTER_PRIORITY
         if self.chat is not None and name in self.chat["pair"]:
             self._stop_chat(now)  # the villager turns to the player
         if session.busy:

@@ -212,6 +212,10 @@ def test_background_chatter_takes_turns(small_model_path):
     assert speakers == [a, b]
     village.ask(b, "Sorry to interrupt!", time.monotonic())  # the player preempts the chatter
     assert village.chat is None and village.sessions[b].priority > village.sessions[a].priority
+    village.ask(a, "Actually, you.", time.monotonic())  # turning away cancels the first question
+    assert not village.sessions[b].busy and village.sessions[a].priority > village.sessions[b].priority
+    _drive(village, lambda: village.talk is None)
+    assert village.transcript[-1]["speaker"] == a
 
 
 def test_loader_reports_a_missing_model():
