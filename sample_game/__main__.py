@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> dict | None:
         "transcript": [{"speaker": e["speaker"], "text": e["text"]} for e in (village.transcript if village else [])],
         "bubble_rects": shot_rects, "screenshot": str(args.screenshot) if args.screenshot else None,
         "load_error": str(game.loader.error) if game.loader and game.loader.error else None,
+        "errors": game.errors,
     })
     window.close()
     return report

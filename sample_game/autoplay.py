@@ -37,6 +37,8 @@ class Autoplay:
         """Advance the script one frame (call before ``game.update``)."""
         self.want_screenshot = False
         c, p, t = game.controls, game.player, self.target
+        if game.village is None and self.step != "loading":
+            self.step = "loading"  # the model is being (re)loaded, e.g. after a gpu failure: ask again
         if self.step == "loading":
             game.chatter = False
             if game.village is not None:

@@ -45,6 +45,9 @@ class Game:
         self.toast, self.toast_until = "", 0.0
         self.quit = False
         self.loaded_this_frame = False
+        self.errors: list[str] = []
+        self._errors_seen = 0
+        self._transcript: list[dict] = []
         self._views = None
 
     # -------------------------------------------------------------------------
@@ -89,6 +92,7 @@ class Game:
             self.loader.cancel()
         if self.village is not None:
             self.village.cancel_all()
+            self._transcript = self.village.transcript  # the story so far survives a model switch
         self.village, self.model_name = None, name
         self.loader = ModelLoader(name, self.backend, self.gl_context)
 
@@ -106,8 +110,10 @@ class Game:
                     release()
                 old.close()
             self.load_s = self.loader.load_s
+            self._errors_seen = 0
             self.village = Village(model, self.villagers, chatter=self.chatter,
                                   reply_tokens=self.reply_tokens, template=self.loader.template)
+            self.village.transcript = self._transcript
             self.loaded_this_frame = True  # this frame did loading work: file it as such
             self.loader = None
 
@@ -162,6 +168,17 @@ class Game:
             self.village.scheduler.tick(self.budget_ms)
         self.village.update(now)
         self.stats.add_tokens(now, self.village.scheduler.tokens_generated)
+        if len(self.village.errors) > self._errors_seen:
+            self._errors_seen = len(self.village.errors)
+            error = self.village.errors[-1]
+            self.errors.append(error)
+            if self.backend == "auto" and self.model.backend != "cpu":
+                # the GPU path failed mid-game: keep playing on the cpu backend
+                self.say(f"gpu backend failed ({error}); reloading on the cpu", now)
+                self.backend = "cpu"
+                self.switch_model(self.model_name)
+            else:
+                self.say(f"reply failed: {error}", now)
 
     def hud_lines(self) -> tuple[str, str]:
         s = self.stats

@@ -43,7 +43,8 @@ class Scene:
 
     def __init__(self, villagers):
         self.batch = pyglet.graphics.Batch()
-        self.bg, self.fg, self.top = (pyglet.graphics.Group(order=i) for i in range(3))
+        # draw order: ground and houses, people and labels, bubble boxes, bubble text
+        self.bg, self.fg, self.top, self.text = (pyglet.graphics.Group(order=i) for i in range(4))
         b = self.batch
         self.keep = [shapes.Rectangle(0, 0, world.WIDTH, world.HEIGHT, color=(106, 168, 79), batch=b, group=self.bg),
                      shapes.Rectangle(0, 60, world.WIDTH, 40, color=(194, 170, 120), batch=b, group=self.bg),
@@ -66,24 +67,24 @@ class Scene:
             self.keep += [shapes.Circle(v.x, v.y, 14, color=v.color, batch=b, group=self.fg),
                           Label(v.name, x=v.x, y=v.y - 30, anchor_x="center", font_size=10,
                                 color=INK, batch=b, group=self.fg)]
-        self.player = shapes.Rectangle(0, 0, 20, 24, color=(250, 250, 250), batch=b, group=self.fg)
-        self.player.anchor_position = (10, 12)
+        self.player_outline = shapes.Circle(0, 0, world.PLAYER_RADIUS, color=(40, 40, 60), batch=b, group=self.fg)
+        self.player = shapes.Circle(0, 0, world.PLAYER_RADIUS - 3, color=(250, 250, 250), batch=b, group=self.top)
         self.hint = Label("", x=world.WIDTH / 2, y=20, anchor_x="center", font_size=FONT, color=INK,
-                          batch=b, group=self.top)
+                          batch=b, group=self.text)
         self.bubbles: dict[str, tuple] = {}
         self.bubble_rects: dict[str, tuple[int, int, int, int]] = {}
         self.typing_bg = shapes.Rectangle(20, 8, world.WIDTH - 40, 34, color=(255, 255, 240), batch=b, group=self.top)
-        self.typing = Label("", x=30, y=19, font_size=FONT, color=INK, batch=b, group=self.top)
+        self.typing = Label("", x=30, y=19, font_size=FONT, color=INK, batch=b, group=self.text)
 
     def bubble(self, v, text: str):
         """Draw (or update) ``v``'s speech bubble; an empty text hides it."""
         parts = self.bubbles.get(v.name)
         if parts is None:
-            box = shapes.Rectangle(0, 0, BUBBLE_W, 10, color=(255, 255, 255), batch=self.batch, group=self.fg)
+            box = shapes.Rectangle(0, 0, BUBBLE_W, 10, color=(255, 255, 255), batch=self.batch, group=self.top)
             tail = shapes.Triangle(v.x - 6, v.y + 22, v.x + 6, v.y + 22, v.x, v.y + 14,
-                                   color=(255, 255, 255), batch=self.batch, group=self.fg)
+                                   color=(255, 255, 255), batch=self.batch, group=self.top)
             label = Label("", x=0, y=0, width=BUBBLE_W - 16, multiline=True, font_size=FONT - 1,
-                          color=INK, anchor_y="bottom", batch=self.batch, group=self.top)
+                          color=INK, anchor_y="bottom", batch=self.batch, group=self.text)
             parts = self.bubbles[v.name] = (box, tail, label)
         box, tail, label = parts
         visible = bool(text)
@@ -103,7 +104,7 @@ class Scene:
             self.bubble_rects[v.name] = (int(x), int(y), BUBBLE_W, int(h))
 
     def draw(self, player, hint: str, typing: str | None) -> None:
-        self.player.position = (player.x, player.y)
+        self.player.position = self.player_outline.position = (player.x, player.y)
         _set(self.hint, hint)
         self.typing_bg.visible = self.typing.visible = typing is not None
         if typing is not None:

@@ -59,6 +59,8 @@ class Village:
         self.chat_cooldown_until = 0.0
         self.talk: dict | None = None  # {"name": ..., "reply": Reply}
         self.rng = random.Random(rng_seed)
+        self.errors: list[str] = []  # failed replies, newest last
+        self._reported: set = set()
 
     def _new_session(self, v):
         return self.scheduler.session(system_prompt=v.persona, sampler=v.sampler, seed=v.seed,
@@ -152,9 +154,15 @@ class Village:
                 bubble.done, bubble.done_at = True, now
         for name in [n for n, b in self.bubbles.items() if b.done and now - b.done_at > BUBBLE_LINGER_S]:
             del self.bubbles[name]
+        for session in self.sessions.values():  # a failed reply (e.g. a GPU error) is reported once
+            reply = session.reply
+            if reply is not None and reply.error is not None and reply not in self._reported:
+                self._reported.add(reply)
+                self.errors.append(f"{session.name}: {type(reply.error).__name__}: {reply.error}")
         if self.talk is not None and self.talk["reply"].done:
             name, reply = self.talk["name"], self.talk["reply"]
-            self.transcript.append({"speaker": name, "text": reply.text.strip(), "to": "Player"})
+            if reply.text.strip():
+                self.transcript.append({"speaker": name, "text": reply.text.strip(), "to": "Player"})
             self.sessions[name].priority = CHATTER_PRIORITY
             self.talk = None
         if self.chat is not None:
