@@ -27,6 +27,14 @@ from .shader_loader import compile_compute
 DEFAULT_MAX_WEIGHTS_PER_DISPATCH = 2 << 20
 
 MATVEC_WG = 16
+MATMUL_WG = 16
+# Batched prefill (matmul.comp): rows per invocation, the largest token tile (smaller when TT
+# tokens of x do not fit one uniform block), and the multiply-adds one dispatch may hold (~1.5 ms
+# of the mat-mat on idle 2-core llvmpipe; docs/gl_kernels.md, prefill figures).
+MATMUL_NR, MATMUL_TT = 8, 16
+DEFAULT_MAX_MACS_PER_DISPATCH = 8 << 20
+MATMUL_MIN_TOKENS = 2  # matvec routes n_tokens >= this to matmul
+MAX_X_UBO_BYTES = 65536  # llvmpipe's GL_MAX_UNIFORM_BLOCK_SIZE; capped by the context's own
 MIN_UNIFORM_BLOCK_BYTES = 16384  # GL_MAX_UNIFORM_BLOCK_SIZE is at least this everywhere
 
 
@@ -38,12 +46,17 @@ class Kernels(LayerOps, SamplingOps):
     """Compiled programs (cached per shader + defines) and their launchers for one GL context."""
 
     def __init__(self, glctx: GLContext, *, max_weights_per_dispatch: int = DEFAULT_MAX_WEIGHTS_PER_DISPATCH,
-                 matvec_rows_per_invocation: int = 8, matvec_x_ubo: bool = True) -> None:
+                 matvec_rows_per_invocation: int = 8, matvec_x_ubo: bool = True,
+                 max_macs_per_dispatch: int = DEFAULT_MAX_MACS_PER_DISPATCH,
+                 matmul_min_tokens: int = MATMUL_MIN_TOKENS) -> None:
         self.glctx = glctx
         self.ctx = glctx.ctx
         self.max_weights_per_dispatch = max_weights_per_dispatch
         self.matvec_nr = matvec_rows_per_invocation
         self.matvec_x_ubo = matvec_x_ubo  # off: x always from an SSBO (for benchmarks)
+        self.max_macs_per_dispatch = max_macs_per_dispatch
+        self.matmul_min_tokens = matmul_min_tokens  # a huge value keeps prefill on matvec.comp
+        self.x_ubo_bytes = min(MAX_X_UBO_BYTES, int(self.ctx.info.get("GL_MAX_UNIFORM_BLOCK_SIZE", 0) or 0))
         self._programs: dict[tuple, object] = {}
         self._scratch: dict[str, object] = {}
         self.dispatches = 0  # counted so tests and the scheduler can see how work was split
@@ -109,8 +122,11 @@ class Kernels(LayerOps, SamplingOps):
         """dst[t, r] = (dst[t, r] +) sum_c W[r, c] x[t, c] for rows row_offset .. row_offset + n_rows.
 
         x is (n_tokens, cols) f32, dst is (n_tokens, dst_stride) with dst_stride = weight.rows by
-        default. accumulate=True fuses the residual add (x += wo @ xb).
+        default. accumulate=True fuses the residual add (x += wo @ xb). From ``matmul_min_tokens``
+        tokens on, the call runs as ``matmul`` (each weight block decoded once per tile of tokens).
         """
+        if n_tokens >= self.matmul_min_tokens:
+            return self.matmul(dst, weight, x, n_tokens, accumulate, row_offset, n_rows, dst_stride, scale)
         n_rows = weight.rows - row_offset if n_rows is None else n_rows
         if row_offset < 0 or n_rows < 0 or row_offset + n_rows > weight.rows:
             raise BackendError(f"matvec {weight.name}: rows {row_offset}..{row_offset + n_rows} outside 0..{weight.rows}")
@@ -140,6 +156,78 @@ class Kernels(LayerOps, SamplingOps):
                           scale=float(scale))
         self.barrier()
 
+
+    def matmul(self, dst, weight: GLWeight, x, n_tokens: int, accumulate: bool = False,
+               row_offset: int = 0, n_rows: int | None = None, dst_stride: int | None = None,
+               scale: float = 1.0) -> None:
+        """``matvec`` for a batch of tokens (prefill): the same contract, another kernel.
+
+        matmul.comp gives each invocation MATMUL_NR rows x MATMUL_TT tokens, so a decoded weight
+        block serves MATMUL_TT tokens. Dispatches hold at most ``max_macs_per_dispatch``
+        multiply-adds: split by rows first, then by tokens when even one row tile is too much.
+        """
+        n_rows = weight.rows - row_offset if n_rows is None else n_rows
+        if row_offset < 0 or n_rows < 0 or row_offset + n_rows > weight.rows:
+            raise BackendError(f"matmul {weight.name}: rows {row_offset}..{row_offset + n_rows} outside 0..{weight.rows}")
+        if n_tokens < 1:
+            raise BackendError(f"matmul {weight.name}: n_tokens must be at least 1, got {n_tokens}")
+        tt, tok_step, row_step, x_ubo = self._matmul_plan(weight, n_tokens)
+        x_bytes = weight.cols * 4  # one token's x
+        defines = dict(weight.defines, NR=MATMUL_NR, TT=tt, WG_SIZE=MATMUL_WG)
+        if x_ubo:
+            # x as a uniform block, rebound per range of tokens: every lane reads the same x, and
+            # llvmpipe loads uniform-block values once per SIMD batch, not once per lane (~2x)
+            defines["X_VEC4S"] = self.x_ubo_bytes // x_bytes // tt * tt * weight.cols // 4
+        else:
+            x.bind_to_storage_buffer(1)
+        prog = self.program("matmul.comp", **defines)
+        dst.bind_to_storage_buffer(2)
+        row_tile = MATMUL_NR * MATMUL_WG
+        lo, hi = row_offset, row_offset + n_rows
+        for part in weight.parts:
+            a, b = max(lo, part.row0), min(hi, part.row0 + part.n_rows)
+            if a >= b:
+                continue
+            part.buffer.bind_to_storage_buffer(0)
+            for start in range(a, b, row_step):
+                end = min(b, start + row_step)
+                for t0 in range(0, n_tokens, tok_step):
+                    t1 = min(n_tokens, t0 + tok_step)
+                    if x_ubo:
+                        # a BufferSlice (a segment's rows) binds from its own offset
+                        buf, base = getattr(x, "buffer", x), getattr(x, "offset", 0)
+                        buf.bind_to_uniform_block(1, offset=base + t0 * x_bytes, size=(t1 - t0) * x_bytes)
+                    self._run(prog, _groups(end - start, row_tile), _groups(t1 - t0, tt),
+                              row_begin=start - part.row0, row_end=end - part.row0, part_row0=part.row0,
+                              tok_begin=t0, tok_end=t1, cols=weight.cols, dst_stride=dst_stride or weight.rows,
+                              accumulate=int(accumulate), scale=float(scale))
+        self.barrier()
+
+    def _matmul_plan(self, weight: GLWeight, n_tokens: int) -> tuple[int, int, int, bool]:
+        """(token tile TT, tokens per dispatch, rows per dispatch, x as a uniform block?) for matmul.
+
+        TT halves until TT tokens of x fit a uniform block; a dispatch then holds as many row
+        tiles x token tiles as ``max_macs_per_dispatch`` allows, tokens first (at most a uniform
+        block's worth)."""
+        x_bytes = weight.cols * 4
+        tt = MATMUL_TT
+        while tt > 4 and tt * x_bytes > self.x_ubo_bytes:
+            tt //= 2
+        x_ubo = self.matvec_x_ubo and tt * x_bytes <= self.x_ubo_bytes
+        row_tile = MATMUL_NR * MATMUL_WG
+        budget = max(1, self.max_macs_per_dispatch // (weight.cols * row_tile * tt))  # row tiles x token tiles
+        tok_tiles = min(_groups(n_tokens, tt), budget)
+        if x_ubo:
+            tok_tiles = min(tok_tiles, self.x_ubo_bytes // x_bytes // tt)
+        return tt, tok_tiles * tt, max(1, budget // tok_tiles) * row_tile, x_ubo
+
+    def rows_per_dispatch(self, weight: GLWeight, n_tokens: int) -> int:
+        """Rows of ``weight`` one dispatch covers at this batch size: a caller that spreads a
+        mat-vec over several ticks slices it this finely (whole tiles of the kernel's rows)."""
+        if n_tokens >= self.matmul_min_tokens:
+            return self._matmul_plan(weight, n_tokens)[2]
+        tile = self.matvec_nr * MATVEC_WG
+        return max(tile, self.max_weights_per_dispatch // max(1, weight.cols * n_tokens) // tile * tile)
 
     # -- LoRA -----------------------------------------------------------------------------------
 

@@ -109,6 +109,31 @@ float dq_dot32(uint b, vec4 xs[8], float sx) {
 #endif
 #endif
 }
+
+// All 32 weights of block b, scales applied: w[j] holds weights 4j .. 4j+3. For mat-mats that
+// decode a block once and dot it with many tokens' x (matmul.comp).
+void dq_block32(uint b, out vec4 w[8]) {
+    vec2 dm = unpackHalf2x16(rp_scale_word(b));
+    uint i = rp_quad0(b);
+#if defined(QUANT_Q8_0)
+    uvec4 q0 = W4[i], q1 = W4[i + 1u];
+    for (uint k = 0u; k < 4u; k++) {
+        w[k] = dm.x * i8x4(q0[k]);
+        w[4u + k] = dm.x * i8x4(q1[k]);
+    }
+#else
+    uvec4 q = W4[i];  // byte j: weight j in the low nibble, weight 16 + j in the high one
+#if defined(QUANT_Q4_0)
+    float m = -8.0 * dm.x;
+#else
+    float m = dm.y;
+#endif
+    for (uint k = 0u; k < 4u; k++) {
+        w[k] = dm.x * vec4((uvec4(q[k]) >> uvec4(0u, 8u, 16u, 24u)) & 0xFu) + m;
+        w[4u + k] = dm.x * vec4((uvec4(q[k]) >> uvec4(4u, 12u, 20u, 28u)) & 0xFu) + m;
+    }
+#endif
+}
 #endif
 
 #elif defined(QUANT_F32)
