@@ -299,9 +299,8 @@ class GlTransformer:
         """dst (+)= W x, one dispatch per step: slices of rows, and for a long batch also groups
         of tokens (the launcher's smallest slice is 128 rows, which times 128 tokens of w2 would
         be a 25 M-weight dispatch)."""
-        budget = self.kernels.max_weights_per_dispatch
-        group = n_tokens if not self.can_slice else max(1, min(n_tokens, budget // (128 * w.cols)))
-        step = _rows_per_dispatch(budget, w.cols * group)
+        group, step = self.kernels.dispatch_shape(w, n_tokens)  # tokens, rows
+        group = group if self.can_slice else n_tokens
         for t in range(0, n_tokens, group):
             u = min(n_tokens, t + group)
             xs, ds = (x, dst) if u - t == n_tokens else (_rows(x, w.cols, t, u), _rows(dst, w.rows, t, u))

@@ -221,13 +221,15 @@ class Kernels(LayerOps, SamplingOps):
             tok_tiles = min(tok_tiles, self.x_ubo_bytes // x_bytes // tt)
         return tt, tok_tiles * tt, max(1, budget // tok_tiles) * row_tile, x_ubo
 
-    def rows_per_dispatch(self, weight: GLWeight, n_tokens: int) -> int:
-        """Rows of ``weight`` one dispatch covers at this batch size: a caller that spreads a
-        mat-vec over several ticks slices it this finely (whole tiles of the kernel's rows)."""
+    def dispatch_shape(self, weight: GLWeight, n_tokens: int) -> tuple[int, int]:
+        """(tokens, rows) of ``weight`` that one dispatch covers at this batch size, so a caller
+        spreading a mat-vec over several ticks can slice it into single dispatches."""
         if n_tokens >= self.matmul_min_tokens:
-            return self._matmul_plan(weight, n_tokens)[2]
+            _, tokens, rows, _ = self._matmul_plan(weight, n_tokens)
+            return min(tokens, n_tokens), rows
         tile = self.matvec_nr * MATVEC_WG
-        return max(tile, self.max_weights_per_dispatch // max(1, weight.cols * n_tokens) // tile * tile)
+        tokens = max(1, min(n_tokens, self.max_weights_per_dispatch // (tile * weight.cols)))
+        return tokens, max(tile, self.max_weights_per_dispatch // (weight.cols * tokens) // tile * tile)
 
     # -- LoRA -----------------------------------------------------------------------------------
 
