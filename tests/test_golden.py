@@ -1,0 +1,67 @@
+"""Greedy continuations against llama.cpp's own (its examples/simple, built from the vendored
+llama.cpp in llama-cpp-python 0.3.36, on the embedded default model; recorded below).
+
+llama.cpp multiplies Q4_1 weights by activations quantized to 8 bits, we multiply by float
+activations, so where the two best logits are within that noise the engines may legitimately pick
+different tokens. The test therefore walks llama.cpp's path token by token (teacher forcing): at
+every step llama.cpp's token must be our argmax, or within MARGIN of it; and our argmax must agree
+on most steps.
+"""
+
+import numpy as np
+import pytest
+
+from perro_pastor.model import load
+
+MARGIN = 0.25  # logits; llama.cpp's Q8 activation noise on this model is well below this
+MIN_AGREEMENT = 0.75  # share of steps where our own argmax is llama.cpp's token
+
+# prompt -> llama.cpp's printed prompt + 24 greedy tokens (llama-simple -n 24)
+LLAMA_CPP = {
+    "Once upon a time, in a small village,":
+        "Once upon a time, in a small village, there was a wise old wizard named Elwes. Elwes was a "
+        "master of magic and had been watching",
+    "The capital of France is":
+        "The capital of France is Paris.\n\nThe United States has a population of approximately 311 "
+        "million people.\n\nThe United States",
+    "def fibonacci(n):":
+        "def fibonacci(n):\n    if n == 0:\n        return 1\n    return n * fibonacci(n - 1)\n",
+    "<|im_start|>user\nWhat is the best way to cook rice?<|im_end|>\n<|im_start|>assistant\n":
+        "<|im_start|>user\nWhat is the best way to cook rice?<|im_end|>\n<|im_start|>assistant\nThe "
+        "best way to cook rice is to cook it in a way that allows the natural starch to break down "
+        "and release its",
+}
+
+
+@pytest.fixture(scope="module", params=["cpu", "gl"])
+def model(request):
+    return load("default", backend=request.param)
+
+
+def next_llama_token(tokenizer, logits, remaining: bytes) -> int:
+    """The token llama.cpp must have emitted: one of our near-best candidates whose bytes start
+    the rest of its text (our argmax if it qualifies, else the longest such piece)."""
+    best = float(logits.max())
+    candidates = [int(t) for t in np.argsort(-logits)[:16] if best - logits[t] < MARGIN]
+    fits = [t for t in candidates if remaining.startswith(tokenizer.token_to_bytes(t) or b"\0")]
+    assert fits, (f"no candidate within {MARGIN} of our best continues llama.cpp's text "
+                  f"{remaining[:30]!r}: ours {[tokenizer.token_to_bytes(t) for t in candidates]}")
+    if candidates[0] in fits:
+        return candidates[0]
+    return max(fits, key=lambda t: len(tokenizer.token_to_bytes(t)))
+
+
+@pytest.mark.parametrize("prompt", LLAMA_CPP)
+def test_greedy_tokens_match_llama_cpp(model, prompt):
+    remaining = LLAMA_CPP[prompt][len(prompt):].encode()
+    tokens = model.tokenizer.encode(prompt)
+    kv = model.transformer.new_cache(len(tokens) + 32)
+    logits = model.transformer.forward(np.array(tokens), 0, kv)
+    agree = steps = 0
+    while remaining:
+        token = next_llama_token(model.tokenizer, logits, remaining)
+        agree += token == int(np.argmax(logits))
+        remaining = remaining[len(model.tokenizer.token_to_bytes(token)):]
+        logits = model.transformer.forward(np.array([token]), len(tokens) + steps, kv)
+        steps += 1
+    assert steps >= 20 and agree / steps >= MIN_AGREEMENT, f"agreed on {agree} of {steps} steps"
