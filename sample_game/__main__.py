@@ -114,8 +114,7 @@ def run(args: argparse.Namespace) -> dict | None:
             game.update(start - last, start, start)
             t_draw = time.perf_counter()
             window.switch_to()
-            window.clear()
-            game.draw(start)
+            game.draw(start)  # clears the frame itself
             shot_now = auto is not None and args.screenshot and auto.want_screenshot
             if shot_now:
                 save_screenshot(args.screenshot)
@@ -131,7 +130,6 @@ def run(args: argparse.Namespace) -> dict | None:
                 game.stats.add_frame(game.phase, (now - start) * 1000.0)
             last, frame = start, frame + 1
         if auto is not None and args.screenshot and not shot_taken:
-            window.clear()
             game.draw(time.perf_counter())
             save_screenshot(args.screenshot)
             shot_rects = game.bubble_rects()
