@@ -295,3 +295,15 @@ def test_real_window_under_xvfb(tmp_path, small_model_path):
         xvfb.wait(timeout=10)
     assert r["headless"] is False
     _check_report_and_screenshot(r)
+
+
+def test_model_picker_lists_the_folder_and_loads_installed_files(tmp_path, small_model_path):
+    from sample_game.picker import ModelPicker
+    (tmp_path / "tiny.gguf").write_bytes(small_model_path.read_bytes())
+    picker = ModelPicker(tmp_path)
+    picker.refresh()
+    names = [r["name"] for r in picker.rows]
+    assert names[0] == "default" and "tiny.gguf" in names
+    assert picker.choose(0) == "default"
+    assert picker.choose(names.index("tiny.gguf")) == str(tmp_path / "tiny.gguf")
+    assert not picker.poll()  # no download finished
