@@ -57,12 +57,6 @@ def _rows(buf, width: int, a: int, b: int) -> BufferSlice:
     return BufferSlice(buf, a * width * 4, max(4, (b - a) * width * 4))
 
 
-def _rows_per_dispatch(max_weights: int, weights_per_row: int) -> int:
-    """Rows of one mat-vec slice: as many as the launcher puts in one dispatch (whole groups of
-    128 rows, its invocation tile), so each slice between two yields is a single dispatch."""
-    return max(128, max_weights // max(1, weights_per_row) // 128 * 128)
-
-
 class GlTransformer:
     name = "gl"
 
@@ -296,9 +290,9 @@ class GlTransformer:
                                       adapter.scale, n_tokens=b - a)
 
     def matvec(self, dst, w: GLWeight, x, n_tokens: int, accumulate: bool = False) -> Iterator[None]:
-        """dst (+)= W x, one dispatch per step: slices of rows, and for a long batch also groups
-        of tokens (the launcher's smallest slice is 128 rows, which times 128 tokens of w2 would
-        be a 25 M-weight dispatch)."""
+        """dst (+)= W x, one dispatch per step: the launcher's own slices of rows and, for a
+        long batch, of tokens (``Kernels.dispatch_shape``), so a scheduler can stop between any
+        two of them."""
         group, step = self.kernels.dispatch_shape(w, n_tokens)  # tokens, rows
         group = group if self.can_slice else n_tokens
         for t in range(0, n_tokens, group):
@@ -338,15 +332,18 @@ class GlTransformer:
     # start-up and measurement
 
     def _warm_up(self) -> None:
-        """Compile every program now (llvmpipe JIT-compiles on first dispatch, up to ~1 s each), so
-        the first real token is not slow. Prefill and decode use the same programs, so one token
-        a (zero) LoRA delta and the GPU argmax reach them all."""
-        kv = self.new_cache(1)
-        self.decode_greedy(np.zeros(1, np.int64), 0, kv)
+        """Compile every program now, so the first real token is not slow: llvmpipe JIT-compiles
+        a program on its first dispatch (seconds for the mat-mat). A batch of two tokens with
+        every logit reaches the prefill programs (matmul, for the classifier too), one token the
+        decode ones (matvec) and the GPU argmax, and a zero LoRA delta both of its sizes."""
+        kv = self.new_cache(3)
+        self.forward(np.zeros(2, np.int64), 0, kv, all_logits=True)
+        self.decode_greedy(np.zeros(1, np.int64), 2, kv)
         kv.release()
         zeros = np.zeros((1, self.cfg.dim), np.float32)
         pair = LoraPair(self.glctx, zeros, zeros.T.copy(), "warm-up")
-        self.kernels.lora(self.s.xb, pair, self.s.x, 0.0)
+        for n_tokens in (1, 2):
+            self.kernels.lora(self.s.xb, pair, self.s.x, 0.0, n_tokens=n_tokens)
         pair.release()
         self.glctx.check_error("warming up the gl backend")
         self.kernels.timing.reset()
@@ -371,8 +368,8 @@ class GlTransformer:
 
     def _output_dispatches(self, n_out: int) -> int:
         """Dispatches outside the layers: embedding, final rmsnorm, the classifier's row slices."""
-        step = _rows_per_dispatch(self.kernels.max_weights_per_dispatch, self.wcls.cols * n_out)
-        return 2 + -(-self.wcls.rows // step)
+        tokens, rows = self.kernels.dispatch_shape(self.wcls, n_out)
+        return 2 + -(-n_out // tokens) * -(-self.wcls.rows // rows)
 
     def bench_stats(self) -> dict:
         """Figures of the decode steps run since construction, for ``perro-pastor bench``."""
