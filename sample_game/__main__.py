@@ -19,7 +19,7 @@ from pathlib import Path
 # OpenBLAS threads spin against llvmpipe's and the frame loop's (see perro_pastor/cli.py).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-SKIP_FRAMES = 3  # the first frames compile shaders and rasterize fonts: not counted
+SKIP_FRAMES = 1  # the first frame compiles shaders and rasterizes fonts (warm-up): not counted
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
