@@ -178,19 +178,6 @@ def cmd_bench(args) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args) -> int:
-    try:
-        from sample_game.__main__ import main as game_main
-    except ImportError:
-        game_main = None
-    if game_main is not None and hasattr(game_main, "__call__"):
-        return game_main(args.rest)
-    args.prompt, args.n, args.json = "Once upon a time, in a small village,", 48, False
-    args.temp, args.top_k, args.top_p, args.min_p = 0.7, 40, 0.95, 0.05
-    args.repeat_penalty, args.repeat_last_n, args.seed = 1.1, 64, 7
-    return cmd_generate(args)
-
-
 # -----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,10 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("demo", help="the sample game (until it exists: a short streamed generation)")
-    _model_args(p)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_demo)
+    sub.add_parser("demo", help="the sample game: walk up to NPCs and talk (python -m sample_game --help)",
+                   add_help=False)
 
     from .chat_cli import add_chat_cli
     from .tools.download import add_cli as add_download_cli
@@ -254,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:  # the game parses its own flags (--autoplay, --report, ...)
+        from sample_game.__main__ import main as game_main
+        return game_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -88,3 +88,8 @@ def test_lora_flag_applies_adapters_at_run_time(adapter):
     assert greedy_ids("--lora", str(adapter)) != plain
     bad = run("generate", "-m", "default", "-p", "x", "--backend", "cpu", "--lora", "/nonexistent.gguf")
     assert bad.returncode == 3 and bad.stderr.count("\n") == 1
+
+
+def test_demo_hands_its_flags_to_the_game():
+    out = run("demo", "--help")
+    assert out.returncode == 0 and "--autoplay" in out.stdout and "--screenshot" in out.stdout
