@@ -1,9 +1,13 @@
 """Mat-vec throughput per GGML type on the gl backend, in G weights/s, plus the longest dispatch.
 
     .venv/bin/python benchmarks/bench_kernels.py [--types Q4_1,Q8_0] [--nr 4] [--repeat 20] [--layout raw,repacked]
+    .venv/bin/python benchmarks/bench_kernels.py --tokens 128 --path matvec,matmul   # batched prefill
 
 Each figure is the median of --rounds rounds of --repeat calls; with --layout raw,repacked the
-two layouts of Q4_0/Q4_1/Q8_0 run back to back in every round, so a loaded machine hits both alike.
+two layouts of Q4_0/Q4_1/Q8_0 run back to back in every round, so a loaded machine hits both alike;
+likewise --path matvec,matmul runs a batch of --tokens through matvec.comp (one decode of a weight
+block per token) and matmul.comp (one per tile of tokens) back to back. Rates count weight-token
+multiply-adds (rows x cols x tokens).
 
 Shapes are the default model's (SmolLM2-135M: 576 -> 1536 FFN, 1536 -> 576, 576 -> 576) and its
 49152-row output layer, which the launcher splits into dispatches of max_weights_per_dispatch.
@@ -67,14 +71,18 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1, help="n_tokens (prefill batch)")
     ap.add_argument("--layout", default="repacked", help="raw, repacked or raw,repacked (Q4_0/Q4_1/Q8_0)")
     ap.add_argument("--x", default="ubo", help="how decode reads x: ubo, ssbo or ssbo,ubo")
+    ap.add_argument("--path", default="matmul", help="with --tokens > 1: matvec, matmul or matvec,matmul")
     args = ap.parse_args()
     glctx = GLContext()
-    kernels = {xm: Kernels(glctx, matvec_rows_per_invocation=args.nr, matvec_x_ubo=xm == "ubo")
-               for xm in args.x.split(",")}
+    paths = args.path.split(",") if args.tokens > 1 else ["matvec"]
+    kernels = {f"{xm} {p}" if len(paths) > 1 else xm:
+               Kernels(glctx, matvec_rows_per_invocation=args.nr, matvec_x_ubo=xm == "ubo",
+                       matmul_min_tokens=2 if p == "matmul" else 1 << 30)
+               for xm in args.x.split(",") for p in paths}
     print(f"# {glctx.limits.renderer}, NR={args.nr}, n_tokens={args.tokens}, load average {os.getloadavg()[0]:.1f}")
     # wall: G weights/s of wall time; cpu: G weights per CPU-second of this process (llvmpipe's
     # threads included), which stays meaningful when other jobs load the machine.
-    print(f"{'type layout x':20} " + " ".join(f"{r}x{c:>5}" for r, c in SHAPES)
+    print(f"{'type layout x path':27} " + " ".join(f"{r}x{c:>5}" for r, c in SHAPES)
           + "   output 49152x576: wall (ms total, ms per dispatch)  | cpu G/cpu-s")
     for name in args.types.split(","):
         qtype = GGMLType[name]
@@ -85,7 +93,7 @@ def main() -> None:
             res = [median_bench(args.rounds, k, glctx, qtype, r, c, args.repeat, args.tokens, rp) for r, c in shapes[:-1]]
             rate, dt, per, cpu = median_bench(args.rounds, k, glctx, qtype, *shapes[-1], max(2, args.repeat // 5),
                                               args.tokens, rp)
-            print(f"{name + ' ' + layout + ' ' + xm:20} " + " ".join(f"{v[0]:9.2f}" for v in res)
+            print(f"{name + ' ' + layout + ' ' + xm:27} " + " ".join(f"{v[0]:9.2f}" for v in res)
                   + f"   {rate:9.2f} ({dt * 1e3:.1f} ms, {per * 1e3:.2f})"
                   + "  | " + " ".join(f"{v[3]:.2f}" for v in res) + f" {cpu:.2f}")
     print(f"# load average after: {os.getloadavg()[0]:.1f}")

@@ -177,7 +177,8 @@ class Kernels(LayerOps, SamplingOps):
         if x_ubo:
             # x as a uniform block, rebound per range of tokens: every lane reads the same x, and
             # llvmpipe loads uniform-block values once per SIMD batch, not once per lane (~2x)
-            defines["X_VEC4S"] = self.x_ubo_bytes // x_bytes // tt * tt * weight.cols // 4
+            # declared at the block's full size, so every width shares one program per TT
+            defines["X_VEC4S"] = self.x_ubo_bytes // 16
         else:
             x.bind_to_storage_buffer(1)
         prog = self.program("matmul.comp", **defines)
