@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _LAZY = {  # imported on first use, so `import perro_pastor.errors` stays light
     "load": "model", "Model": "model", "Token": "model", "GenerationStats": "model",
+    "load_async": "loading", "LoadTask": "loading",
     "Sampler": "sampling", "SamplerSettings": "sampling", "GREEDY": "sampling",
 }
 

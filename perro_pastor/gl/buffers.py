@@ -16,6 +16,7 @@ per part, so kernels never see the split.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generator
 
 import numpy as np
 
@@ -62,12 +63,6 @@ class GLWeight:
         self.parts = []
 
 
-def _pad4(data: bytes | memoryview | np.ndarray) -> bytes:
-    raw = bytes(data)
-    rem = len(raw) % 4
-    return raw if rem == 0 else raw + b"\0" * (4 - rem)
-
-
 # Types repack_blocks knows: block bytes -> (offset of the quant bytes, bytes of scale header).
 REPACKABLE = {GGMLType.Q4_0: 2, GGMLType.Q4_1: 4, GGMLType.Q8_0: 2}
 
@@ -106,15 +101,37 @@ def rows_per_part(row_bytes: int, max_bytes: int) -> int:
     return n
 
 
-def upload_weight(
-    glctx: GLContext, raw, qtype: GGMLType | int, rows: int, cols: int, name: str = "weight",
-    repack: bool = True,
-) -> GLWeight:
-    """Upload ``raw`` (the tensor's bytes from the file, rows x cols) split by whole rows.
+@dataclass
+class PreparedWeight:
+    """A weight's GPU payload built on the host (any thread): one uint8 array per SSBO part.
 
-    ``repack`` (default on) regroups Q4_0/Q4_1/Q8_0 blocks for aligned loads (``repack_blocks``);
-    other types, and ``repack=False``, go up byte for byte.
-    """
+    ``prepare_weight`` makes it without touching GL, so a loader can run it on a worker thread;
+    ``upload_prepared`` (or ``upload_prepared_steps``, a chunk per step) then creates the buffers
+    on the GL thread."""
+
+    name: str
+    qtype: GGMLType
+    rows: int
+    cols: int
+    parts: list[tuple[int, int, np.ndarray]]  # (row0, n_rows, payload bytes as uint8)
+    repacked: bool
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p[2].nbytes for p in self.parts)
+
+
+REPACK_SLICE_BLOCKS = 1 << 16  # blocks repacked at a time (a multiple of 4): bounds temporaries
+
+
+def prepare_weight(raw, qtype: GGMLType | int, rows: int, cols: int, max_ssbo_bytes: int,
+                   name: str = "weight", repack: bool = True) -> PreparedWeight:
+    """Validate ``raw`` (the tensor's bytes, rows x cols) and lay it out for upload, split by rows.
+
+    Pure host work, no GL: safe on a worker thread (NumPy releases the GIL while copying).
+    ``repack`` (default on) regroups Q4_0/Q4_1/Q8_0 blocks for aligned loads (``repack_blocks``),
+    a slice of blocks at a time so the temporaries stay small whatever the tensor's size; other
+    types, and ``repack=False``, go up byte for byte (padded to a whole word)."""
     qtype = GGMLType(int(qtype))
     if qtype not in TYPE_INFO:
         raise BackendError(f"tensor {name}: unsupported tensor type {qtype.name}")
@@ -128,23 +145,85 @@ def upload_weight(
     if repacked:
         # whole groups of 4 blocks (a group may straddle two rows) within the limit
         nb = cols // TYPE_INFO[qtype].block_size
-        per_part = 4 * (glctx.max_ssbo_bytes // repacked_nbytes(qtype, 4)) // nb
+        per_part = 4 * (max_ssbo_bytes // repacked_nbytes(qtype, 4)) // nb
         if per_part < 1:
             raise BackendError(f"tensor {name}: one repacked row of {repacked_nbytes(qtype, nb)} bytes "
-                               f"exceeds the SSBO limit of {glctx.max_ssbo_bytes} bytes")
+                               f"exceeds the SSBO limit of {max_ssbo_bytes} bytes")
     else:
-        per_part = rows_per_part(rb, glctx.max_ssbo_bytes)
+        per_part = rows_per_part(rb, max_ssbo_bytes)
     parts = []
     for row0 in range(0, rows, per_part):
         n = min(per_part, rows - row0)
         chunk = buf[row0 * rb : (row0 + n) * rb]
-        if repacked:
-            data = repack_blocks(chunk.reshape(-1, TYPE_INFO[qtype].type_size), qtype).tobytes()
-        else:
-            data = _pad4(chunk)
-        parts.append(WeightPart(glctx.ctx.buffer(data), row0, n))
-    glctx.check_error(f"uploading tensor {name}")
-    return GLWeight(name, qtype, rows, cols, parts, repacked)
+        parts.append((row0, n, _repacked(chunk, qtype) if repacked else _padded(chunk)))
+    return PreparedWeight(name, qtype, rows, cols, parts, repacked)
+
+
+def _repacked(chunk: np.ndarray, qtype: GGMLType) -> np.ndarray:
+    """repack_blocks over ``chunk``'s blocks, REPACK_SLICE_BLOCKS at a time (groups never span
+    two slices, so the result is the same as one call)."""
+    size = TYPE_INFO[qtype].type_size
+    blocks = chunk.reshape(-1, size)
+    out = np.empty(repacked_nbytes(qtype, len(blocks)), np.uint8)
+    group = repacked_nbytes(qtype, 4)
+    for b0 in range(0, len(blocks), REPACK_SLICE_BLOCKS):
+        piece = repack_blocks(blocks[b0:b0 + REPACK_SLICE_BLOCKS], qtype).view(np.uint8)
+        o = b0 // 4 * group
+        out[o:o + piece.size] = piece
+    return out
+
+
+def _padded(chunk: np.ndarray) -> np.ndarray:
+    out = np.zeros((chunk.size + 3) // 4 * 4, np.uint8)
+    out[:chunk.size] = chunk
+    return out
+
+
+def upload_prepared_steps(glctx: GLContext, prepared: PreparedWeight, chunk_bytes: int = 4 << 20,
+                          made: list | None = None, on_bytes=None) -> Generator[None, None, GLWeight]:
+    """Create ``prepared``'s buffers and write them ``chunk_bytes`` at a time, yielding after each
+    write (a step boundary for a frame-budgeted loader). Returns the GLWeight.
+
+    The weight is appended to ``made`` before its first buffer exists, and its buffers join its
+    ``parts`` as they are created, so a caller that abandons the generator midway still releases
+    everything with ``GLWeight.release``. ``on_bytes(n)`` hears about every chunk written."""
+    weight = GLWeight(prepared.name, prepared.qtype, prepared.rows, prepared.cols, [], prepared.repacked)
+    if made is not None:
+        made.append(weight)
+    for row0, n_rows, data in prepared.parts:
+        buffer = glctx.ctx.buffer(reserve=data.nbytes)
+        weight.parts.append(WeightPart(buffer, row0, n_rows))
+        for offset in range(0, data.nbytes, chunk_bytes):
+            piece = data[offset:offset + chunk_bytes]
+            buffer.write(piece, offset=offset)
+            if on_bytes is not None:
+                on_bytes(piece.nbytes)
+            yield
+    glctx.check_error(f"uploading tensor {prepared.name}")
+    return weight
+
+
+def upload_prepared(glctx: GLContext, prepared: PreparedWeight) -> GLWeight:
+    """``prepared`` uploaded in one go (one write per buffer)."""
+    steps = upload_prepared_steps(glctx, prepared, chunk_bytes=max(1, glctx.max_ssbo_bytes))
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def upload_weight(
+    glctx: GLContext, raw, qtype: GGMLType | int, rows: int, cols: int, name: str = "weight",
+    repack: bool = True,
+) -> GLWeight:
+    """Upload ``raw`` (the tensor's bytes from the file, rows x cols) split by whole rows:
+    ``prepare_weight`` then ``upload_prepared``.
+
+    ``repack`` (default on) regroups Q4_0/Q4_1/Q8_0 blocks for aligned loads (``repack_blocks``);
+    other types, and ``repack=False``, go up byte for byte.
+    """
+    return upload_prepared(glctx, prepare_weight(raw, qtype, rows, cols, glctx.max_ssbo_bytes, name, repack))
 
 
 def f32_buffer(glctx: GLContext, data: np.ndarray | int):

@@ -27,7 +27,7 @@ from ..errors import BackendError
 from ..formats import ModelFile, TensorInfo
 from ..quant import GGMLType, dequantize
 from ..weights import Weights
-from .buffers import GLWeight, f32_buffer, upload_weight
+from .buffers import GLWeight, PreparedWeight, f32_buffer, prepare_weight, upload_prepared_steps
 from .context import GLContext
 from .kernels import LoraPair
 from .state import BufferSlice, GlKVCache, LoraCache, Scratch, TimedKernels, buffer_offset_alignment
@@ -57,38 +57,92 @@ def _rows(buf, width: int, a: int, b: int) -> BufferSlice:
     return BufferSlice(buf, a * width * 4, max(4, (b - a) * width * 4))
 
 
+MATRIX_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+
+
+def upload_order(weights: Weights) -> list[TensorInfo]:
+    """The weight matrices the gl backend uploads, in upload order (a tied classifier once)."""
+    order = [weights.token_embedding_table]
+    if weights.wcls is not weights.token_embedding_table:
+        order.append(weights.wcls)
+    return order + [getattr(l, n) for l in weights.layers for n in MATRIX_NAMES]
+
+
+def prepare_matrix(file: ModelFile, t: TensorInfo, max_ssbo_bytes: int) -> PreparedWeight:
+    """Host side of one matrix upload (validate + repack); no GL, so any thread may run it."""
+    cols, rows = t.shape
+    return prepare_weight(file.tensor_bytes(t.name), t.qtype, rows, cols, max_ssbo_bytes, t.name)
+
+
 class GlTransformer:
     name = "gl"
 
     def __init__(self, file: ModelFile, cfg: Config, weights: Weights, ctx=None, kv_f16: bool = True,
                  max_batch: int = MAX_BATCH):
-        self.glctx = GLContext(ctx)  # BackendError without GL 4.3 (``--backend auto`` falls back)
+        self._begin(GLContext(ctx), file, cfg, kv_f16, max_batch)  # BackendError without GL 4.3
+        try:
+            prepared = (prepare_matrix(file, t, self.glctx.max_ssbo_bytes) for t in upload_order(weights))
+            run_to_end(self.upload_steps(weights, prepared, chunk_bytes=1 << 62))
+            self._warm_up()
+        except BaseException:
+            self.release()  # a half-built backend leaves no GL objects behind
+            raise
+
+    @classmethod
+    def for_loading(cls, glctx: GLContext, file: ModelFile, cfg: Config, kv_f16: bool = True,
+                    max_batch: int = MAX_BATCH) -> "GlTransformer":
+        """An empty backend on ``glctx`` that ``upload_steps`` then ``warm_up_steps`` complete a
+        step at a time (``loading.load_async``); ``release`` frees whatever exists at any point."""
+        self = cls.__new__(cls)
+        self._begin(glctx, file, cfg, kv_f16, max_batch)
+        return self
+
+    def _begin(self, glctx: GLContext, file: ModelFile, cfg: Config, kv_f16: bool, max_batch: int) -> None:
+        self.glctx = glctx
         self.cfg, self.kv_f16, self.max_batch = cfg, kv_f16, max_batch
         self.kernels = TimedKernels(self.glctx)
         self.file = file
+        self.layers: list[GlLayer] = []
+        self._made: list = []  # every weight and buffer made so far, for release at any point
 
-        # weights: quant blocks as they are in the file; norms and rope frequencies as f32
-        def matrix(t: TensorInfo) -> GLWeight:
-            cols, rows = t.shape
-            return upload_weight(self.glctx, file.tensor_bytes(t.name), t.qtype, rows, cols, t.name)
+    def upload_steps(self, weights: Weights, prepared: Iterator[PreparedWeight | None],
+                     chunk_bytes: int = 4 << 20, on_bytes: Callable[[int], None] | None = None) -> Iterator[None]:
+        """Upload the model, yielding after every ``chunk_bytes`` written.
 
+        ``prepared`` gives each matrix of ``upload_order(weights)`` in order, already laid out on
+        the host (``prepare_matrix``), or None while the next one is not ready yet (this step
+        then does nothing). ``on_bytes(n)`` hears about every chunk written."""
         def vector(t: TensorInfo) -> np.ndarray:
-            return dequantize(file.tensor_bytes(t.name), t.qtype, t.n_elements).astype(np.float32)
+            return dequantize(self.file.tensor_bytes(t.name), t.qtype, t.n_elements).astype(np.float32)
 
-        self.token_embedding_table = matrix(weights.token_embedding_table)
-        self.wcls = (self.token_embedding_table if weights.wcls is weights.token_embedding_table
-                     else matrix(weights.wcls))
-        self.layers = [GlLayer(rms_att_weight=f32_buffer(self.glctx, vector(l.rms_att_weight)),
-                               wq=matrix(l.wq), wk=matrix(l.wk), wv=matrix(l.wv), wo=matrix(l.wo),
-                               rms_ffn_weight=f32_buffer(self.glctx, vector(l.rms_ffn_weight)),
-                               w1=matrix(l.w1), w2=matrix(l.w2), w3=matrix(l.w3))
-                       for l in weights.layers]
-        self.rms_final_weight = f32_buffer(self.glctx, vector(weights.rms_final_weight))
+        def f32(data: np.ndarray):
+            buf = f32_buffer(self.glctx, data)
+            self._made.append(buf)
+            return buf
+
+        # weights: quant blocks as they are in the file (maybe repacked); norms and rope as f32
+        uploaded: dict[str, GLWeight] = {}
+        for t in upload_order(weights):
+            p = next(prepared)
+            while p is None:
+                yield
+                p = next(prepared)
+            steps = upload_prepared_steps(self.glctx, p, chunk_bytes, made=self._made, on_bytes=on_bytes)
+            uploaded[t.name] = yield from steps
+            del p, steps  # drop the host copy now: peak memory stays about one tensor
+        self.token_embedding_table = uploaded[weights.token_embedding_table.name]
+        self.wcls = uploaded[weights.wcls.name]
+        for l in weights.layers:
+            self.layers.append(GlLayer(rms_att_weight=f32(vector(l.rms_att_weight)),
+                                       rms_ffn_weight=f32(vector(l.rms_ffn_weight)),
+                                       **{n: uploaded[getattr(l, n).name] for n in MATRIX_NAMES}))
+        self.rms_final_weight = f32(vector(weights.rms_final_weight))
         freq_factors = vector(weights.rope_freqs) if weights.rope_freqs else None
-        inv_freq = rope_inv_freq(cfg, freq_factors)
+        inv_freq = rope_inv_freq(self.cfg, freq_factors)
         self.n_rot = len(inv_freq)
-        self.inv_freq = f32_buffer(self.glctx, inv_freq.astype(np.float32))
+        self.inv_freq = f32(inv_freq.astype(np.float32))
 
+        cfg = self.cfg
         self.s = Scratch(self.glctx, cfg)
         self.lora = LoraCache(self.glctx)
         # Segments are bound as buffer ranges, whose offsets the driver wants aligned.
@@ -97,19 +151,22 @@ class GlTransformer:
         self.decode = dict(tokens=0, passes=0, wall=0.0, dispatches=0, layer_dispatches=0,
                            dispatch_s=0.0, matvec_s=0.0)
         self.glctx.check_error("uploading the model")
-        self._warm_up()
 
     def release(self) -> None:
-        """Free every GL object this backend made (weights, scratch, LoRA pairs); caches made by
-        ``new_cache`` belong to their sessions (``GlKVCache.release``)."""
-        weights = {id(w): w for layer in self.layers for w in vars(layer).values()}
-        weights.update({id(self.token_embedding_table): self.token_embedding_table, id(self.wcls): self.wcls})
-        for w in weights.values():
-            w.release()
-        for buf in (self.rms_final_weight, self.inv_freq):
-            buf.release()
-        self.s.release()
-        self.lora.release()
+        """Free every GL object this backend made (weights, scratch, LoRA pairs, programs), also
+        when it is only partly built; caches made by ``new_cache`` belong to their sessions
+        (``GlKVCache.release``)."""
+        for obj in self._made:
+            obj.release()
+        self._made = []
+        for part in ("s", "lora"):
+            if hasattr(self, part):
+                getattr(self, part).release()
+        # the launchers' compiled programs and scratch buffers (Kernels keeps them in two dicts)
+        for obj in [*self.kernels._programs.values(), *self.kernels._scratch.values()]:
+            obj.release()
+        self.kernels._programs.clear()
+        self.kernels._scratch.clear()
         self.layers = []
         self.glctx.release()
 
@@ -332,19 +389,31 @@ class GlTransformer:
     # start-up and measurement
 
     def _warm_up(self) -> None:
+        run_to_end(self.warm_up_steps())
+
+    def warm_up_steps(self) -> Iterator[None]:
         """Compile every program now, so the first real token is not slow: llvmpipe JIT-compiles
         a program on its first dispatch (seconds for the mat-mat). A batch of two tokens with
         every logit reaches the prefill programs (matmul, for the classifier too), one token the
-        decode ones (matvec) and the GPU argmax, and a zero LoRA delta both of its sizes."""
+        decode ones (matvec) and the GPU argmax, and a zero LoRA delta both of its sizes. Yields
+        after every dispatch, so a loader compiles about one program per step."""
         kv = self.new_cache(3)
-        self.forward(np.zeros(2, np.int64), 0, kv, all_logits=True)
-        self.decode_greedy(np.zeros(1, np.int64), 2, kv)
-        kv.release()
+        try:
+            yield from self.forward_steps([Segment(np.zeros(2, np.int64), 0, kv)], all_logits=True)
+            yield from self._timed_pass([Segment(np.zeros(1, np.int64), 2, kv)], False, None, read_logits=False)
+            self.kernels.argmax(self.s.next_token, self.s.logits, self.cfg.vocab_size)
+            self.s.next_token.read(size=4)
+            yield
+        finally:
+            kv.release()
         zeros = np.zeros((1, self.cfg.dim), np.float32)
         pair = LoraPair(self.glctx, zeros, zeros.T.copy(), "warm-up")
-        for n_tokens in (1, 2):
-            self.kernels.lora(self.s.xb, pair, self.s.x, 0.0, n_tokens=n_tokens)
-        pair.release()
+        try:
+            for n_tokens in (1, 2):
+                self.kernels.lora(self.s.xb, pair, self.s.x, 0.0, n_tokens=n_tokens)
+                yield
+        finally:
+            pair.release()
         self.glctx.check_error("warming up the gl backend")
         self.kernels.timing.reset()
         self.decode = {key: type(value)() for key, value in self.decode.items()}

@@ -1,0 +1,409 @@
+"""Loading a model without freezing a frame: ``load_async`` returns a ``LoadTask``.
+
+    task = perro_pastor.load_async("default", on_progress=lambda t: print(t.phase, t.fraction))
+    while not task.done:              # once per frame, on the GL thread
+        task.poll(budget_ms=4.0)      # or: scheduler.submit(task.steps())
+        draw_loading_screen(task.fraction, task.phase)
+    model = task.model                # or task.error: the ModelFormatError a load() would raise
+
+The work is split by where it may run:
+- a worker thread opens and validates the file (memory-mapped; nothing is read whole), builds the
+  config, the weight table and the tokenizer, then prepares the weights one tensor at a time: for
+  the gl backend the host payload (validation + the NumPy repack, ``gl.buffers.prepare_weight``),
+  for the cpu backend the dequantized matrix in the cpu backend's cache;
+- the GL thread (the caller of ``poll``/``steps``) creates the context wrapper, writes each payload
+  into its buffers a few MB per step, then compiles the programs, one dispatch per step.
+The worker stays at most about one tensor ahead of the uploads (``in_flight_bytes``), and gives
+the file's pages back to the OS after each tensor (``madvise``), so loading never holds the whole
+file in RAM. NumPy releases the GIL in its copies, so the worker mostly runs beside the frame.
+"""
+
+from __future__ import annotations
+
+import mmap
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .cpu import DEFAULT_CACHE_BUDGET, CpuTransformer
+from .errors import BackendError
+from .formats import open_model_file
+from .model import BACKENDS, Model
+from .paths import resolve_model
+
+PHASES = ("opening", "reading", "uploading", "compiling", "ready", "failed", "cancelled")
+CHUNK_BYTES = 2 << 20  # written per step: ~1 ms of memcpy into a llvmpipe buffer
+MIN_IN_FLIGHT = 8 << 20  # the worker may run this far ahead of the uploads even for small tensors
+OPEN_SHARE, WEIGHTS_SHARE = 0.05, 0.85  # of ``fraction``; compiling gets the rest
+WARM_UP_STEPS_PER_LAYER = 40  # a guess for ``fraction`` while compiling (clamped, never past 1)
+
+
+class LoadCancelled(Exception):
+    """Raised inside the worker to unwind it after ``LoadTask.cancel``."""
+
+
+class LoadTask:
+    """One model being loaded; see the module docstring. Every attribute is safe to read from
+    the frame loop at any time."""
+
+    def __init__(self, name_or_path: str | Path, backend: str = "auto", gl_context=None,
+                 tokenizer_path: str | Path | None = None, budget_ms: float = 4.0,
+                 on_progress: Callable[["LoadTask"], None] | None = None, dtype=np.float32,
+                 cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET, chunk_bytes: int = CHUNK_BYTES,
+                 clock: Callable[[], float] = time.perf_counter):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+        self.name, self.backend, self.gl_context = str(name_or_path), backend, gl_context
+        self.tokenizer_path, self.budget_ms, self.on_progress = tokenizer_path, budget_ms, on_progress
+        self.dtype, self.cpu_cache_bytes, self.chunk_bytes, self.clock = dtype, cpu_cache_bytes, chunk_bytes, clock
+        self.phase = "opening"
+        self.bytes_done = self.bytes_total = self.tensors_done = self.tensors_total = 0
+        self.model: Model | None = None
+        self.error: BaseException | None = None
+        self.started = clock()
+        self.load_s: float | None = None
+        self.in_flight_bytes = 0  # prepared host payloads not yet uploaded
+        self._fraction = 0.0
+        self._warm_steps = 0
+        self._lock = threading.Condition()
+        self._cancel = threading.Event()
+        self._decided = threading.Event()  # the GL thread chose the backend (gl needs a context first)
+        self._imported = threading.Event()  # the worker imported the gl modules (PyOpenGL: ~1 s)
+        self._parsed: Model | None = None  # the worker's Model (cpu transformer) before the backend
+        self._ready: deque = deque()  # prepared payloads, in upload order
+        self._worker_error: BaseException | None = None
+        self._worker_done = False
+        self._glctx = None
+        self._gl = None  # the GlTransformer being built
+        self._steps: Iterator[None] | None = None
+        self._thread = threading.Thread(target=self._work, name=f"load {self.name}", daemon=True)
+        self._thread.start()
+
+    # -------------------------------------------------------------------------
+    # what a loading screen reads
+
+    @property
+    def done(self) -> bool:
+        return self.phase in ("ready", "failed", "cancelled")
+
+    @property
+    def fraction(self) -> float:
+        """0..1, never decreasing; 1.0 exactly when ready."""
+        return self._fraction
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the pace so far (None before there is a pace to go by)."""
+        if self.done:
+            return 0.0
+        f = self._fraction
+        return None if f < 0.01 else (self.clock() - self.started) * (1.0 - f) / f
+
+    # -------------------------------------------------------------------------
+    # driving it (GL thread)
+
+    def steps(self) -> Iterator[None]:
+        """The GL-thread work as a generator, one bounded step per ``next`` (for
+        ``Scheduler.submit``). Returns the model, or None when loading failed or was cancelled
+        (``error`` says why); it never raises for a bad file, so the frame loop keeps running."""
+        try:
+            yield from self._gl_steps()
+        except LoadCancelled:
+            pass
+        except BaseException as exc:  # noqa: BLE001 -- reported on the task, not raised into the game
+            self._fail(exc)
+        return self.model
+
+    def poll(self, budget_ms: float | None = None) -> Model | None:
+        """Run GL-thread steps for about ``budget_ms`` (default: the task's); call once per frame.
+        Returns the model once it is ready. One step may overrun the budget (a program compile)."""
+        if self.done:
+            return self.model
+        if self._steps is None:
+            self._steps = self.steps()
+        budget = (self.budget_ms if budget_ms is None else budget_ms) / 1000.0
+        start = self.clock()
+        while not self.done:
+            t0 = self.clock()
+            try:
+                next(self._steps)
+            except StopIteration:
+                break
+            now = self.clock()
+            if now - start >= budget or now - start + (now - t0) > budget:
+                break
+        return self.model
+
+    def wait(self) -> Model:
+        """Drive the task to the end on this thread and return the model (or raise its error)."""
+        while not self.done:
+            if self.poll(1000.0) is None and not self.done:
+                time.sleep(0.001)
+        if self.error is not None:
+            raise self.error
+        return self.model
+
+    def cancel(self) -> None:
+        """Stop loading: frees every GL object made so far now (call it on the GL thread); the
+        worker stops at its next check (between chunks of one tensor) and closes the file."""
+        if self.done:
+            return
+        self._cancel.set()
+        self._decided.set()
+        self._release_partial()
+        self._set_phase("cancelled")
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker thread to end; True once it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -------------------------------------------------------------------------
+    # GL thread
+
+    def _gl_steps(self) -> Iterator[None]:
+        while not self._imported.is_set():  # importing on this thread would freeze the frame
+            self._imported.wait(0.001)
+            yield
+        self._choose_backend()
+        while self._parsed is None:  # open, validate, tokenizer: all on the worker
+            self._check()
+            yield
+        model = self._parsed
+        if self.backend == "cpu":
+            while not self._worker_done:
+                self._check()
+                yield
+            self._check()
+            return self._ready_with(model)
+        self._set_phase("uploading")
+        self._gl = _empty_gl(self._glctx, model)
+        yield from self._gl.upload_steps(model.weights, self._next_prepared(), self.chunk_bytes, self._uploaded)
+        self._check()
+        self._set_phase("compiling")
+        for _ in self._gl.warm_up_steps():
+            self._warm_steps += 1
+            expected = WARM_UP_STEPS_PER_LAYER * model.config.n_layers
+            self._advance(OPEN_SHARE + WEIGHTS_SHARE + (1 - OPEN_SHARE - WEIGHTS_SHARE) * min(0.99, self._warm_steps / expected))
+            yield
+            self._check()
+        model.transformer, self._gl = self._gl, None
+        self._ready_with(model)
+
+    def _choose_backend(self) -> None:
+        """gl and auto need a GL 4.3 context first (created on this thread); auto falls back to
+        cpu exactly like ``load``."""
+        if self.backend != "cpu":
+            from .gl.context import GLContext
+            try:
+                self._glctx = GLContext(self.gl_context)
+                self.backend = "gl"
+            except (BackendError, ImportError) as exc:
+                if self.backend == "gl":
+                    self._decided.set()
+                    raise BackendError(f"gl backend unavailable: {exc}") from exc
+                print(f"perro_pastor: gl backend unavailable ({exc}); using cpu", file=sys.stderr)
+                self.backend = "cpu"
+        self._decided.set()
+
+    def _next_prepared(self) -> Iterator:
+        """Prepared payloads from the worker, or None while the next is not ready (that step
+        waits at most a millisecond for it, so an idle step costs the frame nothing)."""
+        while True:
+            self._check()
+            with self._lock:
+                if not self._ready:
+                    self._lock.wait(0.001)
+                p = self._ready.popleft() if self._ready else None
+            yield p
+
+    def _uploaded(self, nbytes: int) -> None:
+        """Progress of the current upload; bytes count the payload (close to the file's bytes)."""
+        with self._lock:
+            self.in_flight_bytes -= nbytes
+            self._lock.notify_all()
+        self._add_bytes(nbytes)
+
+    def _ready_with(self, model: Model) -> Model:
+        self.model = model
+        self.load_s = self.clock() - self.started
+        self.tensors_done = self.tensors_total
+        self._advance(1.0)
+        self._set_phase("ready")
+        return model
+
+    def _check(self) -> None:
+        if self._cancel.is_set():
+            raise LoadCancelled
+        if self._worker_error is not None:
+            raise self._worker_error
+
+    def _fail(self, exc: BaseException) -> None:
+        self._cancel.set()  # stops the worker too
+        self._decided.set()
+        self._release_partial()
+        self.error = exc
+        self._set_phase("failed")
+
+    def _release_partial(self) -> None:
+        """Free the GL objects of a half-built backend, and the file once the worker is out."""
+        gl, self._gl = self._gl, None
+        if gl is not None:
+            gl.release()
+        elif self._glctx is not None:
+            self._glctx.release()  # frees a context we created; a game's context is left alone
+        self._glctx = None
+        with self._lock:
+            self._ready.clear()
+            if self._worker_done and self._parsed is not None:
+                self._parsed.close()
+
+    # -------------------------------------------------------------------------
+    # worker thread
+
+    def _work(self) -> None:
+        file = None
+        try:
+            if self.backend != "cpu":
+                _import_gl()
+            self._imported.set()
+            file = open_model_file(resolve_model(self.name), self.tokenizer_path)
+            model = Model(file, backend="cpu", dtype=self.dtype, cpu_cache_bytes=self.cpu_cache_bytes)
+            while not self._decided.wait(0.05):
+                pass
+            if self._cancel.is_set():
+                raise LoadCancelled
+            if self.backend == "gl":
+                from .gl.forward import upload_order
+                tensors = upload_order(model.weights)
+            else:
+                w = model.weights
+                tensors = [getattr(l, n) for l in w.layers for n in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")]
+                tensors += [w.wcls] + ([] if w.wcls is w.token_embedding_table else [w.token_embedding_table])
+            self.tensors_total = len(tensors)
+            self.bytes_total = sum(t.nbytes for t in tensors)
+            self._advance(OPEN_SHARE)
+            self._set_phase("reading")
+            self._parsed = model
+            if self.backend == "gl":
+                self._prepare_gl(model, tensors)
+            else:
+                self._prepare_cpu(model, tensors)
+        except LoadCancelled:
+            pass
+        except BaseException as exc:  # noqa: BLE001 -- handed to the GL thread, which reports it
+            self._worker_error = exc
+        finally:
+            self._imported.set()
+            with self._lock:
+                self._worker_done = True
+                if file is not None and (self._cancel.is_set() or self._worker_error is not None):
+                    file.close()
+                self._lock.notify_all()
+
+    def _prepare_gl(self, model: Model, tensors) -> None:
+        from .gl.forward import prepare_matrix
+        limit = max(MIN_IN_FLIGHT, max(t.nbytes for t in tensors))
+        for t in tensors:
+            with self._lock:  # stay at most ~one tensor ahead of the uploads
+                while self.in_flight_bytes and self.in_flight_bytes + t.nbytes > limit:
+                    if self._cancel.is_set():
+                        raise LoadCancelled
+                    self._lock.wait(0.05)
+            if self._cancel.is_set():
+                raise LoadCancelled
+            p = prepare_matrix(model.file, t, self._glctx.max_ssbo_bytes)
+            _drop_pages(model.file, t)
+            with self._lock:
+                self.in_flight_bytes += p.nbytes
+                self._ready.append(p)
+                self._lock.notify_all()
+            del p
+            self.tensors_done += 1
+
+    def _prepare_cpu(self, model: Model, tensors) -> None:
+        store = model.transformer.store
+        assert isinstance(model.transformer, CpuTransformer)
+        for t in tensors:
+            if self._cancel.is_set():
+                raise LoadCancelled
+            store.matrix(t)  # within the cache budget; past it, matmuls dequantize on the fly
+            _drop_pages(model.file, t)
+            self.tensors_done += 1
+            self._add_bytes(t.nbytes)
+            time.sleep(0)  # hand the GIL to the frame loop between matrices
+
+    # -------------------------------------------------------------------------
+    # progress
+
+    def _add_bytes(self, n: int) -> None:
+        self.bytes_done = min(self.bytes_total, self.bytes_done + n)
+        if self.bytes_total:
+            self._advance(OPEN_SHARE + WEIGHTS_SHARE * self.bytes_done / self.bytes_total)
+
+    def _advance(self, fraction: float) -> None:
+        if fraction > self._fraction:
+            self._fraction = min(1.0, fraction)
+            self._notify()
+
+    def _set_phase(self, phase: str) -> None:
+        if self.phase not in ("ready", "failed", "cancelled"):
+            self.phase = phase
+            self._notify()
+
+    def _notify(self) -> None:
+        """``on_progress(task)``; the worker calls it too, so a callback must only store values."""
+        if self.on_progress is not None:
+            try:
+                self.on_progress(self)
+            except Exception as exc:  # noqa: BLE001 -- a broken callback must not break loading
+                print(f"perro_pastor: on_progress failed: {exc}", file=sys.stderr)
+
+
+def _import_gl() -> None:
+    """Import what the GL thread will need, here on the worker: the gl backend and PyOpenGL,
+    which ``gl.context.read_limits`` imports to query limits (about a second on a busy machine)."""
+    from .gl import forward  # noqa: F401
+    try:
+        from OpenGL import GL  # noqa: F401
+    except Exception:  # noqa: BLE001 -- optional; read_limits has fallbacks
+        pass
+
+
+def _empty_gl(glctx, model: Model):
+    """An empty gl backend for ``model`` on ``glctx``, completed step by step."""
+    from .gl.forward import GlTransformer
+    return GlTransformer.for_loading(glctx, model.file, model.config)
+
+
+def _drop_pages(file, t) -> None:
+    """Give a tensor's mapped pages back (they were only needed to prepare it), so the process
+    never holds the whole file; reading it again would simply fault the pages back in."""
+    mm = getattr(file, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = -(-t.offset // mmap.PAGESIZE) * mmap.PAGESIZE
+    stop = (t.offset + t.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if stop > start:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+        except (OSError, ValueError):
+            pass
+
+
+def load_async(name_or_path: str | Path, scheduler=None, backend: str = "auto", gl_context=None,
+               tokenizer_path: str | Path | None = None, budget_ms: float = 4.0,
+               on_progress: Callable[[LoadTask], None] | None = None, **options) -> LoadTask:
+    """Start loading a model (``default``, a path, or a name in the model folder) and return its
+    ``LoadTask`` at once. With ``scheduler`` the task's GL steps run as a scheduler job; without,
+    call ``task.poll(budget_ms)`` once per frame. ``options``: ``dtype``, ``cpu_cache_bytes``,
+    ``chunk_bytes``, ``clock`` (see ``LoadTask``)."""
+    task = LoadTask(name_or_path, backend, gl_context, tokenizer_path, budget_ms, on_progress, **options)
+    if scheduler is not None:
+        scheduler.submit(task.steps(), priority=0, name=f"load {task.name}")
+    return task
