@@ -115,7 +115,7 @@ class LoadTask:
             yield from self._gl_steps()
         except LoadCancelled:
             pass
-        except BaseException as exc:  # noqa: BLE001 -- reported on the task, not raised into the game
+        except Exception as exc:  # noqa: BLE001 -- reported on the task, not raised into the game
             self._fail(exc)
         return self.model
 
