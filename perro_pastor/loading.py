@@ -70,6 +70,7 @@ class LoadTask:
         self.in_flight_bytes = 0  # prepared host payloads not yet uploaded
         self._fraction = 0.0
         self._warm_steps = 0
+        self._waiting = False  # the last step found nothing to do
         self._lock = threading.Condition()
         self._cancel = threading.Event()
         self._decided = threading.Event()  # the GL thread chose the backend (gl needs a context first)
@@ -80,6 +81,7 @@ class LoadTask:
         self._worker_done = False
         self._glctx = None
         self._gl = None  # the GlTransformer being built
+        self._warm: Iterator[None] | None = None  # its warm-up steps
         self._steps: Iterator[None] | None = None
         self._thread = threading.Thread(target=self._work, name=f"load {self.name}", daemon=True)
         self._thread.start()
@@ -130,10 +132,13 @@ class LoadTask:
         start = self.clock()
         while not self.done:
             t0 = self.clock()
+            self._waiting = False
             try:
                 next(self._steps)
             except StopIteration:
                 break
+            if self._waiting:
+                break  # the worker is behind: nothing more to do this frame
             now = self.clock()
             if now - start >= budget or now - start + (now - t0) > budget:
                 break
@@ -168,17 +173,16 @@ class LoadTask:
 
     def _gl_steps(self) -> Iterator[None]:
         while not self._imported.is_set():  # importing on this thread would freeze the frame
-            self._imported.wait(0.001)
-            yield
+            yield self._idle()
         self._choose_backend()
         while self._parsed is None:  # open, validate, tokenizer: all on the worker
             self._check()
-            yield
+            yield self._idle()
         model = self._parsed
         if self.backend == "cpu":
             while not self._worker_done:
                 self._check()
-                yield
+                yield self._idle()
             self._check()
             return self._ready_with(model)
         self._set_phase("uploading")
@@ -186,13 +190,14 @@ class LoadTask:
         yield from self._gl.upload_steps(model.weights, self._next_prepared(), self.chunk_bytes, self._uploaded)
         self._check()
         self._set_phase("compiling")
-        for _ in self._gl.warm_up_steps():
+        self._warm = self._gl.warm_up_steps()  # held, so cancel can close it (it owns a KV cache)
+        for _ in self._warm:
             self._warm_steps += 1
             expected = WARM_UP_STEPS_PER_LAYER * model.config.n_layers
             self._advance(OPEN_SHARE + WEIGHTS_SHARE + (1 - OPEN_SHARE - WEIGHTS_SHARE) * min(0.99, self._warm_steps / expected))
             yield
             self._check()
-        model.transformer, self._gl = self._gl, None
+        model.transformer, self._gl, self._warm = self._gl, None, None
         self._ready_with(model)
 
     def _choose_backend(self) -> None:
@@ -217,10 +222,15 @@ class LoadTask:
         while True:
             self._check()
             with self._lock:
-                if not self._ready:
-                    self._lock.wait(0.001)
                 p = self._ready.popleft() if self._ready else None
-            yield p
+            yield p if p is not None else self._idle()
+
+    def _idle(self) -> None:
+        """A step with nothing to do yet: wait up to half a millisecond for the worker (so a
+        scheduler does not spin), and tell ``poll`` to end its frame's turn."""
+        self._waiting = True
+        with self._lock:
+            self._lock.wait(0.0005)
 
     def _uploaded(self, nbytes: int) -> None:
         """Progress of the current upload; bytes count the payload (close to the file's bytes)."""
@@ -253,6 +263,9 @@ class LoadTask:
     def _release_partial(self) -> None:
         """Free the GL objects of a half-built backend, and the file once the worker is out."""
         gl, self._gl = self._gl, None
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            warm.close()  # frees the warm-up's KV cache and LoRA pair
         if gl is not None:
             gl.release()
         elif self._glctx is not None:
@@ -289,7 +302,9 @@ class LoadTask:
             self.bytes_total = sum(t.nbytes for t in tensors)
             self._advance(OPEN_SHARE)
             self._set_phase("reading")
-            self._parsed = model
+            with self._lock:
+                self._parsed = model
+                self._lock.notify_all()
             if self.backend == "gl":
                 self._prepare_gl(model, tensors)
             else:
