@@ -1,122 +1,79 @@
-"""Loading a model without freezing a frame, for the loading screen.
+"""Loading a model without freezing a frame, for the loading screen: a thin use of
+``perro_pastor.load_async``.
 
-The library has no ``load_async`` yet, so this module stands in for it with the same shape a
-frame loop needs: start it, call ``poll()`` once per frame, draw ``progress`` (0..1) and
-``phase``, take ``model`` when ``done``. When ``perro_pastor.load_async`` lands, only this
-file changes.
-
-How the work is split:
-- a worker thread opens and validates the file, builds the config, the weight table and the
-  tokenizer (``Model`` on the cpu backend, which costs little to construct), then, for the cpu
-  backend, dequantizes every weight matrix into the cpu backend's cache one matrix at a time
-  (the first generation would otherwise stall ~4 s of frames doing it);
-- for the gl/auto backends the GL objects must be created on the thread that owns the context,
-  so the main thread swaps in ``make_backend`` with the window's context in one ``poll``.
-NumPy releases the GIL in its array loops, so the worker mostly runs beside the frame loop.
+Start it, call ``poll()`` once per frame, draw ``progress`` (0..1) and ``phase``, take ``model``
+when ``done``. The library does the work (parsing and weight preparation on a worker thread, GL
+uploads and program compiles a budgeted step at a time on this thread); this wrapper only adds
+the chat template, a sandboxed Jinja compile (~0.1-0.5 s with the import) built on a thread of
+its own once the model is there, and shared by every villager's session.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 
 from perro_pastor.chat import template_for_model
-from perro_pastor.model import Model, make_backend
-from perro_pastor.formats import open_model_file
-from perro_pastor.paths import resolve_model
+from perro_pastor.loading import load_async
+from perro_pastor.model import Model
+
+BUDGET_MS = 4.0  # of each frame spent on loading steps
+TEMPLATE_SHARE = 0.02  # of the progress bar kept for the chat template
 
 
 class ModelLoader:
     def __init__(self, name: str, backend: str = "auto", gl_context=None):
-        self.name, self.backend, self.gl_context = name, backend, gl_context
-        self.progress, self.phase = 0.0, "starting"
+        self.task = load_async(name, backend=backend, gl_context=gl_context, budget_ms=BUDGET_MS)
         self.model: Model | None = None
-        self.error: Exception | None = None
-        self.started = time.perf_counter()
-        self.load_s: float | None = None
-        self._cancel = threading.Event()
-        self._parsed: Model | None = None  # handed from the parsing thread to poll()
-        self._warming: Model | None = None
         self.template = None  # the model's ChatTemplate, built off the main thread
-        self._thread = threading.Thread(target=self._work, name=f"load {name}", daemon=True)
-        self._thread.start()
+        self._template_error: Exception | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def progress(self) -> float:
+        return 1.0 if self.model is not None else self.task.fraction * (1.0 - TEMPLATE_SHARE)
+
+    @property
+    def phase(self) -> str:
+        if self.model is not None:
+            return f"ready ({self.model.backend})"
+        if self._thread is not None:
+            return "preparing the chat template"
+        return self.task.phase
+
+    @property
+    def error(self) -> Exception | None:
+        return self.task.error or self._template_error
+
+    @property
+    def load_s(self) -> float | None:
+        return self.task.load_s
 
     @property
     def done(self) -> bool:
-        return self.model is not None or self.error is not None
+        return self.model is not None or self.error is not None or self.task.phase == "cancelled"
 
     def cancel(self) -> None:
-        self._cancel.set()
+        self.task.cancel()
 
     def poll(self) -> Model | None:
         """Call once per frame on the main (GL) thread; returns the model once it is ready."""
-        if self.done or self._thread.is_alive():
+        if self.done:
             return self.model
-        if self._cancel.is_set():
-            for m in (self._parsed, self._warming):
-                if m is not None:
-                    m.close()
-            self.error = self.error or RuntimeError("loading cancelled")
+        model = self.task.poll()
+        if model is None:
             return None
-        model, self._parsed = self._parsed, None
-        if model is None:  # the worker has finished the cpu warm-up
-            return self._finish(self._warming)
-        if self.backend in ("gl", "auto"):
-            self.phase = "uploading to the GPU"
-            try:
-                model.transformer = make_backend(self.backend, model.file, model.config,
-                                                 model.weights, self.gl_context)
-            except Exception as exc:  # BackendError, GL errors: report, keep the game running
-                model.close()
-                self.error = exc
-                return None
-        if model.backend != "cpu":
-            return self._finish(model)
-        self._warming = model  # cpu (asked for, or the fallback of auto): warm it in the background
-        self._thread = threading.Thread(target=self._warm_cpu, args=(model,), daemon=True)
-        self._thread.start()
-        return None
-
-    def _finish(self, model: Model) -> Model:
-        self.progress, self.phase = 1.0, f"ready ({model.backend})"
-        self.load_s = time.perf_counter() - self.started
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._build_template, args=(model,), daemon=True)
+            self._thread.start()
+        if self._thread.is_alive() or self._template_error is not None:
+            return None
         self.model = model
         return model
 
-    # -------------------------------------------------------------------------
-    # worker threads
-
-    def _work(self) -> None:
+    def _build_template(self, model: Model) -> None:
         try:
-            self.phase = "opening"
-            path = resolve_model(self.name)
-            file = open_model_file(path)
-            self.progress, self.phase = 0.05, "reading tokenizer"
-            try:
-                model = Model(file, backend="cpu")
-            except BaseException:
-                file.close()
-                raise
-            # the chat template (a sandboxed Jinja compile, ~0.1-0.5 s with the import) is built
-            # here once and shared by every villager's session
-            self.phase = "preparing the chat template"
             tok = model.tokenizer
             self.template = template_for_model(model.file.metadata, tok.tokens, tok.tokens[tok.bos_id],
                                                tok.tokens[tok.eos_id])
-            self.progress = 0.1
-            self._parsed = model
-        except Exception as exc:
-            self.error = exc
-
-    def _warm_cpu(self, model: Model) -> None:
-        """Dequantize every matrix into the cpu backend's cache, reporting progress."""
-        store, w = model.transformer.store, model.weights
-        tensors = [getattr(layer, n) for layer in w.layers
-                   for n in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")] + [w.wcls]
-        for i, t in enumerate(tensors):
-            if self._cancel.is_set():
-                return
-            self.phase = f"preparing weights {i + 1}/{len(tensors)}"
-            store.matrix(t)
-            self.progress = 0.1 + 0.9 * (i + 1) / len(tensors)
-            time.sleep(0.001)  # hand the GIL to the frame loop between matrices
+        except Exception as exc:  # noqa: BLE001 -- shown by the game, which keeps running
+            self._template_error = exc
