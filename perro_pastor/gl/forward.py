@@ -396,8 +396,17 @@ class GlTransformer:
         a program on its first dispatch (seconds for the mat-mat). A batch of two tokens with
         every logit reaches the prefill programs (matmul, for the classifier too), one token the
         decode ones (matvec) and the GPU argmax, and a zero LoRA delta both of its sizes. Yields
-        after every dispatch, so a loader compiles about one program per step."""
+        after every dispatch, so a loader compiles about one program per step.
+
+        Only one layer of each kind (same quant types) runs: programs depend on the types, not on
+        the layer, so the other layers would only repeat compiled dispatches (a 30-layer model
+        warms up in ~1/20 of the dispatches)."""
+        all_layers, kinds = self.layers, {}
+        for layer in all_layers:
+            kind = tuple(tuple(sorted(getattr(layer, n).defines.items())) for n in MATRIX_NAMES)
+            kinds.setdefault(kind, layer)
         kv = self.new_cache(3)
+        self.layers = list(kinds.values())
         try:
             yield from self.forward_steps([Segment(np.zeros(2, np.int64), 0, kv)], all_logits=True)
             yield from self._timed_pass([Segment(np.zeros(1, np.int64), 2, kv)], False, None, read_logits=False)
@@ -405,6 +414,7 @@ class GlTransformer:
             self.s.next_token.read(size=4)
             yield
         finally:
+            self.layers = all_layers
             kv.release()
         zeros = np.zeros((1, self.cfg.dim), np.float32)
         pair = LoraPair(self.glctx, zeros, zeros.T.copy(), "warm-up")
