@@ -224,3 +224,23 @@ def test_default_model_under_a_4ms_budget(raw_ctx):
     model.transformer.release()
     assert ctx.live() == []
     model.close()
+
+
+def test_poll_keeps_to_its_budget_on_an_injected_clock(slice_path, raw_ctx):
+    """With a clock that advances 1 ms per reading, a 4 ms poll runs at most a few steps."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001
+        return now[0]
+
+    task = load_async(slice_path, backend="gl", gl_context=raw_ctx, clock=clock)
+    per_poll, deadline = [], time.monotonic() + 120
+    while not task.done:
+        before = now[0]
+        task.poll(4.0)
+        per_poll.append(round((now[0] - before) * 1000))
+        assert time.monotonic() < deadline
+    assert task.phase == "ready" and max(per_poll) <= 4 + 2  # the budget, plus the step that crossed it
+    task.model.transformer.release()
+    task.model.close()
