@@ -12,13 +12,6 @@ import json
 import os
 import sys
 
-# OpenBLAS's threads spin against llvmpipe's and the game's: on 2 cores a single BLAS thread was
-# 2.4x faster for cpu decode under load (docs/performance.md). Set before NumPy loads OpenBLAS;
-# an explicit OPENBLAS_NUM_THREADS from the user wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402
-
 from .errors import BackendError, DownloadError, ModelFormatError, PerroPastorError, TokenizerError
 from . import perplexity as ppl_mod
 
@@ -135,6 +128,8 @@ def cmd_inspect(args) -> int:
     tensors = [{"name": t.name, "type": t.qtype.name, "shape": list(t.shape), "bytes": t.nbytes}
                for t in mf.tensors.values()]
 
+    import numpy as np
+
     def short(value):
         if isinstance(value, (list, tuple, np.ndarray)) and len(value) > 8:
             return f"[{len(value)} items]"
@@ -241,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo"]:  # the game parses its own flags (--autoplay, --report, ...)
+        # In a game, OpenBLAS's spinning threads fight llvmpipe's and the frame loop for the
+        # cores (cpu decode was 2.4x slower with 2 BLAS threads on a busy 2-core machine), so
+        # one thread, set before NumPy loads OpenBLAS. An explicit setting from the user wins.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         from sample_game.__main__ import main as game_main
         return game_main(argv[1:])
     args = build_parser().parse_args(argv)
