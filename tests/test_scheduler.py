@@ -157,8 +157,8 @@ def test_full_batch_still_takes_a_new_speakers_prefill(model):
     chatter = [sched.session(sampler=GREEDY, n_ctx=64) for _ in range(2)]
     bg = [s.ask("Hello", max_tokens=8, ignore_eos=True) for s in chatter]
     while not all(r.token_ids for r in bg):
-        sched.tick(1000)
+        sched.tick(1)  # one step per tick, so the chatter is mid-reply, whatever the machine's speed
     fg = sched.session(sampler=GREEDY, n_ctx=64, priority=5).ask("Halt!", max_tokens=1, ignore_eos=True)
     while not fg.done:
-        sched.tick(1000)
+        sched.tick(1)  # one step per tick: a long budget would let the chatter finish in the same tick
     assert not any(r.done for r in bg)  # the speaker did not wait for the chatter to finish
