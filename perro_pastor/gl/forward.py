@@ -162,11 +162,7 @@ class GlTransformer:
         for part in ("s", "lora"):
             if hasattr(self, part):
                 getattr(self, part).release()
-        # the launchers' compiled programs and scratch buffers (Kernels keeps them in two dicts)
-        for obj in [*self.kernels._programs.values(), *self.kernels._scratch.values()]:
-            obj.release()
-        self.kernels._programs.clear()
-        self.kernels._scratch.clear()
+        self.kernels.release()  # compiled programs and launcher scratch
         self.layers = []
         self.glctx.release()
 

@@ -81,6 +81,13 @@ class Kernels(LayerOps, SamplingOps):
             self._scratch[name] = buf
         return buf
 
+    def release(self) -> None:
+        """Free the compiled programs and launcher scratch buffers (they are made on demand again)."""
+        for obj in [*self._programs.values(), *self._scratch.values()]:
+            obj.release()
+        self._programs.clear()
+        self._scratch.clear()
+
     def _run(self, prog, gx: int, gy: int = 1, gz: int = 1, **uniforms: object) -> None:
         for k, v in uniforms.items():
             prog[k] = v
