@@ -110,6 +110,17 @@ def map_file(path: Path) -> tuple[mmap.mmap, int]:
         raise ModelFormatError(f"{path}: cannot open model file: {e.strerror or e}") from None
 
 
+def parse_mapped(path: Path, parse) -> ModelFile:
+    """Map ``path`` and run ``parse(ByteReader, mmap)``; on any failure the mapping is closed,
+    on success it belongs to the returned ModelFile (tensor bytes stay in it)."""
+    mm, size = map_file(path)
+    try:
+        return parse(ByteReader(path, mm, size), mm)
+    except BaseException:
+        close_quietly(mm)
+        raise
+
+
 def close_quietly(mm: mmap.mmap) -> None:
     try:
         mm.close()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..quant import TYPE_INFO, GGMLType, type_name
-from . import ByteReader, ModelFile, TensorInfo, close_quietly, map_file
+from . import ByteReader, ModelFile, TensorInfo, parse_mapped
 from .llama2c import llama_vocab_metadata, token_type
 
 MAGICS = {
@@ -64,12 +64,7 @@ _TOP_LEVEL = {
 
 def read_ggml(path: Path) -> ModelFile:
     """Parse and validate a legacy ggml/ggmf/ggjt file; tensor bytes stay in the mapping."""
-    mm, size = map_file(path)
-    try:
-        return _parse(ByteReader(path, mm, size), mm)
-    except BaseException:
-        close_quietly(mm)
-        raise
+    return parse_mapped(path, _parse)
 
 
 def _parse(r: ByteReader, mm: Any) -> ModelFile:

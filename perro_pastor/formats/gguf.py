@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..quant import TYPE_INFO, GGMLType, type_name
-from . import ByteReader, ModelFile, TensorInfo, close_quietly, map_file
+from . import ByteReader, ModelFile, TensorInfo, parse_mapped
 
 GGUF_MAGIC = b"GGUF"
 GGUF_MAGIC_SWAPPED = b"FUGG"  # the magic written as a big-endian uint32
@@ -83,12 +83,7 @@ MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8  # name length, name, n_dims, one 
 
 def read_gguf(path: Path) -> ModelFile:
     """Parse and validate a GGUF v2/v3 file; tensor bytes stay in the mapping."""
-    mm, size = map_file(path)
-    try:
-        return _parse(ByteReader(path, mm, size), mm)
-    except BaseException:
-        close_quietly(mm)
-        raise
+    return parse_mapped(path, _parse)
 
 
 def _parse(r: ByteReader, mm: Any) -> ModelFile:

@@ -34,7 +34,7 @@ from typing import Any
 
 from ..errors import ModelFormatError
 from ..quant import GGMLType
-from . import ByteReader, ModelFile, TensorInfo, close_quietly, map_file
+from . import ByteReader, ModelFile, TensorInfo, close_quietly, map_file, parse_mapped
 
 LLAMA2C_MAGIC = struct.pack("<I", 0x616B3432)  # b"24ka" on disk
 LEGACY_HEADER_BYTES = 7 * 4
@@ -55,12 +55,7 @@ def read_llama2c(path: Path, tokenizer_path: str | Path | None = None) -> ModelF
 
 def read_checkpoint(path: Path) -> ModelFile:
     """The weights and hyperparameters alone (no tokenizer.* metadata)."""
-    mm, size = map_file(path)
-    try:
-        return _read_model(ByteReader(path, mm, size), mm)
-    except BaseException:
-        close_quietly(mm)
-        raise
+    return parse_mapped(path, _read_model)
 
 
 def attach_tokenizer(model: ModelFile, tokenizer_path: str | Path | None) -> ModelFile:
