@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from perro_pastor.runtime_bench import run_restore_bench, run_runtime_bench
+from perro_pastor.runtime_bench import runtime_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,14 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from perro_pastor.model import load
     model = load(args.model, backend=args.backend)
-    run_runtime_bench(model, 1, 1000, 2)  # warm-up: dequantize/upload weights
-    result = run_runtime_bench(model, args.sessions, args.budget_ms, args.tokens)
-    if args.sessions != 1:
-        single = run_runtime_bench(model, 1, args.budget_ms, args.tokens)
-        result["aggregate_tok_s_1_session"] = single["aggregate_tok_s"]
-        result["batch_speedup"] = round(result["aggregate_tok_s"] / single["aggregate_tok_s"], 2)
-    if args.restore:
-        result["restore"] = run_restore_bench(model)
+    result = runtime_report(model, args.sessions, args.budget_ms, args.tokens, args.restore)
     print(json.dumps(result))
     return 0
 

@@ -155,15 +155,8 @@ def cmd_bench(args) -> int:
     from .bench import run_bench
     model = _load(args)
     if args.sessions:
-        from .runtime_bench import run_restore_bench, run_runtime_bench
-        run_runtime_bench(model, 1, 1000, 2)  # warm-up: dequantize/upload, compile
-        row = run_runtime_bench(model, args.sessions, args.budget_ms, args.n)
-        if args.sessions != 1:
-            single = run_runtime_bench(model, 1, args.budget_ms, args.n)
-            row["aggregate_tok_s_1_session"] = single["aggregate_tok_s"]
-            row["batch_speedup"] = round(row["aggregate_tok_s"] / single["aggregate_tok_s"], 2)
-        if args.restore:
-            row["restore"] = run_restore_bench(model)
+        from .runtime_bench import runtime_report
+        row = runtime_report(model, args.sessions, args.budget_ms, args.n, args.restore)
     else:
         row = run_bench(model, n_prompt=args.p, n_gen=args.n, repeats=args.repeats)
     if args.json:

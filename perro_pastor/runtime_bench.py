@@ -28,7 +28,7 @@ def run_runtime_bench(model, sessions: int, budget_ms: float, n_tokens: int) -> 
     replies = [npc.ask(PROMPTS[i % len(PROMPTS)], max_tokens=n_tokens + 1, ignore_eos=True)
                for i, npc in enumerate(npcs)]
     while any(len(r.token_ids) == 0 for r in replies):  # prefill + first token, not measured
-        sched.tick(1000)
+        sched.tick(1)  # one step per tick: a long tick would also eat the decode being measured
     sched.tick_ms.clear()
     start_tokens = sum(len(r.token_ids) for r in replies)
     start = time.perf_counter()
@@ -78,3 +78,18 @@ def run_restore_bench(model, history_tokens: int = 200) -> dict:
     out["reprefill_first_token_s"] = round(min(first_token(reprefill) for _ in range(3)), 4)
     out["speedup"] = round(out["reprefill_first_token_s"] / out["restore_first_token_s"], 2)
     return out
+
+
+def runtime_report(model, sessions: int, budget_ms: float, n_tokens: int, restore: bool = False) -> dict:
+    """What `perro-pastor bench --sessions` prints: a warm-up, the N-NPC run, the same run with
+    one NPC for the batching ratio, and optionally restore vs re-prefill."""
+    run_runtime_bench(model, 1, 1000, 2)  # warm-up: dequantize/upload weights, compile programs
+    row = run_runtime_bench(model, sessions, budget_ms, n_tokens)
+    if sessions != 1:
+        single = run_runtime_bench(model, 1, budget_ms, n_tokens)
+        row["aggregate_tok_s_1_session"] = single["aggregate_tok_s"]
+        row["batch_speedup"] = (round(row["aggregate_tok_s"] / single["aggregate_tok_s"], 2)
+                                if single["aggregate_tok_s"] else None)
+    if restore:
+        row["restore"] = run_restore_bench(model)
+    return row
