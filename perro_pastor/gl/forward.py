@@ -34,8 +34,12 @@ from .state import BufferSlice, GlKVCache, LoraCache, Scratch, TimedKernels, buf
 
 Trace = Callable[[str, np.ndarray], None]
 
-MAX_BATCH = 128  # tokens per pass; longer prompts run as successive passes (bounded scratch)
-ATTENTION_MACS_PER_DISPATCH = 3 << 20  # ~1-2 ms of attention on 2-core llvmpipe
+# Tokens per pass; longer prompts run as successive passes (bounded scratch). The per-token
+# kernels (rmsnorm, rope, swiglu) run over the whole pass in one dispatch each: at 128 tokens they
+# took up to 6 ms on llvmpipe, at 48 under 3 ms. 48 still holds a scheduler batch (8 decoding
+# NPCs + a 32-token prefill chunk) in one pass.
+MAX_BATCH = 48
+ATTENTION_MACS_PER_DISPATCH = 1 << 18  # ~1 ms of prefill attention on 2-core llvmpipe (~3-4 ms per M)
 
 
 @dataclass
@@ -389,9 +393,10 @@ class GlTransformer:
 
     def warm_up_steps(self) -> Iterator[None]:
         """Compile every program now, so the first real token is not slow: llvmpipe JIT-compiles
-        a program on its first dispatch (seconds for the mat-mat). A batch of two tokens with
-        every logit reaches the prefill programs (matmul, for the classifier too), one token the
-        decode ones (matvec) and the GPU argmax, and a zero LoRA delta both of its sizes. Yields
+        a program on its first dispatch (seconds for the mat-mat). Batches of two and of five
+        tokens with every logit reach the mat-mat's two token tiles (few NPCs decoding together,
+        and prefill; the classifier's too), one token the decode programs (matvec) and the GPU
+        argmax, and a zero LoRA delta both of its sizes. Yields
         after every dispatch, so a loader compiles about one program per step.
 
         Only one layer of each kind (same quant types) runs: programs depend on the types, not on
@@ -401,11 +406,12 @@ class GlTransformer:
         for layer in all_layers:
             kind = tuple(tuple(sorted(getattr(layer, n).defines.items())) for n in MATRIX_NAMES)
             kinds.setdefault(kind, layer)
-        kv = self.new_cache(3)
+        kv = self.new_cache(8)
         self.layers = list(kinds.values())
         try:
             yield from self.forward_steps([Segment(np.zeros(2, np.int64), 0, kv)], all_logits=True)
-            yield from self._timed_pass([Segment(np.zeros(1, np.int64), 2, kv)], False, None, read_logits=False)
+            yield from self.forward_steps([Segment(np.zeros(5, np.int64), 2, kv)], all_logits=True)
+            yield from self._timed_pass([Segment(np.zeros(1, np.int64), 7, kv)], False, None, read_logits=False)
             self.kernels.argmax(self.s.next_token, self.s.logits, self.cfg.vocab_size)
             self.s.next_token.read(size=4)
             yield
@@ -463,6 +469,11 @@ class GlTransformer:
             "dispatches_per_token": round(d["dispatches"] / n, 1),
             "dispatches_per_layer": d["layer_dispatches"],
             "max_dispatch_ms": round(t.max_seconds * 1000, 3),
+            # the max is one sample of the machine's scheduling jitter; these show the typical tail
+            "dispatch_ms_p99": round(t.percentile_ms(99), 3),
+            "dispatch_ms_p999": round(t.percentile_ms(99.9), 3),
+            "dispatches_over_3ms": sum(1 for d in t.durations if d > 0.003),
+            "dispatches_timed": len(t.durations),
             "host_ms_per_token": round((d["wall"] - d["dispatch_s"]) / n * 1000, 3),
             "dispatch_ms_per_token": round(d["dispatch_s"] / n * 1000, 3),
             "matvec_ms_per_token": round(d["matvec_s"] / n * 1000, 3),

@@ -24,18 +24,24 @@ from .shader_loader import compile_compute
 
 # About 1.5 ms of Q4_1/Q8_0 mat-vec on 2-core llvmpipe (well under the 3 ms budget per dispatch);
 # real GPUs do this in microseconds, and the extra dispatches cost ~20 us each.
-DEFAULT_MAX_WEIGHTS_PER_DISPATCH = 2 << 20
+DEFAULT_MAX_WEIGHTS_PER_DISPATCH = 1 << 20
 
 MATVEC_WG = 16
-MATMUL_WG = 16
+MATMUL_WG = 8
 # Batched prefill (matmul.comp): rows per invocation, the largest token tile (smaller when TT
 # tokens of x do not fit one uniform block), and the multiply-adds one dispatch may hold (~1.5 ms
 # of the mat-mat on idle 2-core llvmpipe; docs/gl_kernels.md, prefill figures).
 MATMUL_NR, MATMUL_TT = 8, 16
-DEFAULT_MAX_MACS_PER_DISPATCH = 8 << 20
+MATMUL_SMALL_TT = 4  # the token tile of batches of 2-4 tokens (NPCs decoding together)
+MATMUL_NR_SMALL_TILE = 4  # rows per invocation when TT <= 8: w[NR][8] stays in registers (~1.3x)
+DEFAULT_MAX_MACS_PER_DISPATCH = 2 << 20
 MATMUL_MIN_TOKENS = 2  # matvec routes n_tokens >= this to matmul
 MAX_X_UBO_BYTES = 65536  # llvmpipe's GL_MAX_UNIFORM_BLOCK_SIZE; capped by the context's own
 MIN_UNIFORM_BLOCK_BYTES = 16384  # GL_MAX_UNIFORM_BLOCK_SIZE is at least this everywhere
+
+
+def _matmul_nr(tt: int) -> int:
+    return MATMUL_NR if tt > 8 else MATMUL_NR_SMALL_TILE
 
 
 def _groups(n: int, size: int) -> int:
@@ -180,7 +186,8 @@ class Kernels(LayerOps, SamplingOps):
             raise BackendError(f"matmul {weight.name}: n_tokens must be at least 1, got {n_tokens}")
         tt, tok_step, row_step, x_ubo = self._matmul_plan(weight, n_tokens)
         x_bytes = weight.cols * 4  # one token's x
-        defines = dict(weight.defines, NR=MATMUL_NR, TT=tt, WG_SIZE=MATMUL_WG)
+        nr = _matmul_nr(tt)
+        defines = dict(weight.defines, NR=nr, TT=tt, WG_SIZE=MATMUL_WG)
         if x_ubo:
             # x as a uniform block, rebound per range of tokens: every lane reads the same x, and
             # llvmpipe loads uniform-block values once per SIMD batch, not once per lane (~2x)
@@ -190,7 +197,7 @@ class Kernels(LayerOps, SamplingOps):
             x.bind_to_storage_buffer(1)
         prog = self.program("matmul.comp", **defines)
         dst.bind_to_storage_buffer(2)
-        row_tile = MATMUL_NR * MATMUL_WG
+        row_tile = nr * MATMUL_WG
         lo, hi = row_offset, row_offset + n_rows
         for part in weight.parts:
             a, b = max(lo, part.row0), min(hi, part.row0 + part.n_rows)
@@ -214,15 +221,18 @@ class Kernels(LayerOps, SamplingOps):
     def _matmul_plan(self, weight: GLWeight, n_tokens: int) -> tuple[int, int, int, bool]:
         """(token tile TT, tokens per dispatch, rows per dispatch, x as a uniform block?) for matmul.
 
-        TT halves until TT tokens of x fit a uniform block; a dispatch then holds as many row
-        tiles x token tiles as ``max_macs_per_dispatch`` allows, tokens first (at most a uniform
-        block's worth)."""
+        TT is MATMUL_SMALL_TT for a batch that small (a tile computes all TT tokens, so 4 NPCs'
+        decode tokens on a 16-token tile would do 4x the work), else MATMUL_TT halved until TT
+        tokens of x fit a uniform block (three programs per weight type in all, each compiled
+        at warm-up: llvmpipe takes seconds per mat-mat program); a dispatch then holds as
+        many row tiles x token tiles as ``max_macs_per_dispatch`` allows, tokens first (at most a
+        uniform block's worth)."""
         x_bytes = weight.cols * 4
-        tt = MATMUL_TT
-        while tt > 4 and tt * x_bytes > self.x_ubo_bytes:
+        tt = MATMUL_SMALL_TT if n_tokens <= MATMUL_SMALL_TT else MATMUL_TT
+        while tt > MATMUL_SMALL_TT and tt * x_bytes > self.x_ubo_bytes:
             tt //= 2
         x_ubo = self.matvec_x_ubo and tt * x_bytes <= self.x_ubo_bytes
-        row_tile = MATMUL_NR * MATMUL_WG
+        row_tile = _matmul_nr(tt) * MATMUL_WG
         budget = max(1, self.max_macs_per_dispatch // (weight.cols * row_tile * tt))  # row tiles x token tiles
         tok_tiles = min(_groups(n_tokens, tt), budget)
         if x_ubo:

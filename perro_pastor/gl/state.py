@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -181,6 +182,9 @@ class LoraCache:
 # -----------------------------------------------------------------------------
 # dispatch timing
 
+DURATIONS_KEPT = 200_000
+
+
 @dataclass
 class DispatchStats:
     """Per-dispatch wall time. On a synchronous driver (llvmpipe runs the work inside
@@ -189,10 +193,16 @@ class DispatchStats:
     seconds: float = 0.0
     max_seconds: float = 0.0
     by_program: dict[str, float] = field(default_factory=dict)
+    # the latest dispatches' times, for percentiles (bounded: a game runs for hours)
+    durations: deque = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
 
     def reset(self) -> None:
         self.count, self.seconds, self.max_seconds = 0, 0.0, 0.0
         self.by_program.clear()
+        self.durations.clear()
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.durations, q)) * 1000 if self.durations else 0.0
 
 
 class TimedKernels(Kernels):
@@ -218,5 +228,6 @@ class TimedKernels(Kernels):
         t.count += 1
         t.seconds += dt
         t.max_seconds = max(t.max_seconds, dt)
+        t.durations.append(dt)
         name = self._names.get(id(prog), "?")
         t.by_program[name] = t.by_program.get(name, 0.0) + dt
