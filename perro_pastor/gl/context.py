@@ -25,6 +25,7 @@ GL_MAX_COMPUTE_WORK_GROUP_SIZE = 0x91BF
 MIN_SSBO_BLOCK_SIZE = 1 << 24  # 16 MiB, the GL 4.3 minimum
 MIN_INVOCATIONS = 256
 MIN_SHARED_MEMORY = 16384
+SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "swiftshader")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class GLLimits:
     max_group_size: tuple[int, int, int]
     max_group_count: tuple[int, int, int]
     max_shared_memory: int  # bytes of shared memory per work group
+
+    @property
+    def software(self) -> bool:
+        """A CPU rasterizer (llvmpipe, softpipe, SwiftShader): dispatches run synchronously on the
+        host's cores, so the launchers keep each one short enough for a frame budget."""
+        name = self.renderer.lower()
+        return any(s in name for s in SOFTWARE_RENDERERS)
 
 
 def create_headless_context():

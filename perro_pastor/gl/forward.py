@@ -37,8 +37,8 @@ Trace = Callable[[str, np.ndarray], None]
 # Tokens per pass; longer prompts run as successive passes (bounded scratch). The per-token
 # kernels (rmsnorm, rope, swiglu) run over the whole pass in one dispatch each: at 128 tokens they
 # took up to 6 ms on llvmpipe, at 48 under 3 ms. 48 still holds a scheduler batch (8 decoding
-# NPCs + a 32-token prefill chunk) in one pass.
-MAX_BATCH = 48
+# NPCs + a 32-token prefill chunk) in one pass. A hardware GPU takes 128.
+MAX_BATCH_SOFTWARE, MAX_BATCH = 48, 128
 ATTENTION_MACS_PER_DISPATCH = 1 << 18  # ~1 ms of prefill attention on 2-core llvmpipe (~3-4 ms per M)
 
 
@@ -82,7 +82,7 @@ class GlTransformer:
     name = "gl"
 
     def __init__(self, file: ModelFile, cfg: Config, weights: Weights, ctx=None, kv_f16: bool = True,
-                 max_batch: int = MAX_BATCH):
+                 max_batch: int | None = None):
         self._begin(GLContext(ctx), file, cfg, kv_f16, max_batch)  # BackendError without GL 4.3
         try:
             prepared = (prepare_matrix(file, t, self.glctx.max_ssbo_bytes) for t in upload_order(weights))
@@ -94,17 +94,19 @@ class GlTransformer:
 
     @classmethod
     def for_loading(cls, glctx: GLContext, file: ModelFile, cfg: Config, kv_f16: bool = True,
-                    max_batch: int = MAX_BATCH) -> "GlTransformer":
+                    max_batch: int | None = None) -> "GlTransformer":
         """An empty backend on ``glctx`` that ``upload_steps`` then ``warm_up_steps`` complete a
         step at a time (``loading.load_async``); ``release`` frees whatever exists at any point."""
         self = cls.__new__(cls)
         self._begin(glctx, file, cfg, kv_f16, max_batch)
         return self
 
-    def _begin(self, glctx: GLContext, file: ModelFile, cfg: Config, kv_f16: bool, max_batch: int) -> None:
+    def _begin(self, glctx: GLContext, file: ModelFile, cfg: Config, kv_f16: bool, max_batch: int | None) -> None:
         self.glctx = glctx
-        self.cfg, self.kv_f16, self.max_batch = cfg, kv_f16, max_batch
+        self.cfg, self.kv_f16 = cfg, kv_f16
+        self.max_batch = max_batch or (MAX_BATCH_SOFTWARE if glctx.limits.software else MAX_BATCH)
         self.kernels = TimedKernels(self.glctx)
+        self.attention_macs_per_dispatch = ATTENTION_MACS_PER_DISPATCH * self.kernels.dispatch_scale
         self.file = file
         self.layers: list[GlLayer] = []
         self._made: list = []  # every weight and buffer made so far, for release at any point
@@ -365,7 +367,7 @@ class GlTransformer:
         one dispatch stays short however long the prompt is."""
         cfg, s = self.cfg, self.s
         macs_per_token = cfg.n_heads * (seg.pos0 + b - a) * cfg.head_size * 2
-        group = max(1, ATTENTION_MACS_PER_DISPATCH // macs_per_token) if self.can_slice else b - a
+        group = max(1, self.attention_macs_per_dispatch // macs_per_token) if self.can_slice else b - a
         for t in range(a, b, group):
             u = min(b, t + group)
             self.kernels.attention(_rows(s.xb, cfg.dim, t, u), _rows(s.q, cfg.dim, t, u),

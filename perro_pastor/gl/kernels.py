@@ -22,9 +22,13 @@ from .layer_ops import LayerOps
 from .sampling_ops import SamplingOps
 from .shader_loader import compile_compute
 
-# About 1.5 ms of Q4_1/Q8_0 mat-vec on 2-core llvmpipe (well under the 3 ms budget per dispatch);
-# real GPUs do this in microseconds, and the extra dispatches cost ~20 us each.
+# Dispatch sizes. On a CPU rasterizer a dispatch runs inside glDispatchCompute, so its length is
+# what a frame pays: 1 M weights of mat-vec is ~0.5-1 ms on 2-core llvmpipe, well under the 3 ms
+# per dispatch that lets a scheduler hold a 4 ms budget. A real GPU does this in microseconds
+# while each dispatch costs ~20 us of Python, so there every cap is HARDWARE_DISPATCH_SCALE
+# times larger (measured on an H100: prefill 97 -> 280 tok/s).
 DEFAULT_MAX_WEIGHTS_PER_DISPATCH = 1 << 20
+HARDWARE_DISPATCH_SCALE = 16
 
 MATVEC_WG = 16
 MATMUL_WG = 8
@@ -51,16 +55,17 @@ def _groups(n: int, size: int) -> int:
 class Kernels(LayerOps, SamplingOps):
     """Compiled programs (cached per shader + defines) and their launchers for one GL context."""
 
-    def __init__(self, glctx: GLContext, *, max_weights_per_dispatch: int = DEFAULT_MAX_WEIGHTS_PER_DISPATCH,
+    def __init__(self, glctx: GLContext, *, max_weights_per_dispatch: int | None = None,
                  matvec_rows_per_invocation: int = 8, matvec_x_ubo: bool = True,
-                 max_macs_per_dispatch: int = DEFAULT_MAX_MACS_PER_DISPATCH,
+                 max_macs_per_dispatch: int | None = None,
                  matmul_min_tokens: int = MATMUL_MIN_TOKENS) -> None:
         self.glctx = glctx
         self.ctx = glctx.ctx
-        self.max_weights_per_dispatch = max_weights_per_dispatch
+        self.dispatch_scale = 1 if glctx.limits.software else HARDWARE_DISPATCH_SCALE
+        self.max_weights_per_dispatch = max_weights_per_dispatch or DEFAULT_MAX_WEIGHTS_PER_DISPATCH * self.dispatch_scale
         self.matvec_nr = matvec_rows_per_invocation
         self.matvec_x_ubo = matvec_x_ubo  # off: x always from an SSBO (for benchmarks)
-        self.max_macs_per_dispatch = max_macs_per_dispatch
+        self.max_macs_per_dispatch = max_macs_per_dispatch or DEFAULT_MAX_MACS_PER_DISPATCH * self.dispatch_scale
         self.matmul_min_tokens = matmul_min_tokens  # a huge value keeps prefill on matvec.comp
         self.x_ubo_bytes = min(MAX_X_UBO_BYTES, int(self.ctx.info.get("GL_MAX_UNIFORM_BLOCK_SIZE", 0) or 0))
         self._programs: dict[tuple, object] = {}
