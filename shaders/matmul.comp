@@ -2,8 +2,9 @@
 // matmul.comp: dst[t, r] (+)= scale * sum_c W[r, c] * x[t, c]   (batched prefill; W: rows x cols, GGML blocks of QUANT_*)
 //
 // Threads: x = one invocation per NR consecutive rows; y = one work group per tile of TT tokens.
-//          Each group of 8 weights (REPACKED: each block of 32) is decoded once into registers and
-//          dotted with the x of all TT tokens, so the weight gathers and the decode are paid once
+//          Each group of 8 weights (REPACKED: 4 weights of a block whose words were loaded once)
+//          is decoded once into registers and dotted with the x of all TT tokens, so the weight
+//          gathers and the decode are paid once
 //          per TT tokens; matvec.comp with n_tokens = T pays them T times. The x index depends only
 //          on the work group and loop counters (never on the lane), so every lane reads the same x.
 // Buffers: 0 W   (rows of this part: raw GGUF bytes, or REPACKED groups of 4 blocks)  readonly
@@ -67,16 +68,16 @@ void main() {
 
 #ifdef REPACKED
     for (uint ib = 0u; ib < nb; ib++) {
-        vec4 w[NR][8];
-        for (uint r = 0u; r < NR; r++) dq_block32(rows[r] * nb + ib, w[r]);
-        for (uint t = 0u; t < TT; t++) {
-            vec4 s[NR];
-            for (uint r = 0u; r < NR; r++) s[r] = vec4(0.0);
-            for (uint j = 0u; j < 8u; j++) {
+        uvec4 q0[NR], q1[NR];
+        vec2 dm[NR];
+        for (uint r = 0u; r < NR; r++) dq_load(rows[r] * nb + ib, q0[r], q1[r], dm[r]);
+        for (uint j = 0u; j < 8u; j++) {
+            vec4 w[NR];  // weights 4j .. 4j+3 of each row's block
+            for (uint r = 0u; r < NR; r++) w[r] = dq_quad(q0[r], q1[r], dm[r], j);
+            for (uint t = 0u; t < TT; t++) {
                 vec4 xj = x4[xrow[t] + ib * 8u + j];
-                for (uint r = 0u; r < NR; r++) s[r] += w[r][j] * xj;
+                for (uint r = 0u; r < NR; r++) acc[r * TT + t] += dot(w[r], xj);
             }
-            for (uint r = 0u; r < NR; r++) acc[r * TT + t] += dot(s[r], vec4(1.0));
         }
     }
 #else

@@ -35,9 +35,8 @@ MATMUL_WG = 8
 # Batched prefill (matmul.comp): rows per invocation, the largest token tile (smaller when TT
 # tokens of x do not fit one uniform block), and the multiply-adds one dispatch may hold (~1.5 ms
 # of the mat-mat on idle 2-core llvmpipe; docs/gl_kernels.md, prefill figures).
-MATMUL_NR, MATMUL_TT = 8, 16
+MATMUL_TT = 16
 MATMUL_SMALL_TT = 4  # the token tile of batches of 2-4 tokens (NPCs decoding together)
-MATMUL_NR_SMALL_TILE = 4  # rows per invocation when TT <= 8: w[NR][8] stays in registers (~1.3x)
 DEFAULT_MAX_MACS_PER_DISPATCH = 2 << 20
 MATMUL_MIN_TOKENS = 2  # matvec routes n_tokens >= this to matmul
 MAX_X_UBO_BYTES = 65536  # llvmpipe's GL_MAX_UNIFORM_BLOCK_SIZE; capped by the context's own
@@ -45,7 +44,9 @@ MIN_UNIFORM_BLOCK_BYTES = 16384  # GL_MAX_UNIFORM_BLOCK_SIZE is at least this ev
 
 
 def _matmul_nr(tt: int) -> int:
-    return MATMUL_NR if tt > 8 else MATMUL_NR_SMALL_TILE
+    """Rows per mat-mat invocation: NR x TT accumulators stay in registers up to ~32 (llvmpipe
+    spills beyond; measured: TT 4 -> NR 8 is 1.3x NR 4, TT 16 -> NR 4 is 1.4x NR 8)."""
+    return 8 if tt <= MATMUL_SMALL_TT else 4
 
 
 def _groups(n: int, size: int) -> int:
@@ -180,7 +181,7 @@ class Kernels(LayerOps, SamplingOps):
                scale: float = 1.0) -> None:
         """``matvec`` for a batch of tokens (prefill): the same contract, another kernel.
 
-        matmul.comp gives each invocation MATMUL_NR rows x MATMUL_TT tokens, so a decoded weight
+        matmul.comp gives each invocation NR rows x TT tokens (``_matmul_plan``), so a decoded weight
         block serves MATMUL_TT tokens. Dispatches hold at most ``max_macs_per_dispatch``
         multiply-adds: split by rows first, then by tokens when even one row tile is too much.
         """

@@ -110,28 +110,31 @@ float dq_dot32(uint b, vec4 xs[8], float sx) {
 #endif
 }
 
-// All 32 weights of block b, scales applied: w[j] holds weights 4j .. 4j+3. For mat-mats that
-// decode a block once and dot it with many tokens' x (matmul.comp).
-void dq_block32(uint b, out vec4 w[8]) {
-    vec2 dm = unpackHalf2x16(rp_scale_word(b));
+// A block's quant words and scales, loaded once (q1 only for Q8_0), then weights 4j .. 4j+3 of
+// the block (j < 4: low nibbles / first 16 bytes; j >= 4: high nibbles / last 16) decoded on demand by dq_quad: a mat-mat keeps NR blocks' words
+// in registers instead of NR x 32 decoded floats, which llvmpipe spills to the stack (~1.3x).
+void dq_load(uint b, out uvec4 q0, out uvec4 q1, out vec2 dm) {
+    dm = unpackHalf2x16(rp_scale_word(b));
     uint i = rp_quad0(b);
+    q0 = W4[i];
 #if defined(QUANT_Q8_0)
-    uvec4 q0 = W4[i], q1 = W4[i + 1u];
-    for (uint k = 0u; k < 4u; k++) {
-        w[k] = dm.x * i8x4(q0[k]);
-        w[4u + k] = dm.x * i8x4(q1[k]);
-    }
+    q1 = W4[i + 1u];
 #else
-    uvec4 q = W4[i];  // byte j: weight j in the low nibble, weight 16 + j in the high one
-#if defined(QUANT_Q4_0)
-    float m = -8.0 * dm.x;
-#else
-    float m = dm.y;
+    q1 = uvec4(0u);
 #endif
-    for (uint k = 0u; k < 4u; k++) {
-        w[k] = dm.x * vec4((uvec4(q[k]) >> uvec4(0u, 8u, 16u, 24u)) & 0xFu) + m;
-        w[4u + k] = dm.x * vec4((uvec4(q[k]) >> uvec4(4u, 12u, 20u, 28u)) & 0xFu) + m;
-    }
+}
+
+vec4 dq_quad(uvec4 q0, uvec4 q1, vec2 dm, uint j) {
+#if defined(QUANT_Q8_0)
+    return dm.x * i8x4(j < 4u ? q0[j] : q1[j - 4u]);
+#else
+    // byte k of q0: weight k in the low nibble, weight 16 + k in the high one
+    vec4 q = vec4((uvec4(q0[j & 3u]) >> (uvec4(0u, 8u, 16u, 24u) + (j < 4u ? 0u : 4u))) & 0xFu);
+#if defined(QUANT_Q4_0)
+    return dm.x * q + (-8.0 * dm.x);
+#else
+    return dm.x * q + dm.y;
+#endif
 #endif
 }
 #endif
