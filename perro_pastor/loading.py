@@ -332,7 +332,7 @@ class LoadTask:
                     self._lock.wait(0.05)
             if self._cancel.is_set():
                 raise LoadCancelled
-            p = prepare_matrix(model.file, t, self._glctx.max_ssbo_bytes)
+            p = prepare_matrix(model.file, t, self._glctx.weight_part_bytes)
             _drop_pages(model.file, t)
             with self._lock:
                 self.in_flight_bytes += p.nbytes

@@ -145,6 +145,27 @@ def test_weight_split_across_buffers_and_dispatches(glctx, repack, part_rows):  
     assert_no_gl_error(glctx)
 
 
+@pytest.mark.parametrize("repack", [False, True], ids=["raw", "repacked"])
+def test_embedding_split_across_buffers(glctx, repack):  # noqa: F811
+    """A table split by rows (a 7B model's F16 embedding is above llvmpipe's 128 MiB SSBO limit;
+    CPU renderers split every weight into 2 MB parts): one dispatch per part, each writing only
+    the tokens whose row it holds. Ids in every part, repeated, and at both ends."""
+    qtype, vocab, dim = GGMLType.Q8_0, 300, 64
+    small = GLContext(glctx.ctx, max_ssbo_bytes=5000)
+    k = Kernels(small)
+    raw = random_weight(qtype, vocab, dim, np.random.default_rng(11))
+    w = upload_weight(small, raw, qtype, vocab, dim, repack=repack)
+    assert len(w.parts) == 5
+    ids = np.array([7, 299, 0, 150, 72, 73, 299, 204, 150], np.int32)
+    out = f32_buffer(glctx, len(ids) * dim)
+    before = k.dispatches
+    k.embedding(out, w, i32_buffer(glctx, ids), n_tokens=len(ids))
+    assert k.dispatches - before == len(w.parts)
+    want = cpu.embedding(raw.reshape(-1), qtype, vocab, dim, ids)
+    np.testing.assert_array_equal(read_f32(out, (len(ids), dim)), want)
+    assert_no_gl_error(glctx)
+
+
 def test_upload_rejects_wrong_size(glctx):  # noqa: F811
     with pytest.raises(BackendError, match=r"tensor blk\.0\.attn_q: Q4_1 4x64 needs 160 bytes, got 150"):
         upload_weight(glctx, np.zeros(150, np.uint8), GGMLType.Q4_1, 4, 64, name="blk.0.attn_q")

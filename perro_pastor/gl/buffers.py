@@ -191,6 +191,12 @@ def upload_prepared_steps(glctx: GLContext, prepared: PreparedWeight, chunk_byte
     if made is not None:
         made.append(weight)
     for row0, n_rows, data in prepared.parts:
+        if data.nbytes <= chunk_bytes:  # one GL call creates and fills it
+            weight.parts.append(WeightPart(glctx.ctx.buffer(data), row0, n_rows))
+            if on_bytes is not None:
+                on_bytes(data.nbytes)
+            yield
+            continue
         buffer = glctx.ctx.buffer(reserve=data.nbytes)
         weight.parts.append(WeightPart(buffer, row0, n_rows))
         for offset in range(0, data.nbytes, chunk_bytes):

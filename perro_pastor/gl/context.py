@@ -26,6 +26,10 @@ MIN_SSBO_BLOCK_SIZE = 1 << 24  # 16 MiB, the GL 4.3 minimum
 MIN_INVOCATIONS = 256
 MIN_SHARED_MEMORY = 16384
 SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "swiftshader")
+# On a CPU renderer a new buffer costs ~1.2 ms per MB (allocated and faulted in) inside one GL
+# call, so weights go up in parts of at most this size there: no loading step stalls a frame on
+# one big allocation (the default model's 28.7 MB embedding was one 50 ms step).
+SOFTWARE_PART_BYTES = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,9 @@ class GLContext:
         self.limits = read_limits(self.ctx)
         # Injectable so tests can force weight tensors to split across several buffers.
         self.max_ssbo_bytes = max_ssbo_bytes or self.limits.max_ssbo_block_size
+        # the largest buffer one weight part gets (weights split by whole rows above it)
+        self.weight_part_bytes = (min(self.max_ssbo_bytes, SOFTWARE_PART_BYTES) if self.limits.software
+                                  else self.max_ssbo_bytes)
 
     def check_error(self, where: str = "") -> None:
         """Raise ``BackendError`` if GL recorded an error (reading it clears it)."""

@@ -85,7 +85,7 @@ class GlTransformer:
                  max_batch: int | None = None):
         self._begin(GLContext(ctx), file, cfg, kv_f16, max_batch)  # BackendError without GL 4.3
         try:
-            prepared = (prepare_matrix(file, t, self.glctx.max_ssbo_bytes) for t in upload_order(weights))
+            prepared = (prepare_matrix(file, t, self.glctx.weight_part_bytes) for t in upload_order(weights))
             run_to_end(self.upload_steps(weights, prepared, chunk_bytes=1 << 62))
             self._warm_up()
         except BaseException:
@@ -107,6 +107,7 @@ class GlTransformer:
         self.max_batch = max_batch or (MAX_BATCH_SOFTWARE if glctx.limits.software else MAX_BATCH)
         self.kernels = TimedKernels(self.glctx)
         self.attention_macs_per_dispatch = ATTENTION_MACS_PER_DISPATCH * self.kernels.dispatch_scale
+        self.last_layer_dispatches = 0.0  # of the latest pass, for bench_stats
         self.file = file
         self.layers: list[GlLayer] = []
         self._made: list = []  # every weight and buffer made so far, for release at any point
@@ -268,6 +269,7 @@ class GlTransformer:
         k.embedding(s.x, self.token_embedding_table, s.tokens, n_tokens=T)
         check("embedding", s.x, (dim,))
 
+        layers_start = k.dispatches
         for l, w in enumerate(self.layers):
             # ---------------------------------------------------------------- attention
             # pre-norm: RMSNorm the block's input, scaled per feature by a learned weight
@@ -309,6 +311,8 @@ class GlTransformer:
             check(f"L{l}.ffn_hidden", s.hb, (cfg.hidden_dim,))
             yield from self.project(s.x, l, "w2", s.hb, spans, accumulate=True)
             check(f"L{l}.ffn_out", s.x, (dim,))
+
+        self.last_layer_dispatches = (k.dispatches - layers_start) / len(self.layers)  # for bench
 
         # ---------------------------------------------------------------- output
         # the classifier needs only each segment's last token, unless every position is scored
@@ -446,13 +450,8 @@ class GlTransformer:
         d["dispatches"] += t.count - count0
         d["dispatch_s"] += t.seconds - seconds0
         d["matvec_s"] += t.by_program.get("matvec.comp", 0.0) - mv0
-        d["layer_dispatches"] = (t.count - count0 - self._output_dispatches(len(segments))) / self.cfg.n_layers
+        d["layer_dispatches"] = self.last_layer_dispatches
         return result
-
-    def _output_dispatches(self, n_out: int) -> int:
-        """Dispatches outside the layers: embedding, final rmsnorm, the classifier's row slices."""
-        tokens, rows = self.kernels.dispatch_shape(self.wcls, n_out)
-        return 2 + -(-n_out // tokens) * -(-self.wcls.rows // rows)
 
     def bench_stats(self) -> dict:
         """Figures of the decode steps run since construction, for ``perro-pastor bench``."""

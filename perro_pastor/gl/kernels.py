@@ -120,17 +120,15 @@ class Kernels(LayerOps, SamplingOps):
         """out[t, :] = row ``tokens[token_offset + t]`` of the embedding table, dequantized.
 
         The ids are read on the GPU, so a token sampled by the previous step never visits the CPU.
+        A table split across buffers takes one dispatch per part; each writes the tokens it holds.
         """
-        if len(weight.parts) != 1:
-            # Row-split tables: each part reads only ids in its range; not needed for any model so
-            # far (a 128 MiB embedding table is 32000 x 4096 F32).
-            raise BackendError(f"embedding table {weight.name} is split across buffers; not supported yet")
         prog = self.program("embedding.comp", **weight.defines)
-        weight.parts[0].buffer.bind_to_storage_buffer(0)
         tokens.bind_to_storage_buffer(1)
         out.bind_to_storage_buffer(2)
-        self._run(prog, _groups(weight.cols // 8, 32), n_tokens,
-                  dim=weight.cols, vocab=weight.rows, token_offset=token_offset)
+        for part in weight.parts:
+            part.buffer.bind_to_storage_buffer(0)
+            self._run(prog, _groups(weight.cols // 8, 32), n_tokens, dim=weight.cols, vocab=weight.rows,
+                      token_offset=token_offset, part_row0=part.row0, part_rows=part.n_rows)
         self.barrier()
 
     # -- matvec ---------------------------------------------------------------------------------
