@@ -268,6 +268,7 @@ class GlTransformer:
         # the residual stream starts as each token's embedding, looked up on the GPU: (T,) -> (T, dim)
         k.embedding(s.x, self.token_embedding_table, s.tokens, n_tokens=T)
         check("embedding", s.x, (dim,))
+        yield
 
         layers_start = k.dispatches
         for l, w in enumerate(self.layers):
@@ -275,6 +276,7 @@ class GlTransformer:
             # pre-norm: RMSNorm the block's input, scaled per feature by a learned weight
             k.rmsnorm(s.xb, s.x, w.rms_att_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T)
             check(f"L{l}.att_norm", s.xb, (dim,))
+            yield
 
             # project to queries, keys and values: (T, dim) -> (T, dim), (T, kv_dim), (T, kv_dim)
             yield from self.project(s.q, l, "wq", s.xb, spans)
@@ -303,12 +305,14 @@ class GlTransformer:
 
             # ---------------------------------------------------------------- feed-forward
             k.rmsnorm(s.xb, s.x, w.rms_ffn_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T)
+            yield
 
             # SwiGLU: a gated projection up to hidden_dim, hb = silu(w1 xb) * (w3 xb), and back down
             yield from self.project(s.hb, l, "w1", s.xb, spans)
             yield from self.project(s.hb2, l, "w3", s.xb, spans)
             k.swiglu(s.hb, s.hb, s.hb2, n=T * cfg.hidden_dim)
             check(f"L{l}.ffn_hidden", s.hb, (cfg.hidden_dim,))
+            yield
             yield from self.project(s.x, l, "w2", s.hb, spans, accumulate=True)
             check(f"L{l}.ffn_out", s.x, (dim,))
 
@@ -324,6 +328,7 @@ class GlTransformer:
                                            write_offset=i * dim * 4)
             n_out, last = len(spans), s.xl
         k.rmsnorm(s.xb, last, self.rms_final_weight, dim=dim, eps=cfg.rms_eps, n_tokens=n_out)
+        yield
         yield from self.matvec(s.logits, self.wcls, s.xb, n_out)
 
         # the only read-back of the pass: (n_out, vocab) logits (none when sampling on the GPU)
