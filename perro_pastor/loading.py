@@ -36,6 +36,8 @@ from .formats import open_model_file
 from .model import BACKENDS, Model
 from .paths import resolve_model
 
+LOADING_SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while the loader's worker runs
+
 PHASES = ("opening", "reading", "uploading", "compiling", "ready", "failed", "cancelled")
 CHUNK_BYTES = 2 << 20  # written per step: ~1 ms of memcpy into a llvmpipe buffer
 MIN_IN_FLIGHT = 8 << 20  # the worker may run this far ahead of the uploads even for small tensors
@@ -281,6 +283,10 @@ class LoadTask:
 
     def _work(self) -> None:
         file = None
+        # While this thread runs Python (the GGUF string arrays, the vocabulary), the frame thread
+        # waits up to one switch interval for the GIL: 5 ms by default, more than a tick's budget.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, LOADING_SWITCH_INTERVAL_S))
         try:
             if self.backend != "cpu":
                 _import_gl()
@@ -314,6 +320,7 @@ class LoadTask:
         except BaseException as exc:  # noqa: BLE001 -- handed to the GL thread, which reports it
             self._worker_error = exc
         finally:
+            sys.setswitchinterval(switch_interval)
             self._imported.set()
             with self._lock:
                 self._worker_done = True

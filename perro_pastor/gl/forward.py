@@ -407,8 +407,10 @@ class GlTransformer:
         a program on its first dispatch (seconds for the mat-mat). Batches of two and of five
         tokens with every logit reach the mat-mat's two token tiles (few NPCs decoding together,
         and prefill; the classifier's too), one token the decode programs (matvec) and the GPU
-        argmax, and a zero LoRA delta both of its sizes. Yields
-        after every dispatch, so a loader compiles about one program per step.
+        argmax, and a zero LoRA delta both of its sizes. Everything runs twice: first dry (the
+        launchers create each program, GLSL compile and link, but dispatch nothing), then for
+        real (the first dispatch of each program is llvmpipe's JIT, or a load from its shader
+        cache). Yields after every dispatch, so a loader pays one compile or one JIT per step.
 
         Only one layer of each kind (same quant types) runs: programs depend on the types, not on
         the layer, so the other layers would only repeat compiled dispatches (a 30-layer model
@@ -418,24 +420,25 @@ class GlTransformer:
             kind = tuple(tuple(sorted(getattr(layer, n).defines.items())) for n in MATRIX_NAMES)
             kinds.setdefault(kind, layer)
         kv = self.new_cache(8)
-        self.layers = list(kinds.values())
-        try:
-            yield from self.forward_steps([Segment(np.zeros(2, np.int64), 0, kv)], all_logits=True)
-            yield from self.forward_steps([Segment(np.zeros(5, np.int64), 2, kv)], all_logits=True)
-            yield from self._timed_pass([Segment(np.zeros(1, np.int64), 7, kv)], False, None, read_logits=False)
-            self.kernels.argmax(self.s.next_token, self.s.logits, self.cfg.vocab_size)
-            self.s.next_token.read(size=4)
-            yield
-        finally:
-            self.layers = all_layers
-            kv.release()
         zeros = np.zeros((1, self.cfg.dim), np.float32)
         pair = LoraPair(self.glctx, zeros, zeros.T.copy(), "warm-up")
+        self.layers = list(kinds.values())
         try:
-            for n_tokens in (1, 2):
-                self.kernels.lora(self.s.xb, pair, self.s.x, 0.0, n_tokens=n_tokens)
+            for dry_run in (True, False):
+                self.kernels.dry_run = dry_run
+                yield from self.forward_steps([Segment(np.zeros(2, np.int64), 0, kv)], all_logits=True)
+                yield from self.forward_steps([Segment(np.zeros(5, np.int64), 2, kv)], all_logits=True)
+                yield from self._timed_pass([Segment(np.zeros(1, np.int64), 7, kv)], False, None, read_logits=False)
+                self.kernels.argmax(self.s.next_token, self.s.logits, self.cfg.vocab_size)
+                self.s.next_token.read(size=4)
                 yield
+                for n_tokens in (1, 2):
+                    self.kernels.lora(self.s.xb, pair, self.s.x, 0.0, n_tokens=n_tokens)
+                    yield
         finally:
+            self.kernels.dry_run = False
+            self.layers = all_layers
+            kv.release()
             pair.release()
         self.glctx.check_error("warming up the gl backend")
         self.kernels.timing.reset()

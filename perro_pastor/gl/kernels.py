@@ -68,6 +68,7 @@ class Kernels(LayerOps, SamplingOps):
         self.matvec_x_ubo = matvec_x_ubo  # off: x always from an SSBO (for benchmarks)
         self.max_macs_per_dispatch = max_macs_per_dispatch or DEFAULT_MAX_MACS_PER_DISPATCH * self.dispatch_scale
         self.matmul_min_tokens = matmul_min_tokens  # a huge value keeps prefill on matvec.comp
+        self.dry_run = False  # launchers create their programs but dispatch nothing (warm-up)
         self.x_ubo_bytes = min(MAX_X_UBO_BYTES, int(self.ctx.info.get("GL_MAX_UNIFORM_BLOCK_SIZE", 0) or 0))
         self._programs: dict[tuple, object] = {}
         self._scratch: dict[str, object] = {}
@@ -106,7 +107,7 @@ class Kernels(LayerOps, SamplingOps):
         limit = self.glctx.limits.max_group_count
         if gx > limit[0] or gy > limit[1] or gz > limit[2]:
             raise BackendError(f"dispatch ({gx}, {gy}, {gz}) exceeds GL_MAX_COMPUTE_WORK_GROUP_COUNT {limit}")
-        if gx and gy and gz:
+        if gx and gy and gz and not self.dry_run:
             prog.run(gx, gy, gz)
             self.dispatches += 1
 
