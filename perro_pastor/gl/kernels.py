@@ -69,6 +69,7 @@ class Kernels(LayerOps, SamplingOps):
         self.max_macs_per_dispatch = max_macs_per_dispatch or DEFAULT_MAX_MACS_PER_DISPATCH * self.dispatch_scale
         self.matmul_min_tokens = matmul_min_tokens  # a huge value keeps prefill on matvec.comp
         self.dry_run = False  # launchers create their programs but dispatch nothing (warm-up)
+        self.software = glctx.limits.software
         self.x_ubo_bytes = min(MAX_X_UBO_BYTES, int(self.ctx.info.get("GL_MAX_UNIFORM_BLOCK_SIZE", 0) or 0))
         self._programs: dict[tuple, object] = {}
         self._scratch: dict[str, object] = {}
@@ -112,8 +113,14 @@ class Kernels(LayerOps, SamplingOps):
             self.dispatches += 1
 
     def barrier(self) -> None:
-        """Make SSBO writes of earlier dispatches visible to later ones."""
-        self.ctx.memory_barrier()
+        """Make SSBO writes of earlier dispatches visible to later ones.
+
+        Not on a CPU renderer: there a dispatch has finished writing when glDispatchCompute
+        returns, and llvmpipe implements glMemoryBarrier as a full glFinish, which inside a game
+        waits for the rasterizer threads still drawing the last frame (0.02 ms median, but up
+        to 150 ms, measured in the sample game)."""
+        if not self.software:
+            self.ctx.memory_barrier()
 
     # -- embedding ------------------------------------------------------------------------------
 
