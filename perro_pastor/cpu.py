@@ -213,7 +213,9 @@ class CpuTransformer:
 
     def forward_steps(self, segments: list[Segment], all_logits: bool = False,
                       trace: Trace | None = None) -> Iterator[None]:
-        """The forward pass as a generator that yields after each sub-block, so a scheduler can
+        """The forward pass as a generator that yields about every millisecond (after attention,
+        the attention output, the FFN's up projections, its down projection, each classifier
+        slice), so a scheduler can
         interleave it with other work. Several sequences (segments, each with its own KV cache)
         run as one batch: every weight is read once for all of them; only attention is per
         sequence. Returns (via StopIteration) one logits array per segment."""
@@ -257,6 +259,7 @@ class CpuTransformer:
                 att[a:b] = attention(q[a:b], seg.kv.key_cache[l], seg.kv.value_cache[l], seg.pos0,
                                      cfg.sliding_window)
             trace(f"L{l}.att", att)
+            yield
 
             # mix the heads back into the residual stream
             x = x + self.project(att.reshape(T, cfg.dim), l, "wo", segments, bounds)
@@ -270,6 +273,7 @@ class CpuTransformer:
             hb = swiglu(self.project(xb, l, "w1", segments, bounds),
                         self.project(xb, l, "w3", segments, bounds))
             trace(f"L{l}.ffn_hidden", hb)
+            yield
             x = x + self.project(hb, l, "w2", segments, bounds)
             trace(f"L{l}.ffn_out", x)
             yield

@@ -91,11 +91,28 @@ def save_screenshot(path: Path) -> None:
     pyglet.image.get_buffer_manager().get_color_buffer().save(str(path))
 
 
+def choose_backend(requested: str, ctx) -> str:
+    """The model's backend for this window. ``auto`` takes the gl backend on a GPU; on a CPU
+    rasterizer (llvmpipe) the cpu backend, because there both draw on the same cores and NumPy's
+    BLAS decodes ~3x faster than compute shaders in the game (docs/sample_game.md)."""
+    from perro_pastor.gl.context import SOFTWARE_RENDERERS
+    if ctx is None:
+        return "cpu"
+    if requested != "auto":
+        return requested
+    renderer = str(ctx.info.get("GL_RENDERER", ""))
+    if any(name in renderer.lower() for name in SOFTWARE_RENDERERS):
+        print(f"perro-pastor: {renderer} draws on the CPU; generating with the cpu backend "
+              "(--backend gl to use compute shaders anyway)", file=sys.stderr)
+        return "cpu"
+    return "auto"
+
+
 def run(args: argparse.Namespace) -> dict | None:
     from .autoplay import Autoplay
     from .game import FRAME_MS, Game
     window, ctx = make_window(args.headless)
-    backend = args.backend if ctx is not None else "cpu"
+    backend = choose_backend(args.backend, ctx)
     save_path = args.save_file
     if save_path is None:
         import platformdirs

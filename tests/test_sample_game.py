@@ -218,6 +218,18 @@ def test_background_chatter_takes_turns(small_model_path):
     assert village.transcript[-1]["speaker"] == a
 
 
+def test_auto_backend_is_cpu_on_a_cpu_rasterizer():
+    from sample_game.__main__ import choose_backend
+
+    class Ctx:
+        def __init__(self, renderer):
+            self.info = {"GL_RENDERER": renderer}
+    assert choose_backend("auto", Ctx("llvmpipe (LLVM 15.0.6, 256 bits)")) == "cpu"
+    assert choose_backend("auto", Ctx("NVIDIA H100 80GB HBM3/PCIe/SSE2")) == "auto"
+    assert choose_backend("gl", Ctx("llvmpipe (LLVM 15.0.6, 256 bits)")) == "gl"
+    assert choose_backend("auto", None) == "cpu"  # no GL 4.3 window at all
+
+
 def test_loader_reports_a_missing_model():
     from perro_pastor.errors import ModelFormatError
     from sample_game.loading import ModelLoader

@@ -43,10 +43,11 @@ MAX_X_UBO_BYTES = 65536  # llvmpipe's GL_MAX_UNIFORM_BLOCK_SIZE; capped by the c
 MIN_UNIFORM_BLOCK_BYTES = 16384  # GL_MAX_UNIFORM_BLOCK_SIZE is at least this everywhere
 
 
-def _matmul_nr(tt: int) -> int:
-    """Rows per mat-mat invocation: NR x TT accumulators stay in registers up to ~32 (llvmpipe
-    spills beyond; measured: TT 4 -> NR 8 is 1.3x NR 4, TT 16 -> NR 4 is 1.4x NR 8)."""
-    return 8 if tt <= MATMUL_SMALL_TT else 4
+def _matmul_nr(tt: int, software: bool) -> int:
+    """Rows per mat-mat invocation. On llvmpipe NR x TT accumulators stay in registers up to ~32
+    (it spills beyond; measured: TT 4 -> NR 8 is 1.3x NR 4, TT 16 -> NR 4 is 1.4x NR 8). A GPU
+    wants more, smaller invocations: NR 4 (on an H100, 4 NPCs batched: NR 8 1.7x, NR 4 2.5x+)."""
+    return 8 if software and tt <= MATMUL_SMALL_TT else 4
 
 
 def _groups(n: int, size: int) -> int:
@@ -198,7 +199,7 @@ class Kernels(LayerOps, SamplingOps):
             raise BackendError(f"matmul {weight.name}: n_tokens must be at least 1, got {n_tokens}")
         tt, tok_step, row_step, x_ubo = self._matmul_plan(weight, n_tokens)
         x_bytes = weight.cols * 4  # one token's x
-        nr = _matmul_nr(tt)
+        nr = _matmul_nr(tt, self.software)
         defines = dict(weight.defines, NR=nr, TT=tt, WG_SIZE=MATMUL_WG)
         if x_ubo:
             # x as a uniform block, rebound per range of tokens: every lane reads the same x, and
@@ -244,7 +245,7 @@ class Kernels(LayerOps, SamplingOps):
         while tt > MATMUL_SMALL_TT and tt * x_bytes > self.x_ubo_bytes:
             tt //= 2
         x_ubo = self.matvec_x_ubo and tt * x_bytes <= self.x_ubo_bytes
-        row_tile = _matmul_nr(tt) * MATMUL_WG
+        row_tile = _matmul_nr(tt, self.software) * MATMUL_WG
         budget = max(1, self.max_macs_per_dispatch // (weight.cols * row_tile * tt))  # row tiles x token tiles
         tok_tiles = min(_groups(n_tokens, tt), budget)
         if x_ubo:
