@@ -367,3 +367,17 @@ def test_scheduler_drives_gl_like_cpu(q8_pair):
             sched.tick(50)
         picked[m.backend] = (a.token_ids, b.token_ids)
     assert len(picked["gl"][0]) == 2 and picked["gl"] == picked["cpu"]
+
+
+def test_bench_row_has_the_dispatch_figures(default_pair):
+    """`perro-pastor bench --json` on the gl backend: issue 3's keys plus the dispatch-time tail,
+    from a real (short) run."""
+    from perro_pastor.bench import run_bench
+    row = run_bench(default_pair[0], n_prompt=4, n_gen=3, repeats=1)
+    for key in ("prefill_tok_s", "decode_tok_s", "dispatches_per_token", "host_ms_per_token",
+                "max_dispatch_ms", "backend", "gl_renderer", "dispatch_ms_p99", "dispatch_ms_p999",
+                "dispatches_over_3ms", "dispatches_timed", "matvec_gb_s"):
+        assert row.get(key) is not None, key
+    assert row["backend"] == "gl" and row["dispatches_per_layer"] <= 12
+    assert 0 < row["dispatch_ms_p99"] <= row["dispatch_ms_p999"] <= row["max_dispatch_ms"]
+    assert 0 <= row["dispatches_over_3ms"] <= row["dispatches_timed"]

@@ -162,3 +162,18 @@ def test_full_batch_still_takes_a_new_speakers_prefill(model):
     while not fg.done:
         sched.tick(1)  # one step per tick: a long budget would let the chatter finish in the same tick
     assert not any(r.done for r in bg)  # the speaker did not wait for the chatter to finish
+
+
+def test_runtime_report_keys_and_sanity(tmp_path_factory):
+    """`perro-pastor bench --sessions` figures (issue 4's keys), on the small cpu model: a real
+    run, so every number must be positive and consistent with the others."""
+    from perro_pastor.runtime_bench import runtime_report
+    row = runtime_report(small_model(tmp_path_factory), sessions=3, budget_ms=4.0, n_tokens=3, rounds=2)
+    for key in ("tick_ms_p50", "tick_ms_p99", "tick_ms_max", "aggregate_tok_s", "per_session_tok_s",
+                "sessions", "budget_ms", "aggregate_tok_s_1_session", "batch_speedup"):
+        assert key in row, key
+    assert row["sessions"] == 3 and row["budget_ms"] == 4.0 and row["rounds"] == 2
+    assert 0 < row["tick_ms_p50"] <= row["tick_ms_p99"] <= row["tick_ms_max"]
+    assert row["aggregate_tok_s"] > 0 and row["aggregate_tok_s_1_session"] > 0
+    assert abs(row["per_session_tok_s"] * 3 - row["aggregate_tok_s"]) < 0.01 * row["aggregate_tok_s"] + 0.01
+    assert row["batch_speedup"] == round(row["aggregate_tok_s"] / row["aggregate_tok_s_1_session"], 2)
