@@ -6,6 +6,7 @@
 // Buffers: 0 W   (rows of this part: raw GGUF bytes, or REPACKED groups of 4 blocks)  readonly
 //          1 x   (n_tokens, cols) f32, read as vec4             readonly (a UBO if X_VEC4S)
 //          2 dst (n_tokens, dst_stride) f32; read too when accumulate = 1 (residual: dst += W x)
+//          3, 4  with LORA: B and A x of a fused LoRA delta (below)
 // Uniforms: rows row_begin..row_end of this buffer part, written to dst column part_row0 + r.
 // REPACKED (Q4_0/Q4_1/Q8_0): per block, 8 x vec4s are loaded once and dotted with NR rows'
 // blocks by dq_dot32 (two uvec4-aligned loads per block instead of ~17 unaligned words).
@@ -37,6 +38,15 @@ uniform uint cols;
 uniform uint dst_stride;
 uniform uint accumulate;
 uniform float scale;  // 1 for weights; the LoRA scale for the B (A x) half of an adapter
+#ifdef LORA
+// A LoRA delta fused into a decode mat-vec (n_tokens = 1): dst[r] (+)= W[r] . x + lora_scale *
+// B[r] . ax, with ax = A x computed by an earlier dispatch. Saves the B dispatch per projection.
+layout(std430, binding = 3) readonly restrict buffer LoraB { vec4 lora_b[]; };    // (rows, 4 * lora_quads) f32
+layout(std430, binding = 4) readonly restrict buffer LoraAx { vec4 lora_ax[]; };  // (4 * lora_quads,) f32
+uniform uint lora_quads;  // the padded rank / 4
+uniform uint lora_ax_quad0;  // where this projection's A x starts (A factors stacked per input)
+uniform float lora_scale;
+#endif
 #include "common/dequant.glsl"
 
 void main() {
@@ -79,6 +89,14 @@ void main() {
                 acc[r] += dot(lo, xa) + dot(hi, xb);
             }
         }
+    }
+#endif
+#ifdef LORA
+    for (uint r = 0u; r < NR; r++) {
+        uint row = part_row0 + min(r0 + r, row_end - 1u);  // B is indexed by the weight's row
+        float d = 0.0;
+        for (uint k = 0u; k < lora_quads; k++) d += dot(lora_b[row * lora_quads + k], lora_ax[lora_ax_quad0 + k]);
+        acc[r] += lora_scale * d;
     }
 #endif
     for (uint r = 0u; r < NR; r++) {

@@ -186,6 +186,39 @@ def test_embedding_every_type(glctx, kernels, qtype):  # noqa: F811
     assert_no_gl_error(glctx)
 
 
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q6_K, GGMLType.F16],
+                         ids=lambda t: t.name)
+@pytest.mark.parametrize("accumulate", [False, True], ids=["store", "residual"])
+def test_fused_lora_matvec(glctx, qtype, accumulate):  # noqa: F811
+    """dst (+)= W x + scale * B (A x) in one mat-vec (decode): against float64, on rows split
+    across buffers and dispatches (B is indexed by the weight's row, not the part's)."""
+    from perro_pastor.gl.kernels import FusedLora, LoraPair
+
+    rng = np.random.default_rng(int(qtype) + 7)
+    rows, cols, rank, scale = 150, cols_for(qtype) * 2, 5, 0.6
+    part_bytes = rows // 3 * quant.row_nbytes(qtype, cols) + 8  # about 3 buffer parts
+    small = GLContext(glctx.ctx, max_ssbo_bytes=part_bytes)
+    k = Kernels(small, max_weights_per_dispatch=40 * cols, matvec_rows_per_invocation=2)
+    raw = random_weight(qtype, rows, cols, rng)
+    w = upload_weight(small, raw, qtype, rows, cols)
+    assert len(w.parts) > 1
+    a = rng.standard_normal((rank, cols)).astype(np.float32)
+    b = rng.standard_normal((rows, rank)).astype(np.float32)
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    y0 = rng.standard_normal((1, rows)).astype(np.float32)
+    y, xb = f32_buffer(glctx, y0), f32_buffer(glctx, x)
+    pair = LoraPair(glctx, a, b)
+    k.matvec(y, w, xb, accumulate=accumulate, lora=FusedLora(pair, k.lora_ax(pair, xb), scale))
+    W = dequantize(raw, qtype, rows, cols)
+    want = (y0 if accumulate else 0) + x.astype(np.float64) @ W.T + scale * (x.astype(np.float64) @ a.T @ b.T)
+    bound = np.abs(y0) + np.abs(x) @ np.abs(W).T + scale * (np.abs(x) @ np.abs(a).T @ np.abs(b).T)
+    check_close(read_f32(y, (1, rows)), want, bound, "fused lora matvec")
+    with pytest.raises(BackendError, match="one token"):
+        k.matvec(y, w, xb, n_tokens=2, lora=FusedLora(pair, k.lora_ax(pair, xb), scale))
+    pair.release()
+    assert_no_gl_error(glctx)
+
+
 @pytest.mark.parametrize("rank,T", [(4, 1), (16, 3)])
 def test_lora_delta(glctx, kernels, rank, T):  # noqa: F811
     from perro_pastor.gl.kernels import LoraPair

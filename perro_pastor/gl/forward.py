@@ -29,7 +29,7 @@ from ..quant import GGMLType, dequantize
 from ..weights import Weights
 from .buffers import GLWeight, PreparedWeight, f32_buffer, prepare_weight, upload_prepared_steps
 from .context import GLContext
-from .kernels import LoraPair
+from .kernels import FusedLora, LoraPair
 from .state import BufferSlice, GlKVCache, LoraCache, Scratch, TimedKernels, buffer_offset_alignment
 
 Trace = Callable[[str, np.ndarray], None]
@@ -76,6 +76,19 @@ def prepare_matrix(file: ModelFile, t: TensorInfo, max_ssbo_bytes: int) -> Prepa
     """Host side of one matrix upload (validate + repack); no GL, so any thread may run it."""
     cols, rows = t.shape
     return prepare_weight(file.tensor_bytes(t.name), t.qtype, rows, cols, max_ssbo_bytes, t.name)
+
+
+class _ZeroAdapter:
+    """Zero rank-8 LoRA factors for every projection (shaped like ``layer``'s), so the warm-up
+    compiles the fused LoRA mat-vec of each weight type before a real adapter needs it."""
+    scale = 0.0
+
+    def __init__(self, layer: GlLayer):
+        self._factors = {name: (np.zeros((8, getattr(layer, name).cols), np.float32),
+                                np.zeros((getattr(layer, name).rows, 8), np.float32)) for name in MATRIX_NAMES}
+
+    def factors(self, l: int, name: str):
+        return self._factors.get(name)
 
 
 class GlTransformer:
@@ -279,9 +292,11 @@ class GlTransformer:
             yield
 
             # project to queries, keys and values: (T, dim) -> (T, dim), (T, kv_dim), (T, kv_dim)
-            yield from self.project(s.q, l, "wq", s.xb, spans)
-            yield from self.project(s.k, l, "wk", s.xb, spans)
-            yield from self.project(s.v, l, "wv", s.xb, spans)
+            # (a lone decode token's LoRA: A x for all three first, B (A x) inside each mat-vec)
+            fused = yield from self.fuse_lora(l, ("wq", "wk", "wv"), s.xb, spans)
+            yield from self.project(s.q, l, "wq", s.xb, spans, fused=fused)
+            yield from self.project(s.k, l, "wk", s.xb, spans, fused=fused)
+            yield from self.project(s.v, l, "wv", s.xb, spans, fused=fused)
 
             # rotate q and k by position (RoPE), and store each segment's k, v in its own cache
             for seg, a, b in spans:
@@ -300,7 +315,8 @@ class GlTransformer:
             check(f"L{l}.att", s.xb, (cfg.n_heads, hs))
 
             # mix the heads back into the residual stream: x += wo @ xb
-            yield from self.project(s.x, l, "wo", s.xb, spans, accumulate=True)
+            fused = yield from self.fuse_lora(l, ("wo",), s.xb, spans)
+            yield from self.project(s.x, l, "wo", s.xb, spans, accumulate=True, fused=fused)
             check(f"L{l}.att_out", s.x, (dim,))
 
             # ---------------------------------------------------------------- feed-forward
@@ -308,12 +324,14 @@ class GlTransformer:
             yield
 
             # SwiGLU: a gated projection up to hidden_dim, hb = silu(w1 xb) * (w3 xb), and back down
-            yield from self.project(s.hb, l, "w1", s.xb, spans)
-            yield from self.project(s.hb2, l, "w3", s.xb, spans)
+            fused = yield from self.fuse_lora(l, ("w1", "w3"), s.xb, spans)
+            yield from self.project(s.hb, l, "w1", s.xb, spans, fused=fused)
+            yield from self.project(s.hb2, l, "w3", s.xb, spans, fused=fused)
             k.swiglu(s.hb, s.hb, s.hb2, n=T * cfg.hidden_dim)
             check(f"L{l}.ffn_hidden", s.hb, (cfg.hidden_dim,))
             yield
-            yield from self.project(s.x, l, "w2", s.hb, spans, accumulate=True)
+            fused = yield from self.fuse_lora(l, ("w2",), s.hb, spans)
+            yield from self.project(s.x, l, "w2", s.hb, spans, accumulate=True, fused=fused)
             check(f"L{l}.ffn_out", s.x, (dim,))
 
         self.last_layer_dispatches = (k.dispatches - layers_start) / len(self.layers)  # for bench
@@ -344,20 +362,46 @@ class GlTransformer:
     # -------------------------------------------------------------------------
     # the steps the narration calls
 
-    def project(self, dst, l: int, name: str, x, spans: list, accumulate: bool = False) -> Iterator[None]:
+    def project(self, dst, l: int, name: str, x, spans: list, accumulate: bool = False,
+                fused: dict | None = None) -> Iterator[None]:
         """dst (+)= W x for weight ``name`` of layer ``l`` over every token, then each segment's
-        LoRA deltas on its own rows: dst[a:b] += scale * B (A x[a:b]). Base weights never change."""
+        LoRA deltas on its own rows: dst[a:b] += scale * B (A x[a:b]). Base weights never change.
+        A delta in ``fused`` (from ``fuse_lora``) is added inside the mat-vec instead."""
         w = getattr(self.layers[l], name)
-        yield from self.matvec(dst, w, x, spans[-1][2], accumulate)
+        adapter, lora = (fused or {}).get(name, (None, None))
+        yield from self.matvec(dst, w, x, spans[-1][2], accumulate, lora=lora)
         for seg, a, b in spans:
-            for adapter in seg.adapters:
-                factors = adapter.factors(l, name)
-                if factors is not None:
+            for other in seg.adapters:
+                factors = other.factors(l, name)
+                if factors is not None and other is not adapter:
                     pair = self.lora.pair(factors[0], factors[1], f"L{l}.{name}")
                     self.kernels.lora(_rows(dst, w.rows, a, b), pair, _rows(x, w.cols, a, b),
-                                      adapter.scale, n_tokens=b - a)
+                                      other.scale, n_tokens=b - a)
 
-    def matvec(self, dst, w: GLWeight, x, n_tokens: int, accumulate: bool = False) -> Iterator[None]:
+    def fuse_lora(self, l: int, names: tuple[str, ...], x, spans: list) -> Iterator[None]:
+        """For a lone decode token (one segment, one token): A x of its first adapter, for every
+        projection in ``names`` that the adapter touches (they share the input x), in ONE mat-vec
+        over their stacked A factors; returns {name: (adapter, FusedLora)} for ``project``, whose
+        mat-vecs then add B (A x) themselves. Batches and any further adapters take the
+        two-dispatch ``Kernels.lora`` in ``project``. Returns {} when there is nothing to fuse."""
+        if len(spans) != 1 or spans[0][2] != 1:
+            return {}
+        for adapter in spans[0][0].adapters:
+            members = [(name, adapter.factors(l, name)) for name in names]
+            members = [(name, f) for name, f in members if f is not None]
+            if members:
+                break
+        else:
+            return {}
+        stacked, offsets = self.lora.stacked_a([f[0] for _, f in members], f"L{l}.{'+'.join(names)}")
+        ax = self.kernels.scratch("lora_ax_stacked", stacked.rows * 4)  # not kernels.lora's scratch
+        self.kernels.matvec(ax, stacked, x)
+        yield
+        return {name: (adapter, FusedLora(self.lora.pair(f[0], f[1], f"L{l}.{name}"), ax, adapter.scale, off))
+                for (name, f), off in zip(members, offsets)}
+
+    def matvec(self, dst, w: GLWeight, x, n_tokens: int, accumulate: bool = False,
+               lora: FusedLora | None = None) -> Iterator[None]:
         """dst (+)= W x, one dispatch per step: the launcher's own slices of rows and, for a
         long batch, of tokens (``Kernels.dispatch_shape``), so a scheduler can stop between any
         two of them."""
@@ -368,7 +412,8 @@ class GlTransformer:
             xs, ds = (x, dst) if u - t == n_tokens else (_rows(x, w.cols, t, u), _rows(dst, w.rows, t, u))
             for r in range(0, w.rows, step):
                 n = min(step, w.rows - r)
-                self.kernels.matvec(ds, w, xs, n_tokens=u - t, accumulate=accumulate, row_offset=r, n_rows=n)
+                self.kernels.matvec(ds, w, xs, n_tokens=u - t, accumulate=accumulate, row_offset=r, n_rows=n,
+                                    lora=lora)
                 yield
 
     def attend(self, seg: Segment, l: int, a: int, b: int) -> Iterator[None]:
@@ -407,7 +452,7 @@ class GlTransformer:
         a program on its first dispatch (seconds for the mat-mat). Batches of two and of five
         tokens with every logit reach the mat-mat's two token tiles (few NPCs decoding together,
         and prefill; the classifier's too), one token the decode programs (matvec) and the GPU
-        argmax, and a zero LoRA delta both of its sizes. Everything runs twice: first dry (the
+        argmax, a zero LoRA delta both of its sizes and fused into a decode step. Everything runs twice: first dry (the
         launchers create each program, GLSL compile and link, but dispatch nothing), then for
         real (the first dispatch of each program is llvmpipe's JIT, or a load from its shader
         cache). Yields after every dispatch, so a loader pays one compile or one JIT per step.
@@ -429,6 +474,9 @@ class GlTransformer:
                 yield from self.forward_steps([Segment(np.zeros(2, np.int64), 0, kv)], all_logits=True)
                 yield from self.forward_steps([Segment(np.zeros(5, np.int64), 2, kv)], all_logits=True)
                 yield from self._timed_pass([Segment(np.zeros(1, np.int64), 7, kv)], False, None, read_logits=False)
+                zero_adapter = _ZeroAdapter(self.layers[0])  # the fused LoRA mat-vecs (decode)
+                yield from self._timed_pass([Segment(np.zeros(1, np.int64), 7, kv, (zero_adapter,))], False, None,
+                                            read_logits=False)
                 self.kernels.argmax(self.s.next_token, self.s.logits, self.cfg.vocab_size)
                 self.s.next_token.read(size=4)
                 yield

@@ -12,6 +12,8 @@ frame; the caller can also pass ``row_offset``/``n_rows`` to spread one mat-vec 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import BackendError
@@ -74,6 +76,7 @@ class Kernels(LayerOps, SamplingOps):
         self.x_ubo_bytes = min(MAX_X_UBO_BYTES, int(self.ctx.info.get("GL_MAX_UNIFORM_BLOCK_SIZE", 0) or 0))
         self._programs: dict[tuple, object] = {}
         self._scratch: dict[str, object] = {}
+        self._uniforms: dict[int, dict[str, object]] = {}  # id(program) -> the values last written
         self.dispatches = 0  # counted so tests and the scheduler can see how work was split
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -101,11 +104,17 @@ class Kernels(LayerOps, SamplingOps):
         for obj in [*self._programs.values(), *self._scratch.values()]:
             obj.release()
         self._programs.clear()
+        self._uniforms.clear()
         self._scratch.clear()
 
     def _run(self, prog, gx: int, gy: int = 1, gz: int = 1, **uniforms: object) -> None:
+        # a program keeps its uniforms between dispatches: write only those that changed
+        # (~7 us of Python each, ~10 per dispatch; most stay the same from token to token)
+        last = self._uniforms.setdefault(id(prog), {})
         for k, v in uniforms.items():
-            prog[k] = v
+            if k not in last or last[k] != v:
+                prog[k] = v
+                last[k] = v
         limit = self.glctx.limits.max_group_count
         if gx > limit[0] or gy > limit[1] or gz > limit[2]:
             raise BackendError(f"dispatch ({gx}, {gy}, {gz}) exceeds GL_MAX_COMPUTE_WORK_GROUP_COUNT {limit}")
@@ -144,19 +153,23 @@ class Kernels(LayerOps, SamplingOps):
 
     def matvec(self, dst, weight: GLWeight, x, n_tokens: int = 1, accumulate: bool = False,
                row_offset: int = 0, n_rows: int | None = None, dst_stride: int | None = None,
-               scale: float = 1.0) -> None:
+               scale: float = 1.0, lora: "FusedLora | None" = None) -> None:
         """dst[t, r] = (dst[t, r] +) sum_c W[r, c] x[t, c] for rows row_offset .. row_offset + n_rows.
 
         x is (n_tokens, cols) f32, dst is (n_tokens, dst_stride) with dst_stride = weight.rows by
         default. accumulate=True fuses the residual add (x += wo @ xb). From ``matmul_min_tokens``
         tokens on, the call runs as ``matmul`` (each weight block decoded once per tile of tokens).
         """
+        if lora is not None and n_tokens != 1:
+            raise BackendError(f"matvec {weight.name}: a fused LoRA delta takes one token, got {n_tokens}")
         if n_tokens >= self.matmul_min_tokens:
             return self.matmul(dst, weight, x, n_tokens, accumulate, row_offset, n_rows, dst_stride, scale)
         n_rows = weight.rows - row_offset if n_rows is None else n_rows
         if row_offset < 0 or n_rows < 0 or row_offset + n_rows > weight.rows:
             raise BackendError(f"matvec {weight.name}: rows {row_offset}..{row_offset + n_rows} outside 0..{weight.rows}")
-        nr = self.matvec_nr
+        # rows per invocation; a weight of few rows (a LoRA factor A: 8-48 rows) gets one per
+        # lane, else NR 8 would leave most of llvmpipe's 8-lane SIMD batch idle (~3x slower)
+        nr = self.matvec_nr if weight.rows >= 2 * MATVEC_WG * self.matvec_nr else 1
         defines = dict(weight.defines, NR=nr, WG_SIZE=MATVEC_WG)
         if self.matvec_x_ubo and n_tokens == 1 and weight.cols * 4 <= MIN_UNIFORM_BLOCK_BYTES:
             # decode: x as a uniform block, read once per SIMD batch on llvmpipe (~1.3x, docs/gl_kernels.md)
@@ -164,6 +177,13 @@ class Kernels(LayerOps, SamplingOps):
             x.bind_to_uniform_block(1, size=weight.cols * 4)
         else:
             x.bind_to_storage_buffer(1)
+        lora_uniforms = {}
+        if lora is not None:
+            defines["LORA"] = 1
+            lora.pair.b.parts[0].buffer.bind_to_storage_buffer(3)
+            lora.ax.bind_to_storage_buffer(4)
+            lora_uniforms = dict(lora_quads=lora.pair.b.cols // 4, lora_scale=float(lora.scale),
+                                 lora_ax_quad0=lora.ax_offset // 4)
         prog = self.program("matvec.comp", **defines)
         dst.bind_to_storage_buffer(2)
         chunk = max(nr * MATVEC_WG, self.max_weights_per_dispatch // max(1, weight.cols * n_tokens))
@@ -179,7 +199,7 @@ class Kernels(LayerOps, SamplingOps):
                 self._run(prog, _groups(end - start, nr * MATVEC_WG), n_tokens,
                           row_begin=start - part.row0, row_end=end - part.row0, part_row0=part.row0,
                           cols=weight.cols, dst_stride=dst_stride or weight.rows, accumulate=int(accumulate),
-                          scale=float(scale))
+                          scale=float(scale), **lora_uniforms)
         self.barrier()
 
 
@@ -269,9 +289,25 @@ class Kernels(LayerOps, SamplingOps):
 
         Two matvec dispatches through a scratch (n_tokens, rank) buffer; A and B are f32.
         """
+        tmp = self.lora_ax(adapter, x, n_tokens)
+        self.matvec(y, adapter.b, tmp, n_tokens=n_tokens, accumulate=True, scale=scale)
+
+    def lora_ax(self, adapter: "LoraPair", x, n_tokens: int = 1):
+        """A x of an adapter into a scratch (n_tokens, padded rank) buffer, which it returns: the
+        first half of ``lora``, or what a fused ``matvec(..., lora=FusedLora(...))`` reads."""
         tmp = self.scratch("lora_ax", n_tokens * adapter.a.rows * 4)
         self.matvec(tmp, adapter.a, x, n_tokens=n_tokens)
-        self.matvec(y, adapter.b, tmp, n_tokens=n_tokens, accumulate=True, scale=scale)
+        return tmp
+
+
+@dataclass
+class FusedLora:
+    """A LoRA delta for ``matvec`` to add in its epilogue: ``scale * B (A x)``, with A x (f32, the
+    padded rank) already computed into ``ax`` from element ``ax_offset`` on (a multiple of 4)."""
+    pair: "LoraPair"
+    ax: object
+    scale: float
+    ax_offset: int = 0
 
 
 class LoraPair:
@@ -300,4 +336,4 @@ class LoraPair:
         self.b.release()
 
 
-__all__ = ["Kernels", "LoraPair"]
+__all__ = ["FusedLora", "Kernels", "LoraPair"]

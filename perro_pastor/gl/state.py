@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import Config
+from ..quant import GGMLType
+from .buffers import GLWeight, upload_weight
 from .context import GLContext
 from .kernels import Kernels, LoraPair
 
@@ -157,6 +159,7 @@ class LoraCache:
     def __init__(self, glctx: GLContext):
         self.glctx = glctx
         self.pairs: dict[int, tuple[weakref.ref, LoraPair]] = {}
+        self.stacks: dict[tuple, tuple[weakref.ref, GLWeight, list[int]]] = {}
 
     def pair(self, a: np.ndarray, b: np.ndarray, name: str) -> LoraPair:
         entry = self.pairs.get(id(a))
@@ -167,16 +170,42 @@ class LoraCache:
         self.pairs[id(a)] = (weakref.ref(a), pair)
         return pair
 
+    def stacked_a(self, arrays: list[np.ndarray], name: str) -> tuple[GLWeight, list[int]]:
+        """The A factors of projections that share an input, each padded to a multiple of 8 rows
+        and stacked into one f32 weight, so one mat-vec computes every A x; and where each one's
+        rows start. Cached like the pairs (weakly, by the first A; keyed by all of them)."""
+        key = tuple(id(a) for a in arrays)
+        entry = self.stacks.get(key)
+        if entry is not None and entry[0]() is arrays[0]:
+            return entry[1], entry[2]
+        self.purge()
+        padded = [np.zeros(((len(a) + 7) // 8 * 8, a.shape[1]), np.float32) for a in arrays]
+        for p, a in zip(padded, arrays):
+            p[:len(a)] = a
+        offsets = np.cumsum([0] + [len(p) for p in padded[:-1]]).tolist()
+        stacked = np.concatenate(padded)
+        weight = upload_weight(self.glctx, stacked.view(np.uint8), GGMLType.F32, len(stacked), stacked.shape[1],
+                               f"{name}.lora_a")
+        self.stacks[key] = (weakref.ref(arrays[0]), weight, offsets)
+        return weight, offsets
+
     def release(self) -> None:
         for _, pair in self.pairs.values():
             pair.release()
+        for _, weight, _ in self.stacks.values():
+            weight.release()
         self.pairs.clear()
+        self.stacks.clear()
 
     def purge(self) -> None:
         for key, (ref, pair) in list(self.pairs.items()):
             if ref() is None:
                 pair.release()
                 del self.pairs[key]
+        for key, (ref, weight, _) in list(self.stacks.items()):
+            if ref() is None:
+                weight.release()
+                del self.stacks[key]
 
 
 # -----------------------------------------------------------------------------
