@@ -219,6 +219,30 @@ def test_fused_lora_matvec(glctx, qtype, accumulate):  # noqa: F811
     assert_no_gl_error(glctx)
 
 
+def test_stacked_lora_a(glctx, kernels):  # noqa: F811
+    """A factors sharing an input, stacked (each padded to 8 rows) into one f32 weight: one
+    mat-vec gives every A x, each at its offset; the cache returns the same upload again."""
+    from perro_pastor.gl.state import LoraCache
+
+    rng = np.random.default_rng(5)
+    cols = 96
+    arrays = [rng.standard_normal((r, cols)).astype(np.float32) for r in (5, 16, 3)]
+    cache = LoraCache(glctx)
+    weight, offsets = cache.stacked_a(arrays, "test")
+    assert offsets == [0, 8, 24] and weight.rows == 32
+    assert cache.stacked_a(arrays, "test")[0] is weight
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    out = f32_buffer(glctx, weight.rows)
+    kernels.matvec(out, weight, f32_buffer(glctx, x))
+    got = read_f32(out, (1, weight.rows))[0]
+    for a, off in zip(arrays, offsets):
+        want = a.astype(np.float64) @ x[0].astype(np.float64)
+        check_close(got[off:off + len(a)][None], want[None], (np.abs(a) @ np.abs(x[0]))[None], "stacked A x")
+        assert not got[off + len(a):off + (len(a) + 7) // 8 * 8].any()  # the padding rows are zero
+    cache.release()
+    assert_no_gl_error(glctx)
+
+
 @pytest.mark.parametrize("rank,T", [(4, 1), (16, 3)])
 def test_lora_delta(glctx, kernels, rank, T):  # noqa: F811
     from perro_pastor.gl.kernels import LoraPair
