@@ -29,7 +29,7 @@ from ..quant import GGMLType, dequantize
 from ..weights import Weights
 from .buffers import GLWeight, PreparedWeight, f32_buffer, prepare_weight, upload_prepared_steps
 from .context import GLContext
-from .kernels import FusedLora, LoraPair
+from .kernels import FusedLora
 from .state import BufferSlice, GlKVCache, LoraCache, Scratch, TimedKernels, buffer_offset_alignment
 
 Trace = Callable[[str, np.ndarray], None]
@@ -76,19 +76,6 @@ def prepare_matrix(file: ModelFile, t: TensorInfo, max_ssbo_bytes: int) -> Prepa
     """Host side of one matrix upload (validate + repack); no GL, so any thread may run it."""
     cols, rows = t.shape
     return prepare_weight(file.tensor_bytes(t.name), t.qtype, rows, cols, max_ssbo_bytes, t.name)
-
-
-class _ZeroAdapter:
-    """Zero rank-8 LoRA factors for every projection (shaped like ``layer``'s), so the warm-up
-    compiles the fused LoRA mat-vec of each weight type before a real adapter needs it."""
-    scale = 0.0
-
-    def __init__(self, layer: GlLayer):
-        self._factors = {name: (np.zeros((8, getattr(layer, name).cols), np.float32),
-                                np.zeros((getattr(layer, name).rows, 8), np.float32)) for name in MATRIX_NAMES}
-
-    def factors(self, l: int, name: str):
-        return self._factors.get(name)
 
 
 class GlTransformer:
@@ -448,49 +435,9 @@ class GlTransformer:
         run_to_end(self.warm_up_steps())
 
     def warm_up_steps(self) -> Iterator[None]:
-        """Compile every program now, so the first real token is not slow: llvmpipe JIT-compiles
-        a program on its first dispatch (seconds for the mat-mat). Batches of two and of five
-        tokens with every logit reach the mat-mat's two token tiles (few NPCs decoding together,
-        and prefill; the classifier's too), one token the decode programs (matvec) and the GPU
-        argmax, a zero LoRA delta both of its sizes and fused into a decode step. Everything runs twice: first dry (the
-        launchers create each program, GLSL compile and link, but dispatch nothing), then for
-        real (the first dispatch of each program is llvmpipe's JIT, or a load from its shader
-        cache). Yields after every dispatch, so a loader pays one compile or one JIT per step.
-
-        Only one layer of each kind (same quant types) runs: programs depend on the types, not on
-        the layer, so the other layers would only repeat compiled dispatches (a 30-layer model
-        warms up in ~1/20 of the dispatches)."""
-        all_layers, kinds = self.layers, {}
-        for layer in all_layers:
-            kind = tuple(tuple(sorted(getattr(layer, n).defines.items())) for n in MATRIX_NAMES)
-            kinds.setdefault(kind, layer)
-        kv = self.new_cache(8)
-        zeros = np.zeros((1, self.cfg.dim), np.float32)
-        pair = LoraPair(self.glctx, zeros, zeros.T.copy(), "warm-up")
-        self.layers = list(kinds.values())
-        try:
-            for dry_run in (True, False):
-                self.kernels.dry_run = dry_run
-                yield from self.forward_steps([Segment(np.zeros(2, np.int64), 0, kv)], all_logits=True)
-                yield from self.forward_steps([Segment(np.zeros(5, np.int64), 2, kv)], all_logits=True)
-                yield from self._timed_pass([Segment(np.zeros(1, np.int64), 7, kv)], False, None, read_logits=False)
-                zero_adapter = _ZeroAdapter(self.layers[0])  # the fused LoRA mat-vecs (decode)
-                yield from self._timed_pass([Segment(np.zeros(1, np.int64), 7, kv, (zero_adapter,))], False, None,
-                                            read_logits=False)
-                self.kernels.argmax(self.s.next_token, self.s.logits, self.cfg.vocab_size)
-                self.s.next_token.read(size=4)
-                yield
-                for n_tokens in (1, 2):
-                    self.kernels.lora(self.s.xb, pair, self.s.x, 0.0, n_tokens=n_tokens)
-                    yield
-        finally:
-            self.kernels.dry_run = False
-            self.layers = all_layers
-            kv.release()
-            pair.release()
-        self.glctx.check_error("warming up the gl backend")
-        self.kernels.timing.reset()
-        self.decode = {key: type(value)() for key, value in self.decode.items()}
+        """Compile every program before the first real token, a step at a time (``gl.warm_up``)."""
+        from .warm_up import warm_up_steps
+        return warm_up_steps(self)
 
     def _timed_pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None,
                     read_logits: bool = True) -> Iterator[None]:
@@ -510,47 +457,6 @@ class GlTransformer:
         return result
 
     def bench_stats(self) -> dict:
-        """Figures of the decode steps run since construction, for ``perro-pastor bench``."""
-        d, t = self.decode, self.kernels.timing
-        n = max(1, d["tokens"])
-        matvec_gb_s = None
-        if d["matvec_s"] > 0:
-            bytes_per_token = sum(w.rows * w.row_bytes for layer in self.layers
-                                  for w in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w1, layer.w2, layer.w3))
-            bytes_per_token += self.wcls.rows * self.wcls.row_bytes
-            matvec_gb_s = round(bytes_per_token * d["passes"] / d["matvec_s"] / 1e9, 3)
-        return {
-            "backend": self.name,
-            "gl_renderer": self.glctx.limits.renderer,
-            "kv_cache": "f16" if self.kv_f16 else "f32",
-            "dispatches_per_token": round(d["dispatches"] / n, 1),
-            "dispatches_per_layer": d["layer_dispatches"],
-            "max_dispatch_ms": round(t.max_seconds * 1000, 3),
-            # the max is one sample of the machine's scheduling jitter; these show the typical tail
-            "dispatch_ms_p99": round(t.percentile_ms(99), 3),
-            "dispatch_ms_p999": round(t.percentile_ms(99.9), 3),
-            "dispatches_over_3ms": sum(1 for d in t.durations if d > 0.003),
-            "dispatches_timed": len(t.durations),
-            "host_ms_per_token": round((d["wall"] - d["dispatch_s"]) / n * 1000, 3),
-            "dispatch_ms_per_token": round(d["dispatch_s"] / n * 1000, 3),
-            "matvec_ms_per_token": round(d["matvec_s"] / n * 1000, 3),
-            "gpu_ms_per_token": self._gpu_ms_per_token(),
-            "matvec_gb_s": matvec_gb_s,
-        }
-
-    def _gpu_ms_per_token(self, steps: int = 3) -> float | None:
-        """GPU time of a few decode steps from a GL timer query; None where the driver has none."""
-        try:
-            kv = self.new_cache(steps + 1)
-            query = self.glctx.ctx.query(time=True)
-            with query:
-                for pos in range(steps):
-                    run = self._pass([Segment(np.zeros(1, np.int64), pos, kv)], False, None)
-                    for _ in run:
-                        pass
-            elapsed = query.elapsed
-            kv.release()
-        except Exception:
-            return None
-        return round(elapsed / 1e6 / steps, 3) if elapsed and elapsed > 1000 else None
-
+        """Figures of the decode steps run so far, for ``perro-pastor bench`` (``gl.decode_figures``)."""
+        from .decode_figures import decode_figures
+        return decode_figures(self)
