@@ -52,6 +52,20 @@ def _matmul_nr(tt: int, software: bool) -> int:
     return 8 if software and tt <= MATMUL_SMALL_TT else 4
 
 
+def _row_slices(weight: GLWeight, row_offset: int, n_rows: int, step: int):
+    """(part, start, end) for rows row_offset .. row_offset + n_rows - 1 of ``weight``, in slices of
+    at most ``step`` rows that never cross a buffer part; each part's buffer is bound at binding 0
+    before its slices come (one dispatch per slice: a mat-vec's or a mat-mat's)."""
+    lo, hi = row_offset, row_offset + n_rows
+    for part in weight.parts:
+        a, b = max(lo, part.row0), min(hi, part.row0 + part.n_rows)
+        if a >= b:
+            continue
+        part.buffer.bind_to_storage_buffer(0)
+        for start in range(a, b, step):
+            yield part, start, min(b, start + step)
+
+
 def _groups(n: int, size: int) -> int:
     return (n + size - 1) // size
 
@@ -65,14 +79,14 @@ class Kernels(LayerOps, SamplingOps):
                  matmul_min_tokens: int = MATMUL_MIN_TOKENS) -> None:
         self.glctx = glctx
         self.ctx = glctx.ctx
-        self.dispatch_scale = 1 if glctx.limits.software else HARDWARE_DISPATCH_SCALE
+        self.software = glctx.limits.software
+        self.dispatch_scale = 1 if self.software else HARDWARE_DISPATCH_SCALE
         self.max_weights_per_dispatch = max_weights_per_dispatch or DEFAULT_MAX_WEIGHTS_PER_DISPATCH * self.dispatch_scale
         self.matvec_nr = matvec_rows_per_invocation
         self.matvec_x_ubo = matvec_x_ubo  # off: x always from an SSBO (for benchmarks)
         self.max_macs_per_dispatch = max_macs_per_dispatch or DEFAULT_MAX_MACS_PER_DISPATCH * self.dispatch_scale
         self.matmul_min_tokens = matmul_min_tokens  # a huge value keeps prefill on matvec.comp
         self.dry_run = False  # launchers create their programs but dispatch nothing (warm-up)
-        self.software = glctx.limits.software
         self.x_ubo_bytes = min(MAX_X_UBO_BYTES, int(self.ctx.info.get("GL_MAX_UNIFORM_BLOCK_SIZE", 0) or 0))
         self._programs: dict[tuple, object] = {}
         self._scratch: dict[str, object] = {}
@@ -188,18 +202,11 @@ class Kernels(LayerOps, SamplingOps):
         dst.bind_to_storage_buffer(2)
         chunk = max(nr * MATVEC_WG, self.max_weights_per_dispatch // max(1, weight.cols * n_tokens))
         chunk = chunk // (nr * MATVEC_WG) * (nr * MATVEC_WG)
-        lo, hi = row_offset, row_offset + n_rows
-        for part in weight.parts:
-            a, b = max(lo, part.row0), min(hi, part.row0 + part.n_rows)
-            if a >= b:
-                continue
-            part.buffer.bind_to_storage_buffer(0)
-            for start in range(a, b, chunk):
-                end = min(b, start + chunk)
-                self._run(prog, _groups(end - start, nr * MATVEC_WG), n_tokens,
-                          row_begin=start - part.row0, row_end=end - part.row0, part_row0=part.row0,
-                          cols=weight.cols, dst_stride=dst_stride or weight.rows, accumulate=int(accumulate),
-                          scale=float(scale), **lora_uniforms)
+        for part, start, end in _row_slices(weight, row_offset, n_rows, chunk):
+            self._run(prog, _groups(end - start, nr * MATVEC_WG), n_tokens,
+                      row_begin=start - part.row0, row_end=end - part.row0, part_row0=part.row0,
+                      cols=weight.cols, dst_stride=dst_stride or weight.rows, accumulate=int(accumulate),
+                      scale=float(scale), **lora_uniforms)
         self.barrier()
 
 
@@ -231,24 +238,17 @@ class Kernels(LayerOps, SamplingOps):
         prog = self.program("matmul.comp", **defines)
         dst.bind_to_storage_buffer(2)
         row_tile = nr * MATMUL_WG
-        lo, hi = row_offset, row_offset + n_rows
-        for part in weight.parts:
-            a, b = max(lo, part.row0), min(hi, part.row0 + part.n_rows)
-            if a >= b:
-                continue
-            part.buffer.bind_to_storage_buffer(0)
-            for start in range(a, b, row_step):
-                end = min(b, start + row_step)
-                for t0 in range(0, n_tokens, tok_step):
-                    t1 = min(n_tokens, t0 + tok_step)
-                    if x_ubo:
-                        # a BufferSlice (a segment's rows) binds from its own offset
-                        buf, base = getattr(x, "buffer", x), getattr(x, "offset", 0)
-                        buf.bind_to_uniform_block(1, offset=base + t0 * x_bytes, size=(t1 - t0) * x_bytes)
-                    self._run(prog, _groups(end - start, row_tile), _groups(t1 - t0, tt),
-                              row_begin=start - part.row0, row_end=end - part.row0, part_row0=part.row0,
-                              tok_begin=t0, tok_end=t1, cols=weight.cols, dst_stride=dst_stride or weight.rows,
-                              accumulate=int(accumulate), scale=float(scale))
+        for part, start, end in _row_slices(weight, row_offset, n_rows, row_step):
+            for t0 in range(0, n_tokens, tok_step):
+                t1 = min(n_tokens, t0 + tok_step)
+                if x_ubo:
+                    # a BufferSlice (a segment's rows) binds from its own offset
+                    buf, base = getattr(x, "buffer", x), getattr(x, "offset", 0)
+                    buf.bind_to_uniform_block(1, offset=base + t0 * x_bytes, size=(t1 - t0) * x_bytes)
+                self._run(prog, _groups(end - start, row_tile), _groups(t1 - t0, tt),
+                          row_begin=start - part.row0, row_end=end - part.row0, part_row0=part.row0,
+                          tok_begin=t0, tok_end=t1, cols=weight.cols, dst_stride=dst_stride or weight.rows,
+                          accumulate=int(accumulate), scale=float(scale))
         self.barrier()
 
     def _matmul_plan(self, weight: GLWeight, n_tokens: int) -> tuple[int, int, int, bool]:
