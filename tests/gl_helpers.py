@@ -25,6 +25,21 @@ _F16_FIELDS = {
 }
 
 
+# mat-vec and mat-mat tolerance: the kernels decode exactly the weights the twin decodes and only
+# sum in another f32 order (see tests/test_gl_matvec.py)
+RTOL = 2e-5
+
+
+def check_close(got: np.ndarray, want: np.ndarray, bound: np.ndarray, what: str) -> None:
+    """llm.c-style report: the first mismatches and the max error. ``bound`` is sum |w * x|."""
+    bad = np.abs(got - want) > RTOL * bound + 1e-6
+    if bad.any():
+        idx = np.argwhere(bad)[:5]
+        lines = [f"  {tuple(i)}: got {got[tuple(i)]:.7g} want {want[tuple(i)]:.7g}" for i in idx]
+        raise AssertionError(f"{what}: {bad.sum()} mismatches, max |err| {np.abs(got - want).max():.3g}\n"
+                             + "\n".join(lines))
+
+
 def random_weight(qtype: GGMLType, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
     """Random raw bytes of a (rows, cols) tensor: every bit pattern of the quants, sane scales."""
     if qtype == GGMLType.F32:

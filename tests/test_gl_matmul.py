@@ -18,21 +18,10 @@ from perro_pastor.gl.kernels import Kernels
 from perro_pastor.gl.state import BufferSlice
 from perro_pastor.quant import TYPE_INFO, GGMLType
 
-from gl_helpers import ALL_TYPES, dequantize, glctx, kernels, random_weight  # noqa: F401
+from gl_helpers import ALL_TYPES, check_close, dequantize, glctx, kernels, random_weight  # noqa: F401
 
-RTOL = 2e-5
 TOKENS = [2, 7, 33, 128]
 LAYOUTS = [(t, False) for t in ALL_TYPES] + [(t, True) for t in ALL_TYPES if t in REPACKABLE]
-
-
-def check_close(got: np.ndarray, want: np.ndarray, bound: np.ndarray, what: str) -> None:
-    """llm.c-style report: the first mismatches and the max error."""
-    bad = np.abs(got - want) > RTOL * bound + 1e-6
-    if bad.any():
-        idx = np.argwhere(bad)[:5]
-        lines = [f"  {tuple(i)}: got {got[tuple(i)]:.7g} want {want[tuple(i)]:.7g}" for i in idx]
-        raise AssertionError(f"{what}: {bad.sum()} mismatches, max |err| {np.abs(got - want).max():.3g}\n"
-                             + "\n".join(lines))
 
 
 def shape(qtype: GGMLType, odd: bool) -> tuple[int, int]:

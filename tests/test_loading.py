@@ -81,6 +81,14 @@ def run_steps(task, limit: int | None = None, limit_s: float = 120.0) -> int:
     return n
 
 
+def tick_until_done(sched: Scheduler, task, limit_s: float) -> None:
+    """A game's frame loop: ``sched.tick(4.0)`` until the task ends, within ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    while not task.done:
+        sched.tick(4.0)
+        assert time.monotonic() < deadline, f"loading stuck in phase {task.phase}"
+
+
 def test_progress_is_monotonic_and_ends_at_one(raw_ctx, slice_path):
     ctx = CountingContext(raw_ctx)
     seen = []
@@ -105,10 +113,7 @@ def test_progress_is_monotonic_and_ends_at_one(raw_ctx, slice_path):
 def test_async_gl_model_gives_the_sync_logits(raw_ctx, slice_path):
     sched = Scheduler(None)
     task = load_async(slice_path, scheduler=sched, backend="gl", gl_context=raw_ctx)
-    deadline = time.monotonic() + 120
-    while not task.done:
-        sched.tick(4.0)
-        assert time.monotonic() < deadline
+    tick_until_done(sched, task, 120)
     assert task.model is not None and not sched.jobs
     sync = load(slice_path, backend="gl", gl_context=raw_ctx)
     tokens = np.array([1, 504, 3458, 28])
@@ -165,10 +170,7 @@ def test_a_bad_file_fails_on_the_task(tmp_path, raw_ctx):
     ctx = CountingContext(raw_ctx)
     sched = Scheduler(None)
     task = load_async(bad, scheduler=sched, backend="gl", gl_context=ctx)
-    deadline = time.monotonic() + 20
-    while not task.done:
-        sched.tick(4.0)
-        assert time.monotonic() < deadline
+    tick_until_done(sched, task, 20)
     assert task.phase == "failed" and task.model is None
     assert isinstance(task.error, ModelFormatError) and "broken.gguf" in str(task.error)
     with pytest.raises(ModelFormatError) as sync:
@@ -210,10 +212,7 @@ def test_default_model_under_a_4ms_budget(raw_ctx):
     ctx = CountingContext(raw_ctx)
     sched = Scheduler(None)
     task = load_async("default", scheduler=sched, backend="gl", gl_context=ctx)
-    deadline = time.monotonic() + 300
-    while not task.done:
-        sched.tick(4.0)
-        assert time.monotonic() < deadline
+    tick_until_done(sched, task, 300)
     assert task.phase == "ready" and task.fraction == 1.0 and task.tensors_done == 1 + 30 * 7
     model = task.model
     kv = model.transformer.new_cache(8)
