@@ -123,7 +123,8 @@ def test_attention(glctx, kernels, n_heads, n_kv, T, pos0, window, kv_f16):  # n
     kernels.attention(out, f32_buffer(glctx, q), glctx.ctx.buffer(kc.tobytes()), glctx.ctx.buffer(vc.tobytes()),
                       n_heads=n_heads, n_kv_heads=n_kv, head_size=hs, pos0=pos0, seq_len=seq_len, n_tokens=T,
                       cache_base=seq_len * n_kv * hs, sliding_window=window, kv_f16=kv_f16)
-    want = cpu.attention(q.astype(np.float64), kc[1].astype(np.float64), vc[1].astype(np.float64), pos0,
+    want = cpu.attention(q.astype(np.float64), kc[1].transpose(1, 0, 2).astype(np.float64),
+                         vc[1].transpose(1, 0, 2).astype(np.float64), pos0,
                          sliding_window=window)
     np.testing.assert_allclose(read_f32(out, q.shape), want, atol=2e-5, rtol=0)
     assert_no_gl_error(glctx)
