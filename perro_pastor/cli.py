@@ -13,7 +13,6 @@ import os
 import sys
 
 from .errors import BackendError, DownloadError, ModelFormatError, PerroPastorError, TokenizerError
-from . import perplexity as ppl_mod
 
 EXIT_OK, EXIT_USAGE, EXIT_BAD_MODEL, EXIT_FAILURE = 0, 2, 3, 4
 
@@ -110,7 +109,8 @@ def cmd_perplexity(args) -> int:
     model = _load(args)
     with open(args.file, "rb") as f:
         text = f.read().decode("utf-8", errors="replace")
-    result = ppl_mod.perplexity(model, text, n_ctx=args.ctx, progress=not args.json)
+    from .perplexity import perplexity
+    result = perplexity(model, text, n_ctx=args.ctx, progress=not args.json)
     if args.json:
         print(json.dumps({"ppl": result.ppl, "ppl_err": result.ppl_err, "tokens": result.tokens,
                           "chunks": result.chunks, "backend": model.backend}))
@@ -229,10 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo"]:  # the game parses its own flags (--autoplay, --report, ...)
-        # In a game, OpenBLAS's spinning threads fight llvmpipe's and the frame loop for the
-        # cores (cpu decode was 2.4x slower with 2 BLAS threads on a busy 2-core machine), so
-        # one thread, set before NumPy loads OpenBLAS. An explicit setting from the user wins.
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        # nothing above has loaded NumPy yet, so the game can still set OpenBLAS's threads
+        # (sample_game.__main__.share_the_cores); keep it that way
         from sample_game.__main__ import main as game_main
         return game_main(argv[1:])
     args = build_parser().parse_args(argv)

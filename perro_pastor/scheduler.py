@@ -30,6 +30,8 @@ from .cpu import Segment
 from .session import Session
 
 PREFIX_CACHE_SIZE = 8
+WARMUP_PRIORITY = -100  # below any NPC: a background warm-up runs only while none needs work
+WARMUP_CHUNK = 16  # prompt tokens per forward pass of a background warm-up
 
 
 class Job:
@@ -56,6 +58,7 @@ class Scheduler:
         self._batch_members: list[Session] = []
         self._batch_key: tuple = ()
         self._batch_step = 0
+        self._batch_steps_run = 0  # ever, by any batch (a background warm-up watches it)
         self._driver: asyncio.Task | None = None
 
     # -------------------------------------------------------------------------
@@ -82,13 +85,43 @@ class Scheduler:
         self.jobs.append(job)
         return job
 
-    def warmup(self, system_prompt: str, **options) -> None:
-        """Compute a system prompt's KV once (blocking), so sessions that start with it reuse it."""
-        s = Session(self, system_prompt=system_prompt, **options)
-        if s.prefix and tuple(s.prefix) not in self.prefix_cache:
-            from .cpu import run_to_end
-            run_to_end(self.model.transformer.forward_steps([Segment(s.prefix, 0, s.kv)]))
-            self._cache_prefix(s.prefix, s)
+    def warmup(self, system_prompt: str, background: bool = False, priority: int = WARMUP_PRIORITY,
+               **options) -> Job | None:
+        """Compute a system prompt's KV once, so sessions that start with it skip its prefill.
+
+        Blocking by default. With ``background=True`` it is a job of low ``priority`` that frame
+        ticks run while no NPC needs work (a game warms its NPCs' personas while the player walks
+        up to them); it returns the Job. ``options`` are ``Session``'s (the template decides the
+        tokens, so pass the one the NPC will use)."""
+        steps = self._warmup_steps(system_prompt, options)
+        if background:
+            return self.submit(steps, priority, name="warm-up")
+        from .cpu import run_to_end
+        run_to_end(steps)
+        return None
+
+    def _warmup_steps(self, system_prompt: str, options: dict) -> Iterator[None]:
+        s = Session(self, system_prompt=system_prompt, **options)  # a throwaway, not scheduled
+        try:
+            done = 0
+            while s.prefix and tuple(s.prefix) not in self.prefix_cache:
+                # short passes, so that one step stays short (all steps of a job share one cost
+                # estimate); a batch that runs in between may reuse the backend's scratch buffers
+                # (the gl backend's are shared by every pass): then that pass starts over
+                chunk = s.prefix[done:done + WARMUP_CHUNK]
+                batches_before = self._batch_steps_run
+                for _ in self.model.transformer.forward_steps([Segment(chunk, done, s.kv)]):
+                    yield
+                    if self._batch_steps_run != batches_before:
+                        break
+                else:
+                    done += len(chunk)
+                    if done == len(s.prefix):
+                        self._cache_prefix(s.prefix, s)
+        finally:
+            release = getattr(s.kv, "release", None)  # a GL cache holds buffers
+            if release is not None:
+                release()
 
     def _cache_prefix(self, prefix: list[int], s: Session) -> None:
         self.prefix_cache[tuple(prefix)] = self.model.transformer.export_kv(s.kv, len(prefix))
@@ -208,6 +241,7 @@ class Scheduler:
 
     def _advance_batch(self) -> None:
         try:
+            self._batch_steps_run += 1
             next(self._batch)
             self._batch_step += 1
         except StopIteration:

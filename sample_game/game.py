@@ -10,17 +10,20 @@ overrun, and a step is at most one sub-block of one layer).
 from __future__ import annotations
 
 import time
+from collections import deque
 from pathlib import Path
 
 from . import world
 from .controls import Controls
 from .loading import ModelLoader
 from .picker import ModelPicker
-from .stats import FrameStats
+from .stats import FrameStats, percentile
 from .talk import Village
 
 FRAME_MS = 1000.0 / 60.0
 MIN_BUDGET_MS, MAX_BUDGET_MS = 4.0, 14.0  # a floor, so tok/s holds when drawing is slow
+MIN_MARGIN_MS, MAX_MARGIN_MS = 1.0, 6.0  # kept free of the frame for ticks that overrun
+OVERRUN_FRAMES = 120  # the last two seconds of ticks size the margin
 TOAST_S = 3.0
 
 
@@ -42,6 +45,7 @@ class Game:
         self.talking_to: str | None = None
         self.budget_ms = MAX_BUDGET_MS
         self.render_ms = 2.0  # moving average of the draw cost, to size the scheduler budget
+        self.overruns: deque[float] = deque(maxlen=OVERRUN_FRAMES)  # ms each recent tick ran past its budget
         self.toast, self.toast_until = "", 0.0
         self.quit = False
         self.loaded_this_frame = False
@@ -149,7 +153,9 @@ class Game:
     def phase(self) -> str:
         if self.village is None or self.loaded_this_frame:
             return "loading"
-        return "generating" if self.village.generating else "idle"
+        if self.village.generating:
+            return "generating"
+        return "warming" if self.village.warming else "idle"
 
     def update(self, dt: float, now: float, frame_start: float) -> None:
         self.loaded_this_frame = False
@@ -161,11 +167,14 @@ class Game:
             self.controls.picker_size = len(self.picker.rows)
         if self.village is None:
             return
-        # the scheduler gets what is left of this frame after drawing and a small margin
-        left = FRAME_MS - (time.perf_counter() - frame_start) * 1000.0 - self.render_ms - 1.0
+        # the scheduler gets what is left of this frame after drawing, less a margin for how far
+        # ticks have recently run past their budget (a step runs long when the machine is busy)
+        left = FRAME_MS - (time.perf_counter() - frame_start) * 1000.0 - self.render_ms - self.margin_ms()
         self.budget_ms = min(max(left, MIN_BUDGET_MS), MAX_BUDGET_MS)
-        if self.village.generating:
+        if self.village.generating or self.village.warming:
+            tick_start = time.perf_counter()
             self.village.scheduler.tick(self.budget_ms)
+            self.overruns.append((time.perf_counter() - tick_start) * 1000.0 - self.budget_ms)
         self.village.update(now)
         self.stats.add_tokens(now, self.village.scheduler.tokens_generated)
         if len(self.village.errors) > self._errors_seen:
@@ -179,6 +188,12 @@ class Game:
                 self.switch_model(self.model_name)
             else:
                 self.say(f"reply failed: {error}", now)
+
+    def margin_ms(self) -> float:
+        """The frame's safety margin: the 90th percentile of recent tick overruns, 1 to 6 ms."""
+        if not self.overruns:
+            return MIN_MARGIN_MS
+        return min(max(percentile(list(self.overruns), 90), MIN_MARGIN_MS), MAX_MARGIN_MS)
 
     def hud_lines(self) -> tuple[str, str]:
         s = self.stats

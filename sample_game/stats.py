@@ -1,7 +1,8 @@
 """Frame-time bookkeeping for the HUD and the autoplay report.
 
 Every frame is filed under what was going on while it ran: ``loading``, ``generating`` (some
-villager's reply in progress) or ``idle``. The report gives percentiles per kind; the HUD shows
+villager's reply in progress), ``warming`` (no reply, but background work such as the personas'
+warm-up) or ``idle``. The report gives percentiles per kind; the HUD shows
 the last ``GRAPH_FRAMES`` frame times and the tokens per second over the last second.
 """
 
@@ -24,7 +25,7 @@ def percentile(values: list[float], q: float) -> float:
 
 class FrameStats:
     def __init__(self):
-        self.frames: dict[str, list[float]] = {"loading": [], "generating": [], "idle": []}
+        self.frames: dict[str, list[float]] = {"loading": [], "generating": [], "warming": [], "idle": []}
         self.recent: deque[float] = deque(maxlen=GRAPH_FRAMES)
         self.token_times: deque[tuple[float, int]] = deque()
         self.gen_s = 0.0  # wall time with some reply in progress
@@ -54,12 +55,14 @@ class FrameStats:
 
     def report(self, tokens: int, load_s: float | None) -> dict:
         gen, idle, loading = self.frames["generating"], self.frames["idle"], self.frames["loading"]
+        warming = self.frames["warming"]
         return {
             "frame_ms_p50": percentile(gen, 50), "frame_ms_p95": percentile(gen, 95),
             "frame_ms_p99": percentile(gen, 99), "frame_ms_max": max(gen, default=0.0),
             "idle_frame_ms_p50": percentile(idle, 50), "idle_frame_ms_p99": percentile(idle, 99),
             "idle_frame_ms_max": max(idle, default=0.0),
             "load_frame_ms_p99": percentile(loading, 99), "load_frame_ms_max": max(loading, default=0.0),
+            "warm_frame_ms_p99": percentile(warming, 99), "warm_frame_ms_max": max(warming, default=0.0),
             "frames": {k: len(v) for k, v in self.frames.items()},
             "load_s": load_s,
             "tokens_generated": tokens,

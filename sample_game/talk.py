@@ -52,6 +52,10 @@ class Village:
         self.chatter_tokens = min(CHATTER_TOKENS, self.reply_tokens)
         self.scheduler = Scheduler(model)
         self.sessions = {v.name: self._new_session(v) for v in self.villagers}
+        # each persona's prompt is prefilled in the background while nobody talks (the player is
+        # still walking up), so a villager's first reply starts without it
+        for v in self.villagers:
+            self.scheduler.warmup(v.persona, background=True, n_ctx=N_CTX, template=self.template)
         self.bubbles: dict[str, Bubble] = {}
         self.transcript: list[dict] = []
         self.chatter_enabled = chatter
@@ -173,6 +177,11 @@ class Village:
     @property
     def generating(self) -> bool:
         return any(s.busy for s in self.sessions.values())
+
+    @property
+    def warming(self) -> bool:
+        """Background work is pending (the personas' warm-up): ticks still have work to do."""
+        return bool(self.scheduler.jobs)
 
     def cancel_all(self) -> None:
         for s in self.sessions.values():

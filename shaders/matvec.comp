@@ -42,7 +42,12 @@ uniform float scale;  // 1 for weights; the LoRA scale for the B (A x) half of a
 // A LoRA delta fused into a decode mat-vec (n_tokens = 1): dst[r] (+)= W[r] . x + lora_scale *
 // B[r] . ax, with ax = A x computed by an earlier dispatch. Saves the B dispatch per projection.
 layout(std430, binding = 3) readonly restrict buffer LoraB { vec4 lora_b[]; };    // (rows, 4 * lora_quads) f32
+#ifdef LORA_AX_VEC4S
+// A x as a uniform block: every lane reads the same values (loaded once per SIMD batch on llvmpipe)
+layout(std140, binding = 4) uniform LoraAx { vec4 lora_ax[LORA_AX_VEC4S]; };
+#else
 layout(std430, binding = 4) readonly restrict buffer LoraAx { vec4 lora_ax[]; };  // (4 * lora_quads,) f32
+#endif
 uniform uint lora_quads;  // the padded rank / 4
 uniform uint lora_ax_quad0;  // where this projection's A x starts (A factors stacked per input)
 uniform float lora_scale;

@@ -177,10 +177,12 @@ def test_embedding_every_type(glctx, kernels, qtype):  # noqa: F811
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q6_K, GGMLType.F16],
                          ids=lambda t: t.name)
 @pytest.mark.parametrize("accumulate", [False, True], ids=["store", "residual"])
-def test_fused_lora_matvec(glctx, qtype, accumulate):  # noqa: F811
+@pytest.mark.parametrize("ax_in", ["storage", "uniform"])
+def test_fused_lora_matvec(glctx, qtype, accumulate, ax_in):  # noqa: F811
     """dst (+)= W x + scale * B (A x) in one mat-vec (decode): against float64, on rows split
-    across buffers and dispatches (B is indexed by the weight's row, not the part's)."""
-    from perro_pastor.gl.kernels import FusedLora, LoraPair
+    across buffers and dispatches (B is indexed by the weight's row, not the part's). A x comes
+    from a storage buffer, or from a uniform block at an offset (the stacked-A layout)."""
+    from perro_pastor.gl.kernels import LORA_AX_UBO_BYTES, FusedLora, LoraPair
 
     rng = np.random.default_rng(int(qtype) + 7)
     rows, cols, rank, scale = 150, cols_for(qtype) * 2, 5, 0.6
@@ -196,7 +198,13 @@ def test_fused_lora_matvec(glctx, qtype, accumulate):  # noqa: F811
     y0 = rng.standard_normal((1, rows)).astype(np.float32)
     y, xb = f32_buffer(glctx, y0), f32_buffer(glctx, x)
     pair = LoraPair(glctx, a, b)
-    k.matvec(y, w, xb, accumulate=accumulate, lora=FusedLora(pair, k.lora_ax(pair, xb), scale))
+    ax, ax_offset = k.lora_ax(pair, xb), 0
+    if ax_in == "uniform":
+        ax_offset = 8  # floats: A x of another projection comes first
+        block = glctx.ctx.buffer(reserve=LORA_AX_UBO_BYTES)
+        block.write(ax.read(pair.a.rows * 4), offset=ax_offset * 4)
+        ax = block
+    k.matvec(y, w, xb, accumulate=accumulate, lora=FusedLora(pair, ax, scale, ax_offset))
     W = dequantize(raw, qtype, rows, cols)
     want = (y0 if accumulate else 0) + x.astype(np.float64) @ W.T + scale * (x.astype(np.float64) @ a.T @ b.T)
     bound = np.abs(y0) + np.abs(x) @ np.abs(W).T + scale * (np.abs(x) @ np.abs(a).T @ np.abs(b).T)

@@ -21,7 +21,7 @@ from sample_game.talk import Bubble
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_KEYS = ("frame_ms_p50", "frame_ms_p95", "frame_ms_p99", "frame_ms_max", "idle_frame_ms_p99",
-               "load_s", "tokens_generated", "tok_s", "transcript")
+               "warm_frame_ms_p99", "load_s", "tokens_generated", "tok_s", "transcript")
 
 
 # -----------------------------------------------------------------------------
@@ -228,6 +228,17 @@ def test_auto_backend_is_cpu_on_a_cpu_rasterizer():
     assert choose_backend("auto", Ctx("NVIDIA H100 80GB HBM3/PCIe/SSE2")) == "auto"
     assert choose_backend("gl", Ctx("llvmpipe (LLVM 15.0.6, 256 bits)")) == "gl"
     assert choose_backend("auto", None) == "cpu"  # no GL 4.3 window at all
+
+
+def test_thread_settings_leave_the_users_own(monkeypatch):
+    from sample_game.__main__ import share_the_cores
+    for name in ("OPENBLAS_THREAD_TIMEOUT", "LP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    share_the_cores("gl")  # compute shaders run on llvmpipe's threads: all of them stay
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "4" and "LP_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "10")
+    share_the_cores("auto")
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "10" and os.environ["LP_NUM_THREADS"] == "1"
 
 
 def test_loader_reports_a_missing_model():

@@ -190,6 +190,33 @@ def test_system_prefix_is_computed_once_and_reused(model):
     assert r.token_ids == alone.token_ids
 
 
+def test_background_warmup_caches_the_system_prompt(model):
+    """A warm-up job, ticked with other NPCs' batches running between its steps (each one makes
+    the current pass start over), caches the same KV rows as a blocking warm-up, and a session
+    with that system prompt starts after it and answers as a session that prefilled it itself."""
+    blocking = Scheduler(model)
+    blocking.warmup(SYSTEM, n_ctx=96)
+    sched = Scheduler(model)
+    job = sched.warmup(SYSTEM, background=True, n_ctx=96)
+    other = sched.session(sampler=GREEDY, n_ctx=96)
+    interrupted = 0
+    while not job.done:
+        sched.tick(0)  # one step: the job's while no NPC needs work
+        if not other.busy and interrupted < 2:
+            other.ask(QUESTIONS[interrupted], max_tokens=1, ignore_eos=True)  # a batch cuts in
+            interrupted += 1
+    assert job.error is None and interrupted == 2
+    (prefix, rows), = sched.prefix_cache.items()
+    np.testing.assert_allclose(rows, blocking.prefix_cache[prefix], rtol=1e-5, atol=1e-6)
+    s = sched.session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96)
+    r = s.ask(QUESTIONS[1], max_tokens=3, ignore_eos=True)
+    assert s.n_past == len(s.prefix) > 0
+    r.result()
+    alone = run_alone(model, QUESTIONS[1], max_tokens=3)
+    alone.result()
+    assert r.token_ids == alone.token_ids
+
+
 def test_busy_session_refuses_second_ask(model):
     s = Scheduler(model).session(sampler=GREEDY, n_ctx=64)
     s.ask("Hi", max_tokens=2)

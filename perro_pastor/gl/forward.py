@@ -29,7 +29,7 @@ from ..quant import GGMLType, dequantize
 from ..weights import Weights
 from .buffers import GLWeight, PreparedWeight, f32_buffer, prepare_weight, upload_prepared_steps
 from .context import GLContext
-from .kernels import FusedLora
+from .kernels import LORA_AX_UBO_BYTES, FusedLora
 from .state import BufferSlice, GlKVCache, LoraCache, Scratch, TimedKernels, buffer_offset_alignment
 
 Trace = Callable[[str, np.ndarray], None]
@@ -381,7 +381,8 @@ class GlTransformer:
         else:
             return {}
         stacked, offsets = self.lora.stacked_a([f[0] for _, f in members], f"L{l}.{'+'.join(names)}")
-        ax = self.kernels.scratch("lora_ax_stacked", stacked.rows * 4)  # not kernels.lora's scratch
+        # not kernels.lora's scratch; at least a uniform block's worth, so the mat-vecs read it as one
+        ax = self.kernels.scratch("lora_ax_stacked", max(stacked.rows * 4, LORA_AX_UBO_BYTES))
         self.kernels.matvec(ax, stacked, x)
         yield
         return {name: (adapter, FusedLora(self.lora.pair(f[0], f[1], f"L{l}.{name}"), ax, adapter.scale, off))

@@ -42,6 +42,8 @@ MATMUL_SMALL_TT = 4  # the token tile of batches of 2-4 tokens (NPCs decoding to
 DEFAULT_MAX_MACS_PER_DISPATCH = 2 << 20
 MATMUL_MIN_TOKENS = 2  # matvec routes n_tokens >= this to matmul
 MAX_X_UBO_BYTES = 65536  # llvmpipe's GL_MAX_UNIFORM_BLOCK_SIZE; capped by the context's own
+# A x of a fused LoRA delta (stacked ranks up to 1024) is read as a uniform block of this size
+LORA_AX_UBO_BYTES = 4096
 MIN_UNIFORM_BLOCK_BYTES = 16384  # GL_MAX_UNIFORM_BLOCK_SIZE is at least this everywhere
 
 
@@ -195,7 +197,11 @@ class Kernels(LayerOps, SamplingOps):
         if lora is not None:
             defines["LORA"] = 1
             lora.pair.b.parts[0].buffer.bind_to_storage_buffer(3)
-            lora.ax.bind_to_storage_buffer(4)
+            if self.matvec_x_ubo and lora.ax.size == LORA_AX_UBO_BYTES:
+                defines["LORA_AX_VEC4S"] = LORA_AX_UBO_BYTES // 16  # read once per SIMD batch, like x
+                lora.ax.bind_to_uniform_block(4, size=LORA_AX_UBO_BYTES)
+            else:
+                lora.ax.bind_to_storage_buffer(4)
             lora_uniforms = dict(lora_quads=lora.pair.b.cols // 4, lora_scale=float(lora.scale),
                                  lora_ax_quad0=lora.ax_offset // 4)
         prog = self.program("matvec.comp", **defines)
