@@ -6,7 +6,8 @@
 Adapters are random rank-R factors on all 7 projections (wq wk wv wo w1 w2 w3) of every layer,
 built in memory (reading a file is not what is timed). Each row is the median decode tok/s over
 ``repeats`` runs; runs with and without adapters alternate so that drift in machine load hits
-both alike. ``--batch N`` adds rows for N sequences decoding in one batch, each with its own
+both alike. ``vs_base`` is the ratio of the medians; ``vs_base_paired`` the median of each
+repeat's ratio to the base run just before it (steadier on a machine whose speed drifts). ``--batch N`` adds rows for N sequences decoding in one batch, each with its own
 adapter, against the same N sequences without adapters (tok/s counts tokens of all sequences).
 """
 
@@ -80,10 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(decode_tok_s(tr, ps, ads, args.n_gen))
     medians = {name: statistics.median(v) for name, v in runs.items()}
     for name, tok_s in medians.items():
-        base = medians[name.replace("lora", "base").split(" (")[0]]
+        base = name.replace("lora", "base").split(" (")[0]
+        # each repeat's run against the base run right before it: drift in machine speed cancels
+        paired = statistics.median(a / b for a, b in zip(runs[name], runs[base]))
         print(json.dumps({"backend": model.backend, "model": model.file.path.name, "rank": args.rank,
                           "run": name, "n_gen": args.n_gen, "repeats": args.repeats,
-                          "decode_tok_s": round(tok_s, 2), "vs_base": round(tok_s / base, 3)}))
+                          "decode_tok_s": round(tok_s, 2), "vs_base": round(tok_s / medians[base], 3),
+                          "vs_base_paired": round(paired, 3)}))
     model.close()
     return 0
 

@@ -41,7 +41,10 @@ uniform float scale;  // 1 for weights; the LoRA scale for the B (A x) half of a
 #ifdef LORA
 // A LoRA delta fused into a decode mat-vec (n_tokens = 1): dst[r] (+)= W[r] . x + lora_scale *
 // B[r] . ax, with ax = A x computed by an earlier dispatch. Saves the B dispatch per projection.
-layout(std430, binding = 3) readonly restrict buffer LoraB { vec4 lora_b[]; };    // (rows, 4 * lora_quads) f32
+// B is read as int8 with a scale per row: 1 + rank/4 words a row instead of rank (each lane
+// loads its own row's words one by one on llvmpipe).
+// B per row: its largest |value| (f32 bits), then the row as int8 (value * 127 / that), 4 per word
+layout(std430, binding = 3) readonly restrict buffer LoraB { uint lora_b[]; };  // (rows, 1 + lora_quads)
 #ifdef LORA_AX_VEC4S
 // A x as a uniform block: every lane reads the same values (loaded once per SIMD batch on llvmpipe)
 layout(std140, binding = 4) uniform LoraAx { vec4 lora_ax[LORA_AX_VEC4S]; };
@@ -99,9 +102,10 @@ void main() {
 #ifdef LORA
     for (uint r = 0u; r < NR; r++) {
         uint row = part_row0 + min(r0 + r, row_end - 1u);  // B is indexed by the weight's row
+        uint b = row * (1u + lora_quads);
         float d = 0.0;
-        for (uint k = 0u; k < lora_quads; k++) d += dot(lora_b[row * lora_quads + k], lora_ax[lora_ax_quad0 + k]);
-        acc[r] += lora_scale * d;
+        for (uint k = 0u; k < lora_quads; k++) d += dot(unpackSnorm4x8(lora_b[b + 1u + k]), lora_ax[lora_ax_quad0 + k]);
+        acc[r] += lora_scale * uintBitsToFloat(lora_b[b]) * d;
     }
 #endif
     for (uint r = 0u; r < NR; r++) {

@@ -20,6 +20,7 @@ from perro_pastor.quant import (
     dequantize,
     dequantize_rows,
     matmul,
+    quantize_q8_0,
     row_nbytes,
 )
 
@@ -221,3 +222,14 @@ def test_matmul_rejects_bad_inputs() -> None:
         matmul(x.astype(np.int32), raw, GGMLType.Q8_0, 4, 32)
     with pytest.raises(ValueError, match="row_chunk"):
         matmul(x, raw, GGMLType.Q8_0, 4, 32, row_chunk=0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.02, 1e-7])
+def test_quantize_q8_0_is_bit_exact_with_gguf(scale: float) -> None:
+    rng = np.random.default_rng()
+    x = (rng.standard_normal((24, 160)) * scale).astype(np.float32)
+    x[2, 32:64] = 0.0  # an all-zero block: scale 0, no division by it
+    x[5, 7] = 127.5 * scale  # a value on a rounding boundary of its block
+    np.testing.assert_array_equal(quantize_q8_0(x), gguf_quantize(x, gguf.GGMLQuantizationType.Q8_0))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quantize_q8_0(x[:, :40])

@@ -196,7 +196,7 @@ class Kernels(LayerOps, SamplingOps):
         lora_uniforms = {}
         if lora is not None:
             defines["LORA"] = 1
-            lora.pair.b.parts[0].buffer.bind_to_storage_buffer(3)
+            lora.pair.b_rows_q8.bind_to_storage_buffer(3)
             if self.matvec_x_ubo and lora.ax.size == LORA_AX_UBO_BYTES:
                 defines["LORA_AX_VEC4S"] = LORA_AX_UBO_BYTES // 16  # read once per SIMD batch, like x
                 lora.ax.bind_to_uniform_block(4, size=LORA_AX_UBO_BYTES)
@@ -336,10 +336,26 @@ class LoraPair:
         self.rank = rank
         self.a = upload_weight(glctx, a_pad.view(np.uint8), GGMLType.F32, padded, cols, f"{name}.lora_a")
         self.b = upload_weight(glctx, b_pad.view(np.uint8), GGMLType.F32, rows, padded, f"{name}.lora_b")
+        self.b_rows_q8 = glctx.ctx.buffer(b_rows_int8(b_pad).tobytes())  # what a fused mat-vec reads
 
     def release(self) -> None:
         self.a.release()
         self.b.release()
+        self.b_rows_q8.release()
+
+
+def b_rows_int8(b: np.ndarray) -> np.ndarray:
+    """B (rows, rank; rank % 4 == 0) as matvec.comp's fused epilogue reads it: per row, the
+    largest |value| as f32 bits, then the row scaled to -127..127 (rounded half away from zero)
+    as int8, four per uint32 word. (rows, 1 + rank / 4) uint32."""
+    rows, rank = b.shape
+    top = np.abs(b).max(axis=1).astype(np.float32)
+    scaled = b * np.divide(127.0, top, out=np.zeros_like(top), where=top != 0)[:, None]
+    q = (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int8)
+    out = np.empty((rows, 1 + rank // 4), np.uint32)
+    out[:, 0] = top.view(np.uint32)
+    out[:, 1:] = q.view(np.uint32)
+    return out
 
 
 __all__ = ["FusedLora", "Kernels", "LoraPair"]
