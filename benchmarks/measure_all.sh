@@ -22,7 +22,7 @@ $BIN/perro-pastor bench -m default --backend gl --sessions 4 --budget-ms 4 -n 12
 note runtime-cpu
 $BIN/perro-pastor bench -m default --backend cpu --sessions 4 --budget-ms 4 -n 12 --restore --json > "$OUT/runtime_cpu.json"
 note lora
-$BIN/python benchmarks/bench_lora.py --backend gl --repeats 3 --batch 0 > "$OUT/lora_gl.jsonl"
+$BIN/python benchmarks/bench_lora.py --backend gl --repeats 9 --batch 0 > "$OUT/lora_gl.jsonl"
 $BIN/python benchmarks/bench_lora.py --backend cpu --repeats 3 --batch 0 > "$OUT/lora_cpu.jsonl"
 note perplexity
 $BIN/perro-pastor perplexity -m default -f /tmp/gpl3-12k.txt -c 256 --backend cpu --json > "$OUT/ppl_cpu_q4_1.json"
@@ -38,4 +38,13 @@ note rss
     $BIN/perro-pastor generate -m default -p "Once upon a time" -n 32 --backend gl --seed 1 > /dev/null 2>&1
 note game
 $BIN/python -m sample_game --autoplay --headless --report "$OUT/game_autoplay.json" > /dev/null 2>&1
+# two more runs, summarised one line each: the VM's speed moves the game's figures run to run
+: > "$OUT/game_autoplay_more_runs.jsonl"
+for run in 2 3; do
+    $BIN/python -m sample_game --autoplay --headless --report /tmp/game_run.json > /dev/null 2>&1
+    $BIN/python -c "import json; d = json.load(open('/tmp/game_run.json')); print(json.dumps({k: v for k, v in d.items() if k not in ('transcript', 'bubble_rects')}))" >> "$OUT/game_autoplay_more_runs.jsonl"
+done
+note loading
+$BIN/python benchmarks/bench_loading.py --backend gl > "$OUT/loading_gl.json"
+$BIN/python benchmarks/bench_loading.py --backend cpu > "$OUT/loading_cpu.json"
 note done
