@@ -299,7 +299,8 @@ class CpuTransformer:
             xb = rmsnorm(x, self.rms_att[l], cfg.rms_eps)
             trace(f"L{l}.att_norm", xb)
 
-            # project to queries, keys and values: (T, dim) -> (T, heads, hs)
+            # project to queries, keys and values: (T, dim) -> (T, heads, hs); one BLAS call, the
+            # three matrices are cached as one block (CpuWeights.fuse)
             q, k, v = self.project(xb, l, ("wq", "wk", "wv"), segments, bounds)
             q = q.reshape(T, cfg.n_heads, hs)
             k = k.reshape(T, cfg.n_kv_heads, hs)
@@ -311,7 +312,8 @@ class CpuTransformer:
             trace(f"L{l}.q", q)
             trace(f"L{l}.k", k)
 
-            # each sequence remembers its keys and values, then attends over its own past
+            # each sequence remembers its keys and values (its cache is head-major), then attends
+            # over its own past
             att = np.empty_like(q)
             for seg, a, b in zip(segments, bounds[:-1], bounds[1:]):
                 seg.kv.key_cache[l, :, seg.pos0:seg.pos0 + b - a] = k[a:b].transpose(1, 0, 2)
