@@ -293,6 +293,12 @@ _MATMUL_CHUNK_BYTES = 8 << 20
 # public API
 
 
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer, halves away from zero (C's roundf, which GGML quantizes
+    with; NumPy's rint rounds halves to even)."""
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
 def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     """(rows, cols) float -> raw Q8_0 bytes, GGML's rounding (half away from zero), for the small
     matrices perro_pastor quantizes itself (LoRA A factors on the GPU). cols % 32 == 0."""
@@ -302,11 +308,9 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     blocks = x.astype(np.float32).reshape(-1, 32)
     d = np.abs(blocks).max(axis=1, keepdims=True) / 127
     inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
-    scaled = blocks * inv
-    q = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
     out = np.empty(len(blocks), BLOCK_DTYPES[GGMLType.Q8_0])
     out["d"] = d[:, 0].astype(np.float16)
-    out["qs"] = q.astype(np.int8)
+    out["qs"] = round_half_away(blocks * inv).astype(np.int8)
     return out.view(np.uint8).reshape(rows, -1)
 
 

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-
 SKIP_FRAMES = 1  # the first frame compiles shaders and rasterizes fonts (warm-up): not counted
 
 

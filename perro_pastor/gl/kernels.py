@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BackendError
-from ..quant import GGMLType
+from ..quant import GGMLType, round_half_away
 from .buffers import GLWeight, upload_weight
 from .context import GLContext
 from .layer_ops import LayerOps
@@ -350,8 +350,7 @@ def b_rows_int8(b: np.ndarray) -> np.ndarray:
     as int8, four per uint32 word. (rows, 1 + rank / 4) uint32."""
     rows, rank = b.shape
     top = np.abs(b).max(axis=1).astype(np.float32)
-    scaled = b * np.divide(127.0, top, out=np.zeros_like(top), where=top != 0)[:, None]
-    q = (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int8)
+    q = round_half_away(b * np.divide(127.0, top, out=np.zeros_like(top), where=top != 0)[:, None]).astype(np.int8)
     out = np.empty((rows, 1 + rank // 4), np.uint32)
     out[:, 0] = top.view(np.uint32)
     out[:, 1:] = q.view(np.uint32)

@@ -199,22 +199,18 @@ class LoraCache:
         return weight, offsets
 
     def release(self) -> None:
-        for _, pair in self.pairs.values():
-            pair.release()
-        for _, weight, _ in self.stacks.values():
-            weight.release()
-        self.pairs.clear()
-        self.stacks.clear()
+        self._drop(dead_only=False)
 
     def purge(self) -> None:
-        for key, (ref, pair) in list(self.pairs.items()):
-            if ref() is None:
-                pair.release()
-                del self.pairs[key]
-        for key, (ref, weight, _) in list(self.stacks.items()):
-            if ref() is None:
-                weight.release()
-                del self.stacks[key]
+        """Release the uploads whose first A factor is gone (its adapter was dropped)."""
+        self._drop(dead_only=True)
+
+    def _drop(self, dead_only: bool) -> None:
+        for cache in (self.pairs, self.stacks):  # entries: (weakref to the first A, upload, ...)
+            for key, entry in list(cache.items()):
+                if not dead_only or entry[0]() is None:
+                    entry[1].release()
+                    del cache[key]
 
 
 # -----------------------------------------------------------------------------
