@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pyglet
 from pyglet import shapes
+from pyglet.gl import GL_ONE, GL_ZERO
 from pyglet.text import Label
 
 from . import world
@@ -17,6 +18,9 @@ BUBBLE_W = 260
 INK = (20, 20, 30, 255)
 GRAPH = world.Rect(700, world.HEIGHT - 64, 240, 56)
 GRAPH_MAX_MS = 50.0
+# Every shape drawn here is opaque, so its "blending" is a plain copy (source 1, destination 0):
+# llvmpipe then skips reading the pixels underneath, ~25% of a frame's drawing (docs/sample_game.md).
+OPAQUE = {"blend_src": GL_ONE, "blend_dest": GL_ZERO}
 
 
 # Characters whose glyphs are rasterized up front. A glyph the font lacks sends pyglet on a
@@ -59,42 +63,47 @@ class Scene:
         b = self.batch
         # the grass is the clear colour (see ``clear``): a full-screen blended rectangle costs
         # llvmpipe ~10x a glClear
-        self.keep = [shapes.Rectangle(0, 60, world.WIDTH, 40, color=(194, 170, 120), batch=b, group=self.bg),
-                     shapes.Rectangle(455, 0, 40, 300, color=(194, 170, 120), batch=b, group=self.bg)]
+        self.keep = [shapes.Rectangle(x, y, w, h, color=(194, 170, 120), **OPAQUE, batch=b, group=self.bg)
+                     for x, y, w, h in ((0, 60, world.WIDTH, 40), (455, 0, 40, 300))]
         for h in world.HOUSES:
             r = h.rect
             self.keep += [
-                shapes.Rectangle(r.x, r.y, r.w, r.h * 0.7, color=h.wall, batch=b, group=self.bg),
+                shapes.Rectangle(r.x, r.y, r.w, r.h * 0.7, color=h.wall, **OPAQUE, batch=b, group=self.bg),
                 shapes.Triangle(r.x - 10, r.y + r.h * 0.7, r.x + r.w + 10, r.y + r.h * 0.7,
-                                r.x + r.w / 2, r.y + r.h + 15, color=h.roof, batch=b, group=self.bg),
-                shapes.Rectangle(r.x + r.w / 2 - 12, r.y, 24, 36, color=(90, 60, 40), batch=b, group=self.bg),
+                                r.x + r.w / 2, r.y + r.h + 15, color=h.roof, **OPAQUE, batch=b, group=self.bg),
+                shapes.Rectangle(r.x + r.w / 2 - 12, r.y, 24, 36, color=(90, 60, 40), **OPAQUE, batch=b, group=self.bg),
                 Label(h.label, x=r.x + r.w / 2, y=r.y + r.h * 0.45, anchor_x="center", font_size=10,
                       color=(60, 40, 30, 255), batch=b, group=self.fg)]
         w = world.WELL
-        self.keep.append(shapes.Circle(w.x + w.w / 2, w.y + w.h / 2, w.w / 2, color=(120, 120, 130), batch=b, group=self.bg))
-        self.keep.append(shapes.Circle(w.x + w.w / 2, w.y + w.h / 2, w.w / 3, color=(40, 70, 140), batch=b, group=self.bg))
+        for radius, color in ((w.w / 2, (120, 120, 130)), (w.w / 3, (40, 70, 140))):
+            self.keep.append(shapes.Circle(w.x + w.w / 2, w.y + w.h / 2, radius, color=color, **OPAQUE,
+                                           batch=b, group=self.bg))
         for tx, ty in ((40, 160), (300, 200), (640, 180), (900, 120), (620, 420), (270, 440)):
-            self.keep.append(shapes.Circle(tx, ty, 22, color=(46, 110, 50), batch=b, group=self.bg))
+            self.keep.append(shapes.Circle(tx, ty, 22, color=(46, 110, 50), **OPAQUE, batch=b, group=self.bg))
         for v in villagers:
-            self.keep += [shapes.Circle(v.x, v.y, 14, color=v.color, batch=b, group=self.fg),
+            self.keep += [shapes.Circle(v.x, v.y, 14, color=v.color, **OPAQUE, batch=b, group=self.fg),
                           Label(v.name, x=v.x, y=v.y - 30, anchor_x="center", font_size=10,
                                 color=INK, batch=b, group=self.fg)]
-        self.player_outline = shapes.Circle(0, 0, world.PLAYER_RADIUS, color=(40, 40, 60), batch=b, group=self.fg)
-        self.player = shapes.Circle(0, 0, world.PLAYER_RADIUS - 3, color=(250, 250, 250), batch=b, group=self.top)
+        self.player_outline = shapes.Circle(0, 0, world.PLAYER_RADIUS, color=(40, 40, 60), **OPAQUE,
+                                            batch=b, group=self.fg)
+        self.player = shapes.Circle(0, 0, world.PLAYER_RADIUS - 3, color=(250, 250, 250), **OPAQUE,
+                                    batch=b, group=self.top)
         self.hint = Label("", x=world.WIDTH / 2, y=20, anchor_x="center", font_size=FONT, color=INK,
                           batch=b, group=self.text)
         self.bubbles: dict[str, tuple] = {}
         self.bubble_rects: dict[str, tuple[int, int, int, int]] = {}
-        self.typing_bg = shapes.Rectangle(20, 8, world.WIDTH - 40, 34, color=(255, 255, 240), batch=b, group=self.top)
+        self.typing_bg = shapes.Rectangle(20, 8, world.WIDTH - 40, 34, color=(255, 255, 240), **OPAQUE,
+                                          batch=b, group=self.top)
         self.typing = Label("", x=30, y=19, font_size=FONT, color=INK, batch=b, group=self.text)
 
     def bubble(self, v, text: str):
         """Draw (or update) ``v``'s speech bubble; an empty text hides it."""
         parts = self.bubbles.get(v.name)
         if parts is None:
-            box = shapes.Rectangle(0, 0, BUBBLE_W, 10, color=(255, 255, 255), batch=self.batch, group=self.top)
+            box = shapes.Rectangle(0, 0, BUBBLE_W, 10, color=(255, 255, 255), **OPAQUE,
+                                   batch=self.batch, group=self.top)
             tail = shapes.Triangle(v.x - 6, v.y + 22, v.x + 6, v.y + 22, v.x, v.y + 14,
-                                   color=(255, 255, 255), batch=self.batch, group=self.top)
+                                   color=(255, 255, 255), **OPAQUE, batch=self.batch, group=self.top)
             label = Label("", x=0, y=0, width=BUBBLE_W - 16, multiline=True, font_size=FONT - 1,
                           color=INK, anchor_y="bottom", batch=self.batch, group=self.text)
             parts = self.bubbles[v.name] = (box, tail, label)
@@ -136,15 +145,16 @@ class Hud:
     def __init__(self):
         self.batch = pyglet.graphics.Batch()
         b = self.batch
-        self.panel = shapes.Rectangle(0, world.HEIGHT - 70, world.WIDTH, 70, color=(25, 28, 38), batch=b)
+        self.panel = shapes.Rectangle(0, world.HEIGHT - 70, world.WIDTH, 70, color=(25, 28, 38), **OPAQUE, batch=b)
         self.left = Label("", x=10, y=world.HEIGHT - 22, font_size=FONT, color=(230, 230, 230, 255), batch=b)
         self.left2 = Label("", x=10, y=world.HEIGHT - 48, font_size=FONT - 1, color=(170, 200, 230, 255), batch=b)
         self.toast = Label("", x=world.WIDTH / 2, y=world.HEIGHT - 100, anchor_x="center", font_size=FONT,
                            color=(255, 255, 200, 255), batch=b)
         g = GRAPH
-        self.graph_bg = shapes.Rectangle(g.x, g.y, g.w, g.h, color=(45, 50, 65), batch=b)
+        self.graph_bg = shapes.Rectangle(g.x, g.y, g.w, g.h, color=(45, 50, 65), **OPAQUE, batch=b)
         self.marks = [shapes.Line(g.x, g.y + g.h * ms / GRAPH_MAX_MS, g.x + g.w, g.y + g.h * ms / GRAPH_MAX_MS,
-                                  color=c, batch=b) for ms, c in ((16.7, (90, 160, 90)), (25.0, (200, 160, 60)))]
+                                  color=c, **OPAQUE, batch=b)
+                      for ms, c in ((16.7, (90, 160, 90)), (25.0, (200, 160, 60)))]
         # the graph: one GL_LINES vertex list (a segment per pair of frames), rewritten in place
         n = 2 * (GRAPH_FRAMES - 1)
         program = pyglet.graphics.get_default_shader()
@@ -179,8 +189,8 @@ class LoadingScreen:
         b, cx = self.batch, world.WIDTH / 2
         self.keep = [Label("PerroPastor village", x=cx, y=330, anchor_x="center", font_size=26,
                            color=(240, 240, 240, 255), batch=b),
-                     shapes.Rectangle(cx - 200, 250, 400, 24, color=(70, 75, 95), batch=b)]
-        self.bar = shapes.Rectangle(cx - 198, 252, 0, 20, color=(110, 190, 110), batch=b)
+                     shapes.Rectangle(cx - 200, 250, 400, 24, color=(70, 75, 95), **OPAQUE, batch=b)]
+        self.bar = shapes.Rectangle(cx - 198, 252, 0, 20, color=(110, 190, 110), **OPAQUE, batch=b)
         self.phase = Label("", x=cx, y=215, anchor_x="center", font_size=FONT, color=(200, 200, 200, 255), batch=b)
 
     def draw(self, progress: float, phase: str) -> None:
@@ -195,7 +205,7 @@ class PickerPanel:
 
     def __init__(self):
         self.batch = pyglet.graphics.Batch()
-        self.panel = shapes.Rectangle(180, 70, 600, 390, color=(20, 24, 34), batch=self.batch)
+        self.panel = shapes.Rectangle(180, 70, 600, 390, color=(20, 24, 34), **OPAQUE, batch=self.batch)
         self.title = Label("Models (Up/Down, Enter: load or download, Esc: close)", x=200, y=430,
                            font_size=FONT, color=(240, 240, 240, 255), batch=self.batch)
         self.rows: list[Label] = []
