@@ -24,6 +24,11 @@ FRAME_MS = 1000.0 / 60.0
 MIN_BUDGET_MS, MAX_BUDGET_MS = 4.0, 14.0  # a floor, so tok/s holds when drawing is slow
 MIN_MARGIN_MS, MAX_MARGIN_MS = 1.0, 6.0  # kept free of the frame for ticks that overrun
 OVERRUN_FRAMES = 120  # the last two seconds of ticks size the margin
+# cpu backend: prompt chunks run on one BLAS thread (decode keeps two). A 32-token step is a
+# small matmul, and a second BLAS thread that the renderer keeps off its core stretched such
+# steps to 20-35 ms. Alternating runs: prefill step p99 8-22 -> 7-8 ms, frame p99 22.0-23.8 ->
+# 21.1-22.4 ms, tok/s about the same (docs/sample_game.md)
+PREFILL_BLAS_THREADS = 1
 TOAST_S = 3.0
 
 
@@ -108,6 +113,8 @@ class Game:
             return
         if model is not None:
             old, self.model = self.model, model
+            if model.backend == "cpu":
+                model.transformer.prefill_blas_threads = PREFILL_BLAS_THREADS
             if old is not None:
                 release = getattr(old.transformer, "release", None)  # GL objects, if any
                 if release is not None:

@@ -47,6 +47,59 @@ def test_prefill_in_chunks_equals_one_batch(model32):
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-4, atol=1e-3)
 
 
+def test_prefill_on_fewer_blas_threads(model32):
+    """``prefill_blas_threads``: each step of a prefill pass runs on that many BLAS threads (what
+    threadpoolctl reads inside the step), the setting is back between steps and for decode
+    passes, and the logits are the ones of the plain pass."""
+    from threadpoolctl import threadpool_info
+
+    from perro_pastor.cpu import Segment
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    t = model32.transformer
+    before = blas_threads()
+    tokens = np.array(model32.tokenizer.encode(PROMPT))
+    want = t.forward(tokens, 0, t.new_cache(64))
+    inside, between, decoding = set(), set(), set()
+    real_pass = t._pass
+    t.prefill_blas_threads = 1
+    t._pass = lambda *args: _recording(real_pass(*args), inside, blas_threads)
+    try:
+        kv = t.new_cache(64)
+        steps = t.forward_steps([Segment(tokens, 0, kv)])
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                got = done.value[0]
+                break
+            between |= blas_threads()
+        inside_prefill = set(inside)
+        inside.clear()
+        for _ in t.forward_steps([Segment(tokens[:1], len(tokens), kv)]):
+            decoding |= blas_threads()
+    finally:
+        t.prefill_blas_threads = None
+        del t._pass
+    assert inside_prefill == {1}
+    assert between == before and inside == before and decoding == before
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def _recording(steps, seen: set, read):
+    """``steps`` that add ``read()`` to ``seen`` while each one runs (inside any limit that the
+    caller puts around ``next``)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        seen |= read()
+        yield
+
+
 def test_same_seed_same_tokens(model32):
     settings = SamplerSettings(temperature=0.9, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1)
     runs = [[t.id for t in model32.generate(PROMPT, 12, Sampler(settings, seed=11))] for _ in range(2)]
