@@ -8,7 +8,9 @@ BIN=.venv/bin
 OUT=docs/figures
 mkdir -p "$OUT"
 head -c 12000 /usr/share/common-licenses/GPL-3 > /tmp/gpl3-12k.txt
-note() { echo "{\"step\": \"$1\", \"load\": \"$(cut -d' ' -f1-3 /proc/loadavg)\", \"date\": \"$(date -u +%FT%TZ)\"}" >> "$OUT/load.jsonl"; }
+# steal_s: CPU time the hypervisor gave to other guests so far (/proc/stat), summed over vCPUs:
+# a step during which it grows by more than a second or two was measured on a stalled VM
+note() { echo "{\"step\": \"$1\", \"load\": \"$(cut -d' ' -f1-3 /proc/loadavg)\", \"steal_s\": $(awk '/^cpu /{print $9 / 100}' /proc/stat), \"date\": \"$(date -u +%FT%TZ)\"}" >> "$OUT/load.jsonl"; }
 : > "$OUT/load.jsonl"
 
 note cpu-bench-1thread
@@ -41,6 +43,7 @@ $BIN/python -m sample_game --autoplay --headless --report "$OUT/game_autoplay.js
 # two more runs, summarised one line each: the VM's speed moves the game's figures run to run
 : > "$OUT/game_autoplay_more_runs.jsonl"
 for run in 2 3; do
+    note "game-run-$run"
     $BIN/python -m sample_game --autoplay --headless --report /tmp/game_run.json > /dev/null 2>&1
     $BIN/python -c "import json; d = json.load(open('/tmp/game_run.json')); print(json.dumps({k: v for k, v in d.items() if k not in ('transcript', 'bubble_rects')}))" >> "$OUT/game_autoplay_more_runs.jsonl"
 done
