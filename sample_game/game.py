@@ -9,6 +9,7 @@ overrun, and a step is at most one sub-block of one layer).
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections import deque
 from pathlib import Path
@@ -113,7 +114,8 @@ class Game:
             return
         if model is not None:
             old, self.model = self.model, model
-            if model.backend == "cpu":
+            if model.backend == "cpu" and importlib.util.find_spec("threadpoolctl") is not None:
+                # (threadpoolctl comes with the game extra; without it BLAS keeps its threads)
                 model.transformer.prefill_blas_threads = PREFILL_BLAS_THREADS
             if old is not None:
                 release = getattr(old.transformer, "release", None)  # GL objects, if any
