@@ -221,16 +221,26 @@ class CpuWeights:
         return embedding(self.mf.tensor_bytes(t.name), t.qtype, rows, cols, ids).astype(self.dtype)
 
 
-def steps_on_blas_threads(steps: Iterator[None], n_threads: int) -> Generator[None, None, object]:
-    """Run the generator ``steps`` with BLAS limited to ``n_threads`` while each step runs; the
-    setting is restored between steps, so work interleaved with them keeps its own. Returns what
-    ``steps`` returns. Uses threadpoolctl (the game extra); ~30 us a step."""
+def blas_controller():
+    """threadpoolctl's handle on the process's BLAS libraries (the game extra), found once: the
+    search walks every loaded shared library (3-15 ms), so do it before a frame needs it."""
     global _blas_controller
     if _blas_controller is None:
         from threadpoolctl import ThreadpoolController
         _blas_controller = ThreadpoolController().select(user_api="blas")
+    return _blas_controller
+
+
+_blas_controller = None
+
+
+def steps_on_blas_threads(steps: Iterator[None], n_threads: int) -> Generator[None, None, object]:
+    """Run the generator ``steps`` with BLAS limited to ``n_threads`` while each step runs; the
+    setting is restored between steps, so work interleaved with them keeps its own. Returns what
+    ``steps`` returns. ~30 us a step."""
+    controller = blas_controller()
     while True:
-        with _blas_controller.limit(limits=n_threads):
+        with controller.limit(limits=n_threads):
             try:
                 next(steps)
             except StopIteration as done:
@@ -238,18 +248,12 @@ def steps_on_blas_threads(steps: Iterator[None], n_threads: int) -> Generator[No
         yield
 
 
-_blas_controller = None  # threadpoolctl's view of the BLAS libraries, made on first use
-
-
 # -----------------------------------------------------------------------------
 # the transformer
 
 class CpuTransformer:
     name = "cpu"
-    # BLAS threads for the steps of a pass that prefills; None leaves BLAS as configured. A game
-    # sets 1 (sample_game): its prefill steps are small matmuls, and a second BLAS thread that
-    # the renderer keeps off its core stretches a 3 ms step to 20-35 ms.
-    prefill_blas_threads: int | None = None
+    _prefill_blas_threads: int | None = None
 
     def __init__(self, mf: ModelFile, cfg: Config, weights: Weights, dtype=np.float32,
                  cache_budget: int = DEFAULT_CACHE_BUDGET):
@@ -263,6 +267,19 @@ class CpuTransformer:
         self.rms_att = [self.store.vector(l.rms_att_weight) for l in weights.layers]
         self.rms_ffn = [self.store.vector(l.rms_ffn_weight) for l in weights.layers]
         self.rms_final = self.store.vector(weights.rms_final_weight)
+
+    @property
+    def prefill_blas_threads(self) -> int | None:
+        """BLAS threads for the steps of a pass that prefills; None (the default) leaves BLAS as
+        configured. A game sets 1 (sample_game): its prefill steps are small matmuls, and a
+        second BLAS thread that the renderer keeps off its core stretches a 3 ms step to 20-35 ms."""
+        return self._prefill_blas_threads
+
+    @prefill_blas_threads.setter
+    def prefill_blas_threads(self, n_threads: int | None) -> None:
+        if n_threads is not None:
+            blas_controller()  # now, not inside the first prefill step
+        self._prefill_blas_threads = n_threads
 
     def new_cache(self, n_ctx: int) -> KVCache:
         return KVCache(self.cfg, n_ctx, self.dtype)

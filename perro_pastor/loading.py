@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -47,6 +48,19 @@ WARM_UP_STEPS_PER_LAYER = 40  # a guess for ``fraction`` while compiling (clampe
 
 class LoadCancelled(Exception):
     """Raised inside the worker to unwind it after ``LoadTask.cancel``."""
+
+
+@contextmanager
+def frequent_gil_handover():
+    """For a background thread that runs Python while a game draws: a thread waiting for the
+    GIL (the frame thread, back from any GL call) gets it after one switch interval, 5 ms by
+    default, more than a tick's budget; within this block it is ``LOADING_SWITCH_INTERVAL_S``."""
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch_interval, LOADING_SWITCH_INTERVAL_S))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(switch_interval)
 
 
 class LoadTask:
@@ -282,11 +296,11 @@ class LoadTask:
     # worker thread
 
     def _work(self) -> None:
+        with frequent_gil_handover():  # (the GGUF string arrays, the vocabulary are Python work)
+            self._work_steps()
+
+    def _work_steps(self) -> None:
         file = None
-        # While this thread runs Python (the GGUF string arrays, the vocabulary), the frame thread
-        # waits up to one switch interval for the GIL: 5 ms by default, more than a tick's budget.
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch_interval, LOADING_SWITCH_INTERVAL_S))
         try:
             if self.backend != "cpu":
                 _import_gl()
@@ -320,7 +334,6 @@ class LoadTask:
         except BaseException as exc:  # noqa: BLE001 -- handed to the GL thread, which reports it
             self._worker_error = exc
         finally:
-            sys.setswitchinterval(switch_interval)
             self._imported.set()
             with self._lock:
                 self._worker_done = True

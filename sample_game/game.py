@@ -14,6 +14,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from perro_pastor.cpu import blas_controller
+
 from . import world
 from .controls import Controls
 from .loading import ModelLoader
@@ -44,6 +46,11 @@ class Game:
         self.controls = Controls()
         self.stats = FrameStats()
         self.picker = ModelPicker()
+        # threadpoolctl comes with the game extra; without it BLAS keeps its threads. Its search
+        # for the BLAS library walks every loaded library (3-15 ms): done here, before any frame
+        self.limit_prefill_blas = importlib.util.find_spec("threadpoolctl") is not None
+        if self.limit_prefill_blas:
+            blas_controller()
         self.loader: ModelLoader | None = ModelLoader(model_name, backend, gl_context)
         self.village: Village | None = None
         self.model = None
@@ -114,8 +121,7 @@ class Game:
             return
         if model is not None:
             old, self.model = self.model, model
-            if model.backend == "cpu" and importlib.util.find_spec("threadpoolctl") is not None:
-                # (threadpoolctl comes with the game extra; without it BLAS keeps its threads)
+            if model.backend == "cpu" and self.limit_prefill_blas:
                 model.transformer.prefill_blas_threads = PREFILL_BLAS_THREADS
             if old is not None:
                 release = getattr(old.transformer, "release", None)  # GL objects, if any
@@ -174,8 +180,8 @@ class Game:
             self._poll_loader(now)
         if self.picker.poll():
             self.controls.picker_size = len(self.picker.rows)
-        if self.village is None:
-            return
+        if self.village is None or self.loaded_this_frame:
+            return  # (a frame that finished loading has spent its budget)
         # the scheduler gets what is left of this frame after drawing, less a margin for how far
         # ticks have recently run past their budget (a step runs long when the machine is busy)
         left = FRAME_MS - (time.perf_counter() - frame_start) * 1000.0 - self.render_ms - self.margin_ms()

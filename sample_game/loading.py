@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 
 from perro_pastor.chat import template_for_model
-from perro_pastor.loading import load_async
+from perro_pastor.loading import frequent_gil_handover, load_async
 from perro_pastor.model import Model
 
 BUDGET_MS = 6.0  # of each frame spent on loading steps (the loading screen draws in ~3 ms)
@@ -73,7 +73,8 @@ class ModelLoader:
     def _build_template(self, model: Model) -> None:
         try:
             tok = model.tokenizer
-            self.template = template_for_model(model.file.metadata, tok.tokens, tok.tokens[tok.bos_id],
-                                               tok.tokens[tok.eos_id])
+            with frequent_gil_handover():  # (or the loading screen's GL calls wait 5 ms each)
+                self.template = template_for_model(model.file.metadata, tok.tokens, tok.tokens[tok.bos_id],
+                                                   tok.tokens[tok.eos_id])
         except Exception as exc:  # noqa: BLE001 -- shown by the game, which keeps running
             self._template_error = exc
