@@ -243,3 +243,20 @@ def test_poll_keeps_to_its_budget_on_an_injected_clock(slice_path, raw_ctx):
     assert task.phase == "ready" and max(per_poll) <= 4 + 2  # the budget, plus the step that crossed it
     task.model.transformer.release()
     task.model.close()
+
+
+def test_frequent_gil_handover_sets_and_restores_the_switch_interval():
+    """The loader worker's (and the sample game's template thread's) GIL hand-over: 0.5 ms
+    inside the block, the previous interval after it, also when the block raises."""
+    import sys
+
+    from perro_pastor.loading import LOADING_SWITCH_INTERVAL_S, frequent_gil_handover
+
+    before = sys.getswitchinterval()
+    with frequent_gil_handover():
+        assert sys.getswitchinterval() == pytest.approx(LOADING_SWITCH_INTERVAL_S)
+    assert sys.getswitchinterval() == before
+    with pytest.raises(KeyError):
+        with frequent_gil_handover():
+            raise KeyError("x")
+    assert sys.getswitchinterval() == before
