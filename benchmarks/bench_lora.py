@@ -7,8 +7,9 @@ Adapters are random rank-R factors on all 7 projections (wq wk wv wo w1 w2 w3) o
 built in memory (reading a file is not what is timed). Each row is the median decode tok/s over
 ``repeats`` runs; runs with and without adapters alternate so that drift in machine load hits
 both alike. ``vs_base`` is the ratio of the medians; ``vs_base_paired`` the median of each
-repeat's ratio to the base run just before it (steadier on a machine whose speed drifts). ``--batch N`` adds rows for N sequences decoding in one batch, each with its own
-adapter, against the same N sequences without adapters (tok/s counts tokens of all sequences).
+repeat's ratio to the base run just before it (steadier on a machine whose speed drifts).
+``--batch N`` adds rows for N sequences decoding in one batch, each with its own adapter,
+against the same N sequences without adapters (tok/s counts tokens of all sequences).
 """
 
 from __future__ import annotations
