@@ -19,6 +19,8 @@ note cpu-bench-2threads
 OPENBLAS_NUM_THREADS=2 $BIN/perro-pastor bench -m default --backend cpu -p 128 -n 64 --json > "$OUT/bench_cpu_2threads.json"
 note gl-bench
 $BIN/perro-pastor bench -m default --backend gl -p 128 -n 64 --json > "$OUT/bench_gl.json"
+note llvmpipe-floor
+$BIN/python benchmarks/llvmpipe_floor.py --repeat 30 --rounds 7 --json "$OUT/llvmpipe_floor.json" > /dev/null
 note runtime-gl
 $BIN/perro-pastor bench -m default --backend gl --sessions 4 --budget-ms 4 -n 12 --restore --json > "$OUT/runtime_gl.json"
 note runtime-cpu
