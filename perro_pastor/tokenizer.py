@@ -4,8 +4,8 @@ One ``Tokenizer`` covers the two vocabulary kinds Llama-family GGUF files use:
 
 - ``llama``: SentencePiece BPE with byte fallback (Llama 1/2, Phi-3, TinyLlama, llama2.c's
   ``tokenizer.model``), run by ``sentencepiece`` (tokenizer_spm.py);
-- ``gpt2``: byte-level BPE with a named pre-tokenizer (Llama 3, SmolLM, Qwen2, GPT-2, ...), run by
-  Hugging Face ``tokenizers`` (tokenizer_bpe.py).
+- ``gpt2``: byte-level BPE with a named pre-tokenizer (Llama 3, SmolLM, Qwen2, GPT-2, ...): text cut
+  into words by Hugging Face ``tokenizers``, words merged by tokenizer_bpe.ByteLevelBPE.
 
 What is shared lives here: checking the vocabulary arrays, the special ids and flags with llama.cpp's
 defaults, the special-token pass that runs before either engine, decoding, and ``StreamDecoder``.
@@ -158,12 +158,9 @@ class Tokenizer:
                 ids.append(piece)
                 prev_special = True
                 continue
-            if self.model == "llama":
-                if self.add_space_prefix and prev_special:
-                    piece = " " + piece
-                ids.extend(self._engine.encode(piece))
-            else:
-                ids.extend(self._engine.encode(piece, add_special_tokens=False).ids)
+            if self.model == "llama" and self.add_space_prefix and prev_special:
+                piece = " " + piece
+            ids.extend(self._engine.encode(piece))
             prev_special = False
         if self.add_eos if add_eos is None else add_eos:
             ids.append(self.eos_id)

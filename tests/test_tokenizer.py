@@ -156,6 +156,37 @@ def test_smollm_digits_split_singly():
     assert tok.encode("Hello world") == [tok.tokens.index("Hello"), tok.tokens.index("Ġworld")]
 
 
+@functools.lru_cache(maxsize=None)
+def _hf_bpe(name: str):
+    """The same vocabulary as a ``tokenizers.models.BPE``: the Rust implementation our Python
+    merge loop replaced (tokenizer_bpe.ByteLevelBPE), kept here as its oracle."""
+    from tokenizers import Tokenizer as HFTokenizer, models
+
+    from perro_pastor import tokenizer_bpe
+
+    tok = smollm() if name == "smollm" else vocab(name)
+    engine = tok._engine
+    by_id = {i: t for t, i in engine.vocab.items()}
+    packed = sorted(engine.rank, key=engine.rank.get)  # the pairs that can apply, in rank order
+    ranked = [(by_id[p // engine.n], by_id[p % engine.n]) for p in packed]
+    hf = HFTokenizer(models.BPE(vocab=engine.vocab, merges=ranked, ignore_merges=engine.ignore_merges))
+    hf.pre_tokenizer = engine.pre_tokenizer
+    assert isinstance(engine, tokenizer_bpe.ByteLevelBPE)
+    return tok, hf
+
+
+TEXT_ALPHABET = st.characters(codec="utf-8", categories=("L", "M", "N", "P", "S", "Zs", "Cc"))
+
+
+@pytest.mark.parametrize("name", ["smollm", pytest.param("llama-bpe", marks=needs_vocab),
+                                  pytest.param("qwen2", marks=needs_vocab)])
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(TEXT_ALPHABET, min_size=1, max_size=60))
+def test_bpe_merges_match_tokenizers(name, text):
+    tok, hf = _hf_bpe(name)
+    assert tok._engine.encode(text) == hf.encode(text, add_special_tokens=False).ids
+
+
 # -----------------------------------------------------------------------------
 # streaming
 
