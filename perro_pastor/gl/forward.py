@@ -16,6 +16,7 @@ per segment, on that segment's rows (bound as buffer ranges) and its own KV cach
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -152,6 +153,7 @@ class GlTransformer:
         cfg = self.cfg
         self.s = Scratch(self.glctx, cfg)
         self.lora = LoraCache(self.glctx)
+        self._fusion_plans: dict[tuple, tuple] = {}  # fuse_lora's lookups, by layer, names and adapters
         # Segments are bound as buffer ranges, whose offsets the driver wants aligned.
         align = buffer_offset_alignment(self.glctx.ctx)
         self.can_slice = all(4 * n % align == 0 for n in (cfg.dim, cfg.kv_dim, cfg.hidden_dim))
@@ -359,8 +361,10 @@ class GlTransformer:
         yield from self.matvec(dst, w, x, spans[-1][2], accumulate, lora=lora)
         for seg, a, b in spans:
             for other in seg.adapters:
+                if other is adapter:
+                    continue  # added by the mat-vec above
                 factors = other.factors(l, name)
-                if factors is not None and other is not adapter:
+                if factors is not None:
                     pair = self.lora.pair(factors[0], factors[1], f"L{l}.{name}")
                     self.kernels.lora(_rows(dst, w.rows, a, b), pair, _rows(x, w.cols, a, b),
                                       other.scale, n_tokens=b - a)
@@ -371,22 +375,47 @@ class GlTransformer:
         over their stacked A factors; returns {name: (adapter, FusedLora)} for ``project``, whose
         mat-vecs then add B (A x) themselves. Batches and any further adapters take the
         two-dispatch ``Kernels.lora`` in ``project``. Returns {} when there is nothing to fuse."""
-        if len(spans) != 1 or spans[0][2] != 1:
+        if len(spans) != 1 or spans[0][2] != 1 or not spans[0][0].adapters:
             return {}
-        for adapter in spans[0][0].adapters:
+        plan = self._fusion_plan(l, names, spans[0][0].adapters)
+        if plan is None:
+            return {}
+        adapter, stacked, members = plan
+        # not kernels.lora's scratch; at least a uniform block's worth, so the mat-vecs read it as one
+        ax = self.kernels.scratch("lora_ax_stacked", max(stacked.rows * 4, LORA_AX_UBO_BYTES))
+        self.kernels.matvec(ax, stacked, x)
+        yield
+        return {name: (adapter, FusedLora(pair, ax, adapter.scale, offset)) for name, pair, offset in members}
+
+    def _fusion_plan(self, l: int, names: tuple[str, ...], adapters: tuple):
+        """(adapter, stacked A factors, [(name, LoraPair, offset of its A x)]) for ``fuse_lora``,
+        or None; looked up once per layer, projection group and adapters, then kept (a decode
+        step asks 4 times per layer, and this is Python the LoRA step would pay every token).
+        Entries hold the adapters weakly: a dropped adapter's plan is rebuilt if its id returns."""
+        key = (l, names, tuple(id(a) for a in adapters))
+        entry = self._fusion_plans.get(key)
+        if entry is not None and all(ref() is a for ref, a in zip(entry[0], adapters)):
+            return entry[1]
+        for adapter in adapters:
             members = [(name, adapter.factors(l, name)) for name in names]
             members = [(name, f) for name, f in members if f is not None]
             if members:
                 break
         else:
-            return {}
-        stacked, offsets = self.lora.stacked_a([f[0] for _, f in members], f"L{l}.{'+'.join(names)}")
-        # not kernels.lora's scratch; at least a uniform block's worth, so the mat-vecs read it as one
-        ax = self.kernels.scratch("lora_ax_stacked", max(stacked.rows * 4, LORA_AX_UBO_BYTES))
-        self.kernels.matvec(ax, stacked, x)
-        yield
-        return {name: (adapter, FusedLora(self.lora.pair(f[0], f[1], f"L{l}.{name}"), ax, adapter.scale, off))
-                for (name, f), off in zip(members, offsets)}
+            members = []
+        plan = None
+        if members:
+            stacked, offsets = self.lora.stacked_a([f[0] for _, f in members], f"L{l}.{'+'.join(names)}")
+            plan = (adapter, stacked, [(name, self.lora.pair(f[0], f[1], f"L{l}.{name}"), off)
+                                       for (name, f), off in zip(members, offsets)])
+        try:
+            refs = [weakref.ref(a) for a in adapters]
+        except TypeError:  # an adapter object without weak references: not kept
+            return plan
+        # drop the plans of adapters that are gone (a miss is rare: once per layer and group)
+        self._fusion_plans = {k: v for k, v in self._fusion_plans.items() if all(r() is not None for r in v[0])}
+        self._fusion_plans[key] = (refs, plan)
+        return plan
 
     def matvec(self, dst, w: GLWeight, x, n_tokens: int, accumulate: bool = False,
                lora: FusedLora | None = None) -> Iterator[None]:
