@@ -288,6 +288,46 @@ def test_batched_segments_with_lora_equal_each_alone(q8_pair):
     assert_no_gl_error(gl.transformer.glctx)
 
 
+def test_decode_with_lora_on_every_projection_folds_into_the_mat_vecs(q8_pair):
+    """A lone decode token with one adapter on all seven projections of every layer: the deltas
+    are added inside the mat-vecs (fuse_lora: one dispatch per group of projections sharing an
+    input computes their A x), and the logits match the cpu backend and the gl two-dispatch
+    path."""
+    gl, cpu = q8_pair
+    cfg, tr = gl.config, gl.transformer
+    rng = np.random.default_rng(11)
+    names = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+    adapter = make_adapter(rng, cfg, [(l, n) for l in range(cfg.n_layers) for n in names], 0.9)
+    history = rng.integers(0, cfg.vocab_size, 4)
+
+    def decode(transformer, adapters):
+        """The logits of one decode step after the history, and the gl dispatches it took."""
+        kv = transformer.new_cache(8)
+        run_to_end(transformer.forward_steps([Segment(history, 0, kv, adapters)]))
+        kernels = getattr(transformer, "kernels", None)
+        before = kernels.dispatches if kernels else 0
+        logits = run_to_end(transformer.forward_steps([Segment(np.array([7]), len(history), kv, adapters)]))[0]
+        return logits, (kernels.dispatches - before if kernels else 0)
+
+    base_dispatches = decode(tr, ())[1]
+    folded, lora_dispatches = decode(tr, (adapter,))
+    assert lora_dispatches == base_dispatches + 4 * cfg.n_layers  # q/k/v, wo, w1/w3, w2
+    ref = decode(cpu.transformer, (adapter,))[0]
+    assert np.abs(ref - decode(cpu.transformer, ())[0]).max() > 0.05  # the adapter matters
+    np.testing.assert_allclose(folded, ref, rtol=0, atol=3e-3 * np.abs(ref).max())
+
+    class Copy:  # the same factors as a second adapter object: the batch (two-dispatch) path
+        scale, factors = adapter.scale, adapter.factors
+    kv = [tr.new_cache(8), tr.new_cache(8)]
+    for cache in kv:
+        run_to_end(tr.forward_steps([Segment(history, 0, cache, (adapter,))]))
+    batched = run_to_end(tr.forward_steps([Segment(np.array([7]), len(history), kv[0], (adapter,)),
+                                           Segment(np.array([7]), len(history), kv[1], (Copy(),))]))
+    for logits in batched:
+        np.testing.assert_allclose(folded, logits, rtol=0, atol=1e-3 * np.abs(ref).max())
+    assert_no_gl_error(tr.glctx)
+
+
 # -----------------------------------------------------------------------------
 # KV cache
 
