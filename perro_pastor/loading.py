@@ -33,7 +33,8 @@ import numpy as np
 
 from .cpu import DEFAULT_CACHE_BUDGET, CpuTransformer
 from .errors import BackendError
-from .formats import open_model_file
+from .formats import ggml_legacy, gguf, llama2c, open_model_file  # noqa: F401 -- the readers: imported
+# here, not by open_model_file on the worker, where each import held the GIL (and the frame) ~10 ms
 from .model import BACKENDS, Model
 from .paths import resolve_model
 
