@@ -187,6 +187,13 @@ def test_bpe_merges_match_tokenizers(name, text):
     assert tok._engine.encode(text) == hf.encode(text, add_special_tokens=False).ids
 
 
+def test_bpe_merges_a_very_long_word_like_tokenizers():
+    """One 20k-letter word (a pasted blob with no spaces): merged in O(n log n), same ids."""
+    tok, hf = _hf_bpe("smollm")
+    word = "".join(random.Random(3).choice("abcdefghijklmnopqrstuvwxyzé") for _ in range(20_000))
+    assert tok._engine.encode(word) == hf.encode(word, add_special_tokens=False).ids
+
+
 # -----------------------------------------------------------------------------
 # streaming
 
