@@ -13,6 +13,8 @@
 //            element cache_base                                            readonly
 //          3 att     (n_heads * T, seq_len) f32 scratch: scores, then probabilities
 //          4 out     (T, n_heads, hs) f32                                  writeonly
+//          5, 6      with lora_rows > 0 (one token: a fused LoRA delta on wo): A and its work
+//                    buffer; each head's group adds its part of A out (common/lora_a.glsl)
 // Twin:    cpu.attention
 #ifndef WG_SIZE
 #define WG_SIZE 64
@@ -21,6 +23,9 @@
 #define KV_F16 0
 #endif
 #define MAX_HEAD_SIZE 256
+#define LORA_A_BINDING 5
+#define LORA_WORK_BINDING 6
+#define LORA_CHUNK MAX_HEAD_SIZE
 layout(local_size_x = WG_SIZE) in;
 layout(std430, binding = 0) readonly buffer QBuf { vec2 q[]; };
 #if KV_F16
@@ -44,6 +49,7 @@ uniform uint sliding_window;  // 0 = attend to every earlier position
 
 shared vec2 q_s[MAX_HEAD_SIZE / 2];
 shared float red[WG_SIZE];
+#include "common/lora_a.glsl"
 
 // Tree reduction over the work group; op 0 = max, 1 = sum.
 float reduce(float v, uint op) {
@@ -102,5 +108,10 @@ void main() {
         vec2 acc = vec2(0.0);
         for (uint j = first; j <= pos; j++) acc += att[att_row + j] * LOAD2(v_cache, kv0 + j * kv_row + i);
         outv[(t * n_heads + h) * half_hs + i] = acc * inv_sum;
+        if (lora_rows > 0u) {
+            lora_x[2u * i] = acc.x * inv_sum;
+            lora_x[2u * i + 1u] = acc.y * inv_sum;
+        }
     }
+    if (lora_rows > 0u) lora_a_part(h * head_size, head_size, h, n_heads);
 }

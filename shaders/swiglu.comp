@@ -1,22 +1,33 @@
 #version 430
 // swiglu.comp: out[i] = silu(h1[i]) * h3[i],  silu(v) = v / (1 + exp(-v))
 //
-// Threads: one invocation per element.
+// Threads: one invocation per element. With lora_rows > 0 (a decode token's fused LoRA delta on
+//          w2), each work group also adds its WG_SIZE elements' part of A out (common/lora_a.glsl).
 // Buffers: 0 h1 (n,) f32 readonly, 1 h3 (n,) f32 readonly, 2 out (n,) f32 writeonly (may be h1's
 //          buffer only through a separate binding of the same data: llama2.c writes into hb)
+//          3, 4 with lora_rows > 0: A and its work buffer (common/lora_a.glsl)
 // Twin:    cpu.swiglu
 #ifndef WG_SIZE
 #define WG_SIZE 64
 #endif
+#define LORA_A_BINDING 3
+#define LORA_WORK_BINDING 4
+#define LORA_CHUNK 768
 layout(local_size_x = WG_SIZE) in;
 layout(std430, binding = 0) readonly buffer H1Buf { float h1[]; };
 layout(std430, binding = 1) readonly buffer H3Buf { float h3[]; };
 layout(std430, binding = 2) writeonly buffer OutBuf { float outv[]; };
 uniform uint n;
+uniform uint chunk;  // elements per work group: WG_SIZE, or up to LORA_CHUNK with lora_rows > 0
+#include "common/lora_a.glsl"
 
 void main() {
-    uint i = gl_GlobalInvocationID.x;
-    if (i >= n) return;
-    float v = h1[i];
-    outv[i] = v / (1.0 + exp(-v)) * h3[i];
+    uint c0 = gl_WorkGroupID.x * chunk, c1 = min(n, c0 + chunk);
+    for (uint i = c0 + gl_LocalInvocationID.x; i < c1; i += WG_SIZE) {
+        float v = h1[i];
+        float out_i = v / (1.0 + exp(-v)) * h3[i];
+        outv[i] = out_i;
+        if (lora_rows > 0u) lora_x[i - c0] = out_i;
+    }
+    if (lora_rows > 0u) lora_a_part(c0, c1 - c0, gl_WorkGroupID.x, gl_NumWorkGroups.x);
 }

@@ -128,3 +128,68 @@ def test_attention(glctx, kernels, n_heads, n_kv, T, pos0, window, kv_f16):  # n
                          sliding_window=window)
     np.testing.assert_allclose(read_f32(out, q.shape), want, atol=2e-5, rtol=0)
     assert_no_gl_error(glctx)
+
+
+def held_a(arrays, offsets, rows, cols):
+    """The stacked A factors as the GPU holds them (``a_rows_int8``: int8 rows, a scale each)."""
+    from perro_pastor.gl.kernels import a_rows_int8
+
+    stacked = np.zeros((rows, cols), np.float32)
+    for a, off in zip(arrays, offsets):
+        stacked[off:off + len(a)] = a
+    words = a_rows_int8(stacked)
+    top = words[:rows].view(np.float32)
+    q = words[(rows + 3) // 4 * 4:].copy().view(np.int8).reshape(rows, cols).astype(np.float64)
+    held = top[:, None].astype(np.float64) / 127 * q
+    assert np.all(np.abs(held - stacked) <= top[:, None] / 254 * (1 + 1e-6))  # half a step at most
+    return held
+
+
+@pytest.mark.parametrize("producer", ["rmsnorm", "swiglu", "attention"])
+@pytest.mark.parametrize("ranks", [(5, 16, 3), (64, 9)])
+def test_kernels_that_make_x_also_compute_lora_a_x(glctx, kernels, producer, ranks):  # noqa: F811
+    """rmsnorm, swiglu and attention with a ``LoraA`` write their usual output, unchanged, and
+    A out into the work buffer (common/lora_a.glsl: a partial sum per work group, the last group
+    adds them up): against float64 over the A the GPU holds and the output it wrote. Twice in a
+    row with new inputs (the counter is back at 0 after each dispatch); ragged chunks, and more
+    rows of A than lanes in a group (ranks 64 + 9)."""
+    from perro_pastor.gl.kernels import LoraA
+    from perro_pastor.gl.state import LoraCache
+
+    rng = np.random.default_rng([len(producer), *ranks])
+    cols = {"rmsnorm": 400, "swiglu": 1104, "attention": 9 * 48}[producer]
+    arrays = [rng.standard_normal((r, cols)).astype(np.float32) for r in ranks]
+    cache = LoraCache(glctx)
+    stacked = cache.stacked_a(arrays)
+    assert stacked.offsets == {(5, 16, 3): [0, 8, 24], (64, 9): [0, 64]}[ranks]  # padded to 8 rows each
+    held = held_a(arrays, stacked.offsets, stacked.rows, cols)
+    work = kernels.lora_work(stacked.rows * 16)
+    lora_a = LoraA(stacked.rows_int8, stacked.rows, cols, work)
+    out = f32_buffer(glctx, cols)
+    for rep in range(2):
+        if producer == "rmsnorm":
+            x, w = (rng.standard_normal(cols).astype(np.float32) for _ in range(2))
+            args = (out, f32_buffer(glctx, x), f32_buffer(glctx, w))
+            run = lambda **kw: kernels.rmsnorm(*args, dim=cols, eps=1e-5, **kw)  # noqa: E731
+        elif producer == "swiglu":
+            h1, h3 = (f32_buffer(glctx, rng.standard_normal(cols).astype(np.float32)) for _ in range(2))
+            run = lambda **kw: kernels.swiglu(out, h1, h3, n=cols, **kw)  # noqa: E731
+        else:
+            hs, n_kv, seq_len = 48, 3, 20
+            q = f32_buffer(glctx, rng.standard_normal(cols).astype(np.float32))
+            kc, vc = (glctx.ctx.buffer(rng.standard_normal((seq_len, n_kv, hs)).astype(np.float32).tobytes())
+                      for _ in range(2))
+            run = lambda **kw: kernels.attention(out, q, kc, vc, n_heads=9, n_kv_heads=n_kv,  # noqa: E731
+                                                 head_size=hs, pos0=11, seq_len=seq_len, **kw)
+        run()
+        plain = read_f32(out, (cols,))
+        run(lora_a=lora_a)
+        got = read_f32(out, (cols,))
+        np.testing.assert_array_equal(got, plain)  # the output itself does not change
+        ax = read_f32(work, (stacked.rows,))
+        want = held @ got.astype(np.float64)
+        bound = np.abs(held) @ np.abs(got.astype(np.float64))
+        assert np.all(np.abs(ax - want) <= 1e-5 * bound + 1e-7), f"{producer}: A x, repeat {rep}"
+        assert np.frombuffer(work.read(4, offset=4096), np.uint32)[0] == 0  # the counter
+    cache.release()
+    assert_no_gl_error(glctx)

@@ -182,7 +182,7 @@ def test_fused_lora_matvec(glctx, qtype, accumulate, ax_in):  # noqa: F811
     """dst (+)= W x + scale * B (A x) in one mat-vec (decode): against float64, on rows split
     across buffers and dispatches (B is indexed by the weight's row, not the part's). A x comes
     from a storage buffer, or from a uniform block at an offset (the stacked-A layout)."""
-    from perro_pastor.gl.kernels import LORA_AX_UBO_BYTES, FusedLora, LoraPair, b_rows_int8
+    from perro_pastor.gl.kernels import LORA_AX_UBO_BYTES, FusedLora, LoraPair, rows_int8
 
     rng = np.random.default_rng(int(qtype) + 7)
     rows, cols, rank, scale = 150, cols_for(qtype) * 2, 5, 0.6
@@ -206,8 +206,8 @@ def test_fused_lora_matvec(glctx, qtype, accumulate, ax_in):  # noqa: F811
         ax = block
     k.matvec(y, w, xb, accumulate=accumulate, lora=FusedLora(pair, ax, scale, ax_offset))
     W = dequantize(raw, qtype, rows, cols)
-    # the epilogue reads B as int8 per row (b_rows_int8): within half a step of B, step = max|row| / 127
-    words = b_rows_int8(np.pad(b, ((0, 0), (0, pair.a.rows - rank))))
+    # the epilogue reads B as int8 per row (rows_int8): within half a step of B, step = max|row| / 127
+    words = rows_int8(np.pad(b, ((0, 0), (0, pair.a.rows - rank))))
     top = words[:, 0].view(np.float32)
     b_held = (top[:, None] / 127) * words[:, 1:].copy().view(np.int8)[:, :rank].astype(np.float64)
     assert np.all(np.abs(b_held - b) <= top[:, None] / 254 * (1 + 1e-6))
@@ -217,39 +217,6 @@ def test_fused_lora_matvec(glctx, qtype, accumulate, ax_in):  # noqa: F811
     with pytest.raises(BackendError, match="one token"):
         k.matvec(y, w, xb, n_tokens=2, lora=FusedLora(pair, k.lora_ax(pair, xb), scale))
     pair.release()
-    assert_no_gl_error(glctx)
-
-
-@pytest.mark.parametrize("cols,stored", [(96, GGMLType.Q8_0), (40, GGMLType.F32)])
-def test_stacked_lora_a(glctx, kernels, cols, stored):  # noqa: F811
-    """A factors sharing an input, stacked (each padded to 8 rows) into one weight, Q8_0 when the
-    width allows, else f32: one mat-vec gives every A x (against float64 over what the gguf
-    package's quantizer makes of A), each at its offset; the cache returns the same upload again."""
-    import gguf
-    from perro_pastor.gl.state import LoraCache
-
-    rng = np.random.default_rng(5 + cols)
-    arrays = [rng.standard_normal((r, cols)).astype(np.float32) for r in (5, 16, 3)]
-    cache = LoraCache(glctx)
-    weight, offsets = cache.stacked_a(arrays, "test")
-    assert offsets == [0, 8, 24] and weight.rows == 32 and weight.qtype == stored
-    assert cache.stacked_a(arrays, "test")[0] is weight
-    padded = np.zeros((32, cols), np.float32)
-    for a, off in zip(arrays, offsets):
-        padded[off:off + len(a)] = a
-    if stored == GGMLType.Q8_0:
-        raw = gguf.quants.quantize(padded, gguf.GGMLQuantizationType.Q8_0)
-        padded = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0)  # what the GPU should hold
-    x = rng.standard_normal((1, cols)).astype(np.float32)
-    out = f32_buffer(glctx, weight.rows)
-    kernels.matvec(out, weight, f32_buffer(glctx, x))
-    got = read_f32(out, (1, weight.rows))[0]
-    for a, off in zip(arrays, offsets):
-        held = padded[off:off + len(a)]
-        want = held.astype(np.float64) @ x[0].astype(np.float64)
-        check_close(got[off:off + len(a)][None], want[None], (np.abs(held) @ np.abs(x[0]))[None], "stacked A x")
-        assert not got[off + len(a):off + (len(a) + 7) // 8 * 8].any()  # the padding rows are zero
-    cache.release()
     assert_no_gl_error(glctx)
 
 

@@ -30,7 +30,8 @@ from ..quant import GGMLType, dequantize
 from ..weights import Weights
 from .buffers import GLWeight, PreparedWeight, f32_buffer, prepare_weight, upload_prepared_steps
 from .context import GLContext
-from .kernels import LORA_AX_UBO_BYTES, FusedLora
+from .kernels import LORA_AX_UBO_BYTES, FusedLora, LoraA
+from .layer_ops import RMSNORM_WG, SWIGLU_WG
 from .state import BufferSlice, GlKVCache, LoraCache, Scratch, TimedKernels, buffer_offset_alignment
 
 Trace = Callable[[str, np.ndarray], None]
@@ -157,6 +158,8 @@ class GlTransformer:
         # Segments are bound as buffer ranges, whose offsets the driver wants aligned.
         align = buffer_offset_alignment(self.glctx.ctx)
         self.can_slice = all(4 * n % align == 0 for n in (cfg.dim, cfg.kv_dim, cfg.hidden_dim))
+        # work groups of the kernels that compute a fused LoRA A x: rmsnorm, attention, swiglu
+        self.lora_groups = max(-(-cfg.dim // RMSNORM_WG), cfg.n_heads, -(-cfg.hidden_dim // SWIGLU_WG))
         self.decode = dict(tokens=0, passes=0, wall=0.0, dispatches=0, layer_dispatches=0,
                            dispatch_s=0.0, matvec_s=0.0)
         self.glctx.check_error("uploading the model")
@@ -276,13 +279,14 @@ class GlTransformer:
         for l, w in enumerate(self.layers):
             # ---------------------------------------------------------------- attention
             # pre-norm: RMSNorm the block's input, scaled per feature by a learned weight
-            k.rmsnorm(s.xb, s.x, w.rms_att_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T)
+            # (a lone decode token's LoRA: the norm also computes A xb for q, k and v, and each
+            # projection's mat-vec adds its B (A xb); fuse_lora says what to fuse)
+            lora_a, fused = self.fuse_lora(l, ("wq", "wk", "wv"), spans)
+            k.rmsnorm(s.xb, s.x, w.rms_att_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T, lora_a=lora_a)
             check(f"L{l}.att_norm", s.xb, (dim,))
             yield
 
             # project to queries, keys and values: (T, dim) -> (T, dim), (T, kv_dim), (T, kv_dim)
-            # (a lone decode token's LoRA: A x for all three first, B (A x) inside each mat-vec)
-            fused = yield from self.fuse_lora(l, ("wq", "wk", "wv"), s.xb, spans)
             yield from self.project(s.q, l, "wq", s.xb, spans, fused=fused)
             yield from self.project(s.k, l, "wk", s.xb, spans, fused=fused)
             yield from self.project(s.v, l, "wv", s.xb, spans, fused=fused)
@@ -299,27 +303,27 @@ class GlTransformer:
             yield
 
             # each segment's queries attend over its own past, all heads in one dispatch: -> xb
+            lora_a, fused = self.fuse_lora(l, ("wo",), spans)
             for seg, a, b in spans:
-                yield from self.attend(seg, l, a, b)
+                yield from self.attend(seg, l, a, b, lora_a)
             check(f"L{l}.att", s.xb, (cfg.n_heads, hs))
 
             # mix the heads back into the residual stream: x += wo @ xb
-            fused = yield from self.fuse_lora(l, ("wo",), s.xb, spans)
             yield from self.project(s.x, l, "wo", s.xb, spans, accumulate=True, fused=fused)
             check(f"L{l}.att_out", s.x, (dim,))
 
             # ---------------------------------------------------------------- feed-forward
-            k.rmsnorm(s.xb, s.x, w.rms_ffn_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T)
+            lora_a, fused = self.fuse_lora(l, ("w1", "w3"), spans)
+            k.rmsnorm(s.xb, s.x, w.rms_ffn_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T, lora_a=lora_a)
             yield
 
             # SwiGLU: a gated projection up to hidden_dim, hb = silu(w1 xb) * (w3 xb), and back down
-            fused = yield from self.fuse_lora(l, ("w1", "w3"), s.xb, spans)
             yield from self.project(s.hb, l, "w1", s.xb, spans, fused=fused)
             yield from self.project(s.hb2, l, "w3", s.xb, spans, fused=fused)
-            k.swiglu(s.hb, s.hb, s.hb2, n=T * cfg.hidden_dim)
+            lora_a, fused = self.fuse_lora(l, ("w2",), spans)
+            k.swiglu(s.hb, s.hb, s.hb2, n=T * cfg.hidden_dim, lora_a=lora_a)
             check(f"L{l}.ffn_hidden", s.hb, (cfg.hidden_dim,))
             yield
-            fused = yield from self.fuse_lora(l, ("w2",), s.hb, spans)
             yield from self.project(s.x, l, "w2", s.hb, spans, accumulate=True, fused=fused)
             check(f"L{l}.ffn_out", s.x, (dim,))
 
@@ -369,29 +373,28 @@ class GlTransformer:
                     self.kernels.lora(_rows(dst, w.rows, a, b), pair, _rows(x, w.cols, a, b),
                                       other.scale, n_tokens=b - a)
 
-    def fuse_lora(self, l: int, names: tuple[str, ...], x, spans: list) -> Iterator[None]:
-        """For a lone decode token (one segment, one token): A x of its first adapter, for every
-        projection in ``names`` that the adapter touches (they share the input x), in ONE mat-vec
-        over their stacked A factors; returns {name: (adapter, FusedLora)} for ``project``, whose
-        mat-vecs then add B (A x) themselves. Batches and any further adapters take the
-        two-dispatch ``Kernels.lora`` in ``project``. Returns {} when there is nothing to fuse."""
+    def fuse_lora(self, l: int, names: tuple[str, ...], spans: list) -> tuple[LoraA | None, dict]:
+        """For a lone decode token (one segment, one token) with adapters: its first adapter's
+        deltas on the projections in ``names`` (they share their input x), fused. Returns the
+        ``LoraA`` for the kernel that makes x, which then also computes every A x (no dispatch
+        of its own), and {name: (adapter, FusedLora)} for ``project``, whose mat-vecs add B (A x)
+        in their epilogue. Batches and any further adapters take the two-dispatch
+        ``Kernels.lora`` in ``project``. (None, {}) when there is nothing to fuse."""
         if len(spans) != 1 or spans[0][2] != 1 or not spans[0][0].adapters:
-            return {}
+            return None, {}
         plan = self._fusion_plan(l, names, spans[0][0].adapters)
         if plan is None:
-            return {}
+            return None, {}
         adapter, stacked, members = plan
-        # not kernels.lora's scratch; at least a uniform block's worth, so the mat-vecs read it as one
-        ax = self.kernels.scratch("lora_ax_stacked", max(stacked.rows * 4, LORA_AX_UBO_BYTES))
-        self.kernels.matvec(ax, stacked, x)
-        yield
-        return {name: (adapter, FusedLora(pair, ax, adapter.scale, offset)) for name, pair, offset in members}
+        work = self.kernels.lora_work(stacked.rows * self.lora_groups)
+        lora_a = LoraA(stacked.rows_int8, stacked.rows, stacked.cols, work)
+        return lora_a, {name: (adapter, FusedLora(pair, work, adapter.scale, offset)) for name, pair, offset in members}
 
     def _fusion_plan(self, l: int, names: tuple[str, ...], adapters: tuple):
-        """(adapter, stacked A factors, [(name, LoraPair, offset of its A x)]) for ``fuse_lora``,
-        or None; looked up once per layer, projection group and adapters, then kept (a decode
-        step asks 4 times per layer, and this is Python the LoRA step would pay every token).
-        Entries hold the adapters weakly: a dropped adapter's plan is rebuilt if its id returns."""
+        """(adapter, ``StackedA``, [(name, LoraPair, offset of its A x)]) for ``fuse_lora``, or
+        None; looked up once per layer, projection group and adapters, then kept (a decode step
+        asks 4 times per layer, and this is Python the LoRA step would pay every token). Entries
+        hold the adapters weakly: a dropped adapter's plan is rebuilt if its id returns."""
         key = (l, names, tuple(id(a) for a in adapters))
         entry = self._fusion_plans.get(key)
         if entry is not None and all(ref() is a for ref, a in zip(entry[0], adapters)):
@@ -404,10 +407,10 @@ class GlTransformer:
         else:
             members = []
         plan = None
-        if members:
-            stacked, offsets = self.lora.stacked_a([f[0] for _, f in members], f"L{l}.{'+'.join(names)}")
+        if members and self._can_fuse(names, sum((len(f[0]) + 7) // 8 * 8 for _, f in members)):
+            stacked = self.lora.stacked_a([f[0] for _, f in members])
             plan = (adapter, stacked, [(name, self.lora.pair(f[0], f[1], f"L{l}.{name}"), off)
-                                       for (name, f), off in zip(members, offsets)])
+                                       for (name, f), off in zip(members, stacked.offsets)])
         try:
             refs = [weakref.ref(a) for a in adapters]
         except TypeError:  # an adapter object without weak references: not kept
@@ -416,6 +419,15 @@ class GlTransformer:
         self._fusion_plans = {k: v for k, v in self._fusion_plans.items() if all(r() is not None for r in v[0])}
         self._fusion_plans[key] = (refs, plan)
         return plan
+
+    def _can_fuse(self, names: tuple[str, ...], rows: int) -> bool:
+        """Whether the kernel that makes these projections' input can compute their A x
+        (common/lora_a.glsl): rows of A, and each group's chunk (a head, for wo), in whole
+        uvec4s of int8, and A x within the uniform block the mat-vecs read."""
+        cfg = self.cfg
+        width = cfg.hidden_dim if names == ("w2",) else cfg.dim
+        aligned = width % 16 == 0 and (names != ("wo",) or cfg.head_size % 16 == 0)
+        return aligned and rows * 4 <= LORA_AX_UBO_BYTES
 
     def matvec(self, dst, w: GLWeight, x, n_tokens: int, accumulate: bool = False,
                lora: FusedLora | None = None) -> Iterator[None]:
@@ -433,9 +445,10 @@ class GlTransformer:
                                     lora=lora)
                 yield
 
-    def attend(self, seg: Segment, l: int, a: int, b: int) -> Iterator[None]:
+    def attend(self, seg: Segment, l: int, a: int, b: int, lora_a: LoraA | None = None) -> Iterator[None]:
         """Attention of segment rows a..b-1 (q -> xb), split into groups of query tokens so that
-        one dispatch stays short however long the prompt is."""
+        one dispatch stays short however long the prompt is; ``lora_a``: a lone decode token's
+        A xb for wo's fused LoRA delta (``fuse_lora``)."""
         cfg, s = self.cfg, self.s
         macs_per_token = cfg.n_heads * (seg.pos0 + b - a) * cfg.head_size * 2
         group = max(1, self.attention_macs_per_dispatch // macs_per_token) if self.can_slice else b - a
@@ -445,7 +458,7 @@ class GlTransformer:
                                    seg.kv.key_cache[l], seg.kv.value_cache[l],
                                    n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=cfg.head_size,
                                    pos0=seg.pos0 + t - a, seq_len=seg.kv.n_ctx, n_tokens=u - t,
-                                   sliding_window=cfg.sliding_window, kv_f16=seg.kv.f16)
+                                   sliding_window=cfg.sliding_window, kv_f16=seg.kv.f16, lora_a=lora_a)
             yield
 
     def _checkpoint(self, trace: Trace | None, T: int) -> Callable:

@@ -12,7 +12,8 @@ frame; the caller can also pass ``row_offset``/``n_rows`` to spread one mat-vec 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -42,8 +43,10 @@ MATMUL_SMALL_TT = 4  # the token tile of batches of 2-4 tokens (NPCs decoding to
 DEFAULT_MAX_MACS_PER_DISPATCH = 2 << 20
 MATMUL_MIN_TOKENS = 2  # matvec routes n_tokens >= this to matmul
 MAX_X_UBO_BYTES = 65536  # llvmpipe's GL_MAX_UNIFORM_BLOCK_SIZE; capped by the context's own
-# A x of a fused LoRA delta (stacked ranks up to 1024) is read as a uniform block of this size
+# A x of a fused LoRA delta (stacked ranks up to 1024) is read as a uniform block of this size,
+# from the start of the work buffer of common/lora_a.glsl (its counter, then its parts, follow)
 LORA_AX_UBO_BYTES = 4096
+LORA_PARTS_WORD = LORA_AX_UBO_BYTES // 4 + 4
 MIN_UNIFORM_BLOCK_BYTES = 16384  # GL_MAX_UNIFORM_BLOCK_SIZE is at least this everywhere
 
 
@@ -56,20 +59,42 @@ def _matmul_nr(tt: int, software: bool) -> int:
 
 def _row_slices(weight: GLWeight, row_offset: int, n_rows: int, step: int):
     """(part, start, end) for rows row_offset .. row_offset + n_rows - 1 of ``weight``, in slices of
-    at most ``step`` rows that never cross a buffer part; each part's buffer is bound at binding 0
-    before its slices come (one dispatch per slice: a mat-vec's or a mat-mat's)."""
+    at most ``step`` rows that never cross a buffer part (one dispatch per slice: a mat-vec's or a
+    mat-mat's, with the part's buffer bound at binding 0)."""
     lo, hi = row_offset, row_offset + n_rows
     for part in weight.parts:
         a, b = max(lo, part.row0), min(hi, part.row0 + part.n_rows)
         if a >= b:
             continue
-        part.buffer.bind_to_storage_buffer(0)
         for start in range(a, b, step):
             yield part, start, min(b, start + step)
 
 
 def _groups(n: int, size: int) -> int:
     return (n + size - 1) // size
+
+
+# Decode mat-vecs repeat the same few hundred calls every token; their resolved launches are kept
+# (``Kernels.matvec``), up to this many (then forgotten all at once and made again as needed).
+MAX_KEPT_LAUNCHES = 4096
+
+
+@dataclass
+class Launch:
+    """One launcher call resolved: the bindings it makes, then per dispatch (weight part buffer,
+    program, work groups, uniforms). Resolving a mat-vec (defines, program lookup, row slices) is
+    ~40 us of Python, twice what replaying it costs, and a decode step makes ~350 of them.
+    ``keep`` holds the arguments the key names by id, so no other object can take their ids."""
+    keep: tuple
+    binds: list = field(default_factory=list)
+    dispatches: list = field(default_factory=list)
+
+
+def _bind_key(buf) -> object:
+    """What identifies a bindable argument: a buffer by identity, a ``BufferSlice`` by its range
+    (a fresh slice object is made per call)."""
+    inner = getattr(buf, "buffer", None)
+    return id(buf) if inner is None else (id(inner), buf.offset, buf.size)
 
 
 class Kernels(LayerOps, SamplingOps):
@@ -93,6 +118,7 @@ class Kernels(LayerOps, SamplingOps):
         self._programs: dict[tuple, object] = {}
         self._scratch: dict[str, object] = {}
         self._uniforms: dict[int, dict[str, object]] = {}  # id(program) -> the values last written
+        self._matvec_launches: dict[tuple, Launch] = {}
         self.dispatches = 0  # counted so tests and the scheduler can see how work was split
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -115,12 +141,37 @@ class Kernels(LayerOps, SamplingOps):
             self._scratch[name] = buf
         return buf
 
+    def lora_work(self, n_parts: int):
+        """The work buffer of common/lora_a.glsl with room for ``n_parts`` partial sums, kept
+        between calls; made zeroed (the kernels leave its counter at 0 after every dispatch)."""
+        nbytes = (LORA_PARTS_WORD + n_parts) * 4
+        buf = self._scratch.get("lora_work")
+        if buf is None or buf.size < nbytes:
+            if buf is not None:
+                buf.release()
+            buf = self.ctx.buffer(bytes(nbytes))
+            self._scratch["lora_work"] = buf
+        return buf
+
+    def _lora_a(self, lora_a: "LoraA | None", binding: int, n_groups: int) -> dict[str, int]:
+        """Bind a producer kernel's LoRA A and work buffer (common/lora_a.glsl) at ``binding`` and
+        ``binding + 1``; returns the uniforms (lora_rows 0: none)."""
+        if lora_a is None:
+            return {"lora_rows": 0}
+        if (LORA_PARTS_WORD + n_groups * lora_a.rows) * 4 > lora_a.work.size:
+            raise BackendError(f"LoRA A x: a work buffer of {lora_a.work.size} bytes has no room for "
+                               f"{n_groups} parts of {lora_a.rows} rows")
+        lora_a.rows_int8.bind_to_storage_buffer(binding)
+        lora_a.work.bind_to_storage_buffer(binding + 1)
+        return {"lora_rows": lora_a.rows, "lora_cols": lora_a.cols}
+
     def release(self) -> None:
         """Free the compiled programs and launcher scratch buffers (they are made on demand again)."""
         for obj in [*self._programs.values(), *self._scratch.values()]:
             obj.release()
         self._programs.clear()
         self._uniforms.clear()
+        self._matvec_launches.clear()
         self._scratch.clear()
 
     def _run(self, prog, gx: int, gy: int = 1, gz: int = 1, **uniforms: object) -> None:
@@ -181,8 +232,28 @@ class Kernels(LayerOps, SamplingOps):
         if n_tokens >= self.matmul_min_tokens:
             return self.matmul(dst, weight, x, n_tokens, accumulate, row_offset, n_rows, dst_stride, scale)
         n_rows = weight.rows - row_offset if n_rows is None else n_rows
+        key = (_bind_key(dst), id(weight), _bind_key(x), n_tokens, accumulate, row_offset, n_rows,
+               dst_stride, scale, lora and (id(lora.pair), _bind_key(lora.ax), lora.scale, lora.ax_offset))
+        launch = self._matvec_launches.get(key)
+        if launch is None:
+            launch = self._plan_matvec(dst, weight, x, n_tokens, accumulate, row_offset, n_rows, dst_stride,
+                                       scale, lora)
+            if len(self._matvec_launches) >= MAX_KEPT_LAUNCHES:
+                self._matvec_launches.clear()
+            self._matvec_launches[key] = launch
+        for bind in launch.binds:
+            bind()
+        for part_buffer, prog, groups, uniforms in launch.dispatches:
+            part_buffer.bind_to_storage_buffer(0)
+            self._run(prog, *groups, **uniforms)
+        self.barrier()
+
+    def _plan_matvec(self, dst, weight: GLWeight, x, n_tokens: int, accumulate: bool, row_offset: int,
+                     n_rows: int, dst_stride: int | None, scale: float, lora: "FusedLora | None") -> "Launch":
+        """What ``matvec`` binds and dispatches for these arguments (see ``Launch``)."""
         if row_offset < 0 or n_rows < 0 or row_offset + n_rows > weight.rows:
             raise BackendError(f"matvec {weight.name}: rows {row_offset}..{row_offset + n_rows} outside 0..{weight.rows}")
+        launch = Launch(keep=(dst, weight, x, lora))
         # rows per invocation; a weight of few rows (a LoRA factor A: 8-48 rows) gets one per
         # lane, else NR 8 would leave most of llvmpipe's 8-lane SIMD batch idle (~3x slower)
         nr = self.matvec_nr if weight.rows >= 2 * MATVEC_WG * self.matvec_nr else 1
@@ -190,30 +261,30 @@ class Kernels(LayerOps, SamplingOps):
         if self.matvec_x_ubo and n_tokens == 1 and weight.cols * 4 <= MIN_UNIFORM_BLOCK_BYTES:
             # decode: x as a uniform block, read once per SIMD batch on llvmpipe (~1.3x, docs/gl_kernels.md)
             defines["X_VEC4S"] = weight.cols // 4
-            x.bind_to_uniform_block(1, size=weight.cols * 4)
+            launch.binds.append(partial(x.bind_to_uniform_block, 1, size=weight.cols * 4))
         else:
-            x.bind_to_storage_buffer(1)
+            launch.binds.append(partial(x.bind_to_storage_buffer, 1))
         lora_uniforms = {}
         if lora is not None:
             defines["LORA"] = 1
-            lora.pair.b_rows_q8.bind_to_storage_buffer(3)
-            if self.matvec_x_ubo and lora.ax.size == LORA_AX_UBO_BYTES:
+            launch.binds.append(partial(lora.pair.b_rows_q8.bind_to_storage_buffer, 3))
+            if self.matvec_x_ubo and lora.ax.size >= LORA_AX_UBO_BYTES:
                 defines["LORA_AX_VEC4S"] = LORA_AX_UBO_BYTES // 16  # read once per SIMD batch, like x
-                lora.ax.bind_to_uniform_block(4, size=LORA_AX_UBO_BYTES)
+                launch.binds.append(partial(lora.ax.bind_to_uniform_block, 4, size=LORA_AX_UBO_BYTES))
             else:
-                lora.ax.bind_to_storage_buffer(4)
+                launch.binds.append(partial(lora.ax.bind_to_storage_buffer, 4))
             lora_uniforms = dict(lora_quads=lora.pair.b.cols // 4, lora_scale=float(lora.scale),
                                  lora_ax_quad0=lora.ax_offset // 4)
         prog = self.program("matvec.comp", **defines)
-        dst.bind_to_storage_buffer(2)
+        launch.binds.append(partial(dst.bind_to_storage_buffer, 2))
         chunk = max(nr * MATVEC_WG, self.max_weights_per_dispatch // max(1, weight.cols * n_tokens))
         chunk = chunk // (nr * MATVEC_WG) * (nr * MATVEC_WG)
         for part, start, end in _row_slices(weight, row_offset, n_rows, chunk):
-            self._run(prog, _groups(end - start, nr * MATVEC_WG), n_tokens,
-                      row_begin=start - part.row0, row_end=end - part.row0, part_row0=part.row0,
-                      cols=weight.cols, dst_stride=dst_stride or weight.rows, accumulate=int(accumulate),
-                      scale=float(scale), **lora_uniforms)
-        self.barrier()
+            uniforms = dict(row_begin=start - part.row0, row_end=end - part.row0, part_row0=part.row0,
+                            cols=weight.cols, dst_stride=dst_stride or weight.rows, accumulate=int(accumulate),
+                            scale=float(scale), **lora_uniforms)
+            launch.dispatches.append((part.buffer, prog, (_groups(end - start, nr * MATVEC_WG), n_tokens), uniforms))
+        return launch
 
 
     def matmul(self, dst, weight: GLWeight, x, n_tokens: int, accumulate: bool = False,
@@ -245,6 +316,7 @@ class Kernels(LayerOps, SamplingOps):
         dst.bind_to_storage_buffer(2)
         row_tile = nr * MATMUL_WG
         for part, start, end in _row_slices(weight, row_offset, n_rows, row_step):
+            part.buffer.bind_to_storage_buffer(0)
             for t0 in range(0, n_tokens, tok_step):
                 t1 = min(n_tokens, t0 + tok_step)
                 if x_ubo:
@@ -316,6 +388,29 @@ class FusedLora:
     ax_offset: int = 0
 
 
+@dataclass
+class LoraA:
+    """LoRA A factors for the kernel that produces x (rmsnorm, attention, swiglu) to apply to it,
+    for the fused deltas of the mat-vecs that read x: A x lands in the first words of ``work``
+    (``Kernels.lora_work``), where their ``FusedLora.ax`` points (common/lora_a.glsl)."""
+    rows_int8: object  # (rows, 1 + cols / 4) uint32: ``rows_int8`` of the stacked, padded A factors
+    rows: int
+    cols: int
+    work: object
+
+
+def a_rows_int8(a: np.ndarray) -> np.ndarray:
+    """Stacked A factors (rows, cols; cols % 16 == 0) as common/lora_a.glsl reads them: every
+    row's largest |value| (f32 bits), padded to a multiple of 4 words, then the rows scaled to
+    -127..127 (``rows_int8``'s rounding) as int8, so each row starts on a 16-byte boundary and
+    a lane reads 16 of its weights with one uvec4 load. Flat uint32."""
+    rows, cols = a.shape
+    packed = rows_int8(a)
+    scales = np.zeros((rows + 3) // 4 * 4, np.uint32)
+    scales[:rows] = packed[:, 0]
+    return np.concatenate([scales, packed[:, 1:].ravel()])
+
+
 class LoraPair:
     """A (rank, cols) and B (rows, rank) of one adapted weight, uploaded as f32.
 
@@ -336,7 +431,7 @@ class LoraPair:
         self.rank = rank
         self.a = upload_weight(glctx, a_pad.view(np.uint8), GGMLType.F32, padded, cols, f"{name}.lora_a")
         self.b = upload_weight(glctx, b_pad.view(np.uint8), GGMLType.F32, rows, padded, f"{name}.lora_b")
-        self.b_rows_q8 = glctx.ctx.buffer(b_rows_int8(b_pad).tobytes())  # what a fused mat-vec reads
+        self.b_rows_q8 = glctx.ctx.buffer(rows_int8(b_pad).tobytes())  # what a fused mat-vec reads
 
     def release(self) -> None:
         self.a.release()
@@ -344,10 +439,11 @@ class LoraPair:
         self.b_rows_q8.release()
 
 
-def b_rows_int8(b: np.ndarray) -> np.ndarray:
-    """B (rows, rank; rank % 4 == 0) as matvec.comp's fused epilogue reads it: per row, the
-    largest |value| as f32 bits, then the row scaled to -127..127 (rounded half away from zero)
-    as int8, four per uint32 word. (rows, 1 + rank / 4) uint32."""
+def rows_int8(b: np.ndarray) -> np.ndarray:
+    """A LoRA factor (rows, n; n % 4 == 0) as the fused kernels read it (B: matvec.comp's
+    epilogue; stacked A: common/lora_a.glsl): per row, the largest |value| as f32 bits, then the
+    row scaled to -127..127 (rounded half away from zero) as int8, four per uint32 word.
+    (rows, 1 + n / 4) uint32."""
     rows, rank = b.shape
     top = np.abs(b).max(axis=1).astype(np.float32)
     q = round_half_away(b * np.divide(127.0, top, out=np.zeros_like(top), where=top != 0)[:, None]).astype(np.int8)
@@ -357,4 +453,4 @@ def b_rows_int8(b: np.ndarray) -> np.ndarray:
     return out
 
 
-__all__ = ["FusedLora", "Kernels", "LoraPair"]
+__all__ = ["FusedLora", "Kernels", "LoraA", "LoraPair"]

@@ -9,6 +9,16 @@ from __future__ import annotations
 from ..errors import BackendError
 
 MAX_HEAD_SIZE = 256  # attention.comp keeps one query head in shared memory
+RMSNORM_WG = SWIGLU_WG = 64
+# With a LoRA A, rmsnorm and swiglu cut their row into this many columns at most per work group
+# (the LORA_CHUNK of their shader): few groups, so few partial sums and little of the per-group
+# cost, but at least two (llvmpipe runs a group on one thread)
+RMSNORM_LORA_CHUNK, SWIGLU_LORA_CHUNK = 320, 768
+
+
+def _lora_chunk(n: int, most: int) -> int:
+    """Columns per work group for n columns, at most ``most``, balanced, a multiple of 16."""
+    return _groups(_groups(n, _groups(n, most)), 16) * 16
 
 
 def _groups(n: int, size: int) -> int:
@@ -18,24 +28,38 @@ def _groups(n: int, size: int) -> int:
 class LayerOps:
     # -- rmsnorm --------------------------------------------------------------------------------
 
-    def rmsnorm(self, out, x, weight, dim: int, eps: float, n_tokens: int = 1) -> None:
-        """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight, for each of n_tokens rows of dim."""
-        prog = self.program("rmsnorm.comp")
+    def rmsnorm(self, out, x, weight, dim: int, eps: float, n_tokens: int = 1, lora_a=None) -> None:
+        """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight, for each of n_tokens rows of dim.
+
+        With ``lora_a`` (a ``LoraA``; one token) also A out, for the fused LoRA deltas of the
+        mat-vecs that read out: the row is then cut into chunks of RMSNORM_WG columns, one work
+        group each, and each adds its chunk's part (common/lora_a.glsl)."""
+        prog = self.program("rmsnorm.comp", WG_SIZE=RMSNORM_WG)
         x.bind_to_storage_buffer(0)
         weight.bind_to_storage_buffer(1)
         out.bind_to_storage_buffer(2)
-        self._run(prog, n_tokens, dim=dim, eps=eps)
+        chunk = dim if lora_a is None else _lora_chunk(dim, RMSNORM_LORA_CHUNK)
+        n_chunks = _groups(dim, chunk)
+        if lora_a is not None and (n_tokens != 1 or lora_a.cols != dim):
+            raise BackendError(f"rmsnorm: a LoRA A of width {lora_a.cols} takes one token of {dim}, got {n_tokens}")
+        lora = self._lora_a(lora_a, 3, n_chunks)
+        self._run(prog, n_chunks, n_tokens, dim=dim, chunk=chunk, eps=eps, **lora)
         self.barrier()
 
     # -- elementwise ----------------------------------------------------------------------------
 
-    def swiglu(self, out, h1, h3, n: int) -> None:
-        """out = silu(h1) * h3 over n elements (the FFN gate: hb = silu(w1 x) * w3 x)."""
-        prog = self.program("swiglu.comp")
+    def swiglu(self, out, h1, h3, n: int, lora_a=None) -> None:
+        """out = silu(h1) * h3 over n elements (the FFN gate: hb = silu(w1 x) * w3 x); with
+        ``lora_a`` (one token's n elements) also A out, for a fused LoRA delta on w2."""
+        prog = self.program("swiglu.comp", WG_SIZE=SWIGLU_WG)
         h1.bind_to_storage_buffer(0)
         h3.bind_to_storage_buffer(1)
         out.bind_to_storage_buffer(2)
-        self._run(prog, _groups(n, 64), n=n)
+        if lora_a is not None and lora_a.cols != n:
+            raise BackendError(f"swiglu: a LoRA A of width {lora_a.cols} does not fit {n} elements")
+        chunk = SWIGLU_WG if lora_a is None else _lora_chunk(n, SWIGLU_LORA_CHUNK)
+        lora = self._lora_a(lora_a, 3, _groups(n, chunk))
+        self._run(prog, _groups(n, chunk), n=n, chunk=chunk, **lora)
         self.barrier()
 
     def add(self, dst, src, n: int) -> None:
@@ -90,11 +114,12 @@ class LayerOps:
 
     def attention(self, out, q, k_cache, v_cache, *, n_heads: int, n_kv_heads: int, head_size: int,
                   pos0: int, seq_len: int, n_tokens: int = 1, cache_base: int = 0,
-                  sliding_window: int = 0, kv_f16: bool = False, att=None) -> None:
+                  sliding_window: int = 0, kv_f16: bool = False, att=None, lora_a=None) -> None:
         """out[t, h] = softmax(q[t, h] . K / sqrt(hs)) V over cache rows 0..pos0+t (causal, GQA).
 
         ``att`` is scratch of at least n_heads * n_tokens * seq_len floats; one is kept per
-        size when not given.
+        size when not given. With ``lora_a`` (one token, head_size a multiple of 16) also A out,
+        for a fused LoRA delta on wo: each head's work group adds its part.
         """
         if n_heads % n_kv_heads:
             raise BackendError(f"attention: n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
@@ -106,12 +131,16 @@ class LayerOps:
             raise BackendError(f"attention: cache_base {cache_base} must be even")
         if att is None:
             att = self.scratch("att", n_heads * n_tokens * seq_len * 4)
+        if lora_a is not None and (n_tokens != 1 or head_size % 16 or lora_a.cols != n_heads * head_size):
+            raise BackendError(f"attention: a LoRA A of width {lora_a.cols} takes one token of {n_heads} heads "
+                               f"of {head_size} (a multiple of 16), got {n_tokens}")
         prog = self.program("attention.comp", KV_F16=int(kv_f16))
         q.bind_to_storage_buffer(0)
         k_cache.bind_to_storage_buffer(1)
         v_cache.bind_to_storage_buffer(2)
         att.bind_to_storage_buffer(3)
         out.bind_to_storage_buffer(4)
+        lora = self._lora_a(lora_a, 5, n_heads)
         self._run(prog, n_heads, n_tokens, head_size=head_size, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                  pos0=pos0, seq_len=seq_len, cache_base=cache_base, sliding_window=sliding_window)
+                  pos0=pos0, seq_len=seq_len, cache_base=cache_base, sliding_window=sliding_window, **lora)
         self.barrier()

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import Config
-from ..quant import GGMLType, quantize_q8_0
-from .buffers import GLWeight, upload_weight
+from ..errors import BackendError
 from .context import GLContext
-from .kernels import Kernels, LoraPair
+from .kernels import Kernels, LoraPair, a_rows_int8
 
 GL_SHADER_STORAGE_BUFFER_OFFSET_ALIGNMENT = 0x90DF
 
@@ -148,6 +147,18 @@ class Scratch:
 # -----------------------------------------------------------------------------
 # LoRA pairs, uploaded once per factor arrays
 
+@dataclass
+class StackedA:
+    """``LoraCache.stacked_a``: A factors sharing an input, as one buffer of int8 rows."""
+    rows_int8: object
+    rows: int
+    cols: int
+    offsets: list[int]  # where each factor's rows (and its A x) start
+
+    def release(self) -> None:
+        self.rows_int8.release()
+
+
 class LoraCache:
     """Uploaded ``LoraPair``s keyed by the identity of the adapter's A array.
 
@@ -159,7 +170,7 @@ class LoraCache:
     def __init__(self, glctx: GLContext):
         self.glctx = glctx
         self.pairs: dict[int, tuple[weakref.ref, LoraPair]] = {}
-        self.stacks: dict[tuple, tuple[weakref.ref, GLWeight, list[int]]] = {}
+        self.stacks: dict[tuple, tuple[weakref.ref, StackedA]] = {}
 
     def pair(self, a: np.ndarray, b: np.ndarray, name: str) -> LoraPair:
         entry = self.pairs.get(id(a))
@@ -170,20 +181,17 @@ class LoraCache:
         self.pairs[id(a)] = (weakref.ref(a), pair)
         return pair
 
-    def stacked_a(self, arrays: list[np.ndarray], name: str) -> tuple[GLWeight, list[int]]:
+    def stacked_a(self, arrays: list[np.ndarray]) -> "StackedA":
         """The A factors of projections that share an input, each padded to a multiple of 8 rows
-        and stacked into one weight, so one mat-vec computes every A x; and where each one's
-        rows start. Cached like the pairs (weakly, by the first A; keyed by all of them).
-
-        The stack is Q8_0 when the input width allows (a multiple of 32), else f32: a mat-vec of
-        few rows runs one row per lane, and llvmpipe loads each lane's words one by one, so
-        words per weight set its cost (Q8_0: 0.27, f32: 1): 0.70 -> 0.46 ms per layer for a
-        rank-16 adapter on the default model. Its rounding (a 1/254 step per block of 32) is far
-        below what LoRA factors carry."""
+        (a ``LoraPair``'s padded rank) and stacked, as int8 rows with a scale each
+        (``a_rows_int8``: the kernel that makes the input computes every A x from them,
+        common/lora_a.glsl); cached like the pairs (weakly, by the first A; keyed by all of them).
+        The rounding (half a step of 1/127 of a row's largest value) is far below what LoRA
+        factors carry; the width must be a multiple of 16."""
         key = tuple(id(a) for a in arrays)
         entry = self.stacks.get(key)
         if entry is not None and entry[0]() is arrays[0]:
-            return entry[1], entry[2]
+            return entry[1]
         self.purge()
         padded = [np.zeros(((len(a) + 7) // 8 * 8, a.shape[1]), np.float32) for a in arrays]
         for p, a in zip(padded, arrays):
@@ -191,12 +199,11 @@ class LoraCache:
         offsets = np.cumsum([0] + [len(p) for p in padded[:-1]]).tolist()
         stacked = np.concatenate(padded)
         rows, cols = stacked.shape
-        if cols % 32 == 0:
-            weight = upload_weight(self.glctx, quantize_q8_0(stacked), GGMLType.Q8_0, rows, cols, f"{name}.lora_a")
-        else:
-            weight = upload_weight(self.glctx, stacked.view(np.uint8), GGMLType.F32, rows, cols, f"{name}.lora_a")
-        self.stacks[key] = (weakref.ref(arrays[0]), weight, offsets)
-        return weight, offsets
+        if cols % 16:
+            raise BackendError(f"stacked LoRA A: width {cols} is not a multiple of 16")
+        upload = StackedA(self.glctx.ctx.buffer(a_rows_int8(stacked).tobytes()), rows, cols, offsets)
+        self.stacks[key] = (weakref.ref(arrays[0]), upload)
+        return upload
 
     def release(self) -> None:
         self._drop(dead_only=False)
