@@ -154,7 +154,7 @@ class GlTransformer:
         cfg = self.cfg
         self.s = Scratch(self.glctx, cfg)
         self.lora = LoraCache(self.glctx)
-        self._fusion_plans: dict[tuple, tuple] = {}  # fuse_lora's lookups, by layer, names and adapters
+        self._fusions: dict[tuple, tuple] = {}  # fuse_lora's answers, by layer, names and adapters
         # Segments are bound as buffer ranges, whose offsets the driver wants aligned.
         align = buffer_offset_alignment(self.glctx.ctx)
         self.can_slice = all(4 * n % align == 0 for n in (cfg.dim, cfg.kv_dim, cfg.hidden_dim))
@@ -382,23 +382,19 @@ class GlTransformer:
         ``Kernels.lora`` in ``project``. (None, {}) when there is nothing to fuse."""
         if len(spans) != 1 or spans[0][2] != 1 or not spans[0][0].adapters:
             return None, {}
-        plan = self._fusion_plan(l, names, spans[0][0].adapters)
-        if plan is None:
-            return None, {}
-        adapter, stacked, members = plan
-        work = self.kernels.lora_work(stacked.rows * self.lora_groups)
-        lora_a = LoraA(stacked.rows_int8, stacked.rows, stacked.cols, work)
-        return lora_a, {name: (adapter, FusedLora(pair, work, adapter.scale, offset)) for name, pair, offset in members}
+        # room for the parts of the most rows A x may have (the work buffer then never moves)
+        work = self.kernels.lora_work(LORA_AX_UBO_BYTES // 4 * self.lora_groups)
+        return self._fusion(l, names, spans[0][0].adapters, work)
 
-    def _fusion_plan(self, l: int, names: tuple[str, ...], adapters: tuple):
-        """(adapter, ``StackedA``, [(name, LoraPair, offset of its A x)]) for ``fuse_lora``, or
-        None; looked up once per layer, projection group and adapters, then kept (a decode step
-        asks 4 times per layer, and this is Python the LoRA step would pay every token). Entries
-        hold the adapters weakly: a dropped adapter's plan is rebuilt if its id returns."""
+    def _fusion(self, l: int, names: tuple[str, ...], adapters: tuple, work) -> tuple[LoraA | None, dict]:
+        """``fuse_lora``'s answer, made once per layer, projection group, adapters and work buffer,
+        then kept (a decode step asks 4 times per layer, and this is Python the LoRA step would
+        pay every token). Entries hold the adapters weakly: a dropped adapter's entry is made
+        again if its id returns."""
         key = (l, names, tuple(id(a) for a in adapters))
-        entry = self._fusion_plans.get(key)
-        if entry is not None and all(ref() is a for ref, a in zip(entry[0], adapters)):
-            return entry[1]
+        entry = self._fusions.get(key)
+        if entry is not None and entry[1] is work and all(ref() is a for ref, a in zip(entry[0], adapters)):
+            return entry[2]
         for adapter in adapters:
             members = [(name, adapter.factors(l, name)) for name in names]
             members = [(name, f) for name, f in members if f is not None]
@@ -406,19 +402,20 @@ class GlTransformer:
                 break
         else:
             members = []
-        plan = None
+        fusion = None, {}
         if members and self._can_fuse(names, sum((len(f[0]) + 7) // 8 * 8 for _, f in members)):
             stacked = self.lora.stacked_a([f[0] for _, f in members])
-            plan = (adapter, stacked, [(name, self.lora.pair(f[0], f[1], f"L{l}.{name}"), off)
-                                       for (name, f), off in zip(members, stacked.offsets)])
+            fusion = (LoraA(stacked.rows_int8, stacked.rows, stacked.cols, work),
+                      {name: (adapter, FusedLora(self.lora.pair(f[0], f[1], f"L{l}.{name}"), work, adapter.scale, off))
+                       for (name, f), off in zip(members, stacked.offsets)})
         try:
             refs = [weakref.ref(a) for a in adapters]
         except TypeError:  # an adapter object without weak references: not kept
-            return plan
-        # drop the plans of adapters that are gone (a miss is rare: once per layer and group)
-        self._fusion_plans = {k: v for k, v in self._fusion_plans.items() if all(r() is not None for r in v[0])}
-        self._fusion_plans[key] = (refs, plan)
-        return plan
+            return fusion
+        # drop the entries of adapters that are gone (a miss is rare: once per layer and group)
+        self._fusions = {k: v for k, v in self._fusions.items() if all(r() is not None for r in v[0])}
+        self._fusions[key] = (refs, work, fusion)
+        return fusion
 
     def _can_fuse(self, names: tuple[str, ...], rows: int) -> bool:
         """Whether the kernel that makes these projections' input can compute their A x

@@ -233,7 +233,7 @@ class Kernels(LayerOps, SamplingOps):
             return self.matmul(dst, weight, x, n_tokens, accumulate, row_offset, n_rows, dst_stride, scale)
         n_rows = weight.rows - row_offset if n_rows is None else n_rows
         key = (_bind_key(dst), id(weight), _bind_key(x), n_tokens, accumulate, row_offset, n_rows,
-               dst_stride, scale, lora and (id(lora.pair), _bind_key(lora.ax), lora.scale, lora.ax_offset))
+               dst_stride, scale, id(lora))
         launch = self._matvec_launches.get(key)
         if launch is None:
             launch = self._plan_matvec(dst, weight, x, n_tokens, accumulate, row_offset, n_rows, dst_stride,
@@ -378,7 +378,7 @@ class Kernels(LayerOps, SamplingOps):
         return tmp
 
 
-@dataclass
+@dataclass(frozen=True)
 class FusedLora:
     """A LoRA delta for ``matvec`` to add in its epilogue: ``scale * B (A x)``, with A x (f32, the
     padded rank) already computed into ``ax`` from element ``ax_offset`` on (a multiple of 4)."""
@@ -388,7 +388,7 @@ class FusedLora:
     ax_offset: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraA:
     """LoRA A factors for the kernel that produces x (rmsnorm, attention, swiglu) to apply to it,
     for the fused deltas of the mat-vecs that read x: A x lands in the first words of ``work``
