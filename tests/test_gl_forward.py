@@ -323,8 +323,8 @@ def test_decode_with_lora_on_every_projection_folds_into_the_mat_vecs(q8_pair):
         run_to_end(tr.forward_steps([Segment(history, 0, cache, (adapter,))]))
     batched = run_to_end(tr.forward_steps([Segment(np.array([7]), len(history), kv[0], (adapter,)),
                                            Segment(np.array([7]), len(history), kv[1], (Copy(),))]))
-    for logits in batched:
-        np.testing.assert_allclose(folded, logits, rtol=0, atol=1e-3 * np.abs(ref).max())
+    for logits in batched:  # the fused path rounds A and B to int8 rows; the batch path does not
+        np.testing.assert_allclose(folded, logits, rtol=0, atol=3e-3 * np.abs(ref).max())
     assert_no_gl_error(tr.glctx)
 
 
