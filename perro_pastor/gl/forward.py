@@ -141,10 +141,11 @@ class GlTransformer:
             del p, steps  # drop the host copy now: peak memory stays about one tensor
         self.token_embedding_table = uploaded[weights.token_embedding_table.name]
         self.wcls = uploaded[weights.wcls.name]
-        for l in weights.layers:
+        for l in weights.layers:  # a step per layer: two small buffers are ~1.5 ms on llvmpipe
             self.layers.append(GlLayer(rms_att_weight=f32(vector(l.rms_att_weight)),
                                        rms_ffn_weight=f32(vector(l.rms_ffn_weight)),
                                        **{n: uploaded[getattr(l, n).name] for n in MATRIX_NAMES}))
+            yield
         self.rms_final_weight = f32(vector(weights.rms_final_weight))
         freq_factors = vector(weights.rope_freqs) if weights.rope_freqs else None
         inv_freq = rope_inv_freq(self.cfg, freq_factors)
