@@ -31,7 +31,7 @@ from ..weights import Weights
 from .buffers import GLWeight, PreparedWeight, f32_buffer, prepare_weight, upload_prepared_steps
 from .context import GLContext
 from .kernels import LORA_AX_UBO_BYTES, FusedLora, LoraA
-from .layer_ops import RMSNORM_WG, SWIGLU_WG
+from .layer_ops import RMSNORM_LORA_CHUNK, SWIGLU_LORA_CHUNK, lora_chunk
 from .state import BufferSlice, GlKVCache, LoraCache, Scratch, TimedKernels, buffer_offset_alignment
 
 Trace = Callable[[str, np.ndarray], None]
@@ -160,7 +160,8 @@ class GlTransformer:
         align = buffer_offset_alignment(self.glctx.ctx)
         self.can_slice = all(4 * n % align == 0 for n in (cfg.dim, cfg.kv_dim, cfg.hidden_dim))
         # work groups of the kernels that compute a fused LoRA A x: rmsnorm, attention, swiglu
-        self.lora_groups = max(-(-cfg.dim // RMSNORM_WG), cfg.n_heads, -(-cfg.hidden_dim // SWIGLU_WG))
+        self.lora_groups = max(-(-cfg.dim // lora_chunk(cfg.dim, RMSNORM_LORA_CHUNK)), cfg.n_heads,
+                               -(-cfg.hidden_dim // lora_chunk(cfg.hidden_dim, SWIGLU_LORA_CHUNK)))
         self.decode = dict(tokens=0, passes=0, wall=0.0, dispatches=0, layer_dispatches=0,
                            dispatch_s=0.0, matvec_s=0.0)
         self.glctx.check_error("uploading the model")
@@ -304,6 +305,7 @@ class GlTransformer:
             yield
 
             # each segment's queries attend over its own past, all heads in one dispatch: -> xb
+            # (a lone decode token's LoRA on wo: attention also computes A xb)
             lora_a, fused = self.fuse_lora(l, ("wo",), spans)
             for seg, a, b in spans:
                 yield from self.attend(seg, l, a, b, lora_a)
@@ -321,7 +323,7 @@ class GlTransformer:
             # SwiGLU: a gated projection up to hidden_dim, hb = silu(w1 xb) * (w3 xb), and back down
             yield from self.project(s.hb, l, "w1", s.xb, spans, fused=fused)
             yield from self.project(s.hb2, l, "w3", s.xb, spans, fused=fused)
-            lora_a, fused = self.fuse_lora(l, ("w2",), spans)
+            lora_a, fused = self.fuse_lora(l, ("w2",), spans)  # swiglu also computes A hb for w2
             k.swiglu(s.hb, s.hb, s.hb2, n=T * cfg.hidden_dim, lora_a=lora_a)
             check(f"L{l}.ffn_hidden", s.hb, (cfg.hidden_dim,))
             yield
