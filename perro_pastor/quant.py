@@ -299,21 +299,6 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
-def quantize_q8_0(x: np.ndarray) -> np.ndarray:
-    """(rows, cols) float -> raw Q8_0 bytes, GGML's rounding (half away from zero), for the small
-    matrices perro_pastor quantizes itself (LoRA A factors on the GPU). cols % 32 == 0."""
-    rows, cols = x.shape
-    if cols % 32:
-        raise ValueError(f"Q8_0 needs a multiple of 32 columns, got {cols}")
-    blocks = x.astype(np.float32).reshape(-1, 32)
-    d = np.abs(blocks).max(axis=1, keepdims=True) / 127
-    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
-    out = np.empty(len(blocks), BLOCK_DTYPES[GGMLType.Q8_0])
-    out["d"] = d[:, 0].astype(np.float16)
-    out["qs"] = round_half_away(blocks * inv).astype(np.int8)
-    return out.view(np.uint8).reshape(rows, -1)
-
-
 def dequantize(
     raw: np.ndarray, qtype: GGMLType, n: int | None = None, *, out: np.ndarray | None = None
 ) -> np.ndarray:
