@@ -4,8 +4,9 @@
 // Threads: work group (gl_WorkGroupID.x, token t) writes columns [x * chunk, (x + 1) * chunk) of
 //          row t (chunk = dim: one group per row); its WG_SIZE invocations stride over them.
 //          Each group sums the whole row's squares (a float tree in shared memory, no atomics),
-//          so any dim works. A decode token with a fused LoRA delta runs chunks of WG_SIZE, and
-//          each group also adds its chunk's part of A out (common/lora_a.glsl).
+//          so any dim works. A decode token with a fused LoRA delta runs chunks of at most
+//          LORA_CHUNK columns, and each group also adds its chunk's part of A out
+//          (common/lora_a.glsl).
 // Buffers: 0 x      (n_tokens, dim) f32   readonly
 //          1 weight (dim,) f32            readonly
 //          2 out    (n_tokens, dim) f32   writeonly (may not alias x)
@@ -16,7 +17,9 @@
 #endif
 #define LORA_A_BINDING 3
 #define LORA_WORK_BINDING 4
-#define LORA_CHUNK 320
+#ifndef LORA_CHUNK
+#define LORA_CHUNK 320  // the launcher passes layer_ops.RMSNORM_LORA_CHUNK
+#endif
 layout(local_size_x = WG_SIZE) in;
 layout(std430, binding = 0) readonly buffer XBuf { float x[]; };
 layout(std430, binding = 1) readonly buffer WeightBuf { float weight[]; };

@@ -12,7 +12,9 @@
 #endif
 #define LORA_A_BINDING 3
 #define LORA_WORK_BINDING 4
-#define LORA_CHUNK 768
+#ifndef LORA_CHUNK
+#define LORA_CHUNK 768  // the launcher passes layer_ops.SWIGLU_LORA_CHUNK
+#endif
 layout(local_size_x = WG_SIZE) in;
 layout(std430, binding = 0) readonly buffer H1Buf { float h1[]; };
 layout(std430, binding = 1) readonly buffer H3Buf { float h3[]; };

@@ -11,8 +11,8 @@ from ..errors import BackendError
 MAX_HEAD_SIZE = 256  # attention.comp keeps one query head in shared memory
 RMSNORM_WG = SWIGLU_WG = 64
 # With a LoRA A, rmsnorm and swiglu cut their row into this many columns at most per work group
-# (the LORA_CHUNK of their shader): few groups, so few partial sums and little of the per-group
-# cost, but at least two (llvmpipe runs a group on one thread)
+# (their shader's LORA_CHUNK; multiples of 16): few groups, so few partial sums and little of the
+# per-group cost, yet two for the default model, one per llvmpipe thread (docs/lora.md)
 RMSNORM_LORA_CHUNK, SWIGLU_LORA_CHUNK = 320, 768
 
 
@@ -32,9 +32,9 @@ class LayerOps:
         """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight, for each of n_tokens rows of dim.
 
         With ``lora_a`` (a ``LoraA``; one token) also A out, for the fused LoRA deltas of the
-        mat-vecs that read out: the row is then cut into chunks of RMSNORM_WG columns, one work
-        group each, and each adds its chunk's part (common/lora_a.glsl)."""
-        prog = self.program("rmsnorm.comp", WG_SIZE=RMSNORM_WG)
+        mat-vecs that read out: the row is then cut into chunks of at most RMSNORM_LORA_CHUNK
+        columns, one work group each, and each adds its chunk's part (common/lora_a.glsl)."""
+        prog = self.program("rmsnorm.comp", WG_SIZE=RMSNORM_WG, LORA_CHUNK=RMSNORM_LORA_CHUNK)
         x.bind_to_storage_buffer(0)
         weight.bind_to_storage_buffer(1)
         out.bind_to_storage_buffer(2)
@@ -51,7 +51,7 @@ class LayerOps:
     def swiglu(self, out, h1, h3, n: int, lora_a=None) -> None:
         """out = silu(h1) * h3 over n elements (the FFN gate: hb = silu(w1 x) * w3 x); with
         ``lora_a`` (one token's n elements) also A out, for a fused LoRA delta on w2."""
-        prog = self.program("swiglu.comp", WG_SIZE=SWIGLU_WG)
+        prog = self.program("swiglu.comp", WG_SIZE=SWIGLU_WG, LORA_CHUNK=SWIGLU_LORA_CHUNK)
         h1.bind_to_storage_buffer(0)
         h3.bind_to_storage_buffer(1)
         out.bind_to_storage_buffer(2)
