@@ -402,11 +402,15 @@ class LoadTask:
 
 
 def _import_gl() -> None:
-    """Import what the GL thread will need, here on the worker: the gl backend and PyOpenGL,
-    which ``gl.context.read_limits`` imports to query limits (about a second on a busy machine)."""
-    from .gl import forward  # noqa: F401
+    """Import what the GL thread will need, here on the worker: the gl backend and its warm-up,
+    the shader package, and PyOpenGL, which ``gl.context.read_limits`` imports to query limits
+    (about a second on a busy machine), with the NumPy array handler it loads at its first call
+    (seen on the frame thread by ``benchmarks/trace_loading_ticks.py``)."""
+    from . import shaders  # noqa: F401
+    from .gl import forward, warm_up  # noqa: F401
     try:
         from OpenGL import GL  # noqa: F401
+        from OpenGL.arrays import numpymodule  # noqa: F401
     except Exception:  # noqa: BLE001 -- optional; read_limits has fallbacks
         pass
 
