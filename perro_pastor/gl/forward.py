@@ -30,8 +30,8 @@ from ..quant import GGMLType, dequantize
 from ..weights import Weights
 from .buffers import GLWeight, PreparedWeight, f32_buffer, prepare_weight, upload_prepared_steps
 from .context import GLContext
-from .kernels import LORA_AX_UBO_BYTES, FusedLora, LoraA
-from .layer_ops import RMSNORM_LORA_CHUNK, SWIGLU_LORA_CHUNK, lora_chunk
+from .kernels import LORA_AX_UBO_BYTES, FusedLora, LoraA, padded_rank
+from .layer_ops import lora_a_groups
 from .state import BufferSlice, GlKVCache, LoraCache, Scratch, TimedKernels, buffer_offset_alignment
 
 Trace = Callable[[str, np.ndarray], None]
@@ -159,9 +159,7 @@ class GlTransformer:
         # Segments are bound as buffer ranges, whose offsets the driver wants aligned.
         align = buffer_offset_alignment(self.glctx.ctx)
         self.can_slice = all(4 * n % align == 0 for n in (cfg.dim, cfg.kv_dim, cfg.hidden_dim))
-        # work groups of the kernels that compute a fused LoRA A x: rmsnorm, attention, swiglu
-        self.lora_groups = max(-(-cfg.dim // lora_chunk(cfg.dim, RMSNORM_LORA_CHUNK)), cfg.n_heads,
-                               -(-cfg.hidden_dim // lora_chunk(cfg.hidden_dim, SWIGLU_LORA_CHUNK)))
+        self.lora_groups = lora_a_groups(cfg.dim, cfg.hidden_dim, cfg.n_heads)
         self.decode = dict(tokens=0, passes=0, wall=0.0, dispatches=0, layer_dispatches=0,
                            dispatch_s=0.0, matvec_s=0.0)
         self.glctx.check_error("uploading the model")
@@ -406,7 +404,7 @@ class GlTransformer:
         else:
             members = []
         fusion = None, {}
-        if members and self._can_fuse(names, sum((len(f[0]) + 7) // 8 * 8 for _, f in members)):
+        if members and self._can_fuse(names, sum(padded_rank(len(f[0])) for _, f in members)):
             stacked = self.lora.stacked_a([f[0] for _, f in members])
             fusion = (LoraA(stacked.rows_int8, stacked.rows, stacked.cols, work),
                       {name: (adapter, FusedLora(self.lora.pair(f[0], f[1], f"L{l}.{name}"), work, adapter.scale, off))

@@ -411,6 +411,12 @@ def a_rows_int8(a: np.ndarray) -> np.ndarray:
     return np.concatenate([scales, packed[:, 1:].ravel()])
 
 
+def padded_rank(rank: int) -> int:
+    """A LoRA rank padded with zero rows to a multiple of 8 (kernels decode 8 weights at a time;
+    a fused mat-vec reads A x in quads of this many)."""
+    return (rank + 7) // 8 * 8
+
+
 class LoraPair:
     """A (rank, cols) and B (rows, rank) of one adapted weight, uploaded as f32.
 
@@ -423,7 +429,7 @@ class LoraPair:
         rows, rank_b = b.shape
         if rank_b != rank:
             raise BackendError(f"LoRA {name}: A is {a.shape} but B is {b.shape}; ranks differ")
-        padded = (rank + 7) // 8 * 8
+        padded = padded_rank(rank)
         a_pad = np.zeros((padded, cols), np.float32)
         a_pad[:rank] = a
         b_pad = np.zeros((rows, padded), np.float32)

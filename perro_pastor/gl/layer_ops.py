@@ -16,9 +16,16 @@ RMSNORM_WG = SWIGLU_WG = 64
 RMSNORM_LORA_CHUNK, SWIGLU_LORA_CHUNK = 320, 768
 
 
-def lora_chunk(n: int, most: int) -> int:
+def _lora_chunk(n: int, most: int) -> int:
     """Columns per work group for n columns, at most ``most``, balanced, a multiple of 16."""
     return _groups(_groups(n, _groups(n, most)), 16) * 16
+
+
+def lora_a_groups(dim: int, hidden_dim: int, n_heads: int) -> int:
+    """The most work groups a kernel computing a LoRA A x uses for this model (rmsnorm over
+    dim, attention one per head, swiglu over hidden_dim): each writes one part per row of A."""
+    return max(_groups(dim, _lora_chunk(dim, RMSNORM_LORA_CHUNK)), n_heads,
+               _groups(hidden_dim, _lora_chunk(hidden_dim, SWIGLU_LORA_CHUNK)))
 
 
 def _groups(n: int, size: int) -> int:
@@ -38,7 +45,7 @@ class LayerOps:
         x.bind_to_storage_buffer(0)
         weight.bind_to_storage_buffer(1)
         out.bind_to_storage_buffer(2)
-        chunk = dim if lora_a is None else lora_chunk(dim, RMSNORM_LORA_CHUNK)
+        chunk = dim if lora_a is None else _lora_chunk(dim, RMSNORM_LORA_CHUNK)
         n_chunks = _groups(dim, chunk)
         if lora_a is not None and (n_tokens != 1 or lora_a.cols != dim):
             raise BackendError(f"rmsnorm: a LoRA A of width {lora_a.cols} takes one token of {dim}, got {n_tokens}")
@@ -57,7 +64,7 @@ class LayerOps:
         out.bind_to_storage_buffer(2)
         if lora_a is not None and lora_a.cols != n:
             raise BackendError(f"swiglu: a LoRA A of width {lora_a.cols} does not fit {n} elements")
-        chunk = SWIGLU_WG if lora_a is None else lora_chunk(n, SWIGLU_LORA_CHUNK)
+        chunk = SWIGLU_WG if lora_a is None else _lora_chunk(n, SWIGLU_LORA_CHUNK)
         lora = self._lora_a(lora_a, 3, _groups(n, chunk))
         self._run(prog, _groups(n, chunk), n=n, chunk=chunk, **lora)
         self.barrier()

@@ -17,7 +17,7 @@ import numpy as np
 from ..config import Config
 from ..errors import BackendError
 from .context import GLContext
-from .kernels import Kernels, LoraPair, a_rows_int8
+from .kernels import Kernels, LoraPair, a_rows_int8, padded_rank
 
 GL_SHADER_STORAGE_BUFFER_OFFSET_ALIGNMENT = 0x90DF
 
@@ -193,7 +193,7 @@ class LoraCache:
         if entry is not None and entry[0]() is arrays[0]:
             return entry[1]
         self.purge()
-        padded = [np.zeros(((len(a) + 7) // 8 * 8, a.shape[1]), np.float32) for a in arrays]
+        padded = [np.zeros((padded_rank(len(a)), a.shape[1]), np.float32) for a in arrays]
         for p, a in zip(padded, arrays):
             p[:len(a)] = a
         offsets = np.cumsum([0] + [len(p) for p in padded[:-1]]).tolist()
