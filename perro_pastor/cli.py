@@ -40,6 +40,8 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args, backend: str | None = None):
     from .model import load
+    if (backend or getattr(args, "backend", "cpu")) != "gl" and not _cpu_kernels_cached():
+        print("perro-pastor: compiling the cpu kernels (first run only, up to a minute)...", file=sys.stderr)
     model = load(args.model, backend=backend or getattr(args, "backend", "cpu"),
                  tokenizer_path=args.tokenizer, cpu_cache_bytes=args.cpu_cache_mb << 20)
     model.adapters = _adapters(args, model)
@@ -47,6 +49,14 @@ def _load(args, backend: str | None = None):
         from .lora import AdaptedTransformer
         model.transformer = AdaptedTransformer(model.transformer, model.adapters)
     return model
+
+
+def _cpu_kernels_cached() -> bool:
+    try:
+        from . import cpu_kernels
+    except ImportError:
+        return True  # no numba: nothing to compile (the cpu backend says so itself)
+    return cpu_kernels.cache_is_warm()
 
 
 def _adapters(args, model) -> tuple:

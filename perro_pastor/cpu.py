@@ -9,7 +9,9 @@ in float32, or in float64 for tests, and can record named checkpoints (``L3.q``,
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable, Generator, Iterator
 
 import numpy as np
@@ -18,6 +20,17 @@ from . import quant
 from .config import Config, rope_inv_freq
 from .formats import ModelFile, TensorInfo
 from .weights import Weights
+
+try:  # the compiled kernels (numba); without them the NumPy path below runs everything
+    from . import cpu_kernels
+    from .packed_weights import MATVEC_MAX_ROWS, PackedWeights
+    KERNELS_MISSING = ""
+except ImportError as exc:
+    cpu_kernels = PackedWeights = None
+    MATVEC_MAX_ROWS = 0
+    KERNELS_MISSING = str(exc)
+
+KERNELS = ("auto", "numba", "numpy")
 
 Trace = Callable[[str, np.ndarray], None]
 
@@ -113,6 +126,9 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int
 def swiglu(h1: np.ndarray, h3: np.ndarray) -> np.ndarray:
     """SiLU-gated linear unit: silu(h1) * h3, with silu(x) = x * sigmoid(x)."""
     return h1 / (1 + np.exp(-h1)) * h3
+
+
+NUMPY_OPS = SimpleNamespace(rmsnorm=rmsnorm, apply_rope=apply_rope, attention=attention, swiglu=swiglu)
 
 
 # -----------------------------------------------------------------------------
@@ -221,6 +237,24 @@ class CpuWeights:
         return embedding(self.mf.tensor_bytes(t.name), t.qtype, rows, cols, ids).astype(self.dtype)
 
 
+def pick_kernels(kernels: str, dtype: np.dtype) -> str:
+    """Resolve "auto" to "numba" or "numpy"; refuse what cannot run."""
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown cpu kernels {kernels!r} (choose from {', '.join(KERNELS)})")
+    if kernels == "numba" and (KERNELS_MISSING or dtype != np.float32):
+        raise ValueError("numba kernels need numba installed and float32"
+                         + (f" ({KERNELS_MISSING})" if KERNELS_MISSING else ""))
+    if kernels == "auto":
+        if dtype != np.float32:
+            return "numpy"
+        if KERNELS_MISSING:
+            print(f"perro_pastor: compiled cpu kernels unavailable ({KERNELS_MISSING}); "
+                  "using the slower NumPy path", file=sys.stderr)
+            return "numpy"
+        return "numba"
+    return kernels
+
+
 def blas_controller():
     """threadpoolctl's handle on the process's BLAS libraries (the game extra), found once: the
     search walks every loaded shared library (3-15 ms), so do it before a frame needs it."""
@@ -256,9 +290,19 @@ class CpuTransformer:
     _prefill_blas_threads: int | None = None
 
     def __init__(self, mf: ModelFile, cfg: Config, weights: Weights, dtype=np.float32,
-                 cache_budget: int = DEFAULT_CACHE_BUDGET):
+                 cache_budget: int = DEFAULT_CACHE_BUDGET, kernels: str = "auto"):
+        """``kernels``: "numba" runs the products on the compiled kernels over packed weights
+        (float32 only); "numpy" on float32/float64 matrices dequantized once and cached within
+        ``cache_budget`` (the reference); "auto" takes numba where it is installed and the dtype
+        is float32."""
         self.cfg, self.w, self.dtype = cfg, weights, np.dtype(dtype)
-        self.store = CpuWeights(mf, self.dtype, cache_budget)
+        self.cpu_kernels = pick_kernels(kernels, self.dtype)
+        self.store = PackedWeights(mf) if self.cpu_kernels == "numba" else CpuWeights(mf, self.dtype, cache_budget)
+        # passes of a few tokens (decode) run the per-token ops compiled too: there NumPy's
+        # per-call cost, not arithmetic, dominates; longer passes keep NumPy's BLAS attention
+        self.few_token_ops = cpu_kernels if self.cpu_kernels == "numba" else NUMPY_OPS
+        if self.cpu_kernels == "numba":
+            cpu_kernels.warm_up()  # compiled once per machine, then loaded from the user's cache
         for layer in weights.layers:
             self.store.fuse((layer.wq, layer.wk, layer.wv))
             self.store.fuse((layer.w1, layer.w3))
@@ -337,6 +381,7 @@ class CpuTransformer:
         positions = np.concatenate([np.arange(seg.pos0, seg.pos0 + len(seg.tokens)) for seg in segments])
         bounds = np.cumsum([0] + [len(seg.tokens) for seg in segments])  # segment i = rows bounds[i]:bounds[i+1]
         T, hs = len(tokens), cfg.head_size
+        ops = self.few_token_ops if T <= MATVEC_MAX_ROWS else NUMPY_OPS
 
         # the residual stream starts as each token's embedding: (T,) -> (T, dim)
         x = store.rows(w.token_embedding_table, tokens)
@@ -346,19 +391,19 @@ class CpuTransformer:
         for l, layer in enumerate(w.layers):
             # ---------------------------------------------------------------- attention
             # pre-norm: RMSNorm the block's input, scaled per feature by a learned weight
-            xb = rmsnorm(x, self.rms_att[l], cfg.rms_eps)
+            xb = ops.rmsnorm(x, self.rms_att[l], cfg.rms_eps)
             trace(f"L{l}.att_norm", xb)
 
-            # project to queries, keys and values: (T, dim) -> (T, heads, hs); one BLAS call, the
-            # three matrices are cached as one block (CpuWeights.fuse)
+            # project to queries, keys and values: (T, dim) -> (T, heads, hs); one product, the
+            # three matrices are stored as one block of stacked rows (the stores' fuse)
             q, k, v = self.project(xb, l, ("wq", "wk", "wv"), segments, bounds)
             q = q.reshape(T, cfg.n_heads, hs)
             k = k.reshape(T, cfg.n_kv_heads, hs)
             v = v.reshape(T, cfg.n_kv_heads, hs)
 
             # rotate q and k by their position (RoPE), so attention scores depend on distance
-            q = apply_rope(q, rotation)
-            k = apply_rope(k, rotation)
+            q = ops.apply_rope(q, rotation)
+            k = ops.apply_rope(k, rotation)
             trace(f"L{l}.q", q)
             trace(f"L{l}.k", k)
 
@@ -368,8 +413,8 @@ class CpuTransformer:
             for seg, a, b in zip(segments, bounds[:-1], bounds[1:]):
                 seg.kv.key_cache[l, :, seg.pos0:seg.pos0 + b - a] = k[a:b].transpose(1, 0, 2)
                 seg.kv.value_cache[l, :, seg.pos0:seg.pos0 + b - a] = v[a:b].transpose(1, 0, 2)
-                att[a:b] = attention(q[a:b], seg.kv.key_cache[l], seg.kv.value_cache[l], seg.pos0,
-                                     cfg.sliding_window)
+                att[a:b] = ops.attention(q[a:b], seg.kv.key_cache[l], seg.kv.value_cache[l], seg.pos0,
+                                         cfg.sliding_window)
             trace(f"L{l}.att", att)
             yield
 
@@ -380,11 +425,11 @@ class CpuTransformer:
             yield
 
             # ---------------------------------------------------------------- feed-forward
-            xb = rmsnorm(x, self.rms_ffn[l], cfg.rms_eps)
+            xb = ops.rmsnorm(x, self.rms_ffn[l], cfg.rms_eps)
 
             # SwiGLU: a gated projection up to hidden_dim and back down
             gate, up = self.project(xb, l, ("w1", "w3"), segments, bounds)
-            hb = swiglu(gate, up)
+            hb = ops.swiglu(gate, up)
             trace(f"L{l}.ffn_hidden", hb)
             yield
             (ffn_out,) = self.project(hb, l, ("w2",), segments, bounds)
@@ -395,7 +440,7 @@ class CpuTransformer:
         # ---------------------------------------------------------------- output
         if not all_logits:
             x = x[bounds[1:] - 1]  # the last token of each segment
-        x = rmsnorm(x, self.rms_final, cfg.rms_eps)
+        x = ops.rmsnorm(x, self.rms_final, cfg.rms_eps)
 
         # the classifier is the biggest matmul (vocab rows), so it runs in row slices with a
         # yield between them: a scheduler can keep a frame budget even here

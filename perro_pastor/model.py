@@ -53,7 +53,7 @@ class Model:
     """One loaded model: its file, config, tokenizer and a compute backend. Shared by sessions."""
 
     def __init__(self, file: ModelFile, backend: str = "auto", gl_context=None, dtype=np.float32,
-                 cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET):
+                 cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET, cpu_kernels: str = "auto"):
         self.file = file
         name = file.path.name
         self.config: Config = Config.from_metadata(file.metadata, where=name)
@@ -68,7 +68,7 @@ class Model:
                 f"{name}: tokenizer has {self.tokenizer.vocab_size} tokens, "
                 f"the model's embedding has {self.config.vocab_size}")
         self.transformer = make_backend(backend, file, self.config, self.weights, gl_context, dtype,
-                                        cpu_cache_bytes)
+                                        cpu_cache_bytes, cpu_kernels)
 
     @property
     def backend(self) -> str:
@@ -114,7 +114,7 @@ class Model:
 
 
 def make_backend(kind: str, file: ModelFile, cfg: Config, weights: Weights, gl_context=None,
-                 dtype=np.float32, cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET):
+                 dtype=np.float32, cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET, cpu_kernels: str = "auto"):
     if kind not in BACKENDS:
         raise ValueError(f"unknown backend {kind!r} (choose from {', '.join(BACKENDS)})")
     if kind in ("gl", "auto"):
@@ -125,19 +125,22 @@ def make_backend(kind: str, file: ModelFile, cfg: Config, weights: Weights, gl_c
             if kind == "gl":
                 raise BackendError(f"gl backend unavailable: {exc}") from exc
             print(f"perro_pastor: gl backend unavailable ({exc}); using cpu", file=sys.stderr)
-    return CpuTransformer(file, cfg, weights, dtype=dtype, cache_budget=cpu_cache_bytes)
+    return CpuTransformer(file, cfg, weights, dtype=dtype, cache_budget=cpu_cache_bytes, kernels=cpu_kernels)
 
 
 def load(name_or_path: str | Path, backend: str = "auto", tokenizer_path: str | Path | None = None,
-         gl_context=None, dtype=np.float32, cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET) -> Model:
+         gl_context=None, dtype=np.float32, cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET,
+         cpu_kernels: str = "auto") -> Model:
     """Open, validate and prepare a model: `default`, a path, or a name in the model folder.
 
-    ``cpu_cache_bytes`` bounds the dequantized weights the cpu backend keeps in RAM; past it,
-    weights are dequantized block-wise inside each matmul (slower, but any model runs)."""
+    ``cpu_kernels`` picks the cpu backend's products: "numba" (compiled, over the packed
+    quantized weights), "numpy" (the reference: float matrices dequantized once), or "auto"
+    (numba when installed). ``cpu_cache_bytes`` bounds the dequantized weights the NumPy path
+    keeps in RAM; past it, weights are dequantized block-wise inside each matmul."""
     path = resolve_model(str(name_or_path))
     file = open_model_file(path, tokenizer_path)
     try:
-        return Model(file, backend, gl_context, dtype, cpu_cache_bytes)
+        return Model(file, backend, gl_context, dtype, cpu_cache_bytes, cpu_kernels)
     except BaseException:
         file.close()
         raise

@@ -74,10 +74,13 @@ def row_nbytes(qtype: GGMLType, n_weights: int) -> int:
 # -----------------------------------------------------------------------------
 # block layouts (ggml's block_* structs; all little-endian, packed, no padding)
 #
-# Each decoder below reads a 1-D array of these records and writes the weights of every block
-# into `y` (n_blocks, block_size) f32. They work on whole arrays of blocks at once; the order of
-# the float operations is the one ggml uses (scale first, then subtract the min), so the result
-# is bit-exact with ``gguf.quants.dequantize``.
+# Every integer type stores its weights as w = scale * q + offset: a small integer q per weight,
+# and one float scale (and, for some types, an offset) per group of 16 or 32 weights. Each
+# decoder below reads a 1-D array of blocks and returns those groups: q as (n_groups, group)
+# integers, scale and offset as (n_groups,) float32 (offset None where the type has none). The
+# scale and offset are computed with ggml's float operations, so ``dequantize`` (scale first,
+# then the offset) is bit-exact with ``gguf.quants.dequantize``; the compiled cpu kernels
+# (packed_weights.py) repack the same groups.
 
 _F16 = "<f2"
 BLOCK_DTYPES: dict[GGMLType, np.dtype] = {
@@ -97,6 +100,8 @@ BLOCK_DTYPES: dict[GGMLType, np.dtype] = {
 
 _U8 = np.uint8
 _U64 = np.dtype("<u8")
+
+Groups = tuple  # (q (n_groups, group) int8/uint8, scale (n_groups,) f32, offset (n_groups,) f32 | None)
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -142,11 +147,10 @@ def _or_bit_planes(q: np.ndarray, bits: np.ndarray, bit: int) -> None:
     q |= planes.view(np.uint8).reshape(q.shape)
 
 
-def _scale_into(y: np.ndarray, q: np.ndarray, scale: np.ndarray) -> None:
-    """y = scale * q, with one f32 scale per row of the (n_sub, width) views ``y`` and ``q``.
-    Casting first and scaling in place beats a mixed-type multiply in NumPy."""
-    np.copyto(y, q, casting="unsafe")
-    y *= scale[:, None]
+def _signed(q: np.ndarray, bias: int) -> np.ndarray:
+    """q - bias as int8 (the subtraction wraps in uint8; the int8 view is the signed value)."""
+    q -= _U8(bias)
+    return q.view(np.int8)
 
 
 def _k4_scale_min(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,21 +170,17 @@ def _q3_k_scales(s: np.ndarray) -> np.ndarray:
     nb = s.shape[0]
     low = np.concatenate([s[:, 0:8] & _U8(15), s[:, 0:8] >> _U8(4)], axis=1)
     sc = low | (_crumbs(s[:, 8:12], 4).reshape(nb, 16) << _U8(4))
-    sc -= _U8(32)  # wraps in uint8; the int8 view is the signed scale
-    return sc.view(np.int8)
+    return _signed(sc, 32)
 
 
-def _dq_q4_0(b: np.ndarray, y: np.ndarray) -> None:
+def _groups_q4_0(b: np.ndarray) -> Groups:
     # w = d * (q - 8), q 4-bit
-    q = _nibbles(b["qs"], 1)
-    q -= _U8(8)  # wraps in uint8; the int8 view is q - 8
-    _scale_into(y, q.view(np.int8).reshape(y.shape), _f32(b["d"]))
+    return _signed(_nibbles(b["qs"], 1), 8).reshape(-1, 32), _f32(b["d"]), None
 
 
-def _dq_q4_1(b: np.ndarray, y: np.ndarray) -> None:
+def _groups_q4_1(b: np.ndarray) -> Groups:
     # w = d * q + m, q 4-bit
-    _scale_into(y, _nibbles(b["qs"], 1).reshape(y.shape), _f32(b["d"]))
-    y += _f32(b["m"])[:, None]
+    return _nibbles(b["qs"], 1).reshape(-1, 32), _f32(b["d"]), _f32(b["m"])
 
 
 def _q5(b: np.ndarray) -> np.ndarray:
@@ -191,57 +191,47 @@ def _q5(b: np.ndarray) -> np.ndarray:
     return q
 
 
-def _dq_q5_0(b: np.ndarray, y: np.ndarray) -> None:
+def _groups_q5_0(b: np.ndarray) -> Groups:
     # w = d * (q - 16)
-    q = _q5(b)
-    q -= _U8(16)
-    _scale_into(y, q.view(np.int8), _f32(b["d"]))
+    return _signed(_q5(b), 16), _f32(b["d"]), None
 
 
-def _dq_q5_1(b: np.ndarray, y: np.ndarray) -> None:
+def _groups_q5_1(b: np.ndarray) -> Groups:
     # w = d * q + m
-    _scale_into(y, _q5(b), _f32(b["d"]))
-    y += _f32(b["m"])[:, None]
+    return _q5(b), _f32(b["d"]), _f32(b["m"])
 
 
-def _dq_q8_0(b: np.ndarray, y: np.ndarray) -> None:
+def _groups_q8_0(b: np.ndarray) -> Groups:
     # w = d * q, q int8
-    _scale_into(y, b["qs"], _f32(b["d"]))
+    return b["qs"], _f32(b["d"]), None
 
 
-def _dq_q2_k(b: np.ndarray, y: np.ndarray) -> None:
+def _groups_q2_k(b: np.ndarray) -> Groups:
     # 16 sub-blocks of 16: w = (d * scale) * q - (dmin * min), q 2-bit, scale/min 4-bit
-    nb = b.shape[0]
     s = b["scales"]
     dl = _f32(b["d"])[:, None] * _f32(s & _U8(15))
     ml = _f32(b["dmin"])[:, None] * _f32(s >> _U8(4))
-    y2 = y.reshape(nb * 16, 16)
-    _scale_into(y2, _crumbs(b["qs"]).reshape(nb * 16, 16), dl.reshape(-1))
-    y2 -= ml.reshape(-1, 1)
+    return _crumbs(b["qs"]).reshape(-1, 16), dl.reshape(-1), -ml.reshape(-1)
 
 
-def _dq_q3_k(b: np.ndarray, y: np.ndarray) -> None:
+def _groups_q3_k(b: np.ndarray) -> Groups:
     # 16 sub-blocks of 16: w = (d * scale) * (q - 4 * !hbit), q 2 low bits + 1 high bit (hmask)
     nb = b.shape[0]
     dl = _f32(b["d"])[:, None] * _f32(_q3_k_scales(b["scales"]))
     q = _crumbs(b["qs"]).reshape(nb, 8, 32)
     _or_bit_planes(q, b["hmask"], 2)
-    q -= _U8(4)
-    _scale_into(y.reshape(nb * 16, 16), q.view(np.int8).reshape(nb * 16, 16), dl.reshape(-1))
+    return _signed(q, 4).reshape(-1, 16), dl.reshape(-1), None
 
 
-def _dq_q4_k(b: np.ndarray, y: np.ndarray) -> None:
+def _groups_q4_k(b: np.ndarray) -> Groups:
     # 8 sub-blocks of 32: w = (d * scale) * q - (dmin * min), q 4-bit, scale/min 6-bit
-    nb = b.shape[0]
     sc, m = _k4_scale_min(b["scales"])
     dl = _f32(b["d"])[:, None] * _f32(sc)
     ml = _f32(b["dmin"])[:, None] * _f32(m)
-    y2 = y.reshape(nb * 8, 32)
-    _scale_into(y2, _nibbles(b["qs"], 4).reshape(nb * 8, 32), dl.reshape(-1))
-    y2 -= ml.reshape(-1, 1)
+    return _nibbles(b["qs"], 4).reshape(-1, 32), dl.reshape(-1), -ml.reshape(-1)
 
 
-def _dq_q5_k(b: np.ndarray, y: np.ndarray) -> None:
+def _groups_q5_k(b: np.ndarray) -> Groups:
     # as Q4_K, plus a fifth bit: bit s of qh[l] is bit 4 of weight l in sub-block s
     nb = b.shape[0]
     sc, m = _k4_scale_min(b["scales"])
@@ -249,12 +239,10 @@ def _dq_q5_k(b: np.ndarray, y: np.ndarray) -> None:
     ml = _f32(b["dmin"])[:, None] * _f32(m)
     q = _nibbles(b["qs"], 4).reshape(nb, 8, 32)
     _or_bit_planes(q, b["qh"], 4)
-    y2 = y.reshape(nb * 8, 32)
-    _scale_into(y2, q.reshape(nb * 8, 32), dl.reshape(-1))
-    y2 -= ml.reshape(-1, 1)
+    return q.reshape(-1, 32), dl.reshape(-1), -ml.reshape(-1)
 
 
-def _dq_q6_k(b: np.ndarray, y: np.ndarray) -> None:
+def _groups_q6_k(b: np.ndarray) -> Groups:
     # 16 sub-blocks of 16: w = (d * scale) * (q - 32), q 6-bit = 4 low bits (ql) + 2 high (qh),
     # scale int8. Each 128-weight half takes 64 ql bytes (low nibbles, then high) and 32 qh bytes
     # (bits 0-1, 2-3, 4-5, 6-7 for its four runs of 32).
@@ -264,21 +252,20 @@ def _dq_q6_k(b: np.ndarray, y: np.ndarray) -> None:
     qh = _crumbs(b["qh"])
     qh <<= _U8(4)
     q |= qh
-    q -= _U8(32)
-    _scale_into(y.reshape(nb * 16, 16), q.view(np.int8).reshape(nb * 16, 16), dl.reshape(-1))
+    return _signed(q, 32).reshape(-1, 16), dl.reshape(-1), None
 
 
-_DECODERS = {
-    GGMLType.Q4_0: _dq_q4_0,
-    GGMLType.Q4_1: _dq_q4_1,
-    GGMLType.Q5_0: _dq_q5_0,
-    GGMLType.Q5_1: _dq_q5_1,
-    GGMLType.Q8_0: _dq_q8_0,
-    GGMLType.Q2_K: _dq_q2_k,
-    GGMLType.Q3_K: _dq_q3_k,
-    GGMLType.Q4_K: _dq_q4_k,
-    GGMLType.Q5_K: _dq_q5_k,
-    GGMLType.Q6_K: _dq_q6_k,
+_GROUPS = {
+    GGMLType.Q4_0: _groups_q4_0,
+    GGMLType.Q4_1: _groups_q4_1,
+    GGMLType.Q5_0: _groups_q5_0,
+    GGMLType.Q5_1: _groups_q5_1,
+    GGMLType.Q8_0: _groups_q8_0,
+    GGMLType.Q2_K: _groups_q2_k,
+    GGMLType.Q3_K: _groups_q3_k,
+    GGMLType.Q4_K: _groups_q4_k,
+    GGMLType.Q5_K: _groups_q5_k,
+    GGMLType.Q6_K: _groups_q6_k,
 }
 
 # Weights decoded per pass: the temporaries of one pass (a few bytes per weight) and its 512 KiB
@@ -341,12 +328,31 @@ def dequantize(
     else:
         blocks = flat.view(BLOCK_DTYPES[qtype])
         y2 = y.reshape(-1, info.block_size)
-        decode = _DECODERS[qtype]
         step = max(1, _CHUNK_WEIGHTS // info.block_size)
         with np.errstate(invalid="ignore", over="ignore"):
             for i in range(0, blocks.shape[0], step):
-                decode(blocks[i : i + step], y2[i : i + step])
+                q, scale, offset = _GROUPS[qtype](blocks[i : i + step])
+                yg = y2[i : i + step].reshape(q.shape)
+                np.copyto(yg, q, casting="unsafe")  # cast first, then scale in place: faster
+                yg *= scale[:, None]
+                if offset is not None:
+                    yg += offset[:, None]
     return out
+
+
+def integer_groups(raw: np.ndarray, qtype: GGMLType) -> Groups:
+    """The blocks in ``raw`` (whole blocks of an integer type) as w = scale * q + offset groups:
+    q (n_groups, group) int8 or uint8, scale (n_groups,) float32, offset (n_groups,) float32 or
+    None. ``dequantize`` is exactly ``scale[:, None] * q + offset[:, None]`` in float32."""
+    qtype = GGMLType(qtype)
+    if qtype not in _GROUPS:
+        raise ValueError(f"{qtype.name} is not an integer block type")
+    info = TYPE_INFO[qtype]
+    flat = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    if flat.size % info.type_size:
+        raise ValueError(f"{qtype.name}: {flat.size} bytes is not a whole number of {info.type_size}-byte blocks")
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _GROUPS[qtype](flat.view(BLOCK_DTYPES[qtype]))
 
 
 def _check_matrix(w_raw: np.ndarray, qtype: GGMLType, rows: int, cols: int) -> tuple[np.ndarray, int]:

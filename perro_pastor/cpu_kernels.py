@@ -1,0 +1,237 @@
+"""Compiled kernels for the cpu backend (numba), over the row tiles of ``packed_weights.py``.
+
+Each kernel is plain Python that numba compiles to machine code once and caches in the user's
+cache folder. They release the GIL (``nogil``), so a game's frame thread keeps running while a
+step computes, and spread row tiles over the cores (``prange``).
+
+Why the tiles: a tile holds ``R`` rows side by side, ``[tile, group, j, row]``, so the innermost
+loop walks ``row`` over contiguous bytes and LLVM turns it into SIMD across rows, reading the
+4-bit or 8-bit weights directly (no float32 copy of the model). Measured on the 2-core Zen3
+development machine (benchmarks/bench_cpu_kernels.py): loops over one row's 32-weight groups
+vectorize badly, and float accumulation beat quantizing x to int8 (numba's integer dot products
+do not use the byte-multiply instructions); float is also the more accurate of the two.
+
+The NumPy twins are ``packed_weights.PackedMatrix.dequantize`` followed by a product in float64.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def _use_user_cache_folder() -> None:
+    """numba caches compiled kernels beside this file by default; an installed package folder
+    may be read-only, so use the user's cache folder unless NUMBA_CACHE_DIR says otherwise."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    import numba
+    from platformdirs import user_cache_dir
+    numba.config.CACHE_DIR = os.path.join(user_cache_dir("perro_pastor"), "numba")
+
+
+_use_user_cache_folder()
+
+from numba import njit, prange  # noqa: E402  (after the cache folder is set)
+
+# Floating-point contraction (FMA) and reassociation let LLVM vectorize and fuse the
+# accumulations: ~20% faster mat-vecs, within float32 rounding of the strict order.
+_FAST = {"contract", "reassoc", "nsz"}
+_KERNEL = dict(parallel=True, nogil=True, cache=True, fastmath=_FAST)
+_SMALL = dict(nogil=True, cache=True, fastmath=_FAST)  # per-token ops: one thread, no launch cost
+
+
+# -----------------------------------------------------------------------------
+# 4-bit weights: byte j of a 32-weight group holds weight j (low nibble) and weight j + 16
+# (high nibble). The high nibble is read as (q & 0xF0) against x / 16: exact, and cheaper than
+# a shift.
+
+@njit(**_KERNEL)
+def matvec_nibbles(data, scale, offset, x, out):
+    """out[t, r] = sum_k W[r, k] x[t, k] with W[r, k] = scale * q + offset per 32-weight group.
+
+    data: (n_tiles, n_groups, 16, R) uint8; scale, offset: (n_tiles, n_groups, R) float32;
+    x: (T, n_groups * 32) float32; out: (T, n_tiles * R) float32."""
+    n_tiles, n_groups, half, R = data.shape
+    T = x.shape[0]
+    xs = x.reshape(T, n_groups, 2, half)
+    x_low = xs[:, :, 0, :].copy()
+    x_high = xs[:, :, 1, :] * np.float32(1 / 16)
+    x_sum = xs.sum(axis=3).sum(axis=2).astype(np.float32)
+    for tile in prange(n_tiles):
+        acc = np.empty(R, np.float32)
+        part = np.empty(R, np.float32)
+        for t in range(T):
+            acc[:] = 0
+            for g in range(n_groups):
+                part[:] = 0
+                for j in range(half):
+                    xl = x_low[t, g, j]
+                    xh = x_high[t, g, j]
+                    for r in range(R):
+                        q = data[tile, g, j, r]
+                        part[r] += np.float32(q & np.uint8(0x0F)) * xl + np.float32(q & np.uint8(0xF0)) * xh
+                s = x_sum[t, g]
+                for r in range(R):
+                    acc[r] += scale[tile, g, r] * part[r] + offset[tile, g, r] * s
+            out[t, tile * R:(tile + 1) * R] = acc
+
+
+@njit(**_KERNEL)
+def dequantize_nibbles(data, scale, offset, tile0, out):
+    """Rows of tiles tile0.. as float32 into out: (n_rows, n_groups * 32), n_rows a multiple of R.
+    Each group is decoded across rows (contiguous reads), then written row by row (32 floats)."""
+    n_tiles, n_groups, half, R = data.shape
+    for tile in prange(out.shape[0] // R):
+        src = tile0 + tile
+        w = np.empty((2 * half, R), np.float32)
+        for g in range(n_groups):
+            s, o = scale[src, g], offset[src, g]
+            for j in range(half):
+                for r in range(R):
+                    q = data[src, g, j, r]
+                    w[j, r] = s[r] * np.float32(q & np.uint8(0x0F)) + o[r]
+                    w[half + j, r] = s[r] * np.float32(q >> np.uint8(4)) + o[r]
+            out[tile * R:(tile + 1) * R, g * 2 * half:(g + 1) * 2 * half] = w.T
+
+
+# -----------------------------------------------------------------------------
+# 8-bit weights: one signed byte per weight, groups of 16 or 32
+
+@njit(**_KERNEL)
+def matvec_bytes(data, scale, offset, x, out):
+    """As ``matvec_nibbles`` for data: (n_tiles, n_groups, G, R) int8, one weight per byte."""
+    n_tiles, n_groups, G, R = data.shape
+    T = x.shape[0]
+    xs = x.reshape(T, n_groups, G)
+    x_sum = xs.sum(axis=2).astype(np.float32)
+    for tile in prange(n_tiles):
+        acc = np.empty(R, np.float32)
+        part = np.empty(R, np.float32)
+        for t in range(T):
+            acc[:] = 0
+            for g in range(n_groups):
+                part[:] = 0
+                for j in range(G):
+                    xj = xs[t, g, j]
+                    for r in range(R):
+                        part[r] += np.float32(data[tile, g, j, r]) * xj
+                s = x_sum[t, g]
+                for r in range(R):
+                    acc[r] += scale[tile, g, r] * part[r] + offset[tile, g, r] * s
+            out[t, tile * R:(tile + 1) * R] = acc
+
+
+@njit(**_KERNEL)
+def dequantize_bytes(data, scale, offset, tile0, out):
+    """As ``dequantize_nibbles`` for 8-bit tiles."""
+    n_tiles, n_groups, G, R = data.shape
+    for tile in prange(out.shape[0] // R):
+        src = tile0 + tile
+        w = np.empty((G, R), np.float32)
+        for g in range(n_groups):
+            s, o = scale[src, g], offset[src, g]
+            for j in range(G):
+                for r in range(R):
+                    w[j, r] = s[r] * np.float32(data[src, g, j, r]) + o[r]
+            out[tile * R:(tile + 1) * R, g * G:(g + 1) * G] = w.T
+
+
+# -----------------------------------------------------------------------------
+# the rest of a decode step, for a few tokens at a time (each the twin of the NumPy op of the
+# same name in cpu.py; called there instead of it when a pass has few tokens, where NumPy's
+# per-call cost, not arithmetic, dominates)
+
+@njit(**_SMALL)
+def rmsnorm(x, weight, eps):
+    """x / sqrt(mean(x^2) + eps) * weight, over the last axis of (T, dim)."""
+    out = np.empty_like(x)
+    for t in range(x.shape[0]):
+        mean_square = np.float32(0)
+        for i in range(x.shape[1]):
+            mean_square += x[t, i] * x[t, i]
+        inv = np.float32(1) / np.sqrt(mean_square / x.shape[1] + np.float32(eps))
+        for i in range(x.shape[1]):
+            out[t, i] = x[t, i] * inv * weight[i]
+    return out
+
+
+@njit(**_SMALL)
+def apply_rope(x, rotation):
+    """Rotate pairs (x[2i], x[2i+1]) of each head by the complex rotation[t, i]; x: (T, heads, hs)."""
+    out = x.copy()
+    for t in range(x.shape[0]):
+        for h in range(x.shape[1]):
+            for i in range(rotation.shape[1]):
+                c, s = rotation[t, i].real, rotation[t, i].imag
+                a, b = x[t, h, 2 * i], x[t, h, 2 * i + 1]
+                out[t, h, 2 * i] = a * c - b * s
+                out[t, h, 2 * i + 1] = a * s + b * c
+    return out
+
+
+@njit(**_SMALL)
+def attention(q, k_cache, v_cache, pos0, sliding_window):
+    """Causal grouped-query attention for queries at pos0.. over head-major caches
+    (n_kv_heads, n_ctx, hs); q: (T, n_heads, hs). Softmax in float32 after subtracting the max."""
+    T, n_heads, hs = q.shape
+    group = n_heads // k_cache.shape[0]
+    out = np.zeros_like(q)
+    scores = np.empty(pos0 + T, np.float32)
+    scale = np.float32(1 / np.sqrt(hs))
+    for t in range(T):
+        pos = pos0 + t
+        first = max(0, pos - sliding_window + 1) if sliding_window > 0 else 0
+        for h in range(n_heads):
+            keys, values = k_cache[h // group], v_cache[h // group]
+            best = np.float32(-np.inf)
+            for j in range(first, pos + 1):
+                dot = np.float32(0)
+                for i in range(hs):
+                    dot += q[t, h, i] * keys[j, i]
+                scores[j] = dot * scale
+                best = max(best, scores[j])
+            total = np.float32(0)
+            for j in range(first, pos + 1):
+                scores[j] = np.exp(scores[j] - best)
+                total += scores[j]
+            for j in range(first, pos + 1):
+                p = scores[j] / total
+                for i in range(hs):
+                    out[t, h, i] += p * values[j, i]
+    return out
+
+
+@njit(**_SMALL)
+def swiglu(h1, h3):
+    """silu(h1) * h3, with silu(x) = x * sigmoid(x)."""
+    return h1 / (np.float32(1) + np.exp(-h1)) * h3
+
+
+# -----------------------------------------------------------------------------
+# compiling
+
+def cache_is_warm() -> bool:
+    """Whether compiled kernels of this module were cached before (a first run compiles for
+    tens of seconds; later runs load them in a fraction of a second)."""
+    import numba
+    from pathlib import Path
+    return any(Path(numba.config.CACHE_DIR or ".").rglob("cpu_kernels.matvec_nibbles-*.nbi"))
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel for the argument types a decode step
+    passes, so the first step does not stall on it."""
+    f32 = np.float32
+    x, out = np.ones((1, 32), f32), np.empty((1, 2), f32)
+    scale = np.ones((2, 1, 2), f32)
+    matvec_nibbles(np.zeros((2, 1, 16, 2), np.uint8), scale, scale, x, out)
+    matvec_bytes(np.zeros((2, 1, 32, 2), np.int8), scale, scale, x, out)
+    dequantize_nibbles(np.zeros((2, 1, 16, 2), np.uint8), scale, scale, 0, np.empty((4, 32), f32))
+    dequantize_bytes(np.zeros((2, 1, 32, 2), np.int8), scale, scale, 0, np.empty((4, 32), f32))
+    rmsnorm(x, x[0], 1e-5)
+    q = np.ones((1, 2, 16), f32)
+    apply_rope(q, np.ones((1, 8), np.complex64))
+    attention(q, np.ones((1, 4, 16), f32), np.ones((1, 4, 16), f32), 0, 0)
+    swiglu(x, x)

@@ -1,0 +1,241 @@
+"""Weight matrices repacked at load for the compiled cpu kernels (``cpu_kernels.py``).
+
+Every integer GGML type is w = scale * q + offset with a small integer q per weight and one
+scale/offset per group of 16 or 32 weights (``quant.integer_groups``). Two tile formats hold
+them all, without loss:
+
+- **nibbles** (Q4_0, Q4_1, Q4_K): two weights per byte, 4-bit q from 0 to 15;
+- **bytes** (Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q5_K, Q6_K): one int8 q per weight.
+
+Rows are grouped in tiles of ``TILE_ROWS`` laid out ``[tile, group, j, row]`` (the kernels
+vectorize across rows), with float32 scales and offsets ``[tile, group, row]`` beside them.
+A Q4_1 matrix takes 0.75 bytes per weight here (0.625 in the file). Float types (F32, F16,
+BF16) are kept as float32 rows and multiplied by BLAS.
+
+``matmul`` picks the path by the number of rows of x: a few (decode, or a few sessions decoding
+together) run the compiled mat-vec over the tiles; more (prefill) dequantize a few MiB of rows
+at a time into one reused buffer and multiply with BLAS, which is faster there (measured in
+docs/cpu_backend.md) and never holds a float32 copy of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import cpu_kernels, quant
+from .quant import GGMLType
+
+TILE_ROWS = 64
+NIBBLE_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K)
+FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
+
+# x with at most this many rows goes through the compiled mat-vec; more go to BLAS on
+# dequantized rows (see docs/cpu_backend.md for the crossover).
+MATVEC_MAX_ROWS = 4
+
+# Float32 rows dequantized per BLAS product on the prefill path.
+DEQUANT_CHUNK_BYTES = 4 << 20
+
+# Rows packed per step at load (bounds the temporaries of quant.integer_groups).
+_PACK_CHUNK_ROWS = 16 * TILE_ROWS
+
+
+@dataclass
+class PackedMatrix:
+    """A (rows, cols) weight matrix in row tiles, or float32 rows for float types."""
+    rows: int
+    cols: int
+    data: np.ndarray | None  # (n_tiles, n_groups, 16 | G, TILE_ROWS) uint8 (nibbles) or int8 (bytes)
+    scale: np.ndarray | None  # (n_tiles, n_groups, TILE_ROWS) float32
+    offset: np.ndarray | None  # the same
+    dense: np.ndarray | None = None  # (rows, cols) float32, for float types
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.data, self.scale, self.offset, self.dense)
+        return sum(a.nbytes for a in arrays if a is not None)
+
+    @property
+    def nibbles(self) -> bool:
+        return self.data is not None and self.data.dtype == np.uint8
+
+    def matmul(self, x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """x @ W[start:stop].T in float32: (T, cols) -> (T, stop - start)."""
+        stop = self.rows if stop is None else stop
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.dense is not None:
+            return x @ self.dense[start:stop].T
+        matvec = cpu_kernels.matvec_nibbles if self.nibbles else cpu_kernels.matvec_bytes
+        if len(x) <= MATVEC_MAX_ROWS and start == 0 and stop == self.rows:  # the usual decode call
+            out = np.empty((len(x), len(self.data) * TILE_ROWS), np.float32)
+            matvec(self.data, self.scale, self.offset, x, out)
+            return out[:, :stop]
+        tile0, tile1 = start // TILE_ROWS, -(-stop // TILE_ROWS)
+        skip = start - tile0 * TILE_ROWS
+        if len(x) <= MATVEC_MAX_ROWS:
+            out = np.empty((len(x), (tile1 - tile0) * TILE_ROWS), np.float32)
+            matvec(self.data[tile0:tile1], self.scale[tile0:tile1], self.offset[tile0:tile1], x, out)
+            return out[:, skip:skip + stop - start]
+        out = np.empty((len(x), stop - start), np.float32)
+        chunk_tiles = max(1, DEQUANT_CHUNK_BYTES // (4 * self.cols * TILE_ROWS))
+        buf = np.empty((chunk_tiles * TILE_ROWS, self.cols), np.float32)
+        for t in range(tile0, tile1, chunk_tiles):
+            n = min(chunk_tiles, tile1 - t)
+            w = buf[:n * TILE_ROWS]
+            self._dequantize_tiles(t, w)
+            r0, r1 = max(start, t * TILE_ROWS), min(stop, (t + n) * TILE_ROWS)
+            np.matmul(x, w[r0 - t * TILE_ROWS:r1 - t * TILE_ROWS].T, out=out[:, r0 - start:r1 - start])
+        return out
+
+    def dequantize(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows start:stop as float32 (stop - start, cols): the NumPy twin of what the kernels read."""
+        stop = self.rows if stop is None else stop
+        if self.dense is not None:
+            return self.dense[start:stop].copy()
+        tile0, tile1 = start // TILE_ROWS, -(-stop // TILE_ROWS)
+        w = np.empty(((tile1 - tile0) * TILE_ROWS, self.cols), np.float32)
+        self._dequantize_tiles(tile0, w)
+        return w[start - tile0 * TILE_ROWS:stop - tile0 * TILE_ROWS]
+
+    def take_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` as float32 (len(ids), cols): the embedding lookup."""
+        if self.dense is not None:
+            return self.dense[ids]
+        if np.any((ids < 0) | (ids >= self.rows)):
+            raise ValueError(f"row ids {ids} outside 0..{self.rows - 1}")
+        tiles, lanes = ids // TILE_ROWS, ids % TILE_ROWS
+        q = self.data[tiles, :, :, lanes]  # (T, n_groups, 16 | G)
+        if self.nibbles:
+            q = np.concatenate([q & np.uint8(0x0F), q >> np.uint8(4)], axis=2)
+        w = q.astype(np.float32)
+        w *= self.scale[tiles, :, lanes][..., None]
+        w += self.offset[tiles, :, lanes][..., None]
+        return w.reshape(len(ids), self.cols)
+
+    def _dequantize_tiles(self, tile0: int, out: np.ndarray) -> None:
+        kernel = cpu_kernels.dequantize_nibbles if self.nibbles else cpu_kernels.dequantize_bytes
+        kernel(self.data, self.scale, self.offset, tile0, out)
+
+
+def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int) -> PackedMatrix:
+    """Repack a row-major (rows, cols) GGML matrix (its raw bytes) into row tiles."""
+    qtype = GGMLType(qtype)
+    row_bytes = quant.row_nbytes(qtype, cols)
+    flat = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    if flat.size != rows * row_bytes:
+        raise ValueError(f"{qtype.name} matrix {rows}x{cols} needs {rows * row_bytes} bytes, got {flat.size}")
+    if qtype in FLOAT_TYPES:
+        return PackedMatrix(rows, cols, None, None, None,
+                            dense=quant.dequantize(flat, qtype, rows * cols).reshape(rows, cols))
+    n_tiles = -(-rows // TILE_ROWS)
+    nibbles = qtype in NIBBLE_TYPES
+    group = 32 if nibbles else len(quant.integer_groups(flat[:row_bytes], qtype)[0][0])
+    n_groups = cols // group
+    data = np.zeros((n_tiles, n_groups, group // 2 if nibbles else group, TILE_ROWS),
+                    np.uint8 if nibbles else np.int8)
+    scale = np.zeros((n_tiles, n_groups, TILE_ROWS), np.float32)
+    offset = np.zeros_like(scale)
+    for r0 in range(0, rows, _PACK_CHUNK_ROWS):
+        r1 = min(rows, r0 + _PACK_CHUNK_ROWS)
+        q, s, o = quant.integer_groups(flat[r0 * row_bytes:r1 * row_bytes], qtype)
+        o = np.zeros_like(s) if o is None else o
+        q = q.reshape(r1 - r0, n_groups, group)
+        if nibbles:
+            if q.dtype == np.int8:  # Q4_0 stores q - 8: shift to 0..15, fold -8 * scale into the offset
+                q = (q.astype(np.int16) + 8).astype(np.uint8)
+                o = o - 8 * s
+            q = q[:, :, :group // 2] | (q[:, :, group // 2:] << np.uint8(4))
+        tiles = slice(r0 // TILE_ROWS, -(-r1 // TILE_ROWS))
+        n = tiles.stop - tiles.start
+        q_pad = np.zeros((n * TILE_ROWS,) + q.shape[1:], data.dtype)
+        q_pad[:r1 - r0] = q.view(data.dtype)
+        data[tiles] = q_pad.reshape(n, TILE_ROWS, n_groups, -1).transpose(0, 2, 3, 1)
+        for dst, src in ((scale, s), (offset, o)):
+            pad = np.zeros((n * TILE_ROWS, n_groups), np.float32)
+            pad[:r1 - r0] = src.reshape(r1 - r0, n_groups)
+            dst[tiles] = pad.reshape(n, TILE_ROWS, n_groups).transpose(0, 2, 1)
+    return PackedMatrix(rows, cols, data, scale, offset)
+
+
+def stack(matrices: list[PackedMatrix]) -> PackedMatrix | None:
+    """The rows of several packed matrices with the same columns and format, one after another
+    (a layer's wq, wk, wv: one kernel call reads them all). None when they cannot be stacked:
+    different formats, or row counts that do not fill whole tiles."""
+    first = matrices[0]
+    same = all(m.cols == first.cols and m.dense is None and first.dense is None
+               and m.data.dtype == first.data.dtype and m.data.shape[1:] == first.data.shape[1:]
+               for m in matrices)
+    if not same or any(m.rows % TILE_ROWS for m in matrices):
+        return None
+    return PackedMatrix(sum(m.rows for m in matrices), first.cols,
+                        np.concatenate([m.data for m in matrices]),
+                        np.concatenate([m.scale for m in matrices]),
+                        np.concatenate([m.offset for m in matrices]))
+
+
+class PackedWeights:
+    """Weight access for the cpu forward pass over packed matrices: the same interface as
+    ``cpu.CpuWeights`` (its float32 twin), with every matrix repacked once, at load.
+
+    A layer's matrices that read the same input (wq, wk, wv; w1, w3) are stacked into one packed
+    matrix when their formats allow, so one kernel call reads them all."""
+
+    def __init__(self, mf):
+        self.mf = mf
+        self.packed: dict[str, PackedMatrix] = {}
+        self.stacked: dict[tuple[str, ...], PackedMatrix] = {}
+        self.group_of: dict[str, tuple] = {}
+
+    def fuse(self, tensors: tuple) -> None:
+        for t in tensors:
+            self.group_of[t.name] = tensors
+
+    def vector(self, t) -> np.ndarray:
+        return quant.dequantize(self.mf.tensor_bytes(t.name), t.qtype, t.n_elements)
+
+    def matrix(self, t) -> PackedMatrix:
+        """The packed matrix of ``t``, packed now if it was not yet (the loader calls this for
+        every matrix, off the frame thread). The last member of a fused group stacks the group."""
+        m = self.packed.get(t.name)
+        if m is None:
+            cols, rows = t.shape
+            m = self.packed[t.name] = pack(self.mf.tensor_bytes(t.name), t.qtype, rows, cols)
+            group = self.group_of.get(t.name)
+            if group and all(member.name in self.packed for member in group):
+                stacked = stack([self.packed[member.name] for member in group])
+                if stacked is not None:
+                    self.stacked[tuple(member.name for member in group)] = stacked
+                    for member in group:  # the stack holds their rows; drop the copies
+                        self.packed[member.name] = _rows_of(stacked, group, member)
+        return m if t.name not in self.group_of else self.packed[t.name]
+
+    def matmul(self, x: np.ndarray, t, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.matrix(t).matmul(x, start, stop)
+
+    def matmul_fused(self, x: np.ndarray, tensors: tuple) -> list[np.ndarray]:
+        stacked = self.stacked.get(tuple(t.name for t in tensors))
+        if stacked is None:
+            for t in tensors:
+                self.matrix(t)  # packing the last member stacks the group
+            stacked = self.stacked.get(tuple(t.name for t in tensors))
+        if stacked is None:
+            return [self.matmul(x, t) for t in tensors]
+        out, outs, first = stacked.matmul(x), [], 0
+        for t in tensors:
+            outs.append(out[:, first:first + t.shape[1]])
+            first += t.shape[1]
+        return outs
+
+    def rows(self, t, ids: np.ndarray) -> np.ndarray:
+        return self.matrix(t).take_rows(np.asarray(ids, dtype=np.int64))
+
+
+def _rows_of(stacked: PackedMatrix, group: tuple, member) -> PackedMatrix:
+    """The member's rows of a stacked matrix, as a view (whole tiles: stack() checked it)."""
+    first = sum(m.shape[1] for m in group[:group.index(member)]) // TILE_ROWS
+    n = member.shape[1] // TILE_ROWS
+    view = slice(first, first + n)
+    return PackedMatrix(member.shape[1], member.shape[0], stacked.data[view], stacked.scale[view],
+                        stacked.offset[view])

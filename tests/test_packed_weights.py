@@ -1,0 +1,172 @@
+"""The compiled cpu kernels (cpu_kernels.py over packed_weights.py) against their oracles:
+``gguf.quants`` for what the packed tiles hold (bit-exact), a float64 product for the mat-vec
+and the prefill path, on fresh random blocks of every type, odd shapes, and the real file.
+
+Tolerance of a product: float32 accumulation over ``cols`` terms, so |error| <= 1e-5 of
+sum |w| |x| (the sum of the magnitudes the dot product adds up).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from perro_pastor import cpu, packed_weights
+from perro_pastor.formats import open_model_file
+from perro_pastor.packed_weights import TILE_ROWS, pack, stack
+from perro_pastor.paths import resolve_model
+from perro_pastor.quant import BLOCK_DTYPES, GGMLType, row_nbytes
+from test_quant import K_QUANTS, fresh_rng, oracle, random_blocks
+
+INTEGER_TYPES = list(BLOCK_DTYPES)
+FLOAT_TYPES = [GGMLType.F32, GGMLType.F16, GGMLType.BF16]
+
+
+def random_matrix(rng, qtype: GGMLType, rows: int, cols: int) -> np.ndarray:
+    if qtype in BLOCK_DTYPES:
+        return random_blocks(rng, qtype, rows, cols)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    if qtype == GGMLType.F16:
+        return w.astype(np.float16).view(np.uint8)
+    if qtype == GGMLType.BF16:
+        return (w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    return w.view(np.uint8)
+
+
+def check_product(got: np.ndarray, x: np.ndarray, w64: np.ndarray, msg: str) -> None:
+    want = x.astype(np.float64) @ w64.T
+    bound = 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(w64).T) + 1e-30
+    worst = float((np.abs(got - want) / bound).max())
+    assert worst <= 1.0, f"{msg}: error {worst:.2f}x the float32 bound"
+
+
+@pytest.mark.parametrize("qtype", INTEGER_TYPES + FLOAT_TYPES, ids=lambda t: t.name)
+def test_packed_tiles_hold_exactly_the_gguf_weights(qtype):
+    rng, seed = fresh_rng()
+    cols = 512 if qtype in K_QUANTS else 96
+    for rows in (1, TILE_ROWS, 2 * TILE_ROWS + 13):  # a lone row, one whole tile, a ragged tile
+        raw = random_matrix(rng, qtype, rows, cols)
+        want = oracle(raw, qtype).reshape(rows, cols)
+        m = pack(raw, qtype, rows, cols)
+        np.testing.assert_array_equal(m.dequantize(), want, err_msg=f"seed={seed} rows={rows}")
+        np.testing.assert_array_equal(m.dequantize(rows // 3, rows), want[rows // 3:],
+                                      err_msg=f"seed={seed} rows={rows}")
+        ids = rng.integers(0, rows, size=5)
+        np.testing.assert_array_equal(m.take_rows(ids), want[ids], err_msg=f"seed={seed}")
+
+
+@pytest.mark.parametrize("qtype", INTEGER_TYPES + FLOAT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("tokens", [1, 3, packed_weights.MATVEC_MAX_ROWS + 5])
+def test_matmul_matches_float64(qtype, tokens):
+    """1 and 3 tokens run the compiled mat-vec, more the BLAS path over dequantized tiles."""
+    rng, seed = fresh_rng()
+    rows, cols = 3 * TILE_ROWS - 7, (768 if qtype in K_QUANTS else 160)
+    raw = random_matrix(rng, qtype, rows, cols)
+    w64 = oracle(raw, qtype).reshape(rows, cols).astype(np.float64)
+    m = pack(raw, qtype, rows, cols)
+    x = rng.standard_normal((tokens, cols)).astype(np.float32)
+    check_product(m.matmul(x), x, w64, f"seed={seed}")
+    start, stop = TILE_ROWS - 5, 2 * TILE_ROWS + 9  # a slice across tile edges (the classifier's)
+    check_product(m.matmul(x, start, stop), x, w64[start:stop], f"seed={seed} slice")
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q6_K], ids=lambda t: t.name)
+def test_stacked_matrices_are_their_members_one_after_another(qtype):
+    rng, seed = fresh_rng()
+    cols = 256
+    members = [random_matrix(rng, qtype, rows, cols) for rows in (2 * TILE_ROWS, TILE_ROWS)]
+    packed = [pack(raw, qtype, len(raw), cols) for raw in members]
+    both = stack(packed)
+    want = np.concatenate([oracle(raw, qtype).reshape(len(raw), cols) for raw in members])
+    np.testing.assert_array_equal(both.dequantize(), want, err_msg=f"seed={seed}")
+    ragged = pack(random_matrix(rng, qtype, 5, cols), qtype, 5, cols)
+    assert stack([packed[0], ragged]) is None  # rows that do not fill a tile are not stacked
+
+
+def test_pack_rejects_a_wrong_size():
+    with pytest.raises(ValueError, match="needs"):
+        pack(np.zeros(row_nbytes(GGMLType.Q4_1, 64) * 3 - 1, np.uint8), GGMLType.Q4_1, 3, 64)
+
+
+@pytest.fixture(scope="module")
+def default_file():
+    mf = open_model_file(resolve_model("default"))
+    yield mf
+    mf.close()
+
+
+@pytest.mark.parametrize("name", ["blk.0.attn_q.weight", "blk.7.ffn_down.weight", "token_embd.weight"])
+def test_real_tensors_of_the_default_model(default_file, name):
+    """The file's own Q4_1 and Q8_0 blocks: tiles bit-exact, decode product within bound."""
+    rng, seed = fresh_rng()
+    t = default_file.tensors[name]
+    cols, rows = t.shape
+    raw = default_file.tensor_bytes(name)
+    want = oracle(raw, t.qtype).reshape(rows, cols)
+    m = pack(raw, t.qtype, rows, cols)
+    np.testing.assert_array_equal(m.dequantize(), want)
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    check_product(m.matmul(x), x, want.astype(np.float64), f"{name} seed={seed}")
+
+
+def test_numba_forward_matches_the_numpy_reference_at_checkpoints():
+    """Whole model, numba kernels vs the float64 NumPy forward: the first checkpoint that
+    diverges names the op. Prefill (BLAS over dequantized tiles) then decode (the mat-vec)."""
+    fast = cpu_model("numba", np.float32)
+    ref = cpu_model("numpy", np.float64)
+    tokens = np.array(fast.tokenizer.encode("The old shepherd counted his sheep"))
+    for label, run in (("prefill", lambda m, kv, tr: m.transformer.forward(tokens, 0, kv, trace=tr)),
+                       ("decode", lambda m, kv, tr: m.transformer.forward(tokens[:1], 0, kv, trace=tr))):
+        got, want = {}, {}
+        run(fast, fast.transformer.new_cache(32), lambda n, v: got.setdefault(n, v.copy()))
+        run(ref, ref.transformer.new_cache(32), lambda n, v: want.setdefault(n, v.copy()))
+        for name in want:
+            scale = np.abs(want[name]).max()
+            err = np.abs(got[name] - want[name]).max() / scale
+            assert err < 2e-3, f"{label}: {name} differs by {err:.2e} of its scale"
+
+
+def cpu_model(kernels: str, dtype):
+    from perro_pastor.model import load
+    return load("default", backend="cpu", cpu_kernels=kernels, dtype=dtype)
+
+
+def test_kernels_leave_the_gil_to_other_threads():
+    """A game's frame thread keeps running Python while a kernel computes on another thread:
+    ticks of the main thread land inside the kernel calls (with the GIL held there would be none)."""
+    rng, _ = fresh_rng()
+    rows, cols = 2048, 2048
+    m = pack(random_blocks(rng, GGMLType.Q4_1, rows, cols), GGMLType.Q4_1, rows, cols)
+    x = rng.standard_normal((packed_weights.MATVEC_MAX_ROWS, cols)).astype(np.float32)
+    m.matmul(x)  # compiled
+    calls, done = [], threading.Event()
+
+    def compute():
+        for _ in range(30):
+            start = time.perf_counter()
+            m.matmul(x)
+            calls.append((start, time.perf_counter()))
+        done.set()
+
+    ticks = []
+    worker = threading.Thread(target=compute)
+    worker.start()
+    while not done.is_set():
+        ticks.append(time.perf_counter())
+        time.sleep(0.0005)
+    worker.join()
+    inside = sum(any(a < t < b for a, b in calls) for t in ticks)
+    assert inside >= 3, f"{inside} of {len(ticks)} frame-thread ticks ran during the kernel calls"
+
+
+def test_auto_falls_back_to_numpy_with_one_line_when_numba_is_missing(monkeypatch, capsys):
+    monkeypatch.setattr(cpu, "KERNELS_MISSING", "No module named 'numba'")
+    assert cpu.pick_kernels("auto", np.dtype(np.float32)) == "numpy"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "numba" in err
+    with pytest.raises(ValueError, match="numba"):
+        cpu.pick_kernels("numba", np.dtype(np.float32))
+    assert cpu.pick_kernels("auto", np.dtype(np.float64)) == "numpy"
