@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> dict | None:
     try:
         while not game.quit and not (auto and (auto.finished or frame >= args.frames)):
             start = time.perf_counter()
+            game.sync()  # the last frame's background tick has finished: the village is ours
             window.dispatch_events()
             if auto is not None:
                 auto.update(game, start)
@@ -169,6 +170,7 @@ def run(args: argparse.Namespace) -> dict | None:
             save_screenshot(args.screenshot)
             shot_rects = game.bubble_rects()
     finally:
+        game.sync()
         if game.village is not None:
             game.village.cancel_all()
     if auto is None:

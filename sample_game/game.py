@@ -10,6 +10,7 @@ overrun, and a step is at most one sub-block of one layer).
 from __future__ import annotations
 
 import importlib.util
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -35,6 +36,50 @@ PREFILL_BLAS_THREADS = 1
 TOAST_S = 3.0
 
 
+class BackgroundTicks:
+    """Scheduler ticks on a worker thread, overlapping the frame's drawing (cpu backend).
+
+    The compiled cpu kernels release the GIL, so while a tick computes on one core the frame
+    thread draws on the other. The frame thread starts a tick at the end of ``update`` and
+    ``wait``s for it at the start of the next frame, before it touches the village again: the
+    scheduler is only ever used by one thread at a time. The worker runs the kernels on one
+    thread (numba's setting is per thread), leaving the other core to the game."""
+
+    def __init__(self):
+        self._go, self._done = threading.Event(), threading.Event()
+        self._done.set()
+        self._job: tuple | None = None
+        self.last_tick_ms = 0.0
+        self._worker = threading.Thread(target=self._run, name="perro-pastor ticks", daemon=True)
+        self._worker.start()
+
+    def start(self, scheduler, budget_ms: float) -> None:
+        self.wait()
+        self._job = (scheduler, budget_ms)
+        self._done.clear()
+        self._go.set()
+
+    def wait(self) -> None:
+        self._done.wait()
+
+    def _run(self) -> None:
+        try:
+            import numba
+            numba.set_num_threads(1)
+        except ImportError:
+            pass
+        while True:
+            self._go.wait()
+            self._go.clear()
+            scheduler, budget_ms = self._job
+            start = time.perf_counter()
+            try:
+                scheduler.tick(budget_ms)  # a session's error ends its own reply, not the thread
+            finally:
+                self.last_tick_ms = (time.perf_counter() - start) * 1000.0
+                self._done.set()
+
+
 class Game:
     def __init__(self, model_name: str = "default", backend: str = "auto", gl_context=None,
                  save_path: Path | None = None, chatter: bool = True, reply_tokens: int | None = None):
@@ -52,6 +97,8 @@ class Game:
         if self.limit_prefill_blas:
             blas_controller()
         self.loader: ModelLoader | None = ModelLoader(model_name, backend, gl_context)
+        self.background: BackgroundTicks | None = None  # cpu backend: ticks overlap drawing
+        self.ticking = False  # a background tick was started and not yet waited for
         self.village: Village | None = None
         self.model = None
         self.load_s: float | None = None
@@ -104,7 +151,16 @@ class Game:
     # -------------------------------------------------------------------------
     # model
 
+    def sync(self) -> None:
+        """Wait for a tick running in the background; called at the start of every frame,
+        before input or anything else touches the village."""
+        if self.background is not None and self.ticking:
+            self.background.wait()
+            self.overruns.append(self.background.last_tick_ms - self.budget_ms)
+            self.ticking = False
+
     def switch_model(self, name: str) -> None:
+        self.sync()
         if self.loader is not None:
             self.loader.cancel()
         if self.village is not None:
@@ -123,6 +179,7 @@ class Game:
             old, self.model = self.model, model
             if model.backend == "cpu" and self.limit_prefill_blas:
                 model.transformer.prefill_blas_threads = PREFILL_BLAS_THREADS
+            self.background = BackgroundTicks() if model.backend == "cpu" else None
             if old is not None:
                 release = getattr(old.transformer, "release", None)  # GL objects, if any
                 if release is not None:
@@ -173,6 +230,7 @@ class Game:
         return "warming" if self.village.warming else "idle"
 
     def update(self, dt: float, now: float, frame_start: float) -> None:
+        self.sync()
         self.loaded_this_frame = False
         dx, dy = self.controls.move_vector()
         self.player.move(dx, dy, dt)
@@ -186,11 +244,14 @@ class Game:
         # ticks have recently run past their budget (a step runs long when the machine is busy)
         left = FRAME_MS - (time.perf_counter() - frame_start) * 1000.0 - self.render_ms - self.margin_ms()
         self.budget_ms = min(max(left, MIN_BUDGET_MS), MAX_BUDGET_MS)
-        if self.village.generating or self.village.warming:
+        if self.background is not None:
+            # the tick runs beside the drawing (started below): it need not leave room for it
+            self.budget_ms = min(max(left + self.render_ms, MIN_BUDGET_MS), MAX_BUDGET_MS)
+        elif self.village.generating or self.village.warming:
             tick_start = time.perf_counter()
             self.village.scheduler.tick(self.budget_ms)
             self.overruns.append((time.perf_counter() - tick_start) * 1000.0 - self.budget_ms)
-        self.village.update(now)
+        self.village.update(now)  # what the last tick made (this frame's, or the background one's)
         self.stats.add_tokens(now, self.village.scheduler.tokens_generated)
         if len(self.village.errors) > self._errors_seen:
             self._errors_seen = len(self.village.errors)
@@ -203,6 +264,10 @@ class Game:
                 self.switch_model(self.model_name)
             else:
                 self.say(f"reply failed: {error}", now)
+        if self.background is not None and self.village is not None \
+                and (self.village.generating or self.village.warming):
+            self.background.start(self.village.scheduler, self.budget_ms)
+            self.ticking = True
 
     def margin_ms(self) -> float:
         """The frame's safety margin: the 90th percentile of recent tick overruns, 1 to 6 ms."""

@@ -200,7 +200,7 @@ def test_cpu_backend_loads_off_thread(slice_path):
         time.sleep(0.001)
     assert task.model.backend == "cpu" and fractions == sorted(fractions) and task.fraction == 1.0
     store = task.model.transformer.store
-    assert len(store.cache) == task.tensors_total  # every matrix dequantized by the worker
+    assert len(store.packed) == task.tensors_total  # every matrix packed by the worker
     sync = load(slice_path, backend="cpu")
     tokens = np.array([1, 504, 3458])
     np.testing.assert_array_equal(task.model.transformer.forward(tokens, 0, task.model.transformer.new_cache(4)),

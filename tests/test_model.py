@@ -123,10 +123,10 @@ def test_public_api_exports_load():
     assert perro_pastor.load is load
 
 
-def test_weights_beyond_the_memory_budget_are_dequantized_on_the_fly(model32):
+def test_numpy_weights_beyond_the_memory_budget_are_dequantized_on_the_fly(model32):
     tokens = np.array(model32.tokenizer.encode(PROMPT))
     cached = model32.transformer.forward(tokens, 0, model32.transformer.new_cache(64))
-    lean = load("default", backend="cpu", cpu_cache_bytes=0)
+    lean = load("default", backend="cpu", cpu_cache_bytes=0, cpu_kernels="numpy")
     streamed = lean.transformer.forward(tokens, 0, lean.transformer.new_cache(64))
     assert lean.transformer.store.cache == {}  # nothing was kept
     np.testing.assert_allclose(streamed, cached, rtol=1e-4, atol=1e-4)
