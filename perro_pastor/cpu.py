@@ -303,6 +303,7 @@ class CpuTransformer:
         self.few_token_ops = cpu_kernels if self.cpu_kernels == "numba" else NUMPY_OPS
         if self.cpu_kernels == "numba":
             cpu_kernels.warm_up()  # compiled once per machine, then loaded from the user's cache
+            blas_controller()  # found now, not inside the first prefill (forward_steps)
         for layer in weights.layers:
             self.store.fuse((layer.wq, layer.wk, layer.wv))
             self.store.fuse((layer.w1, layer.w3))
@@ -363,12 +364,18 @@ class CpuTransformer:
         only attention is per sequence. Returns (via StopIteration) one logits array per segment.
 
         A pass that prefills (more tokens than sequences) runs its steps on
-        ``prefill_blas_threads`` BLAS threads when that is set (see ``steps_on_blas_threads``)."""
+        ``prefill_blas_threads`` BLAS threads when that is set (see ``steps_on_blas_threads``).
+        With the compiled kernels, a pass long enough to use BLAS runs it on one thread: OpenBLAS
+        threads spin after each call and numba's wait for the same two cores (prefill measured
+        98 tok/s on two BLAS threads, 291 on one; docs/cpu_backend.md)."""
         steps = self._pass(segments, all_logits, trace)
         n_tokens = sum(len(seg.tokens) for seg in segments)
-        if self.prefill_blas_threads is None or n_tokens <= len(segments):
+        blas_threads = self.prefill_blas_threads if n_tokens > len(segments) else None
+        if self.cpu_kernels == "numba":
+            blas_threads = 1 if n_tokens > MATVEC_MAX_ROWS else None
+        if blas_threads is None:
             return (yield from steps)
-        return (yield from steps_on_blas_threads(steps, self.prefill_blas_threads))
+        return (yield from steps_on_blas_threads(steps, blas_threads))
 
     def _pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None) -> Iterator[None]:
         cfg, w, store = self.cfg, self.w, self.store

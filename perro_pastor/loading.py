@@ -20,7 +20,6 @@ file in RAM. NumPy releases the GIL in its copies, so the worker mostly runs bes
 
 from __future__ import annotations
 
-import mmap
 import sys
 import threading
 import time
@@ -354,7 +353,7 @@ class LoadTask:
             if self._cancel.is_set():
                 raise LoadCancelled
             p = prepare_matrix(model.file, t, self._glctx.weight_part_bytes)
-            _drop_pages(model.file, t)
+            model.file.release_pages(t.name)
             with self._lock:
                 self.in_flight_bytes += p.nbytes
                 self._ready.append(p)
@@ -369,7 +368,7 @@ class LoadTask:
             if self._cancel.is_set():
                 raise LoadCancelled
             store.matrix(t)  # within the cache budget; past it, matmuls dequantize on the fly
-            _drop_pages(model.file, t)
+            model.file.release_pages(t.name)
             self.tensors_done += 1
             self._add_bytes(t.nbytes)
             time.sleep(0)  # hand the GIL to the frame loop between matrices
@@ -419,21 +418,6 @@ def _empty_gl(glctx, model: Model):
     """An empty gl backend for ``model`` on ``glctx``, completed step by step."""
     from .gl.forward import GlTransformer
     return GlTransformer.for_loading(glctx, model.file, model.config)
-
-
-def _drop_pages(file, t) -> None:
-    """Give a tensor's mapped pages back (they were only needed to prepare it), so the process
-    never holds the whole file; reading it again would simply fault the pages back in."""
-    mm = getattr(file, "_mmap", None)
-    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    start = -(-t.offset // mmap.PAGESIZE) * mmap.PAGESIZE
-    stop = (t.offset + t.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
-    if stop > start:
-        try:
-            mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
-        except (OSError, ValueError):
-            pass
 
 
 def load_async(name_or_path: str | Path, scheduler=None, backend: str = "auto", gl_context=None,

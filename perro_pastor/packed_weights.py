@@ -33,7 +33,7 @@ FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
 # x with at most this many rows goes through the compiled mat-vec; more go to BLAS on
 # dequantized rows (see docs/cpu_backend.md for the crossover).
-MATVEC_MAX_ROWS = 4
+MATVEC_MAX_ROWS = 8
 
 # Float32 rows dequantized per BLAS product on the prefill path.
 DEQUANT_CHUNK_BYTES = 4 << 20
@@ -202,6 +202,7 @@ class PackedWeights:
         if m is None:
             cols, rows = t.shape
             m = self.packed[t.name] = pack(self.mf.tensor_bytes(t.name), t.qtype, rows, cols)
+            self.mf.release_pages(t.name)  # the packed copy is all the kernels read
             group = self.group_of.get(t.name)
             if group and all(member.name in self.packed for member in group):
                 stacked = stack([self.packed[member.name] for member in group])

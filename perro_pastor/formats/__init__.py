@@ -51,6 +51,20 @@ class ModelFile:
         info = self.tensors[name]
         return np.frombuffer(self._mmap, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
+    def release_pages(self, name: str) -> None:
+        """Give a tensor's mapped pages back to the OS (it was only needed to prepare a copy),
+        so the process never holds the whole file; reading it again faults the pages back in."""
+        mm, info = self._mmap, self.tensors[name]
+        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = -(-info.offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        stop = (info.offset + info.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop > start:
+            try:
+                mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+            except (OSError, ValueError):
+                pass
+
     def close(self) -> None:
         if self._mmap is not None:
             try:
