@@ -379,6 +379,7 @@ class CpuTransformer:
 
     def _pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None) -> Iterator[None]:
         cfg, w, store = self.cfg, self.w, self.store
+        compiled_layers = self._compiled_layers(segments, trace)
         trace = trace or (lambda name, value: None)
         for seg in segments:
             if seg.pos0 < 0 or seg.pos0 + len(seg.tokens) > seg.kv.n_ctx:
@@ -396,6 +397,11 @@ class CpuTransformer:
         rotation = rope_rotation(positions, self.inv_freq, self.dtype)  # the same for every layer
 
         for l, layer in enumerate(w.layers):
+            if compiled_layers is not None:
+                # a lone decoding token: each half of the layer below in one compiled call
+                yield from self._compiled_layer(x, l, compiled_layers[l], segments[0], rotation)
+                continue
+
             # ---------------------------------------------------------------- attention
             # pre-norm: RMSNorm the block's input, scaled per feature by a learned weight
             xb = ops.rmsnorm(x, self.rms_att[l], cfg.rms_eps)
@@ -461,6 +467,28 @@ class CpuTransformer:
             return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         return list(logits)
 
+
+    def _compiled_layers(self, segments: list[Segment], trace: Trace | None) -> list | None:
+        """Each layer's kernel arguments when this pass is a lone decoding token on the compiled
+        kernels with no LoRA and no trace (cpu_kernels.decode_attention / decode_ffn), else None."""
+        if self.cpu_kernels != "numba" or trace is not None or len(segments) != 1 \
+                or len(segments[0].tokens) != 1 or segments[0].adapters:
+            return None
+        layers = [self.store.decode_layer_args(layer) for layer in self.w.layers]
+        return None if None in layers else layers
+
+    def _compiled_layer(self, x: np.ndarray, l: int, args: tuple, seg: Segment,
+                        rotation: np.ndarray) -> Iterator[None]:
+        """Layer l for one token, x (1, dim) updated in place: the lines of the pass below
+        (attention, then feed-forward), each half one call."""
+        cfg = self.cfg
+        wqkv, wo, w13, w2 = args
+        cpu_kernels.decode_attention(x, self.rms_att[l], cfg.rms_eps, wqkv, wo, rotation,
+                                     seg.kv.key_cache[l], seg.kv.value_cache[l], seg.pos0,
+                                     cfg.n_heads, cfg.n_kv_heads, cfg.sliding_window)
+        yield
+        cpu_kernels.decode_ffn(x, self.rms_ffn[l], cfg.rms_eps, w13, w2, cfg.hidden_dim)
+        yield
 
     def project(self, x: np.ndarray, l: int, names: tuple[str, ...], segments: list[Segment],
                 bounds: np.ndarray) -> list[np.ndarray]:

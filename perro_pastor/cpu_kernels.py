@@ -43,16 +43,43 @@ _SMALL = dict(nogil=True, cache=True, fastmath=_FAST)  # per-token ops: one thre
 
 
 # -----------------------------------------------------------------------------
+# scales: each group's float scale and offset for the R rows of a tile, (n_tiles, n_groups, 2, R),
+# either float32 or the bits of float16 (the 32-block types, whose scales are float16 in the
+# file: 0.125 fewer bytes per weight to stream). A kernel gets both arrays, one of them empty.
+
+_TWO_POW_112 = np.float32(2.0 ** 112)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _group_scales(scales32, scales16, tile, g, bits):
+    """The (2, R) float32 scale and offset rows of group g of a tile. numba has no float16: its
+    bits move into a float32's place (sign, exponent, mantissa) and a multiply by 2**112 rebases
+    the exponent, exact for every finite half, normal or subnormal."""
+    if scales16.size == 0:
+        return scales32[tile, g]
+    half = scales16[tile, g]
+    for i in range(2):
+        for r in range(half.shape[1]):
+            h = np.uint32(half[i, r])
+            bits[i, r] = ((h & np.uint32(0x8000)) << np.uint32(16)) | ((h & np.uint32(0x7FFF)) << np.uint32(13))
+    widened = bits.view(np.float32)
+    for i in range(2):
+        for r in range(half.shape[1]):
+            widened[i, r] *= _TWO_POW_112
+    return widened
+
+
+# -----------------------------------------------------------------------------
 # 4-bit weights: byte j of a 32-weight group holds weight j (low nibble) and weight j + 16
 # (high nibble). The high nibble is read as (q & 0xF0) against x / 16: exact, and cheaper than
 # a shift. numba types integer arithmetic as int64; the int32 casts below let LLVM convert
 # 8 lanes at a time through 32-bit integers (measured 1.65x faster than through int64).
 
 @njit(**_KERNEL)
-def matvec_nibbles(data, scale, offset, x, out):
+def matvec_nibbles(data, scales32, scales16, x, out):
     """out[t, r] = sum_k W[r, k] x[t, k] with W[r, k] = scale * q + offset per 32-weight group.
 
-    data: (n_tiles, n_groups, 16, R) uint8; scale, offset: (n_tiles, n_groups, R) float32;
+    data: (n_tiles, n_groups, 16, R) uint8; scales: (n_tiles, n_groups, 2, R);
     x: (T, n_groups * 32) float32; out: (T, n_tiles * R) float32."""
     n_tiles, n_groups, half, R = data.shape
     T = x.shape[0]
@@ -61,11 +88,13 @@ def matvec_nibbles(data, scale, offset, x, out):
     x_high = xs[:, :, 1, :] * np.float32(1 / 16)
     x_sum = xs.sum(axis=3).sum(axis=2).astype(np.float32)
     for tile in prange(n_tiles):
-        acc = np.empty(R, np.float32)
+        acc = np.empty((T, R), np.float32)
         part = np.empty(R, np.float32)
-        for t in range(T):
-            acc[:] = 0
-            for g in range(n_groups):
+        bits = np.empty((2, R), np.uint32)
+        acc[:] = 0
+        for g in range(n_groups):
+            so = _group_scales(scales32, scales16, tile, g, bits)
+            for t in range(T):
                 part[:] = 0
                 for j in range(half):
                     xl = x_low[t, g, j]
@@ -75,25 +104,26 @@ def matvec_nibbles(data, scale, offset, x, out):
                         part[r] += np.float32(np.int32(q & np.uint8(0x0F))) * xl + np.float32(np.int32(q & np.uint8(0xF0))) * xh
                 s = x_sum[t, g]
                 for r in range(R):
-                    acc[r] += scale[tile, g, r] * part[r] + offset[tile, g, r] * s
-            out[t, tile * R:(tile + 1) * R] = acc
+                    acc[t, r] += so[0, r] * part[r] + so[1, r] * s
+        out[:, tile * R:(tile + 1) * R] = acc
 
 
 @njit(**_KERNEL)
-def dequantize_nibbles(data, scale, offset, tile0, out):
+def dequantize_nibbles(data, scales32, scales16, tile0, out):
     """Rows of tiles tile0.. as float32 into out: (n_rows, n_groups * 32), n_rows a multiple of R.
     Each group is decoded across rows (contiguous reads), then written row by row (32 floats)."""
     n_tiles, n_groups, half, R = data.shape
     for tile in prange(out.shape[0] // R):
         src = tile0 + tile
         w = np.empty((2 * half, R), np.float32)
+        bits = np.empty((2, R), np.uint32)
         for g in range(n_groups):
-            s, o = scale[src, g], offset[src, g]
+            so = _group_scales(scales32, scales16, src, g, bits)
             for j in range(half):
                 for r in range(R):
                     q = data[src, g, j, r]
-                    w[j, r] = s[r] * np.float32(q & np.uint8(0x0F)) + o[r]
-                    w[half + j, r] = s[r] * np.float32(q >> np.uint8(4)) + o[r]
+                    w[j, r] = so[0, r] * np.float32(np.int32(q & np.uint8(0x0F))) + so[1, r]
+                    w[half + j, r] = so[0, r] * np.float32(np.int32(q >> np.uint8(4))) + so[1, r]
             out[tile * R:(tile + 1) * R, g * 2 * half:(g + 1) * 2 * half] = w.T
 
 
@@ -101,18 +131,20 @@ def dequantize_nibbles(data, scale, offset, tile0, out):
 # 8-bit weights: one signed byte per weight, groups of 16 or 32
 
 @njit(**_KERNEL)
-def matvec_bytes(data, scale, offset, x, out):
+def matvec_bytes(data, scales32, scales16, x, out):
     """As ``matvec_nibbles`` for data: (n_tiles, n_groups, G, R) int8, one weight per byte."""
     n_tiles, n_groups, G, R = data.shape
     T = x.shape[0]
     xs = x.reshape(T, n_groups, G)
     x_sum = xs.sum(axis=2).astype(np.float32)
     for tile in prange(n_tiles):
-        acc = np.empty(R, np.float32)
+        acc = np.empty((T, R), np.float32)
         part = np.empty(R, np.float32)
-        for t in range(T):
-            acc[:] = 0
-            for g in range(n_groups):
+        bits = np.empty((2, R), np.uint32)
+        acc[:] = 0
+        for g in range(n_groups):
+            so = _group_scales(scales32, scales16, tile, g, bits)
+            for t in range(T):
                 part[:] = 0
                 for j in range(G):
                     xj = xs[t, g, j]
@@ -120,22 +152,23 @@ def matvec_bytes(data, scale, offset, x, out):
                         part[r] += np.float32(np.int32(data[tile, g, j, r])) * xj
                 s = x_sum[t, g]
                 for r in range(R):
-                    acc[r] += scale[tile, g, r] * part[r] + offset[tile, g, r] * s
-            out[t, tile * R:(tile + 1) * R] = acc
+                    acc[t, r] += so[0, r] * part[r] + so[1, r] * s
+        out[:, tile * R:(tile + 1) * R] = acc
 
 
 @njit(**_KERNEL)
-def dequantize_bytes(data, scale, offset, tile0, out):
+def dequantize_bytes(data, scales32, scales16, tile0, out):
     """As ``dequantize_nibbles`` for 8-bit tiles."""
     n_tiles, n_groups, G, R = data.shape
     for tile in prange(out.shape[0] // R):
         src = tile0 + tile
         w = np.empty((G, R), np.float32)
+        bits = np.empty((2, R), np.uint32)
         for g in range(n_groups):
-            s, o = scale[src, g], offset[src, g]
+            so = _group_scales(scales32, scales16, src, g, bits)
             for j in range(G):
                 for r in range(R):
-                    w[j, r] = s[r] * np.float32(data[src, g, j, r]) + o[r]
+                    w[j, r] = so[0, r] * np.float32(np.int32(data[src, g, j, r])) + so[1, r]
             out[tile * R:(tile + 1) * R, g * G:(g + 1) * G] = w.T
 
 
@@ -172,35 +205,40 @@ def apply_rope(x, rotation):
     return out
 
 
-@njit(**_SMALL)
+@njit(**_KERNEL)
 def attention(q, k_cache, v_cache, pos0, sliding_window):
     """Causal grouped-query attention for queries at pos0.. over head-major caches
-    (n_kv_heads, n_ctx, hs); q: (T, n_heads, hs). Softmax in float32 after subtracting the max."""
+    (n_kv_heads, n_ctx, hs); q: (T, n_heads, hs). Query heads are spread over the cores: at a
+    few hundred positions the step streams the cache (hundreds of KB per layer) from memory, and
+    two cores stream it faster than one. Softmax in float32 after subtracting the row's max."""
     T, n_heads, hs = q.shape
     group = n_heads // k_cache.shape[0]
     out = np.zeros_like(q)
-    scores = np.empty(pos0 + T, np.float32)
     scale = np.float32(1 / np.sqrt(hs))
-    for t in range(T):
-        pos = pos0 + t
-        first = max(0, pos - sliding_window + 1) if sliding_window > 0 else 0
-        for h in range(n_heads):
-            keys, values = k_cache[h // group], v_cache[h // group]
+    for h in prange(n_heads):
+        keys, values = k_cache[h // group], v_cache[h // group]
+        scores = np.empty(pos0 + T, np.float32)
+        for t in range(T):
+            pos = pos0 + t
+            first = max(0, pos - sliding_window + 1) if sliding_window > 0 else 0
+            query, head_out = q[t, h], out[t, h]
             best = np.float32(-np.inf)
-            for j in range(first, pos + 1):
+            for j in range(first, pos + 1):  # scores: q . k / sqrt(hs)
+                key = keys[j]
                 dot = np.float32(0)
                 for i in range(hs):
-                    dot += q[t, h, i] * keys[j, i]
+                    dot += query[i] * key[i]
                 scores[j] = dot * scale
                 best = max(best, scores[j])
             total = np.float32(0)
-            for j in range(first, pos + 1):
+            for j in range(first, pos + 1):  # softmax over the visible keys
                 scores[j] = np.exp(scores[j] - best)
                 total += scores[j]
-            for j in range(first, pos + 1):
+            for j in range(first, pos + 1):  # the probability-weighted sum of the values
                 p = scores[j] / total
+                value = values[j]
                 for i in range(hs):
-                    out[t, h, i] += p * values[j, i]
+                    head_out[i] += p * value[i]
     return out
 
 
@@ -208,6 +246,65 @@ def attention(q, k_cache, v_cache, pos0, sliding_window):
 def swiglu(h1, h3):
     """silu(h1) * h3, with silu(x) = x * sigmoid(x)."""
     return h1 / (np.float32(1) + np.exp(-h1)) * h3
+
+
+# -----------------------------------------------------------------------------
+# a whole layer for one decoding token
+
+@njit(nogil=True, cache=True)
+def _matvec(matrix, x, out):
+    """The mat-vec of a packed matrix given as (data, scales32, scales16, nibbles)."""
+    data, scales32, scales16, nibbles = matrix
+    if nibbles:
+        matvec_nibbles(data, scales32, scales16, x, out)
+    else:
+        matvec_bytes(data, scales32, scales16, x, out)
+
+
+# For a lone decoding token, a layer runs as two calls: the attention half and the
+# feed-forward half, each the compiled twin of those lines of cpu.py's narrated pass. Between
+# separate kernel calls, Python's ~100 us a layer left the memory bus idle (~3 ms a token).
+# Matrices come as (data, scales32, scales16, nibbles) (PackedMatrix.kernel_args).
+
+@njit(nogil=True, cache=True)
+def decode_attention(x, att_norm, eps, wqkv, wo, rotation, k_cache, v_cache, pos,
+                     n_heads, n_kv_heads, sliding_window):
+    """x += wo(attention(rope(q), rope(k), v)) for x: (1, dim), in place. wqkv: the stacked
+    rows of wq, wk, wv; k_cache, v_cache: this layer's (n_kv_heads, n_ctx, hs)."""
+    dim = x.shape[1]
+    hs = dim // n_heads
+    kv_dim = n_kv_heads * hs
+    R = wqkv[0].shape[3]
+
+    # attention: pre-norm, q k v in one product, RoPE, remember k v, attend, mix the heads back
+    xb = rmsnorm(x, att_norm, eps)
+    qkv = np.empty((1, wqkv[0].shape[0] * R), np.float32)
+    _matvec(wqkv, xb, qkv)
+    q = apply_rope(qkv[:, :dim].copy().reshape(1, n_heads, hs), rotation)
+    k = apply_rope(qkv[:, dim:dim + kv_dim].copy().reshape(1, n_kv_heads, hs), rotation)
+    k_cache[:, pos] = k[0]
+    v_cache[:, pos] = qkv[0, dim + kv_dim:dim + 2 * kv_dim].reshape(n_kv_heads, hs)
+    att = attention(q, k_cache, v_cache, pos, sliding_window)
+    att_out = np.empty((1, wo[0].shape[0] * R), np.float32)
+    _matvec(wo, att.reshape(1, dim), att_out)
+    x += att_out[:, :dim]
+    return x
+
+
+@njit(nogil=True, cache=True)
+def decode_ffn(x, ffn_norm, eps, w13, w2, hidden):
+    """The feed-forward half of a layer for a lone decoding token: pre-norm, w1 and w3 in one
+    product, SwiGLU, w2, residual. x: (1, dim), updated in place."""
+    dim = x.shape[1]
+    R = w13[0].shape[3]
+    xb = rmsnorm(x, ffn_norm, eps)
+    gate_up = np.empty((1, w13[0].shape[0] * R), np.float32)
+    _matvec(w13, xb, gate_up)
+    hb = swiglu(gate_up[:, :hidden], gate_up[:, hidden:2 * hidden])
+    ffn_out = np.empty((1, w2[0].shape[0] * R), np.float32)
+    _matvec(w2, hb, ffn_out)
+    x += ffn_out[:, :dim]
+    return x
 
 
 # -----------------------------------------------------------------------------
@@ -226,11 +323,12 @@ def warm_up() -> None:
     passes, so the first step does not stall on it."""
     f32 = np.float32
     x, out = np.ones((1, 32), f32), np.empty((1, 4), f32)
-    scale = np.ones((2, 1, 2), f32)
-    matvec_nibbles(np.zeros((2, 1, 16, 2), np.uint8), scale, scale, x, out)
-    matvec_bytes(np.zeros((2, 1, 32, 2), np.int8), scale, scale, x, out)
-    dequantize_nibbles(np.zeros((2, 1, 16, 2), np.uint8), scale, scale, 0, np.empty((4, 32), f32))
-    dequantize_bytes(np.zeros((2, 1, 32, 2), np.int8), scale, scale, 0, np.empty((4, 32), f32))
+    for scales32, scales16 in ((np.ones((2, 1, 2, 2), f32), np.empty((0, 0, 2, 0), np.uint16)),
+                               (np.empty((0, 0, 2, 0), f32), np.ones((2, 1, 2, 2), np.uint16))):
+        for data, matvec, dequantize in ((np.zeros((2, 1, 16, 2), np.uint8), matvec_nibbles, dequantize_nibbles),
+                                         (np.zeros((2, 1, 32, 2), np.int8), matvec_bytes, dequantize_bytes)):
+            matvec(data, scales32, scales16, x, out)
+            dequantize(data, scales32, scales16, 0, np.empty((4, 32), f32))
     rmsnorm(x, x[0], 1e-5)
     q = np.ones((1, 2, 16), f32)
     apply_rope(q, np.ones((1, 8), np.complex64))

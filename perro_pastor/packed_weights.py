@@ -8,9 +8,10 @@ them all, without loss:
 - **bytes** (Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q5_K, Q6_K): one int8 q per weight.
 
 Rows are grouped in tiles of ``TILE_ROWS`` laid out ``[tile, group, j, row]`` (the kernels
-vectorize across rows), with float32 scales and offsets ``[tile, group, row]`` beside them.
-A Q4_1 matrix takes 0.75 bytes per weight here (0.625 in the file). Float types (F32, F16,
-BF16) are kept as float32 rows and multiplied by BLAS.
+vectorize across rows), with each group's scale and offset ``[tile, group, 2, row]`` beside
+them: float16 bits where they are exactly float16 (the 32-block types, as in the file: a Q4_1
+weight takes 0.625 bytes here too), float32 otherwise (the K-quants' scale is a float16 times a
+small integer). Float types (F32, F16, BF16) are kept as float32 rows and multiplied by BLAS.
 
 ``matmul`` picks the path by the number of rows of x: a few (decode, or a few sessions decoding
 together) run the compiled mat-vec over the tiles; more (prefill) dequantize a few MiB of rows
@@ -42,24 +43,37 @@ DEQUANT_CHUNK_BYTES = 4 << 20
 _PACK_CHUNK_ROWS = 16 * TILE_ROWS
 
 
+_NO_SCALES = {np.dtype(np.float32): np.empty((0, 0, 2, 0), np.float32),
+              np.dtype(np.uint16): np.empty((0, 0, 2, 0), np.uint16)}
+
+
 @dataclass
 class PackedMatrix:
     """A (rows, cols) weight matrix in row tiles, or float32 rows for float types."""
     rows: int
     cols: int
     data: np.ndarray | None  # (n_tiles, n_groups, 16 | G, TILE_ROWS) uint8 (nibbles) or int8 (bytes)
-    scale: np.ndarray | None  # (n_tiles, n_groups, TILE_ROWS) float32
-    offset: np.ndarray | None  # the same
+    scales: np.ndarray | None  # (n_tiles, n_groups, 2, TILE_ROWS): scale, offset; float32 or float16 bits
     dense: np.ndarray | None = None  # (rows, cols) float32, for float types
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.data, self.scale, self.offset, self.dense)
-        return sum(a.nbytes for a in arrays if a is not None)
+        return sum(a.nbytes for a in (self.data, self.scales, self.dense) if a is not None)
 
     @property
     def nibbles(self) -> bool:
         return self.data is not None and self.data.dtype == np.uint8
+
+    def kernel_args(self) -> tuple:
+        """(data, scales32, scales16, nibbles): the whole matrix as the compiled layer takes it."""
+        return (*self._kernel_args(0, len(self.data)), self.nibbles)
+
+    def _kernel_args(self, tile0: int, tile1: int) -> tuple:
+        """data, scales32, scales16 of tiles tile0:tile1, as the kernels take them."""
+        scales = self.scales[tile0:tile1]
+        if scales.dtype == np.uint16:
+            return self.data[tile0:tile1], _NO_SCALES[np.dtype(np.float32)], scales
+        return self.data[tile0:tile1], scales, _NO_SCALES[np.dtype(np.uint16)]
 
     def matmul(self, x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
         """x @ W[start:stop].T in float32: (T, cols) -> (T, stop - start)."""
@@ -67,16 +81,12 @@ class PackedMatrix:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.dense is not None:
             return x @ self.dense[start:stop].T
-        matvec = cpu_kernels.matvec_nibbles if self.nibbles else cpu_kernels.matvec_bytes
-        if len(x) <= MATVEC_MAX_ROWS and start == 0 and stop == self.rows:  # the usual decode call
-            out = np.empty((len(x), len(self.data) * TILE_ROWS), np.float32)
-            matvec(self.data, self.scale, self.offset, x, out)
-            return out[:, :stop]
         tile0, tile1 = start // TILE_ROWS, -(-stop // TILE_ROWS)
-        skip = start - tile0 * TILE_ROWS
         if len(x) <= MATVEC_MAX_ROWS:
+            matvec = cpu_kernels.matvec_nibbles if self.nibbles else cpu_kernels.matvec_bytes
             out = np.empty((len(x), (tile1 - tile0) * TILE_ROWS), np.float32)
-            matvec(self.data[tile0:tile1], self.scale[tile0:tile1], self.offset[tile0:tile1], x, out)
+            matvec(*self._kernel_args(tile0, tile1), x, out)
+            skip = start - tile0 * TILE_ROWS
             return out[:, skip:skip + stop - start]
         out = np.empty((len(x), stop - start), np.float32)
         chunk_tiles = max(1, DEQUANT_CHUNK_BYTES // (4 * self.cols * TILE_ROWS))
@@ -90,7 +100,7 @@ class PackedMatrix:
         return out
 
     def dequantize(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows start:stop as float32 (stop - start, cols): the NumPy twin of what the kernels read."""
+        """Rows start:stop as float32 (stop - start, cols), decoded by the compiled kernel."""
         stop = self.rows if stop is None else stop
         if self.dense is not None:
             return self.dense[start:stop].copy()
@@ -100,7 +110,8 @@ class PackedMatrix:
         return w[start - tile0 * TILE_ROWS:stop - tile0 * TILE_ROWS]
 
     def take_rows(self, ids: np.ndarray) -> np.ndarray:
-        """Rows ``ids`` as float32 (len(ids), cols): the embedding lookup."""
+        """Rows ``ids`` as float32 (len(ids), cols), in NumPy: the embedding lookup, and the
+        twin of what the kernels decode."""
         if self.dense is not None:
             return self.dense[ids]
         if np.any((ids < 0) | (ids >= self.rows)):
@@ -109,14 +120,28 @@ class PackedMatrix:
         q = self.data[tiles, :, :, lanes]  # (T, n_groups, 16 | G)
         if self.nibbles:
             q = np.concatenate([q & np.uint8(0x0F), q >> np.uint8(4)], axis=2)
+        scales = self.scales[tiles, :, :, lanes]  # (T, n_groups, 2)
+        if scales.dtype == np.uint16:
+            scales = scales.view(np.float16).astype(np.float32)
         w = q.astype(np.float32)
-        w *= self.scale[tiles, :, lanes][..., None]
-        w += self.offset[tiles, :, lanes][..., None]
+        w *= scales[..., 0, None]
+        w += scales[..., 1, None]
         return w.reshape(len(ids), self.cols)
 
     def _dequantize_tiles(self, tile0: int, out: np.ndarray) -> None:
         kernel = cpu_kernels.dequantize_nibbles if self.nibbles else cpu_kernels.dequantize_bytes
-        kernel(self.data, self.scale, self.offset, tile0, out)
+        data, scales32, scales16 = self._kernel_args(0, len(self.data))
+        kernel(data, scales32, scales16, tile0, out)
+
+
+def _as_half_if_exact(scales: np.ndarray) -> np.ndarray:
+    """float16 bits of ``scales`` where every value is finite and a float16 exactly (the
+    32-block types: their scale and offset are float16 in the file), else float32 as it is."""
+    with np.errstate(over="ignore"):
+        half = scales.astype(np.float16)
+    if np.all(np.isfinite(half)) and np.array_equal(half.astype(np.float32), scales):
+        return half.view(np.uint16)
+    return scales
 
 
 def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int) -> PackedMatrix:
@@ -127,7 +152,7 @@ def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int) -> PackedMatrix
     if flat.size != rows * row_bytes:
         raise ValueError(f"{qtype.name} matrix {rows}x{cols} needs {rows * row_bytes} bytes, got {flat.size}")
     if qtype in FLOAT_TYPES:
-        return PackedMatrix(rows, cols, None, None, None,
+        return PackedMatrix(rows, cols, None, None,
                             dense=quant.dequantize(flat, qtype, rows * cols).reshape(rows, cols))
     n_tiles = -(-rows // TILE_ROWS)
     nibbles = qtype in NIBBLE_TYPES
@@ -135,8 +160,7 @@ def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int) -> PackedMatrix
     n_groups = cols // group
     data = np.zeros((n_tiles, n_groups, group // 2 if nibbles else group, TILE_ROWS),
                     np.uint8 if nibbles else np.int8)
-    scale = np.zeros((n_tiles, n_groups, TILE_ROWS), np.float32)
-    offset = np.zeros_like(scale)
+    scales = np.zeros((n_tiles, n_groups, 2, TILE_ROWS), np.float32)
     for r0 in range(0, rows, _PACK_CHUNK_ROWS):
         r1 = min(rows, r0 + _PACK_CHUNK_ROWS)
         q, s, o = quant.integer_groups(flat[r0 * row_bytes:r1 * row_bytes], qtype)
@@ -152,11 +176,10 @@ def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int) -> PackedMatrix
         q_pad = np.zeros((n * TILE_ROWS,) + q.shape[1:], data.dtype)
         q_pad[:r1 - r0] = q.view(data.dtype)
         data[tiles] = q_pad.reshape(n, TILE_ROWS, n_groups, -1).transpose(0, 2, 3, 1)
-        for dst, src in ((scale, s), (offset, o)):
-            pad = np.zeros((n * TILE_ROWS, n_groups), np.float32)
-            pad[:r1 - r0] = src.reshape(r1 - r0, n_groups)
-            dst[tiles] = pad.reshape(n, TILE_ROWS, n_groups).transpose(0, 2, 1)
-    return PackedMatrix(rows, cols, data, scale, offset)
+        so_pad = np.zeros((n * TILE_ROWS, n_groups, 2), np.float32)
+        so_pad[:r1 - r0] = np.stack([s, o], axis=-1).reshape(r1 - r0, n_groups, 2)
+        scales[tiles] = so_pad.reshape(n, TILE_ROWS, n_groups, 2).transpose(0, 2, 3, 1)
+    return PackedMatrix(rows, cols, data, _as_half_if_exact(scales))
 
 
 def stack(matrices: list[PackedMatrix]) -> PackedMatrix | None:
@@ -166,13 +189,12 @@ def stack(matrices: list[PackedMatrix]) -> PackedMatrix | None:
     first = matrices[0]
     same = all(m.cols == first.cols and m.dense is None and first.dense is None
                and m.data.dtype == first.data.dtype and m.data.shape[1:] == first.data.shape[1:]
-               for m in matrices)
+               and m.scales.dtype == first.scales.dtype for m in matrices)
     if not same or any(m.rows % TILE_ROWS for m in matrices):
         return None
     return PackedMatrix(sum(m.rows for m in matrices), first.cols,
                         np.concatenate([m.data for m in matrices]),
-                        np.concatenate([m.scale for m in matrices]),
-                        np.concatenate([m.offset for m in matrices]))
+                        np.concatenate([m.scales for m in matrices]))
 
 
 class PackedWeights:
@@ -187,6 +209,7 @@ class PackedWeights:
         self.packed: dict[str, PackedMatrix] = {}
         self.stacked: dict[tuple[str, ...], PackedMatrix] = {}
         self.group_of: dict[str, tuple] = {}
+        self._layer_args: dict[str, tuple | None] = {}  # decode_layer_args, by the layer's wq
 
     def fuse(self, tensors: tuple) -> None:
         for t in tensors:
@@ -229,6 +252,20 @@ class PackedWeights:
             first += t.shape[1]
         return outs
 
+    def decode_layer_args(self, layer) -> tuple | None:
+        """(wqkv, wo, w13, w2) kernel arguments of a layer for ``cpu_kernels.decode_attention``
+        and ``decode_ffn``, or None where q k v or w1 w3 could not be stacked (mixed formats)."""
+        if layer.wq.name not in self._layer_args:
+            qkv, w13 = (layer.wq, layer.wk, layer.wv), (layer.w1, layer.w3)
+            for t in qkv + w13 + (layer.wo, layer.w2):
+                self.matrix(t)
+            stacks = [self.stacked.get(tuple(t.name for t in group)) for group in (qkv, w13)]
+            args = None if None in stacks else (
+                stacks[0].kernel_args(), self.packed[layer.wo.name].kernel_args(),
+                stacks[1].kernel_args(), self.packed[layer.w2.name].kernel_args())
+            self._layer_args[layer.wq.name] = args
+        return self._layer_args[layer.wq.name]
+
     def rows(self, t, ids: np.ndarray) -> np.ndarray:
         return self.matrix(t).take_rows(np.asarray(ids, dtype=np.int64))
 
@@ -238,5 +275,4 @@ def _rows_of(stacked: PackedMatrix, group: tuple, member) -> PackedMatrix:
     first = sum(m.shape[1] for m in group[:group.index(member)]) // TILE_ROWS
     n = member.shape[1] // TILE_ROWS
     view = slice(first, first + n)
-    return PackedMatrix(member.shape[1], member.shape[0], stacked.data[view], stacked.scale[view],
-                        stacked.offset[view])
+    return PackedMatrix(member.shape[1], member.shape[0], stacked.data[view], stacked.scales[view])
