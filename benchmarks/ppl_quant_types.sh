@@ -4,6 +4,12 @@
 #
 #   bash benchmarks/ppl_quant_types.sh LLAMA_CPP_BIN_DIR [OUT.jsonl]
 #
+# Beside each file's figures, llama.cpp's perplexity on the F32 expansion of the *same* weights
+# (our requantize tool, dequantizing): the oracle for what the quantized weights give when the
+# activations are not quantized. llama.cpp multiplies quantized weights by 8-bit-quantized
+# activations, we by float32 ones, so the two engines differ by that rounding of the activations;
+# against the F32 expansion we should agree to a few hundredths of a percent.
+#
 # LLAMA_CPP_BIN_DIR holds llama-quantize and llama-perplexity, built from the llama.cpp that
 # llama-cpp-python 0.3.36 vendors (pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36,
 # then cmake in vendor/llama.cpp). The variants are made by llama.cpp's own quantizer from an F32
@@ -22,8 +28,11 @@ for type in F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K
     file="$WORK/$type.gguf"
     [ "$type" = F32 ] && file="$WORK/f32.gguf"
     [ "$type" = F32 ] || "$BIN_DIR/llama-quantize" "$WORK/f32.gguf" "$file" "$type" 2 > /dev/null 2>&1
-    theirs=$("$BIN_DIR/llama-perplexity" -m "$file" -f "$WORK/text.txt" -c 256 -t 2 2>&1 \
-             | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
+    llama_ppl() { "$BIN_DIR/llama-perplexity" -m "$1" -f "$WORK/text.txt" -c 256 -t 2 2>&1 \
+                  | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'; }
+    theirs=$(llama_ppl "$file")
+    .venv/bin/python -m perro_pastor.tools.requantize "$file" "$WORK/expanded.gguf" --type F32 > /dev/null
+    theirs_f32=$(llama_ppl "$WORK/expanded.gguf")
     ours=$(.venv/bin/perro-pastor perplexity -m "$file" -f "$WORK/text.txt" -c 256 --backend cpu --json \
            | .venv/bin/python -c "import json, sys; print(json.load(sys.stdin)['ppl'])")
     types=$(.venv/bin/python - "$file" <<'EOF'
@@ -33,5 +42,5 @@ mf = open_model_file(sys.argv[1])
 print(",".join(f"{k}:{v}" for k, v in sorted(collections.Counter(t.qtype.name for t in mf.tensors.values()).items())))
 EOF
 )
-    echo "{\"type\": \"$type\", \"tensor_types\": \"$types\", \"ppl_llama_cpp\": $theirs, \"ppl_ours\": $ours, \"ratio\": $(.venv/bin/python -c "print(round($ours / $theirs, 5))")}" | tee -a "$OUT"
+    echo "{\"type\": \"$type\", \"tensor_types\": \"$types\", \"ppl_llama_cpp\": $theirs, \"ppl_ours\": $ours, \"ratio\": $(.venv/bin/python -c "print(round($ours / $theirs, 5))"), \"ppl_llama_cpp_same_weights_f32\": $theirs_f32, \"ratio_to_same_weights_f32\": $(.venv/bin/python -c "print(round($ours / $theirs_f32, 5))")}" | tee -a "$OUT"
 done

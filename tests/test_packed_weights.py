@@ -142,6 +142,24 @@ def test_numba_forward_matches_the_numpy_reference_at_checkpoints():
             assert err < 2e-3, f"{label}: {name} differs by {err:.2e} of its scale"
 
 
+def test_compiled_decode_layers_equal_the_narrated_pass():
+    """A lone decoding token runs each layer half in one compiled call; a trace forces the
+    narrated pass (one kernel per line). Same kernels, same order: the same bits."""
+    model = cpu_model("numba", np.float32)
+    t = model.transformer
+    tokens = np.array(model.tokenizer.encode("The miller's daughter"))
+    fast, narrated = t.new_cache(32), t.new_cache(32)
+    t.forward(tokens, 0, fast)
+    t.forward(tokens, 0, narrated)
+    for i, token in enumerate([7, 1000, 42]):
+        pos = len(tokens) + i
+        a = t.forward(np.array([token]), pos, fast)
+        b = t.forward(np.array([token]), pos, narrated, trace=lambda name, value: None)
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fast.key_cache, narrated.key_cache)
+    np.testing.assert_array_equal(fast.value_cache, narrated.value_cache)
+
+
 def cpu_model(kernels: str, dtype):
     from perro_pastor.model import load
     return load("default", backend="cpu", cpu_kernels=kernels, dtype=dtype)
