@@ -50,6 +50,7 @@ class BackgroundTicks:
         self._done.set()
         self._job: tuple | None = None
         self.last_tick_ms = 0.0
+        self.error: BaseException | None = None
         self._worker = threading.Thread(target=self._run, name="perro-pastor ticks", daemon=True)
         self._worker.start()
 
@@ -60,7 +61,12 @@ class BackgroundTicks:
         self._go.set()
 
     def wait(self) -> None:
+        """Wait for the running tick; an exception it raised is raised here, on the frame
+        thread, as if the tick had run there."""
         self._done.wait()
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
 
     def _run(self) -> None:
         try:
@@ -74,7 +80,9 @@ class BackgroundTicks:
             scheduler, budget_ms = self._job
             start = time.perf_counter()
             try:
-                scheduler.tick(budget_ms)  # a session's error ends its own reply, not the thread
+                scheduler.tick(budget_ms)
+            except BaseException as exc:  # noqa: BLE001 -- handed to the frame thread by wait()
+                self.error = exc
             finally:
                 self.last_tick_ms = (time.perf_counter() - start) * 1000.0
                 self._done.set()
@@ -155,9 +163,9 @@ class Game:
         """Wait for a tick running in the background; called at the start of every frame,
         before input or anything else touches the village."""
         if self.background is not None and self.ticking:
+            self.ticking = False
             self.background.wait()
             self.overruns.append(self.background.last_tick_ms - self.budget_ms)
-            self.ticking = False
 
     def switch_model(self, name: str) -> None:
         self.sync()
@@ -179,7 +187,10 @@ class Game:
             old, self.model = self.model, model
             if model.backend == "cpu" and self.limit_prefill_blas:
                 model.transformer.prefill_blas_threads = PREFILL_BLAS_THREADS
-            self.background = BackgroundTicks() if model.backend == "cpu" else None
+            if model.backend == "cpu":
+                self.background = self.background or BackgroundTicks()  # one worker for the game
+            else:
+                self.background = None
             if old is not None:
                 release = getattr(old.transformer, "release", None)  # GL objects, if any
                 if release is not None:

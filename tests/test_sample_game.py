@@ -330,3 +330,34 @@ def test_model_picker_lists_the_folder_and_loads_installed_files(tmp_path, small
     assert picker.choose(0) == "default"
     assert picker.choose(names.index("tiny.gguf")) == str(tmp_path / "tiny.gguf")
     assert not picker.poll()  # no download finished
+
+
+def test_background_ticks_run_off_the_frame_thread_and_hand_back_errors():
+    """The cpu backend's ticks run on a worker while the frame draws; wait() returns after the
+    tick, and an exception the tick raised is raised on the frame thread."""
+    import threading
+
+    from sample_game.game import BackgroundTicks
+
+    class Scheduler:
+        def __init__(self):
+            self.threads, self.fail = [], False
+
+        def tick(self, budget_ms):
+            self.threads.append(threading.current_thread())
+            time.sleep(budget_ms / 1000)
+            if self.fail:
+                raise RuntimeError("a session broke")
+
+    sched, ticks = Scheduler(), BackgroundTicks()
+    ticks.start(sched, 5.0)
+    ticks.wait()
+    assert sched.threads == [ticks._worker] and ticks.last_tick_ms >= 5.0
+    sched.fail = True
+    ticks.start(sched, 1.0)
+    with pytest.raises(RuntimeError, match="a session broke"):
+        ticks.wait()
+    sched.fail = False
+    ticks.start(sched, 1.0)  # the worker survived the error
+    ticks.wait()
+    assert len(sched.threads) == 3
