@@ -47,25 +47,25 @@ _SMALL = dict(nogil=True, cache=True, fastmath=_FAST)  # per-token ops: one thre
 # either float32 or the bits of float16 (the 32-block types, whose scales are float16 in the
 # file: 0.125 fewer bytes per weight to stream). A kernel gets both arrays, one of them empty.
 
-_TWO_POW_112 = np.float32(2.0 ** 112)
-
-
 @njit(nogil=True, cache=True, inline="always")
 def _group_scales(scales32, scales16, tile, g, bits):
-    """The (2, R) float32 scale and offset rows of group g of a tile. numba has no float16: its
-    bits move into a float32's place (sign, exponent, mantissa) and a multiply by 2**112 rebases
-    the exponent, exact for every finite half, normal or subnormal."""
+    """The (2, R) float32 scale and offset rows of group g of a tile. numba has no float16, so
+    its bits are widened by hand, exactly: a normal half moves its fields into a float32's
+    place and rebases the exponent (15 -> 127) with an integer add; a subnormal half is its
+    mantissa times 2**-24 (no subnormal float arithmetic, which costs a microcode assist)."""
     if scales16.size == 0:
         return scales32[tile, g]
     half = scales16[tile, g]
-    for i in range(2):
-        for r in range(half.shape[1]):
-            h = np.uint32(half[i, r])
-            bits[i, r] = ((h & np.uint32(0x8000)) << np.uint32(16)) | ((h & np.uint32(0x7FFF)) << np.uint32(13))
     widened = bits.view(np.float32)
     for i in range(2):
         for r in range(half.shape[1]):
-            widened[i, r] *= _TWO_POW_112
+            h = np.uint32(half[i, r])
+            if h & np.uint32(0x7C00):
+                bits[i, r] = ((h & np.uint32(0x8000)) << np.uint32(16)) \
+                    | (((h & np.uint32(0x7FFF)) << np.uint32(13)) + np.uint32(112 << 23))
+            else:
+                value = np.float32(h & np.uint32(0x03FF)) * np.float32(2.0 ** -24)
+                widened[i, r] = -value if h & np.uint32(0x8000) else value
     return widened
 
 

@@ -201,3 +201,15 @@ def test_auto_falls_back_to_numpy_with_one_line_when_numba_is_missing(monkeypatc
     with pytest.raises(ValueError, match="numba"):
         cpu.pick_kernels("numba", np.dtype(np.float32))
     assert cpu.pick_kernels("auto", np.dtype(np.float64)) == "numpy"
+
+
+def test_float16_scale_words_widen_exactly():
+    """Every finite half, normal and subnormal, both signs, widened by the kernels' hand-made
+    conversion (numba has no float16) equals NumPy's float16 -> float32."""
+    from perro_pastor import cpu_kernels
+    halves = np.arange(0, 0x7C00, dtype=np.uint16)
+    halves = np.concatenate([halves, halves | np.uint16(0x8000)])
+    words = np.stack([halves, halves[::-1]])[None, None]  # (1 tile, 1 group, 2, R)
+    bits = np.empty((2, len(halves)), np.uint32)
+    got = cpu_kernels._group_scales(np.empty((0, 0, 2, 0), np.float32), words, 0, 0, bits)
+    np.testing.assert_array_equal(got, words[0, 0].view(np.float16).astype(np.float32))
