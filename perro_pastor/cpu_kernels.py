@@ -42,31 +42,10 @@ _KERNEL = dict(parallel=True, nogil=True, cache=True, fastmath=_FAST)
 _SMALL = dict(nogil=True, cache=True, fastmath=_FAST)  # per-token ops: one thread, no launch cost
 
 
-# -----------------------------------------------------------------------------
-# scales: each group's float scale and offset for the R rows of a tile, (n_tiles, n_groups, 2, R),
-# either float32 or the bits of float16 (the 32-block types, whose scales are float16 in the
-# file: 0.125 fewer bytes per weight to stream). A kernel gets both arrays, one of them empty.
-
-@njit(nogil=True, cache=True, inline="always")
-def _group_scales(scales32, scales16, tile, g, bits):
-    """The (2, R) float32 scale and offset rows of group g of a tile. numba has no float16, so
-    its bits are widened by hand, exactly: a normal half moves its fields into a float32's
-    place and rebases the exponent (15 -> 127) with an integer add; a subnormal half is its
-    mantissa times 2**-24 (no subnormal float arithmetic, which costs a microcode assist)."""
-    if scales16.size == 0:
-        return scales32[tile, g]
-    half = scales16[tile, g]
-    widened = bits.view(np.float32)
-    for i in range(2):
-        for r in range(half.shape[1]):
-            h = np.uint32(half[i, r])
-            if h & np.uint32(0x7C00):
-                bits[i, r] = ((h & np.uint32(0x8000)) << np.uint32(16)) \
-                    | (((h & np.uint32(0x7FFF)) << np.uint32(13)) + np.uint32(112 << 23))
-            else:
-                value = np.float32(h & np.uint32(0x03FF)) * np.float32(2.0 ** -24)
-                widened[i, r] = -value if h & np.uint32(0x8000) else value
-    return widened
+# Each group's float32 scale and offset for the R rows of a tile sit together in one array,
+# scales: (n_tiles, n_groups, 2, R). (Float16 words, as in the file, were tried: 0.125 fewer
+# bytes per weight, but widening them by hand, numba having no float16, cost more than the
+# bytes saved: 4-6% slower decode in paired runs.)
 
 
 # -----------------------------------------------------------------------------
@@ -76,10 +55,10 @@ def _group_scales(scales32, scales16, tile, g, bits):
 # 8 lanes at a time through 32-bit integers (measured 1.65x faster than through int64).
 
 @njit(**_KERNEL)
-def matvec_nibbles(data, scales32, scales16, x, out):
+def matvec_nibbles(data, scales, x, out):
     """out[t, r] = sum_k W[r, k] x[t, k] with W[r, k] = scale * q + offset per 32-weight group.
 
-    data: (n_tiles, n_groups, 16, R) uint8; scales: (n_tiles, n_groups, 2, R);
+    data: (n_tiles, n_groups, 16, R) uint8; scales: (n_tiles, n_groups, 2, R) float32;
     x: (T, n_groups * 32) float32; out: (T, n_tiles * R) float32."""
     n_tiles, n_groups, half, R = data.shape
     T = x.shape[0]
@@ -90,10 +69,9 @@ def matvec_nibbles(data, scales32, scales16, x, out):
     for tile in prange(n_tiles):
         acc = np.empty((T, R), np.float32)
         part = np.empty(R, np.float32)
-        bits = np.empty((2, R), np.uint32)
         acc[:] = 0
         for g in range(n_groups):
-            so = _group_scales(scales32, scales16, tile, g, bits)
+            so = scales[tile, g]
             for t in range(T):
                 part[:] = 0
                 for j in range(half):
@@ -109,16 +87,15 @@ def matvec_nibbles(data, scales32, scales16, x, out):
 
 
 @njit(**_KERNEL)
-def dequantize_nibbles(data, scales32, scales16, tile0, out):
+def dequantize_nibbles(data, scales, tile0, out):
     """Rows of tiles tile0.. as float32 into out: (n_rows, n_groups * 32), n_rows a multiple of R.
     Each group is decoded across rows (contiguous reads), then written row by row (32 floats)."""
     n_tiles, n_groups, half, R = data.shape
     for tile in prange(out.shape[0] // R):
         src = tile0 + tile
         w = np.empty((2 * half, R), np.float32)
-        bits = np.empty((2, R), np.uint32)
         for g in range(n_groups):
-            so = _group_scales(scales32, scales16, src, g, bits)
+            so = scales[src, g]
             for j in range(half):
                 for r in range(R):
                     q = data[src, g, j, r]
@@ -131,7 +108,7 @@ def dequantize_nibbles(data, scales32, scales16, tile0, out):
 # 8-bit weights: one signed byte per weight, groups of 16 or 32
 
 @njit(**_KERNEL)
-def matvec_bytes(data, scales32, scales16, x, out):
+def matvec_bytes(data, scales, x, out):
     """As ``matvec_nibbles`` for data: (n_tiles, n_groups, G, R) int8, one weight per byte."""
     n_tiles, n_groups, G, R = data.shape
     T = x.shape[0]
@@ -140,10 +117,9 @@ def matvec_bytes(data, scales32, scales16, x, out):
     for tile in prange(n_tiles):
         acc = np.empty((T, R), np.float32)
         part = np.empty(R, np.float32)
-        bits = np.empty((2, R), np.uint32)
         acc[:] = 0
         for g in range(n_groups):
-            so = _group_scales(scales32, scales16, tile, g, bits)
+            so = scales[tile, g]
             for t in range(T):
                 part[:] = 0
                 for j in range(G):
@@ -157,15 +133,14 @@ def matvec_bytes(data, scales32, scales16, x, out):
 
 
 @njit(**_KERNEL)
-def dequantize_bytes(data, scales32, scales16, tile0, out):
+def dequantize_bytes(data, scales, tile0, out):
     """As ``dequantize_nibbles`` for 8-bit tiles."""
     n_tiles, n_groups, G, R = data.shape
     for tile in prange(out.shape[0] // R):
         src = tile0 + tile
         w = np.empty((G, R), np.float32)
-        bits = np.empty((2, R), np.uint32)
         for g in range(n_groups):
-            so = _group_scales(scales32, scales16, src, g, bits)
+            so = scales[src, g]
             for j in range(G):
                 for r in range(R):
                     w[j, r] = so[0, r] * np.float32(np.int32(data[src, g, j, r])) + so[1, r]
@@ -253,18 +228,18 @@ def swiglu(h1, h3):
 
 @njit(nogil=True, cache=True)
 def _matvec(matrix, x, out):
-    """The mat-vec of a packed matrix given as (data, scales32, scales16, nibbles)."""
-    data, scales32, scales16, nibbles = matrix
+    """The mat-vec of a packed matrix given as (data, scales, nibbles)."""
+    data, scales, nibbles = matrix
     if nibbles:
-        matvec_nibbles(data, scales32, scales16, x, out)
+        matvec_nibbles(data, scales, x, out)
     else:
-        matvec_bytes(data, scales32, scales16, x, out)
+        matvec_bytes(data, scales, x, out)
 
 
 # For a lone decoding token, a layer runs as two calls: the attention half and the
 # feed-forward half, each the compiled twin of those lines of cpu.py's narrated pass. Between
 # separate kernel calls, Python's ~100 us a layer left the memory bus idle (~3 ms a token).
-# Matrices come as (data, scales32, scales16, nibbles) (PackedMatrix.kernel_args).
+# Matrices come as (data, scales, nibbles) (PackedMatrix.kernel_args).
 
 @njit(nogil=True, cache=True)
 def decode_attention(x, att_norm, eps, wqkv, wo, rotation, k_cache, v_cache, pos,
@@ -323,12 +298,11 @@ def warm_up() -> None:
     passes, so the first step does not stall on it."""
     f32 = np.float32
     x, out = np.ones((1, 32), f32), np.empty((1, 4), f32)
-    for scales32, scales16 in ((np.ones((2, 1, 2, 2), f32), np.empty((0, 0, 2, 0), np.uint16)),
-                               (np.empty((0, 0, 2, 0), f32), np.ones((2, 1, 2, 2), np.uint16))):
-        for data, matvec, dequantize in ((np.zeros((2, 1, 16, 2), np.uint8), matvec_nibbles, dequantize_nibbles),
-                                         (np.zeros((2, 1, 32, 2), np.int8), matvec_bytes, dequantize_bytes)):
-            matvec(data, scales32, scales16, x, out)
-            dequantize(data, scales32, scales16, 0, np.empty((4, 32), f32))
+    scales = np.ones((2, 1, 2, 2), f32)
+    for data, matvec, dequantize in ((np.zeros((2, 1, 16, 2), np.uint8), matvec_nibbles, dequantize_nibbles),
+                                     (np.zeros((2, 1, 32, 2), np.int8), matvec_bytes, dequantize_bytes)):
+        matvec(data, scales, x, out)
+        dequantize(data, scales, 0, np.empty((4, 32), f32))
     rmsnorm(x, x[0], 1e-5)
     q = np.ones((1, 2, 16), f32)
     apply_rope(q, np.ones((1, 8), np.complex64))

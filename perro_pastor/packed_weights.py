@@ -8,10 +8,9 @@ them all, without loss:
 - **bytes** (Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q5_K, Q6_K): one int8 q per weight.
 
 Rows are grouped in tiles of ``TILE_ROWS`` laid out ``[tile, group, j, row]`` (the kernels
-vectorize across rows), with each group's scale and offset ``[tile, group, 2, row]`` beside
-them: float16 bits where they are exactly float16 (the 32-block types, as in the file: a Q4_1
-weight takes 0.625 bytes here too), float32 otherwise (the K-quants' scale is a float16 times a
-small integer). Float types (F32, F16, BF16) are kept as float32 rows and multiplied by BLAS.
+vectorize across rows), with each group's float32 scale and offset ``[tile, group, 2, row]``
+beside them: a Q4_1 weight takes 0.75 bytes here (0.625 in the file). Float types (F32, F16,
+BF16) are kept as float32 rows and multiplied by BLAS.
 
 ``matmul`` picks the path by the number of rows of x: a few (decode, or a few sessions decoding
 together) run the compiled mat-vec over the tiles; more (prefill) dequantize a few MiB of rows
@@ -43,17 +42,13 @@ DEQUANT_CHUNK_BYTES = 4 << 20
 _PACK_CHUNK_ROWS = 16 * TILE_ROWS
 
 
-_NO_SCALES = {np.dtype(np.float32): np.empty((0, 0, 2, 0), np.float32),
-              np.dtype(np.uint16): np.empty((0, 0, 2, 0), np.uint16)}
-
-
 @dataclass
 class PackedMatrix:
     """A (rows, cols) weight matrix in row tiles, or float32 rows for float types."""
     rows: int
     cols: int
     data: np.ndarray | None  # (n_tiles, n_groups, 16 | G, TILE_ROWS) uint8 (nibbles) or int8 (bytes)
-    scales: np.ndarray | None  # (n_tiles, n_groups, 2, TILE_ROWS): scale, offset; float32 or float16 bits
+    scales: np.ndarray | None  # (n_tiles, n_groups, 2, TILE_ROWS) float32: scale, offset
     dense: np.ndarray | None = None  # (rows, cols) float32, for float types
 
     @property
@@ -65,15 +60,8 @@ class PackedMatrix:
         return self.data is not None and self.data.dtype == np.uint8
 
     def kernel_args(self) -> tuple:
-        """(data, scales32, scales16, nibbles): the whole matrix as the compiled layer takes it."""
-        return (*self._kernel_args(0, len(self.data)), self.nibbles)
-
-    def _kernel_args(self, tile0: int, tile1: int) -> tuple:
-        """data, scales32, scales16 of tiles tile0:tile1, as the kernels take them."""
-        scales = self.scales[tile0:tile1]
-        if scales.dtype == np.uint16:
-            return self.data[tile0:tile1], _NO_SCALES[np.dtype(np.float32)], scales
-        return self.data[tile0:tile1], scales, _NO_SCALES[np.dtype(np.uint16)]
+        """(data, scales, nibbles): the whole matrix as the compiled layer takes it."""
+        return self.data, self.scales, self.nibbles
 
     def matmul(self, x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
         """x @ W[start:stop].T in float32: (T, cols) -> (T, stop - start)."""
@@ -85,7 +73,7 @@ class PackedMatrix:
         if len(x) <= MATVEC_MAX_ROWS:
             matvec = cpu_kernels.matvec_nibbles if self.nibbles else cpu_kernels.matvec_bytes
             out = np.empty((len(x), (tile1 - tile0) * TILE_ROWS), np.float32)
-            matvec(*self._kernel_args(tile0, tile1), x, out)
+            matvec(self.data[tile0:tile1], self.scales[tile0:tile1], x, out)
             skip = start - tile0 * TILE_ROWS
             return out[:, skip:skip + stop - start]
         out = np.empty((len(x), stop - start), np.float32)
@@ -121,8 +109,6 @@ class PackedMatrix:
         if self.nibbles:
             q = np.concatenate([q & np.uint8(0x0F), q >> np.uint8(4)], axis=2)
         scales = self.scales[tiles, :, :, lanes]  # (T, n_groups, 2)
-        if scales.dtype == np.uint16:
-            scales = scales.view(np.float16).astype(np.float32)
         w = q.astype(np.float32)
         w *= scales[..., 0, None]
         w += scales[..., 1, None]
@@ -130,18 +116,7 @@ class PackedMatrix:
 
     def _dequantize_tiles(self, tile0: int, out: np.ndarray) -> None:
         kernel = cpu_kernels.dequantize_nibbles if self.nibbles else cpu_kernels.dequantize_bytes
-        data, scales32, scales16 = self._kernel_args(0, len(self.data))
-        kernel(data, scales32, scales16, tile0, out)
-
-
-def _as_half_if_exact(scales: np.ndarray) -> np.ndarray:
-    """float16 bits of ``scales`` where every value is finite and a float16 exactly (the
-    32-block types: their scale and offset are float16 in the file), else float32 as it is."""
-    with np.errstate(over="ignore"):
-        half = scales.astype(np.float16)
-    if np.all(np.isfinite(half)) and np.array_equal(half.astype(np.float32), scales):
-        return half.view(np.uint16)
-    return scales
+        kernel(self.data, self.scales, tile0, out)
 
 
 def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int) -> PackedMatrix:
@@ -179,7 +154,7 @@ def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int) -> PackedMatrix
         so_pad = np.zeros((n * TILE_ROWS, n_groups, 2), np.float32)
         so_pad[:r1 - r0] = np.stack([s, o], axis=-1).reshape(r1 - r0, n_groups, 2)
         scales[tiles] = so_pad.reshape(n, TILE_ROWS, n_groups, 2).transpose(0, 2, 3, 1)
-    return PackedMatrix(rows, cols, data, _as_half_if_exact(scales))
+    return PackedMatrix(rows, cols, data, scales)
 
 
 def stack(matrices: list[PackedMatrix]) -> PackedMatrix | None:
@@ -189,7 +164,7 @@ def stack(matrices: list[PackedMatrix]) -> PackedMatrix | None:
     first = matrices[0]
     same = all(m.cols == first.cols and m.dense is None and first.dense is None
                and m.data.dtype == first.data.dtype and m.data.shape[1:] == first.data.shape[1:]
-               and m.scales.dtype == first.scales.dtype for m in matrices)
+               for m in matrices)
     if not same or any(m.rows % TILE_ROWS for m in matrices):
         return None
     return PackedMatrix(sum(m.rows for m in matrices), first.cols,
