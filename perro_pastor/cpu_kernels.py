@@ -304,6 +304,17 @@ def warm_up() -> None:
         matvec(data, scales, x, out)
         dequantize(data, scales, 0, np.empty((4, 32), f32))
     rmsnorm(x, x[0], 1e-5)
+    # the compiled layer halves, for files of 4-bit and of 8-bit matrices (mixed files compile
+    # their combination on first use)
+    for nibbles in (True, False):
+        def matrix(rows, cols):  # tiles of 2 rows
+            shape = (rows // 2, cols // 32, 16 if nibbles else 32, 2)
+            return (np.zeros(shape, np.uint8 if nibbles else np.int8),
+                    np.ones((rows // 2, cols // 32, 2, 2), f32), nibbles)
+        x1, cache = np.ones((1, 32), f32), np.zeros((1, 4, 16), f32)  # dim 32: 2 heads, 1 kv head
+        decode_attention(x1, x1[0], 1e-5, matrix(64, 32), matrix(32, 32), np.ones((1, 8), np.complex64),
+                         cache, cache, 0, 2, 1, 0)
+        decode_ffn(x1, x1[0], 1e-5, matrix(64, 32), matrix(32, 32), 32)
     q = np.ones((1, 2, 16), f32)
     apply_rope(q, np.ones((1, 8), np.complex64))
     attention(q, np.ones((1, 4, 16), f32), np.ones((1, 4, 16), f32), 0, 0)
