@@ -9,6 +9,7 @@ in float32, or in float64 for tests, and can record named checkpoints (``L3.q``,
 from __future__ import annotations
 
 import math
+import mmap
 import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -139,9 +140,22 @@ class KVCache:
 
     def __init__(self, cfg: Config, n_ctx: int, dtype=np.float32):
         shape = (cfg.n_layers, cfg.n_kv_heads, n_ctx, cfg.head_size)
-        self.key_cache = np.zeros(shape, dtype)
-        self.value_cache = np.zeros(shape, dtype)
+        self.key_cache = zeros_in_small_pages(shape, dtype)
+        self.value_cache = zeros_in_small_pages(shape, dtype)
         self.n_ctx = n_ctx
+
+
+def zeros_in_small_pages(shape: tuple, dtype) -> np.ndarray:
+    """np.zeros in 4 KiB pages. NumPy asks Linux for 2 MiB huge pages on large arrays; a new KV
+    cache is first written a few rows per layer and head, and each of those first writes then
+    zeroed a whole 2 MiB page: restoring a 50-token persona into a fresh cache took 37-52 ms on
+    the game's frame thread, 2 ms in small pages."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes == 0 or not hasattr(mmap, "MADV_NOHUGEPAGE"):
+        return np.zeros(shape, dtype)
+    pages = mmap.mmap(-1, nbytes)  # anonymous: zero-filled, each page made on first touch
+    pages.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(pages, dtype).reshape(shape)
 
 
 @dataclass

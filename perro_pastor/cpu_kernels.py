@@ -319,3 +319,8 @@ def warm_up() -> None:
     apply_rope(q, np.ones((1, 8), np.complex64))
     attention(q, np.ones((1, 4, 16), f32), np.ones((1, 4, 16), f32), 0, 0)
     swiglu(x, x)
+    # several sequences decoding together: q, k and the gate/up halves are column slices of
+    # one product (non-contiguous views, a layout numba compiles separately)
+    stacked = np.ones((2, 64), f32)
+    apply_rope(stacked[:, :32].reshape(2, 2, 16), np.ones((2, 8), np.complex64))
+    swiglu(stacked[:, :32], stacked[:, 32:])
