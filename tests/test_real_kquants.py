@@ -1,6 +1,7 @@
 """Real K-quant blocks, made by llama.cpp's quantizer (Gemma 3 270M Q4_K_M, fetched by
-`make assets`): the NumPy dequantizers against gguf.quants bit for bit, and the GL mat-vec against
-its NumPy twin, on tensors no test of ours generated."""
+`make assets`): the NumPy dequantizers and the cpu kernels' packed tiles against gguf.quants bit
+for bit, and the GL and cpu mat-vecs against float references, on tensors no test of ours
+generated."""
 
 from pathlib import Path
 
@@ -37,6 +38,23 @@ def test_dequantize_matches_gguf_on_real_blocks(model_file, qtype):
     ours = quant.dequantize(raw, info.qtype, info.n_elements)
     theirs = gguf.quants.dequantize(np.array(raw), gguf.GGMLQuantizationType[qtype]).reshape(-1)
     np.testing.assert_array_equal(ours, theirs.astype(np.float32))
+
+
+@pytest.mark.parametrize("qtype", TENSORS)
+def test_packed_cpu_kernels_on_real_blocks(model_file, qtype):
+    """The compiled cpu kernels' tiles hold exactly gguf's weights; their mat-vec is within
+    float32 rounding of a float64 product."""
+    from perro_pastor.packed_weights import pack
+    info = model_file.tensors[TENSORS[qtype]]
+    cols, rows = info.shape
+    raw = model_file.tensor_bytes(info.name)
+    want = gguf.quants.dequantize(np.array(raw), gguf.GGMLQuantizationType[qtype]).reshape(rows, cols)
+    m = pack(raw, info.qtype, rows, cols)
+    np.testing.assert_array_equal(m.dequantize(), want.astype(np.float32))
+    x = np.random.default_rng().standard_normal((1, cols)).astype(np.float32)
+    exact = x.astype(np.float64) @ want.astype(np.float64).T
+    bound = 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(want.astype(np.float64)).T)
+    assert np.all(np.abs(m.matmul(x) - exact) <= bound + 1e-30)
 
 
 @pytest.mark.parametrize("qtype", TENSORS)
