@@ -30,7 +30,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .cpu import DEFAULT_CACHE_BUDGET, CpuTransformer
+from .cpu import CpuTransformer
+from .float_weights import DEFAULT_CACHE_BUDGET
 from .errors import BackendError
 from .formats import ggml_legacy, gguf, llama2c, open_model_file  # noqa: F401 -- the readers: imported
 # here, not by open_model_file on the worker, where each import held the GIL (and the frame) ~10 ms

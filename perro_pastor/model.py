@@ -16,7 +16,8 @@ from typing import Iterator
 import numpy as np
 
 from .config import Config
-from .cpu import DEFAULT_CACHE_BUDGET, CpuTransformer
+from .cpu import CpuTransformer
+from .float_weights import DEFAULT_CACHE_BUDGET
 from .errors import BackendError, ModelFormatError, TokenizerError
 from .formats import ModelFile, open_model_file
 from .paths import resolve_model

@@ -174,7 +174,7 @@ def stack(matrices: list[PackedMatrix]) -> PackedMatrix | None:
 
 class PackedWeights:
     """Weight access for the cpu forward pass over packed matrices: the same interface as
-    ``cpu.CpuWeights`` (its float32 twin), with every matrix repacked once, at load.
+    ``float_weights.CpuWeights`` (its float twin), with every matrix repacked once, at load.
 
     A layer's matrices that read the same input (wq, wk, wv; w1, w3) are stacked into one packed
     matrix when their formats allow, so one kernel call reads them all."""
