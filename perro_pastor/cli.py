@@ -40,9 +40,10 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args, backend: str | None = None):
     from .model import load
-    if (backend or getattr(args, "backend", "cpu")) != "gl" and not _cpu_kernels_cached():
+    backend = backend or getattr(args, "backend", "cpu")
+    if backend != "gl" and not _cpu_kernels_cached():
         print("perro-pastor: compiling the cpu kernels (first run only, up to a minute)...", file=sys.stderr)
-    model = load(args.model, backend=backend or getattr(args, "backend", "cpu"),
+    model = load(args.model, backend=backend,
                  tokenizer_path=args.tokenizer, cpu_cache_bytes=args.cpu_cache_mb << 20)
     model.adapters = _adapters(args, model)
     if model.adapters and args.command != "chat":  # chat hands them to its session instead

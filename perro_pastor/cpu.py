@@ -313,6 +313,9 @@ class CpuTransformer:
                 raise ValueError(f"positions {seg.pos0}..{seg.pos0 + len(seg.tokens) - 1} "
                                  f"do not fit a context of {seg.kv.n_ctx}")
         tokens = np.concatenate([np.asarray(seg.tokens, dtype=np.int64) for seg in segments])
+        outside = tokens[(tokens < 0) | (tokens >= cfg.vocab_size)]
+        if len(outside):
+            raise ValueError(f"token id {outside[0]} is outside the vocabulary (0..{cfg.vocab_size - 1})")
         positions = np.concatenate([np.arange(seg.pos0, seg.pos0 + len(seg.tokens)) for seg in segments])
         bounds = np.cumsum([0] + [len(seg.tokens) for seg in segments])  # segment i = rows bounds[i]:bounds[i+1]
         T, hs = len(tokens), cfg.head_size

@@ -6,10 +6,10 @@ step computes, and spread row tiles over the cores (``prange``).
 
 Why the tiles: a tile holds ``R`` rows side by side, ``[tile, group, j, row]``, so the innermost
 loop walks ``row`` over contiguous bytes and LLVM turns it into SIMD across rows, reading the
-4-bit or 8-bit weights directly (no float32 copy of the model). Measured on the 2-core Zen3
-development machine (benchmarks/bench_cpu_kernels.py): loops over one row's 32-weight groups
-vectorize badly, and float accumulation beat quantizing x to int8 (numba's integer dot products
-do not use the byte-multiply instructions); float is also the more accurate of the two.
+4-bit or 8-bit weights directly (no float32 copy of the model). Loops over one row's 32-weight
+groups vectorize badly, and float accumulation beat quantizing x to int8 (numba's integer dot
+products do not use the byte-multiply instructions); float is also the more accurate of the two
+(measurements in docs/cpu_backend.md; benchmarks/bench_cpu_kernels.py re-checks kernel speed).
 
 The NumPy twins are ``packed_weights.PackedMatrix.dequantize`` followed by a product in float64.
 """
@@ -290,7 +290,8 @@ def cache_is_warm() -> bool:
     tens of seconds; later runs load them in a fraction of a second)."""
     import numba
     from pathlib import Path
-    return any(Path(numba.config.CACHE_DIR or ".").rglob("cpu_kernels.matvec_nibbles-*.nbi"))
+    folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else Path(__file__).parent / "__pycache__"
+    return any(folder.rglob("cpu_kernels.matvec_nibbles-*.nbi"))
 
 
 def warm_up() -> None:

@@ -196,10 +196,9 @@ class PackedWeights:
     def matrix(self, t) -> PackedMatrix:
         """The packed matrix of ``t``, packed now if it was not yet (the loader calls this for
         every matrix, off the frame thread). The last member of a fused group stacks the group."""
-        m = self.packed.get(t.name)
-        if m is None:
+        if t.name not in self.packed:
             cols, rows = t.shape
-            m = self.packed[t.name] = pack(self.mf.tensor_bytes(t.name), t.qtype, rows, cols)
+            self.packed[t.name] = pack(self.mf.tensor_bytes(t.name), t.qtype, rows, cols)
             self.mf.release_pages(t.name)  # the packed copy is all the kernels read
             group = self.group_of.get(t.name)
             if group and all(member.name in self.packed for member in group):
@@ -208,7 +207,7 @@ class PackedWeights:
                     self.stacked[tuple(member.name for member in group)] = stacked
                     for member in group:  # the stack holds their rows; drop the copies
                         self.packed[member.name] = _rows_of(stacked, group, member)
-        return m if t.name not in self.group_of else self.packed[t.name]
+        return self.packed[t.name]
 
     def matmul(self, x: np.ndarray, t, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self.matrix(t).matmul(x, start, stop)

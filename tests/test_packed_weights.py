@@ -218,3 +218,12 @@ def test_compiled_per_token_ops_match_their_numpy_twins(tokens, pos0, window):
     values = rng.standard_normal((n_kv_heads, n_ctx, hs)).astype(np.float32)
     close(cpu_kernels.attention(q, keys, values, pos0, window),
           cpu.attention(f64(q), f64(keys), f64(values), pos0, window), "attention")
+
+
+@pytest.mark.parametrize("kernels", ["numba", "numpy"])
+def test_a_token_outside_the_vocabulary_is_refused_in_one_line(kernels):
+    model = cpu_model(kernels, np.float32)
+    vocab = model.config.vocab_size
+    for bad in (vocab, -1):
+        with pytest.raises(ValueError, match=f"token id {bad} is outside the vocabulary"):
+            model.transformer.forward(np.array([1, bad]), 0, model.transformer.new_cache(4))
