@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 import perro_pastor
-from perro_pastor.cpu import Segment, run_to_end
+from perro_pastor.backend import Segment, run_to_end
 from perro_pastor.lora import PROJECTIONS, LoraAdapter
 from perro_pastor.weights import LAYER_TENSORS
 

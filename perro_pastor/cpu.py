@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import mmap
 import sys
-from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Callable, Generator, Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 
 from . import quant
+from .backend import Segment, Trace, run_to_end
 from .config import Config, rope_inv_freq
 from .float_weights import DEFAULT_CACHE_BUDGET, CpuWeights
 from .formats import ModelFile
@@ -33,8 +33,6 @@ except ImportError as exc:
     KERNELS_MISSING = str(exc)
 
 KERNELS = ("auto", "numba", "numpy")
-
-Trace = Callable[[str, np.ndarray], None]
 
 # Rows of the output layer per step of the forward generator (~1-2 ms each for a 576-wide model).
 OUTPUT_ROWS_PER_STEP = 8192
@@ -155,15 +153,6 @@ def zeros_in_small_pages(shape: tuple, dtype) -> np.ndarray:
     return np.frombuffer(pages, dtype).reshape(shape)
 
 
-@dataclass
-class Segment:
-    """One sequence's share of a batched forward: its tokens, first position and KV cache."""
-    tokens: np.ndarray
-    pos0: int
-    kv: KVCache
-    adapters: tuple = ()  # LoRA adapters: objects with .scale and .factors(layer, name) -> (A, B) | None
-
-
 def pick_kernels(kernels: str, dtype: np.dtype) -> str:
     """Resolve "auto" to "numba" or "numpy"; refuse what cannot run."""
     if kernels not in KERNELS:
@@ -255,6 +244,16 @@ class CpuTransformer:
 
     def new_cache(self, n_ctx: int) -> KVCache:
         return KVCache(self.cfg, n_ctx, self.dtype)
+
+    def release_cache(self, kv: KVCache) -> None:
+        """Nothing to do: a cpu cache is NumPy memory, freed with its last reference."""
+
+    def poll(self) -> bool:
+        """Always ready: every step runs to completion before it returns."""
+        return True
+
+    def release(self) -> None:
+        """Nothing to free beyond what garbage collection frees (the file is the Model's)."""
 
     def export_kv(self, kv: KVCache, n_tokens: int) -> np.ndarray:
         """A copy of the first ``n_tokens`` rows of ``kv``: (2, n_layers, n_tokens, n_kv_heads,
@@ -435,11 +434,3 @@ class CpuTransformer:
                         out[a:b] += adapter.scale * ((x[a:b] @ lora_a.T) @ lora_b.T).astype(out.dtype)
         return outs
 
-
-def run_to_end(steps: Generator[None, None, list]) -> list:
-    """Drive a step generator to completion and return its result."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value

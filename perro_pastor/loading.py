@@ -316,9 +316,7 @@ class LoadTask:
                 from .gl.forward import upload_order
                 tensors = upload_order(model.weights)
             else:
-                w = model.weights
-                tensors = [getattr(l, n) for l in w.layers for n in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")]
-                tensors += [w.wcls] + ([] if w.wcls is w.token_embedding_table else [w.token_embedding_table])
+                tensors = model.weights.matrices()
             self.tensors_total = len(tensors)
             self.bytes_total = sum(t.nbytes for t in tensors)
             self._advance(OPEN_SHARE)

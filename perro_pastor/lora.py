@@ -24,10 +24,7 @@ import numpy as np
 from . import quant
 from .errors import ModelFormatError
 from .formats import ModelFile, TensorInfo, open_model_file
-from .weights import LAYER_TENSORS
-
-# the weights of a layer that a LoRA can target (llama2.c names); norms cannot
-PROJECTIONS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+from .weights import LAYER_TENSORS, PROJECTIONS  # the matrices a LoRA can target; norms cannot
 
 Factors = tuple[np.ndarray, np.ndarray]  # A (rank, cols), B (rows, rank)
 

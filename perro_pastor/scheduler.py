@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from typing import Callable, Generator, Iterator
 
-from .cpu import Segment
+from .backend import Segment, run_to_end
 from .session import Session
 
 PREFIX_CACHE_SIZE = 8
@@ -96,7 +96,6 @@ class Scheduler:
         steps = self._warmup_steps(system_prompt, options)
         if background:
             return self.submit(steps, priority, name="warm-up")
-        from .cpu import run_to_end
         run_to_end(steps)
         return None
 
@@ -119,9 +118,7 @@ class Scheduler:
                     if done == len(s.prefix):
                         self._cache_prefix(s.prefix, s)
         finally:
-            release = getattr(s.kv, "release", None)  # a GL cache holds buffers
-            if release is not None:
-                release()
+            self.model.transformer.release_cache(s.kv)  # a GL cache holds buffers
 
     def _cache_prefix(self, prefix: list[int], s: Session) -> None:
         self.prefix_cache[tuple(prefix)] = self.model.transformer.export_kv(s.kv, len(prefix))

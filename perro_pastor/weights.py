@@ -5,45 +5,49 @@ Llama forward pass needs is present with the shape the config implies (RELIABILI
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Callable
 
 from .config import Config
 from .errors import ModelFormatError
 from .formats import ModelFile, TensorInfo
 
-# llama2.c name -> (GGUF name, shape in GGUF order as a function of the config)
-LAYER_TENSORS = {
-    "rms_att_weight": ("blk.{l}.attn_norm.weight", lambda c: (c.dim,)),
-    "wq": ("blk.{l}.attn_q.weight", lambda c: (c.dim, c.dim)),
-    "wk": ("blk.{l}.attn_k.weight", lambda c: (c.dim, c.kv_dim)),
-    "wv": ("blk.{l}.attn_v.weight", lambda c: (c.dim, c.kv_dim)),
-    "wo": ("blk.{l}.attn_output.weight", lambda c: (c.dim, c.dim)),
-    "rms_ffn_weight": ("blk.{l}.ffn_norm.weight", lambda c: (c.dim,)),
-    "w1": ("blk.{l}.ffn_gate.weight", lambda c: (c.dim, c.hidden_dim)),
-    "w2": ("blk.{l}.ffn_down.weight", lambda c: (c.hidden_dim, c.dim)),
-    "w3": ("blk.{l}.ffn_up.weight", lambda c: (c.dim, c.hidden_dim)),
-}
+def tensor(gguf_name: str, shape_of: Callable[[Config], tuple], *, projection: bool = False,
+           norm: bool = False, optional: bool = False):
+    """A row of the weight table: where a tensor lives in the file and the shape (GGUF order) the
+    config implies. ``projection``: a matrix a layer multiplies by (LoRA may adapt it); ``norm``:
+    must be F32; ``optional``: None when the file lacks it (an architecture's extra tensors)."""
+    spec = dict(gguf_name=gguf_name, shape_of=shape_of, projection=projection, norm=norm, optional=optional)
+    return field(default=None, metadata=spec) if optional else field(metadata=spec)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerWeights:
+    """One layer's tensors, by llama2.c name: THE table of names (every other module derives its
+    lists from it). An architecture with extra tensors (a q/k/v bias, more norms) adds rows here,
+    marked ``optional``, and the math that uses them."""
+    rms_att_weight: TensorInfo = tensor("blk.{l}.attn_norm.weight", lambda c: (c.dim,), norm=True)
+    wq: TensorInfo = tensor("blk.{l}.attn_q.weight", lambda c: (c.dim, c.dim), projection=True)
+    wk: TensorInfo = tensor("blk.{l}.attn_k.weight", lambda c: (c.dim, c.kv_dim), projection=True)
+    wv: TensorInfo = tensor("blk.{l}.attn_v.weight", lambda c: (c.dim, c.kv_dim), projection=True)
+    wo: TensorInfo = tensor("blk.{l}.attn_output.weight", lambda c: (c.dim, c.dim), projection=True)
+    rms_ffn_weight: TensorInfo = tensor("blk.{l}.ffn_norm.weight", lambda c: (c.dim,), norm=True)
+    w1: TensorInfo = tensor("blk.{l}.ffn_gate.weight", lambda c: (c.dim, c.hidden_dim), projection=True)
+    w2: TensorInfo = tensor("blk.{l}.ffn_down.weight", lambda c: (c.hidden_dim, c.dim), projection=True)
+    w3: TensorInfo = tensor("blk.{l}.ffn_up.weight", lambda c: (c.dim, c.hidden_dim), projection=True)
+
+
+# llama2.c name -> (GGUF name pattern, shape in GGUF order as a function of the config)
+LAYER_TENSORS = {f.name: (f.metadata["gguf_name"], f.metadata["shape_of"]) for f in fields(LayerWeights)}
+# the matrices of a layer, in table order: wq wk wv wo w1 w2 w3
+PROJECTIONS = tuple(f.name for f in fields(LayerWeights) if f.metadata["projection"])
+
 GLOBAL_TENSORS = {
     "token_embedding_table": ("token_embd.weight", lambda c: (c.dim, c.vocab_size)),
     "rms_final_weight": ("output_norm.weight", lambda c: (c.dim,)),
 }
 CLASSIFIER = ("output.weight", lambda c: (c.dim, c.vocab_size))  # absent = tied to the embedding
 ROPE_FREQS = "rope_freqs.weight"  # Llama 3.x: per-pair frequency divisors
-NORM_NAMES = ("rms_att_weight", "rms_ffn_weight")
-IGNORED_EXTRAS = ("rope_freqs.weight",)
-
-
-@dataclass(frozen=True)
-class LayerWeights:
-    rms_att_weight: TensorInfo
-    wq: TensorInfo
-    wk: TensorInfo
-    wv: TensorInfo
-    wo: TensorInfo
-    rms_ffn_weight: TensorInfo
-    w1: TensorInfo
-    w2: TensorInfo
-    w3: TensorInfo
 
 
 @dataclass(frozen=True)
@@ -54,13 +58,21 @@ class Weights:
     wcls: TensorInfo  # the embedding table itself when the output layer is tied
     rope_freqs: TensorInfo | None
 
+    def matrices(self) -> list[TensorInfo]:
+        """Every matrix the forward pass multiplies by, each once: the layers' projections, then
+        the classifier and the embedding table (one tensor when they are tied)."""
+        tables = [self.wcls] + ([] if self.wcls is self.token_embedding_table else [self.token_embedding_table])
+        return [getattr(l, n) for l in self.layers for n in PROJECTIONS] + tables
+
 
 def bind_weights(mf: ModelFile, cfg: Config) -> Weights:
     """Find every tensor the forward pass needs and check its shape against the config."""
     used: set[str] = set()
 
-    def take(gguf_name: str, shape_of, must_be_f32: bool = False) -> TensorInfo:
+    def take(gguf_name: str, shape_of, must_be_f32: bool = False, optional: bool = False) -> TensorInfo | None:
         info = mf.tensors.get(gguf_name)
+        if info is None and optional:
+            return None
         if info is None:
             raise ModelFormatError(f"{mf.path.name}: missing tensor '{gguf_name}'")
         want = shape_of(cfg)
@@ -76,8 +88,9 @@ def bind_weights(mf: ModelFile, cfg: Config) -> Weights:
 
     layers = tuple(
         LayerWeights(**{
-            name: take(pattern.format(l=l), shape_of, must_be_f32=name in NORM_NAMES)
-            for name, (pattern, shape_of) in LAYER_TENSORS.items()
+            f.name: take(f.metadata["gguf_name"].format(l=l), f.metadata["shape_of"],
+                         must_be_f32=f.metadata["norm"], optional=f.metadata["optional"])
+            for f in fields(LayerWeights)
         })
         for l in range(cfg.n_layers)
     )

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from perro_pastor.weights import LAYER_TENSORS
+from perro_pastor.weights import LAYER_TENSORS, PROJECTIONS
 
-PROJECTIONS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 PEFT_NAMES = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
               "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w3": "mlp.up_proj", "w2": "mlp.down_proj"}
 

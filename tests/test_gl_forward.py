@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from perro_pastor import model as model_mod
-from perro_pastor.cpu import Segment, run_to_end
+from perro_pastor.backend import Segment, run_to_end
+from perro_pastor.weights import PROJECTIONS
 from perro_pastor.gl import forward as gl_forward
 from perro_pastor.gl.context import assert_no_gl_error, create_headless_context
 from perro_pastor.paths import default_model_path
@@ -126,7 +127,7 @@ def test_weights_split_into_small_parts_on_cpu_renderers(default_pair):
     limit = tr.glctx.weight_part_bytes
     assert limit == (min(SOFTWARE_PART_BYTES, tr.glctx.max_ssbo_bytes) if tr.glctx.limits.software
                      else tr.glctx.max_ssbo_bytes)
-    weights = [tr.token_embedding_table] + [getattr(layer, n) for layer in tr.layers for n in gl_forward.MATRIX_NAMES]
+    weights = [tr.token_embedding_table] + [getattr(layer, n) for layer in tr.layers for n in PROJECTIONS]
     assert all(part.buffer.size <= limit for w in weights for part in w.parts)
     if tr.glctx.limits.software:
         assert len(tr.token_embedding_table.parts) > 1

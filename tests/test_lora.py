@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import perro_pastor
-from perro_pastor.cpu import Segment, rope, run_to_end
+from perro_pastor.backend import Segment, run_to_end
+from perro_pastor.cpu import rope
 from perro_pastor.errors import ModelFormatError
 from perro_pastor.lora import AdaptedTransformer, load_adapter, parse_lora_arg
 from perro_pastor.perplexity import perplexity

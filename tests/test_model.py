@@ -53,7 +53,7 @@ def test_prefill_on_fewer_blas_threads(model32):
     passes, and the logits are the ones of the plain pass."""
     from threadpoolctl import threadpool_info
 
-    from perro_pastor.cpu import Segment
+    from perro_pastor.backend import Segment
 
     def blas_threads() -> set[int]:
         return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cpu import Segment
+from ..backend import Segment
 
 
 def decode_figures(tr) -> dict:

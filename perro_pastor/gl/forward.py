@@ -23,11 +23,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..config import Config, rope_inv_freq
-from ..cpu import Segment, run_to_end
+from ..backend import Segment, run_to_end
 from ..errors import BackendError
 from ..formats import ModelFile, TensorInfo
 from ..quant import GGMLType, dequantize
-from ..weights import Weights
+from ..weights import PROJECTIONS, Weights
 from .buffers import GLWeight, PreparedWeight, f32_buffer, prepare_weight, upload_prepared_steps
 from .context import GLContext
 from .kernels import LORA_AX_UBO_BYTES, FusedLora, LoraA, padded_rank
@@ -63,15 +63,12 @@ def _rows(buf, width: int, a: int, b: int) -> BufferSlice:
     return BufferSlice(buf, a * width * 4, max(4, (b - a) * width * 4))
 
 
-MATRIX_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
-
-
 def upload_order(weights: Weights) -> list[TensorInfo]:
     """The weight matrices the gl backend uploads, in upload order (a tied classifier once)."""
     order = [weights.token_embedding_table]
     if weights.wcls is not weights.token_embedding_table:
         order.append(weights.wcls)
-    return order + [getattr(l, n) for l in weights.layers for n in MATRIX_NAMES]
+    return order + [getattr(l, n) for l in weights.layers for n in PROJECTIONS]
 
 
 def prepare_matrix(file: ModelFile, t: TensorInfo, max_ssbo_bytes: int) -> PreparedWeight:
@@ -144,7 +141,7 @@ class GlTransformer:
         for l in weights.layers:  # a step per layer: two small buffers are ~1.5 ms on llvmpipe
             self.layers.append(GlLayer(rms_att_weight=f32(vector(l.rms_att_weight)),
                                        rms_ffn_weight=f32(vector(l.rms_ffn_weight)),
-                                       **{n: uploaded[getattr(l, n).name] for n in MATRIX_NAMES}))
+                                       **{n: uploaded[getattr(l, n).name] for n in PROJECTIONS}))
             yield
         self.rms_final_weight = f32(vector(weights.rms_final_weight))
         freq_factors = vector(weights.rope_freqs) if weights.rope_freqs else None
@@ -185,6 +182,14 @@ class GlTransformer:
         if n_ctx < 1:
             raise ValueError(f"KV cache size {n_ctx} must be at least 1")
         return GlKVCache(self.glctx, self.cfg, n_ctx, self.kv_f16)
+
+    def release_cache(self, kv: GlKVCache) -> None:
+        """Free the cache's buffers now (sessions that end, a warm-up's throwaway cache)."""
+        kv.release()
+
+    def poll(self) -> bool:
+        """True: every step waits for its dispatches today (the fences of issue 19 change this)."""
+        return True
 
     def export_kv(self, kv: GlKVCache, n_tokens: int) -> np.ndarray:
         """Rows 0..n_tokens-1 of ``kv``: (2, n_layers, n_tokens, n_kv_heads, head_size), keys then

@@ -11,8 +11,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..cpu import Segment
-from .forward import MATRIX_NAMES
+from ..backend import Segment
+from ..weights import PROJECTIONS
 from .kernels import LoraPair
 
 
@@ -23,7 +23,7 @@ class _ZeroAdapter:
 
     def __init__(self, layer):
         self._factors = {name: (np.zeros((8, getattr(layer, name).cols), np.float32),
-                                np.zeros((getattr(layer, name).rows, 8), np.float32)) for name in MATRIX_NAMES}
+                                np.zeros((getattr(layer, name).rows, 8), np.float32)) for name in PROJECTIONS}
 
     def factors(self, l: int, name: str):
         return self._factors.get(name)
@@ -43,7 +43,7 @@ def warm_up_steps(tr) -> Iterator[None]:
     warms up in ~1/20 of the dispatches)."""
     all_layers, kinds = tr.layers, {}
     for layer in all_layers:
-        kind = tuple(tuple(sorted(getattr(layer, n).defines.items())) for n in MATRIX_NAMES)
+        kind = tuple(tuple(sorted(getattr(layer, n).defines.items())) for n in PROJECTIONS)
         kinds.setdefault(kind, layer)
     kv = tr.new_cache(8)
     zeros = np.zeros((1, tr.cfg.dim), np.float32)

@@ -1,0 +1,74 @@
+"""What every compute backend offers the runtime: the transformer interface, the unit of batched
+work (``Segment``) and the step-generator convention.
+
+A forward pass is a generator that yields at dispatch boundaries (about a millisecond apart) and
+returns one logits array per segment. The scheduler advances it a step per slot within a frame
+budget; plain code drives it to the end with ``run_to_end``. ``cpu.CpuTransformer`` and
+``gl.forward.GlTransformer`` both satisfy ``Transformer``; nothing above this module knows which
+one it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Generator, Iterator, Protocol
+
+import numpy as np
+
+# A checkpoint listener: forward passes call trace("L3.q", values) at named points of the math
+# (cpu and gl use the same names), so a diverging kernel is found op by op.
+Trace = Callable[[str, np.ndarray], None]
+
+
+class KVCache(Protocol):
+    """One sequence's keys and values of every layer, however a backend stores them."""
+    n_ctx: int
+
+
+@dataclass
+class Segment:
+    """One sequence's share of a batched forward: its tokens, first position and KV cache."""
+    tokens: np.ndarray
+    pos0: int
+    kv: KVCache
+    adapters: tuple = ()  # LoRA adapters: objects with .scale and .factors(layer, name) -> (A, B) | None
+
+
+class Transformer(Protocol):
+    """A compute backend for one model."""
+    name: str  # "cpu" or "gl"
+
+    def new_cache(self, n_ctx: int) -> KVCache: ...
+
+    def forward(self, tokens: np.ndarray, pos0: int, kv: KVCache, all_logits: bool = False,
+                trace: Trace | None = None) -> np.ndarray:
+        """Logits of the last token (vocab,), or of every token (T, vocab); fills ``kv``."""
+
+    def forward_steps(self, segments: list[Segment], all_logits: bool = False,
+                      trace: Trace | None = None) -> Generator[None, None, list[np.ndarray]]:
+        """The forward pass of a batch as a step generator; returns one logits array per segment."""
+
+    def export_kv(self, kv: KVCache, n_tokens: int) -> np.ndarray:
+        """Rows 0..n_tokens-1 as (2, n_layers, n_tokens, n_kv_heads, head_size): keys, values."""
+
+    def import_kv(self, kv: KVCache, array: np.ndarray) -> None:
+        """Write rows 0..n-1 of ``kv`` from an ``export_kv`` array."""
+
+    def release_cache(self, kv: KVCache) -> None:
+        """Free what ``kv`` holds now rather than at garbage collection (GPU buffers)."""
+
+    def poll(self) -> bool:
+        """True when the backend can take the next step without waiting (its GPU fences have
+        signalled); a synchronous backend always returns True."""
+
+    def release(self) -> None:
+        """Free everything the backend holds; it cannot run afterwards."""
+
+
+def run_to_end(steps: Generator[None, None, object] | Iterator[None]) -> object:
+    """Drive a step generator to completion and return its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
