@@ -72,3 +72,11 @@ def run_to_end(steps: Generator[None, None, object] | Iterator[None]) -> object:
             next(steps)
         except StopIteration as done:
             return done.value
+
+
+def forward_one(transformer: Transformer, tokens: np.ndarray, pos0: int, kv: KVCache,
+                adapters: tuple = (), all_logits: bool = False) -> np.ndarray:
+    """One sequence through ``transformer`` to the end, with its LoRA ``adapters``: the logits of
+    its last token (vocab,), or of every token (T, vocab) with ``all_logits``."""
+    segment = Segment(np.asarray(tokens), pos0, kv, tuple(adapters))
+    return run_to_end(transformer.forward_steps([segment], all_logits))[0]

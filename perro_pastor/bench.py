@@ -7,23 +7,25 @@ import time
 
 import numpy as np
 
+from .backend import forward_one
 
-def run_bench(model, n_prompt: int = 128, n_gen: int = 64, repeats: int = 3) -> dict:
+
+def run_bench(model, n_prompt: int = 128, n_gen: int = 64, repeats: int = 3, adapters: tuple = ()) -> dict:
     cfg = model.config
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, cfg.vocab_size, size=n_prompt)
     transformer = model.transformer
     prefill, decode = [], []
-    transformer.forward(prompt[:8], 0, transformer.new_cache(16))  # warm-up: caches, shader compiles
+    forward_one(transformer, prompt[:8], 0, transformer.new_cache(16), adapters)  # warm-up: caches, shader compiles
     for _ in range(repeats):
         kv = transformer.new_cache(n_prompt + n_gen + 1)
         start = time.perf_counter()
-        logits = transformer.forward(prompt, 0, kv)
+        logits = forward_one(transformer, prompt, 0, kv, adapters)
         prefill.append(n_prompt / (time.perf_counter() - start))
         token = int(np.argmax(logits))
         start = time.perf_counter()
         for i in range(n_gen):
-            logits = transformer.forward(np.array([token]), n_prompt + i, kv)
+            logits = forward_one(transformer, np.array([token]), n_prompt + i, kv, adapters)
             token = int(np.argmax(logits))
         decode.append(n_gen / (time.perf_counter() - start))
     row = {

@@ -10,30 +10,30 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli_args import EXIT_OK, add_model_args, add_sampler_args, load_model, sampler_from
+from .scheduler import Scheduler
+
 
 def add_chat_cli(subparsers) -> None:
-    from .cli import _model_args, _sampler_args
     p = subparsers.add_parser("chat", help="interactive, streaming chat with one NPC")
-    _model_args(p)
+    add_model_args(p)
     p.add_argument("--system", default=None, help="system prompt (the NPC's persona)")
     p.add_argument("-n", type=int, default=256, help="max tokens per reply")
     p.add_argument("-c", "--ctx", type=int, default=2048, help="context window (tokens)")
     p.add_argument("--template", default=None, choices=("chatml", "llama2", "llama3", "zephyr"),
                    help="a built-in template instead of the model's own")
     p.add_argument("--context-policy", default="drop_oldest", choices=("error", "drop_oldest", "shift"))
-    _sampler_args(p)
+    add_sampler_args(p)
     p.set_defaults(func=cmd_chat)
 
 
 def cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
-    from .cli import EXIT_OK, _load, _sampler
-    from .scheduler import Scheduler
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    model = _load(args)
+    model, adapters = load_model(args)
     sched = Scheduler(model)
-    npc = sched.session(system_prompt=args.system, sampler=_sampler(args),
+    npc = sched.session(system_prompt=args.system, sampler=sampler_from(args),
                         n_ctx=min(args.ctx, model.config.seq_len), context_policy=args.context_policy,
-                        template=args.template, name="chat", lora=model.adapters or None)
+                        template=args.template, name="chat", lora=adapters or None)
     interactive = stdin.isatty()
     while True:
         if interactive:

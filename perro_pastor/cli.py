@@ -9,78 +9,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import subprocess
 import sys
 
+from .chat_cli import add_chat_cli
+from .cli_args import (EXIT_BAD_MODEL, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, add_model_args,
+                       add_sampler_args, load_model, sampler_from)
+from .downloader.download import add_cli as add_download_cli
 from .errors import BackendError, DownloadError, ModelFormatError, PerroPastorError, TokenizerError
-
-EXIT_OK, EXIT_USAGE, EXIT_BAD_MODEL, EXIT_FAILURE = 0, 2, 3, 4
-
-
-def _model_args(p: argparse.ArgumentParser, backend: bool = True) -> None:
-    p.add_argument("-m", "--model", default="default", help="path, model-folder name, or 'default'")
-    p.add_argument("--tokenizer", help="tokenizer.bin for llama2.c checkpoints (default: beside the model)")
-    if backend:
-        p.add_argument("--backend", choices=("cpu", "gl", "auto"), default="auto")
-        p.add_argument("--cpu-cache-mb", type=int, default=3072,
-                       help="cpu backend: dequantized weights kept in RAM; the rest is decoded on the fly")
-        p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
-                       help="LoRA adapter (GGUF or PEFT folder) applied at run time; repeatable")
-
-
-def _sampler_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temp", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--min-p", type=float, default=0.05)
-    p.add_argument("--repeat-penalty", type=float, default=1.1)
-    p.add_argument("--repeat-last-n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=None)
-
-
-def _load(args, backend: str | None = None):
-    from .model import load
-    backend = backend or getattr(args, "backend", "cpu")
-    if backend != "gl" and not _cpu_kernels_cached():
-        print("perro-pastor: compiling the cpu kernels (first run only, up to a minute)...", file=sys.stderr)
-    model = load(args.model, backend=backend,
-                 tokenizer_path=args.tokenizer, cpu_cache_bytes=args.cpu_cache_mb << 20)
-    model.adapters = _adapters(args, model)
-    if model.adapters and args.command != "chat":  # chat hands them to its session instead
-        from .lora import AdaptedTransformer
-        model.transformer = AdaptedTransformer(model.transformer, model.adapters)
-    return model
-
-
-def _cpu_kernels_cached() -> bool:
-    try:
-        from . import cpu_kernels
-    except ImportError:
-        return True  # no numba: nothing to compile (the cpu backend says so itself)
-    return cpu_kernels.cache_is_warm()
-
-
-def _adapters(args, model) -> tuple:
-    from .lora import load_adapter, parse_lora_arg
-    return tuple(load_adapter(path, model, scale) for path, scale in map(parse_lora_arg, args.lora))
-
-
-def _sampler(args):
-    from .sampling import Sampler, SamplerSettings
-    settings = SamplerSettings(temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-                               min_p=args.min_p, repeat_penalty=args.repeat_penalty,
-                               repeat_last_n=args.repeat_last_n)
-    return Sampler(settings, seed=args.seed)
-
 
 # -----------------------------------------------------------------------------
 # commands
 
 def cmd_generate(args) -> int:
     from .model import GenerationStats
-    model = _load(args)
+    model, adapters = load_model(args)
     stats = GenerationStats()
-    for token in model.generate(args.prompt, max_tokens=args.n, sampler=_sampler(args), stats=stats):
+    for token in model.generate(args.prompt, max_tokens=args.n, sampler=sampler_from(args), stats=stats,
+                                adapters=adapters):
         if args.json:
             print(json.dumps({"id": token.id, "text": token.text}), flush=True)
         else:
@@ -117,11 +63,11 @@ def cmd_tokenize(args) -> int:
 
 
 def cmd_perplexity(args) -> int:
-    model = _load(args)
+    model, adapters = load_model(args)
     with open(args.file, "rb") as f:
         text = f.read().decode("utf-8", errors="replace")
     from .perplexity import perplexity
-    result = perplexity(model, text, n_ctx=args.ctx, progress=not args.json)
+    result = perplexity(model, text, n_ctx=args.ctx, progress=not args.json, adapters=adapters)
     if args.json:
         print(json.dumps({"ppl": result.ppl, "ppl_err": result.ppl_err, "tokens": result.tokens,
                           "chunks": result.chunks, "backend": model.backend}))
@@ -133,7 +79,6 @@ def cmd_perplexity(args) -> int:
 def cmd_inspect(args) -> int:
     from .formats import open_model_file
     from .paths import resolve_model
-    from .quant import TYPE_INFO
     mf = open_model_file(resolve_model(args.model), args.tokenizer)
     n_params = sum(t.n_elements for t in mf.tensors.values())
     tensors = [{"name": t.name, "type": t.qtype.name, "shape": list(t.shape), "bytes": t.nbytes}
@@ -164,12 +109,12 @@ def cmd_inspect(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import run_bench
-    model = _load(args)
+    model, adapters = load_model(args)
     if args.sessions:
         from .runtime_bench import runtime_report
         row = runtime_report(model, args.sessions, args.budget_ms, args.n, args.restore)
     else:
-        row = run_bench(model, n_prompt=args.p, n_gen=args.n, repeats=args.repeats)
+        row = run_bench(model, n_prompt=args.p, n_gen=args.n, repeats=args.repeats, adapters=adapters)
     if args.json:
         print(json.dumps(row))
     else:
@@ -187,15 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="stream a continuation of a prompt")
-    _model_args(p)
+    add_model_args(p)
     p.add_argument("-p", "--prompt", required=True)
     p.add_argument("-n", type=int, default=128, help="tokens to generate")
-    _sampler_args(p)
+    add_sampler_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per token, then a summary")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("tokenize", help="print token ids as JSON")
-    _model_args(p, backend=False)
+    add_model_args(p, backend=False)
     p.add_argument("text", nargs="?")
     p.add_argument("--no-bos", action="store_true")
     p.add_argument("--no-parse-special", action="store_true")
@@ -203,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tokenize)
 
     p = sub.add_parser("perplexity", help="llama-perplexity's method: score the second half of each chunk")
-    _model_args(p)
+    add_model_args(p)
     p.add_argument("-f", "--file", required=True)
     p.add_argument("-c", "--ctx", type=int, default=512)
     p.add_argument("--json", action="store_true")
@@ -216,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("bench", help="prefill and decode speed, llama-bench style")
-    _model_args(p)
+    add_model_args(p)
     p.add_argument("-p", type=int, default=128, help="prompt tokens")
     p.add_argument("-n", type=int, default=64, help="generated tokens")
     p.add_argument("--repeats", type=int, default=3)
@@ -230,20 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="the sample game: walk up to NPCs and talk (python -m sample_game --help)",
                    add_help=False)
 
-    from .chat_cli import add_chat_cli
-    from .tools.download import add_cli as add_download_cli
     add_chat_cli(sub)
     add_download_cli(sub)
     return parser
 
 
+def play_demo(argv: list[str]) -> int:
+    """Hand over to the sample game in a fresh process: the library never imports the game, and
+    the game sets its thread counts before NumPy loads (sample_game.__main__.share_the_cores)."""
+    try:
+        return subprocess.call([sys.executable, "-m", "sample_game", *argv])
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["demo"]:  # the game parses its own flags (--autoplay, --report, ...)
-        # nothing above has loaded NumPy yet, so the game can still set OpenBLAS's threads
-        # (sample_game.__main__.share_the_cores); keep it that way
-        from sample_game.__main__ import main as game_main
-        return game_main(argv[1:])
+    if argv[:1] == ["demo"]:  # the game is its own program (perro-pastor-demo) with its own flags
+        return play_demo(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelFormatError
-from .lora import LoraAdapter, build_adapter, check_pair
+from .lora_adapter import LoraAdapter, build_adapter, check_pair
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .backend import forward_one
 from .config import Config
 from .cpu import CpuTransformer
 from .float_weights import DEFAULT_CACHE_BUDGET
@@ -77,8 +78,10 @@ class Model:
 
     def generate(self, prompt: str | list[int], max_tokens: int = 128,
                  sampler: Sampler | None = None, n_ctx: int | None = None,
-                 stats: GenerationStats | None = None, stop_at_eos: bool = True) -> Iterator[Token]:
-        """Stream the continuation of ``prompt`` (text, or token ids) token by token."""
+                 stats: GenerationStats | None = None, stop_at_eos: bool = True,
+                 adapters: tuple = ()) -> Iterator[Token]:
+        """Stream the continuation of ``prompt`` (text, or token ids) token by token, with LoRA
+        ``adapters`` (``lora.load_adapter``) applied at run time."""
         sampler = sampler or Sampler(SamplerSettings())
         stats = stats if stats is not None else GenerationStats()
         tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -93,7 +96,7 @@ class Model:
         stats.prompt_tokens = len(tokens)
 
         start = time.perf_counter()
-        logits = self.transformer.forward(np.array(tokens), 0, kv)
+        logits = forward_one(self.transformer, np.array(tokens), 0, kv, adapters)
         stats.prefill_s = time.perf_counter() - start
 
         history = list(tokens)
@@ -106,7 +109,7 @@ class Model:
                 break
             yield Token(token, decoder.feed(token))
             if step + 1 < max_tokens:
-                logits = self.transformer.forward(np.array([token]), len(history) - 1, kv)
+                logits = forward_one(self.transformer, np.array([token]), len(history) - 1, kv, adapters)
             stats.decode_s = time.perf_counter() - start
         stats.decode_s = time.perf_counter() - start
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backend import forward_one
+
 
 @dataclass(frozen=True)
 class PerplexityResult:
@@ -28,7 +30,10 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def perplexity(model, text: str, n_ctx: int = 512, progress: bool = False) -> PerplexityResult:
+def perplexity(model, text: str, n_ctx: int = 512, progress: bool = False,
+               adapters: tuple = ()) -> PerplexityResult:
+    """llama-perplexity's figure for ``text`` (see the module docstring), with LoRA ``adapters``
+    applied at run time."""
     tok = model.tokenizer
     tokens = tok.encode(text)  # BOS as the metadata says, like llama.cpp
     add_bos = bool(tokens) and tok.add_bos
@@ -43,7 +48,7 @@ def perplexity(model, text: str, n_ctx: int = 512, progress: bool = False) -> Pe
         chunk = np.array(tokens[c * n_ctx:(c + 1) * n_ctx])
         if add_bos:
             chunk[0] = tok.bos_id
-        logits = model.transformer.forward(chunk, 0, kv, all_logits=True).astype(np.float64)
+        logits = forward_one(model.transformer, chunk, 0, kv, adapters, all_logits=True).astype(np.float64)
         logp = log_softmax(logits[first:n_ctx - 1])
         nll = -logp[np.arange(len(logp)), chunk[first + 1:n_ctx]]
         nll_sum += float(nll.sum())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from perro_pastor.tools.download import download, list_models
+from perro_pastor.downloader.download import download, list_models
 
 
 class ModelPicker:

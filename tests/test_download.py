@@ -20,11 +20,11 @@ import pytest
 
 from hub_server import FakeHub
 from perro_pastor.errors import DownloadError
-from perro_pastor.tools import download as dl
-from perro_pastor.tools import fetch as fetch_mod
-from perro_pastor.tools.catalog import CATALOG, resolve_spec
-from perro_pastor.tools.fetch import Policy
-from perro_pastor.tools.model_folder import detect_type, safe_filename
+from perro_pastor.downloader import download as dl
+from perro_pastor.downloader import fetch as fetch_mod
+from perro_pastor.downloader.catalog import CATALOG, resolve_spec
+from perro_pastor.downloader.fetch import Policy
+from perro_pastor.downloader.model_folder import detect_type, safe_filename
 
 FAST = Policy(attempts=4, backoff=0.01, backoff_max=0.05, connect_timeout=2.0, read_timeout=0.5,
               stall_window=0.3, stall_min_bytes=4000)
@@ -226,7 +226,7 @@ def test_server_errors_are_retried_with_backoff(hub, blob, tmp_path):
 
 def run_cli(args: list[str], hub, extra_env: dict | None = None, **kw) -> subprocess.Popen:
     env = {**os.environ, "HF_ENDPOINT": hub.url, **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "perro_pastor.tools.download", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "perro_pastor.downloader.download", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 

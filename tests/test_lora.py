@@ -16,7 +16,7 @@ import perro_pastor
 from perro_pastor.backend import Segment, run_to_end
 from perro_pastor.cpu import rope
 from perro_pastor.errors import ModelFormatError
-from perro_pastor.lora import AdaptedTransformer, load_adapter, parse_lora_arg
+from perro_pastor.lora import load_adapter, parse_lora_arg
 from perro_pastor.perplexity import perplexity
 from perro_pastor.tools.merge_lora import main as merge_main, merge_lora
 from perro_pastor.tools.requantize import requantize
@@ -94,8 +94,8 @@ def test_runtime_matches_merged_logits_and_perplexity(model, merged_a, adapter_f
     assert np.abs(got - plain).max() > 0.5, "the adapter should change the logits"
     np.testing.assert_allclose(got, want, atol=LOGIT_TOL, rtol=0)
 
-    ppl_runtime = perplexity(SimpleNamespace(tokenizer=model.tokenizer,
-                                             transformer=AdaptedTransformer(tr, (a,))), TEXT, n_ctx=16)
+    ppl_runtime = perplexity(SimpleNamespace(tokenizer=model.tokenizer, transformer=tr), TEXT, n_ctx=16,
+                             adapters=(a,))
     ppl_merged = perplexity(merged, TEXT, n_ctx=16)
     ppl_plain = perplexity(model, TEXT, n_ctx=16)
     assert ppl_runtime.ppl == pytest.approx(ppl_merged.ppl, rel=1e-4)

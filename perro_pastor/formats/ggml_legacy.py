@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..quant import TYPE_INFO, GGMLType, type_name
-from . import ByteReader, ModelFile, TensorInfo, parse_mapped
+from .model_file import ByteReader, ModelFile, TensorInfo, parse_mapped
 from .llama2c import llama_vocab_metadata, token_type
 
 MAGICS = {

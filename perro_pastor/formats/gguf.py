@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..quant import TYPE_INFO, GGMLType, type_name
-from . import ByteReader, ModelFile, TensorInfo, parse_mapped
+from .model_file import ByteReader, ModelFile, TensorInfo, parse_mapped
 
 GGUF_MAGIC = b"GGUF"
 GGUF_MAGIC_SWAPPED = b"FUGG"  # the magic written as a big-endian uint32

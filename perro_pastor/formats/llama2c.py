@@ -34,7 +34,7 @@ from typing import Any
 
 from ..errors import ModelFormatError
 from ..quant import GGMLType
-from . import ByteReader, ModelFile, TensorInfo, close_quietly, map_file, parse_mapped
+from .model_file import ByteReader, ModelFile, TensorInfo, close_quietly, map_file, parse_mapped
 
 LLAMA2C_MAGIC = struct.pack("<I", 0x616B3432)  # b"24ka" on disk
 LEGACY_HEADER_BYTES = 7 * 4

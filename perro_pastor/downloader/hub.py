@@ -72,7 +72,7 @@ def new_session() -> requests.Session:
     return s
 
 
-def _check_status(r: requests.Response, what: str) -> None:
+def check_status(r: requests.Response, what: str) -> None:
     if r.status_code < 400:
         return
     if r.status_code in (401, 403):
@@ -81,11 +81,11 @@ def _check_status(r: requests.Response, what: str) -> None:
         raise DownloadError(f"{what}: HTTP {r.status_code}, the repository is gated or private ({hint})")
     if r.status_code == 404:
         raise DownloadError(f"{what}: not found (HTTP 404) at {endpoint()}")
-    raise _Retryable(f"{what}: HTTP {r.status_code}") if r.status_code >= 500 or r.status_code == 429 \
+    raise Retryable(f"{what}: HTTP {r.status_code}") if r.status_code >= 500 or r.status_code == 429 \
         else DownloadError(f"{what}: HTTP {r.status_code}")
 
 
-class _Retryable(DownloadError):
+class Retryable(DownloadError):
     """A fault worth retrying (5xx, 429, connection reset, timeout, stall)."""
 
 
@@ -102,8 +102,8 @@ def file_info(session: requests.Session, repo: str, filename: str, revision: str
     try:
         head = session.head(resolve_url(repo, revision, filename), allow_redirects=False, timeout=timeout)
     except requests.RequestException as e:
-        raise _Retryable(f"{what}: cannot reach {endpoint()}: {type(e).__name__}") from e
-    _check_status(head, what)
+        raise Retryable(f"{what}: cannot reach {endpoint()}: {type(e).__name__}") from e
+    check_status(head, what)
     commit = (head.headers.get("X-Repo-Commit") or "").lower()
     if not _HEX40.match(commit):
         raise DownloadError(f"{what}: the server sent no usable X-Repo-Commit header ({commit!r}); "
@@ -144,10 +144,10 @@ def _tree_entry(session: requests.Session, repo: str, filename: str, commit: str
     try:
         r = session.get(url, timeout=timeout)
     except requests.RequestException as e:
-        raise _Retryable(f"{what}: tree API unreachable: {type(e).__name__}") from e
+        raise Retryable(f"{what}: tree API unreachable: {type(e).__name__}") from e
     if r.status_code == 404:
         return None
-    _check_status(r, f"{what} (tree API)")
+    check_status(r, f"{what} (tree API)")
     try:
         listing = r.json()
     except ValueError:

@@ -1,6 +1,6 @@
 """The model-folder downloader: a Python API for games and the `download`/`models`/`models-dir` CLI.
 
-    from perro_pastor.tools.download import download
+    from perro_pastor.downloader.download import download
     results = download("smollm2-135m", progress=lambda p: print(p.state, p.done, p.total))
 
 Every file is verified against the SHA-256 the Hub publishes before it gets its final name; see
@@ -80,7 +80,7 @@ def _file_info_with_retries(session, f: CatalogFile, policy: Policy) -> hub.Remo
     for attempt in range(1, policy.attempts + 1):
         try:
             return hub.file_info(session, f.repo, f.filename, f.revision, timeout=policy.read_timeout)
-        except hub._Retryable:
+        except hub.Retryable:
             if attempt == policy.attempts:
                 raise
             time.sleep(min(policy.backoff * 2 ** (attempt - 1), policy.backoff_max))
@@ -286,7 +286,7 @@ class _TqdmProgress:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perro_pastor.tools.download",
+    parser = argparse.ArgumentParser(prog="python -m perro_pastor.downloader.download",
                                      description="perro_pastor model-folder downloader")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -28,7 +28,7 @@ import requests
 import urllib3
 
 from ..errors import DownloadError
-from .hub import RemoteFile, _check_status, _Retryable
+from .hub import RemoteFile, check_status, Retryable
 from .model_folder import FileLock, Slot, read_json, sidecar_matches, write_json
 
 
@@ -172,8 +172,8 @@ def _transfer_with_retries(session, remote, slot, policy, emit, notes, resumed_f
             notes.append(f"{e}; restarting from 0")
             emit(Progress(remote.filename, "restarting", 0, remote.size, attempt=attempt, message=notes[-1]))
             slot.part.unlink(missing_ok=True)
-        except (_Retryable, *_NET_ERRORS) as e:
-            last = str(e) if isinstance(e, _Retryable) else f"{type(e).__name__}: {e}"
+        except (Retryable, *_NET_ERRORS) as e:
+            last = str(e) if isinstance(e, Retryable) else f"{type(e).__name__}: {e}"
             if attempt == policy.attempts:
                 break
             wait = min(policy.backoff * 2 ** (attempt - 1), policy.backoff_max)
@@ -208,7 +208,7 @@ def _transfer(session, remote: RemoteFile, slot: Slot, policy: Policy, emit: Pro
     with r:
         if r.status_code == 416:
             raise _Restart(f"server refused Range bytes={have}- (HTTP 416)")
-        _check_status(r, f"{remote.repo}/{remote.filename}")
+        check_status(r, f"{remote.repo}/{remote.filename}")
         encoding = r.headers.get("Content-Encoding", "identity").lower()
         if encoding not in ("", "identity"):
             raise DownloadError(f"{remote.filename}: server sent Content-Encoding {encoding!r} "
@@ -221,7 +221,7 @@ def _transfer(session, remote: RemoteFile, slot: Slot, policy: Policy, emit: Pro
                 emit(Progress(remote.filename, "restarting", 0, remote.size, attempt=attempt,
                               message="server ignored Range (HTTP 200); restarting from 0"))
         else:
-            raise _Retryable(f"{remote.filename}: unexpected HTTP {r.status_code}")
+            raise Retryable(f"{remote.filename}: unexpected HTTP {r.status_code}")
         length = r.headers.get("Content-Length")
         if length and length.isdigit() and start + int(length) != remote.size:
             raise (_Restart if start else DownloadError)(
@@ -264,7 +264,7 @@ def _stream_body(r, remote, slot, policy, emit, attempt, start, resumed_from, st
             emit(Progress(remote.filename, state, pos, remote.size, resumed_from, attempt))
             if now - window_start >= policy.stall_window:
                 if window_bytes < policy.stall_min_bytes and pos < remote.size:
-                    raise _Retryable(f"{remote.filename}: stalled, {window_bytes} bytes in "
+                    raise Retryable(f"{remote.filename}: stalled, {window_bytes} bytes in "
                                      f"{now - window_start:.1f} s (minimum {policy.stall_min_bytes})")
                 window_start, window_bytes = now, 0
             if policy.deadline is not None and now - started > policy.deadline:
@@ -282,7 +282,7 @@ def _stream_body(r, remote, slot, policy, emit, attempt, start, resumed_from, st
         if fd >= 0:
             os.close(fd)
     if pos < remote.size:
-        raise _Retryable(f"{remote.filename}: connection closed after {pos} of {remote.size} bytes")
+        raise Retryable(f"{remote.filename}: connection closed after {pos} of {remote.size} bytes")
 
 
 def _write_all(fd: int, data: bytes, slot: Slot, pos: int, size: int) -> None:
