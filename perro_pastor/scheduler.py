@@ -26,7 +26,12 @@ import time
 from collections import OrderedDict
 from typing import Callable, Generator, Iterator
 
+import numpy as np
+
+from . import state
 from .backend import Segment, run_to_end
+from .chat import BUILTIN
+from .sampling import Sampler, SamplerSettings
 from .session import Session
 
 PREFIX_CACHE_SIZE = 8
@@ -66,14 +71,45 @@ class Scheduler:
 
     def session(self, **options) -> Session:
         """A new NPC on this scheduler's model (see ``Session`` for the options)."""
-        s = Session(self, **options)
+        s = Session(self, self.model, **options)
         self.sessions.append(s)
         return s
 
-    def restore(self, data: bytes, lora=None, hook=None) -> Session:
-        """A session from ``Session.save()`` bytes (refused with StateError on a mismatch)."""
-        from .state import restore_session
-        return restore_session(self, data, lora=lora, hook=hook)
+    def restore(self, data: bytes, lora=None, hook=None, where: str = "saved NPC") -> Session:
+        """A session from ``Session.save()`` bytes (refused with StateError on a mismatch).
+        ``lora`` must be the adapter it was saved with; ``hook`` re-attaches a sampler hook
+        (code is not saved)."""
+        saved = state.unpack(data, state.model_hash(self.model), state.adapter_hash(lora),
+                             self.model.file.path.name, where)
+        fields = saved.fields
+        try:
+            sampler = Sampler(SamplerSettings(**fields["settings"], hook=hook), fields["seed"])
+            options = dict(system_prompt=fields["system_prompt"], sampler=sampler, priority=fields["priority"],
+                           n_ctx=fields["n_ctx"], context_policy=fields["context_policy"], lora=lora,
+                           name=fields["name"],
+                           template=fields["template"] if fields["template"] in BUILTIN else None)
+            s = None
+            s = Session(self, self.model, **options)
+            s.restore(saved)
+        except (ValueError, KeyError, TypeError) as exc:
+            if s is not None:
+                self.model.transformer.release_cache(s.kv)
+            raise state.StateError(f"{where}: corrupt session fields: {type(exc).__name__}: {exc}") from None
+        self.sessions.append(s)
+        return s
+
+    def fork(self, session: Session, seed: int | None = None, **overrides) -> Session:
+        """A branch of ``session``'s dialogue (``Session.fork``): same history and KV rows, its
+        own future; the same RNG state unless a new ``seed`` is given."""
+        sampler = Sampler(session.sampler.settings, seed) if seed is not None else session.sampler.clone()
+        other = Session(self, self.model, **{**session.options(), "sampler": sampler, **overrides})
+        other.continue_from(session)
+        self.sessions.append(other)
+        return other
+
+    def cached_prefix(self, prefix: list[int]) -> np.ndarray | None:
+        """The KV rows of a system prompt computed before (``warmup`` or an earlier session)."""
+        return self.prefix_cache.get(tuple(prefix))
 
     def remove(self, session: Session) -> None:
         session.cancel()
@@ -100,7 +136,7 @@ class Scheduler:
         return None
 
     def _warmup_steps(self, system_prompt: str, options: dict) -> Iterator[None]:
-        s = Session(self, system_prompt=system_prompt, **options)  # a throwaway, not scheduled
+        s = Session(self, self.model, system_prompt=system_prompt, **options)  # a throwaway, not scheduled
         try:
             done = 0
             while s.prefix and tuple(s.prefix) not in self.prefix_cache:
@@ -125,7 +161,8 @@ class Scheduler:
         while len(self.prefix_cache) > PREFIX_CACHE_SIZE:
             self.prefix_cache.popitem(last=False)
 
-    def _wake(self, session: Session) -> None:
+    def wake(self, session: Session) -> None:
+        """``session`` has work (``Session.ask``): a removed session comes back."""
         if session not in self.sessions:
             self.sessions.append(session)
 
@@ -233,7 +270,7 @@ class Scheduler:
             if s.n_past == len(s.tokens) and s.busy:
                 yield  # sampling is a step of its own (it costs a few ms on a 50k vocabulary)
                 if s.epoch == epoch:
-                    s._accept(s.sampler.sample(row, s.tokens))
+                    s.accept_token(s.sampler.sample(row, s.tokens))
                     self.tokens_generated += 1
 
     def _advance_batch(self) -> None:
@@ -247,8 +284,7 @@ class Scheduler:
             members, self._batch, self._batch_members = self._batch_members, None, []
             for s in members:
                 if s.busy:
-                    s.reply.error = exc
-                    s._end_reply(s.reply, "error")
+                    s.finish_reply(s.reply, "error", error=exc)
 
     def _abandon_batch(self) -> None:
         self._batch.close()

@@ -17,22 +17,41 @@ context policies only ever shorten ``tokens``/``n_past``, so the cache is never 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from .chat import ChatTemplate, ChatTemplateError, template_for_model
+from . import state
+from .chat import ChatTemplate, ChatTemplateError, guess_builtin, template_for_model
 from .errors import PerroPastorError
 from .sampling import Sampler, SamplerSettings
-
-if TYPE_CHECKING:
-    from .scheduler import Scheduler
 
 POLICIES = ("error", "drop_oldest", "shift")
 
 
 class ContextFullError(PerroPastorError):
     """A session's context window is full and its policy is ``error``."""
+
+
+class SessionHost(Protocol):
+    """What a session needs from whoever runs its work (``Scheduler``): sessions never drive
+    themselves, they only tell their host that work is waiting."""
+    sync_budget_ms: float
+
+    def wake(self, session: "Session") -> None:
+        """``session`` has tokens to process: schedule it."""
+
+    def cached_prefix(self, prefix: list[int]) -> np.ndarray | None:
+        """The KV rows of a system prompt computed before (``export_kv`` layout), or None."""
+
+    def tick(self, budget_ms: float) -> int:
+        """Advance all work a frame's worth (a blocking wait on a reply calls it in a loop)."""
+
+    def ensure_async_driver(self) -> None:
+        """Make sure something ticks once per frame on the running asyncio loop."""
+
+    def fork(self, session: "Session", seed: int | None = None, **overrides) -> "Session":
+        """A new session on the same host, continuing ``session``'s dialogue."""
 
 
 class Reply:
@@ -68,7 +87,7 @@ class Reply:
     def cancel(self) -> None:
         """Stop now. The KV cache keeps exactly the tokens it fully processed."""
         if not self.done:
-            self.session._end_reply(self, "cancelled")
+            self.session.finish_reply(self, "cancelled")
 
     # -- sync driving: each wait ticks the scheduler (for scripts, tests and the CLI)
     def __iter__(self) -> Iterator[str]:
@@ -79,7 +98,8 @@ class Reply:
                 yield self._pieces[i - 1]
             if self.done:
                 break
-            self.session.scheduler.tick(self.session.scheduler.sync_budget_ms)
+            host = self.session.host
+            host.tick(host.sync_budget_ms)
         if self.error:
             raise self.error
 
@@ -98,7 +118,7 @@ class Reply:
         return self.text
 
     async def __aiter__(self):
-        self.session.scheduler.ensure_async_driver()
+        self.session.host.ensure_async_driver()
         i = 0
         while True:
             while i < len(self._pieces):
@@ -143,14 +163,14 @@ class Reply:
 class Session:
     """One NPC on a shared model. Create it with ``Scheduler.session(...)``."""
 
-    def __init__(self, scheduler: "Scheduler", system_prompt: str | None = None,
+    def __init__(self, host: SessionHost, model, system_prompt: str | None = None,
                  sampler: SamplerSettings | Sampler | None = None, seed: int | None = None,
                  priority: int = 0, n_ctx: int = 512, context_policy: str = "drop_oldest",
                  template: ChatTemplate | str | None = None, lora=None, name: str = ""):
         if context_policy not in POLICIES:
             raise ValueError(f"context_policy {context_policy!r}: choose from {', '.join(POLICIES)}")
-        self.scheduler, self.model = scheduler, scheduler.model
-        self.transformer = scheduler.model.transformer
+        self.host, self.model = host, model
+        self.transformer = model.transformer
         cfg = self.model.config
         if not 2 <= n_ctx <= cfg.seq_len:
             raise ValueError(f"n_ctx {n_ctx} must be in 2..{cfg.seq_len} (the model's context)")
@@ -180,7 +200,6 @@ class Session:
         try:
             return self.template.render(messages, add_generation_prompt)
         except ChatTemplateError:
-            from .chat import guess_builtin
             self.template = guess_builtin(None, self.model.tokenizer.tokens)
             return self.template.render(messages, add_generation_prompt)
 
@@ -220,7 +239,7 @@ class Session:
             raise
         self._replace_tokens(prompt)
         self.reply = Reply(self, max_tokens, stop, on_token, ignore_eos)
-        self.scheduler._wake(self)
+        self.host.wake(self)
         return self.reply
 
     def cancel(self) -> None:
@@ -228,14 +247,48 @@ class Session:
             self.reply.cancel()
 
     def save(self, kv_dtype: str = "f16") -> bytes:
-        from .state import save_session
-        return save_session(self, kv_dtype)
+        """This NPC as bytes (state.py's layout): history, tokens, KV rows, sampler and RNG."""
+        if kv_dtype not in state.KV_DTYPES:
+            raise ValueError(f"kv_dtype {kv_dtype!r}: choose from {', '.join(state.KV_DTYPES)}")
+        if self.busy:
+            raise RuntimeError(f"session {self.name!r} is generating; cancel or await the reply before saving")
+        fields = {
+            "name": self.name, "system_prompt": self.system_prompt, "priority": self.priority,
+            "n_ctx": self.n_ctx, "context_policy": self.context_policy, "template": self.template.name,
+            "messages": self.messages, "tokens": self.tokens[:self.n_past], "n_past": self.n_past,
+            "settings": self.sampler.settings.to_dict(), "seed": self.sampler.seed,
+            "rng": self.sampler.get_state(),
+        }
+        kv = self.transformer.export_kv(self.kv, self.n_past)
+        return state.pack(fields, kv, kv_dtype, state.model_hash(self.model), state.adapter_hash(self.lora))
+
+    def restore(self, saved: state.SavedSession) -> None:
+        """Take over a saved NPC's conversation and KV rows (a fresh session made with the saved
+        options: ``Scheduler.restore`` does both)."""
+        self.sampler.set_state(saved.fields["rng"])
+        self.transformer.import_kv(self.kv, saved.kv)
+        self.messages, self.tokens, self.n_past = saved.fields["messages"], list(saved.fields["tokens"]), saved.n_past
+
+    def options(self) -> dict:
+        """The keyword arguments that make a session like this one (``Scheduler.session``)."""
+        return dict(system_prompt=self.system_prompt, sampler=self.sampler, priority=self.priority,
+                    n_ctx=self.n_ctx, context_policy=self.context_policy, template=self.template,
+                    lora=self.lora, name=self.name)
+
+    def continue_from(self, other: "Session") -> None:
+        """Copy ``other``'s processed history and KV rows into this fresh session (a fork)."""
+        if other.busy:
+            raise RuntimeError(f"session {other.name!r} is generating; cancel or await the reply before forking")
+        self.transformer.import_kv(self.kv, other.transformer.export_kv(other.kv, other.n_past))
+        self.messages = [dict(m) for m in other.messages]
+        self.tokens, self.n_past = list(other.tokens[:other.n_past]), other.n_past
 
     def fork(self, seed: int | None = None, **overrides) -> "Session":
         """A branch of this dialogue: same history and KV, its own future. Same RNG state unless
         a new ``seed`` is given."""
-        from .state import fork_session
-        return fork_session(self, seed, **overrides)
+        if self.busy:
+            raise RuntimeError(f"session {self.name!r} is generating; cancel or await the reply before forking")
+        return self.host.fork(self, seed, **overrides)
 
     # -------------------------------------------------------------------------
     # scheduler side
@@ -255,7 +308,7 @@ class Session:
             common -= 1
         self.tokens, self.n_past = list(new), common
         if self.n_past < len(self.prefix) and new[:len(self.prefix)] == self.prefix:
-            cached = self.scheduler.prefix_cache.get(tuple(self.prefix))
+            cached = self.host.cached_prefix(self.prefix)
             if cached is not None:
                 self.transformer.import_kv(self.kv, cached)
                 self.n_past = len(self.prefix)
@@ -276,16 +329,16 @@ class Session:
             prompt = make_prompt()
         return prompt
 
-    def _accept(self, token: int) -> None:
+    def accept_token(self, token: int) -> None:
         """A token was sampled for the running reply: finish, or queue it for the next step."""
         reply, tok = self.reply, self.model.tokenizer
         if not reply.ignore_eos and tok.is_eot(token):
-            return self._end_reply(reply, "eos")
+            return self.finish_reply(reply, "eos")
         reply.token_ids.append(token)
         if reply._feed(reply._decoder.feed(token)):
-            return self._end_reply(reply, "stop")
+            return self.finish_reply(reply, "stop")
         if len(reply.token_ids) >= reply.max_tokens:
-            return self._end_reply(reply, "length")
+            return self.finish_reply(reply, "length")
         self.tokens.append(token)
         if len(self.tokens) > self.n_ctx:
             self._context_full()
@@ -310,11 +363,15 @@ class Session:
                 return
         reply.error = ContextFullError(
             f"session {self.name!r}: context of {self.n_ctx} tokens is full (policy {self.context_policy})")
-        self._end_reply(reply, "context_full")
+        self.finish_reply(reply, "context_full")
 
-    def _end_reply(self, reply: Reply, reason: str) -> None:
+    def finish_reply(self, reply: Reply, reason: str, error: Exception | None = None) -> None:
+        """End ``reply`` for ``reason`` (eos | stop | length | cancelled | context_full | error):
+        flush its text, and keep in the history what the cache really holds."""
         if reply.done:
             return
+        if error is not None:
+            reply.error = error
         if reason != "cancelled":
             reply._emit(reply._held + (reply._decoder.flush() if reason != "stop" else ""))
         reply._held = ""

@@ -22,16 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import PerroPastorError
-from .sampling import Sampler, SamplerSettings
-
-if TYPE_CHECKING:
-    from .scheduler import Scheduler
-    from .session import Session
 
 MAGIC = b"PPNPC\0"
 FORMAT_VERSION = 1
@@ -104,30 +99,32 @@ def decode_kv(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 # -----------------------------------------------------------------------------
-# save / restore / fork
+# packing and unpacking (plain data: the session and the scheduler build on it)
 
-def save_session(s: "Session", kv_dtype: str = "f16") -> bytes:
+@dataclass
+class SavedSession:
+    """What ``unpack`` checked and returns: the session's fields (history, tokens, options,
+    sampler settings and RNG state) and its KV rows in ``export_kv`` layout (float32)."""
+    fields: dict
+    kv: np.ndarray
+
+    @property
+    def n_past(self) -> int:
+        return int(self.fields["n_past"])
+
+
+def pack(fields: dict, kv: np.ndarray, kv_dtype: str, model_digest: bytes, adapter_digest: bytes) -> bytes:
+    """The bytes of a session: header, ``fields`` as JSON, then ``kv`` (``export_kv`` layout)."""
     if kv_dtype not in KV_DTYPES:
         raise ValueError(f"kv_dtype {kv_dtype!r}: choose from {', '.join(KV_DTYPES)}")
-    if s.busy:
-        raise RuntimeError(f"session {s.name!r} is generating; cancel or await the reply before saving")
-    kv = s.transformer.export_kv(s.kv, s.n_past)
-    fields = {
-        "name": s.name, "system_prompt": s.system_prompt, "priority": s.priority, "n_ctx": s.n_ctx,
-        "context_policy": s.context_policy, "template": s.template.name, "messages": s.messages,
-        "tokens": s.tokens[:s.n_past], "n_past": s.n_past, "kv_dtype": kv_dtype,
-        "kv_shape": list(kv.shape), "settings": s.sampler.settings.to_dict(), "seed": s.sampler.seed,
-        "rng": s.sampler.get_state(),
-    }
-    blob = json.dumps(fields).encode()
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, model_hash(s.model), adapter_hash(s.lora), len(blob))
+    blob = json.dumps({**fields, "kv_dtype": kv_dtype, "kv_shape": list(kv.shape)}).encode()
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, model_digest, adapter_digest, len(blob))
     return header + blob + encode_kv(kv, kv_dtype)
 
 
-def restore_session(scheduler: "Scheduler", data: bytes, lora=None, hook=None,
-                    where: str = "saved NPC") -> "Session":
-    """A new session on ``scheduler`` from ``save()`` bytes. ``lora`` must be the adapter it was
-    saved with; ``hook`` re-attaches a sampler hook (code is not saved)."""
+def unpack(data: bytes, model_digest: bytes, adapter_digest: bytes, model_name: str,
+           where: str = "saved NPC") -> SavedSession:
+    """Check ``pack`` bytes against this model and adapter, and read them back."""
     if len(data) < _HEADER.size:
         raise StateError(f"{where}: {len(data)} bytes, too short for the {_HEADER.size}-byte header")
     magic, version, m_hash, a_hash, n_json = _HEADER.unpack_from(data)
@@ -135,50 +132,21 @@ def restore_session(scheduler: "Scheduler", data: bytes, lora=None, hook=None,
         raise StateError(f"{where}: magic {magic!r} is not {MAGIC!r}: not a perro_pastor NPC state")
     if version != FORMAT_VERSION:
         raise StateError(f"{where}: format version {version}, this build reads version {FORMAT_VERSION}")
-    expected = model_hash(scheduler.model)
-    if m_hash != expected:
+    if m_hash != model_digest:
         raise StateError(f"{where}: saved for model {m_hash.hex()[:16]}, this is model "
-                         f"{expected.hex()[:16]} ({scheduler.model.file.path.name})")
-    if a_hash != adapter_hash(lora):
+                         f"{model_digest.hex()[:16]} ({model_name})")
+    if a_hash != adapter_digest:
         raise StateError(f"{where}: saved with adapter {a_hash.hex()[:16]}, "
-                         f"given adapter {adapter_hash(lora).hex()[:16]}")
+                         f"given adapter {adapter_digest.hex()[:16]}")
     try:
         fields = json.loads(data[_HEADER.size:_HEADER.size + n_json])
         shape = tuple(int(d) for d in fields["kv_shape"])
         kv = decode_kv(data[_HEADER.size + n_json:], fields["kv_dtype"], shape)
-        settings = SamplerSettings(**fields["settings"], hook=hook)
         n_past = int(fields["n_past"])
+        if shape[2] != n_past or len(fields["tokens"]) != n_past:
+            raise StateError(f"{where}: KV holds {shape[2]} rows, tokens {len(fields['tokens'])}, n_past {n_past}")
     except StateError:
         raise
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise StateError(f"{where}: corrupt session fields: {type(exc).__name__}: {exc}") from None
-    if shape[2] != n_past or len(fields["tokens"]) != n_past:
-        raise StateError(f"{where}: KV holds {shape[2]} rows, tokens {len(fields['tokens'])}, n_past {n_past}")
-    from .chat import BUILTIN
-    sampler = Sampler(settings, fields["seed"])
-    sampler.set_state(fields["rng"])
-    s = scheduler.session(system_prompt=fields["system_prompt"], sampler=sampler,
-                          priority=fields["priority"], n_ctx=fields["n_ctx"],
-                          context_policy=fields["context_policy"], lora=lora, name=fields["name"],
-                          template=fields["template"] if fields["template"] in BUILTIN else None)
-    try:
-        s.transformer.import_kv(s.kv, kv)
-    except ValueError as exc:
-        scheduler.sessions.remove(s)
-        raise StateError(f"{where}: {exc}") from None
-    s.messages, s.tokens, s.n_past = fields["messages"], list(fields["tokens"]), n_past
-    return s
-
-
-def fork_session(s: "Session", seed: int | None = None, **overrides) -> "Session":
-    if s.busy:
-        raise RuntimeError(f"session {s.name!r} is generating; cancel or await the reply before forking")
-    sampler = Sampler(s.sampler.settings, seed) if seed is not None else s.sampler.clone()
-    options = dict(system_prompt=s.system_prompt, sampler=sampler, priority=s.priority, n_ctx=s.n_ctx,
-                   context_policy=s.context_policy, template=s.template, lora=s.lora, name=s.name)
-    options.update(overrides)
-    other = s.scheduler.session(**options)
-    other.transformer.import_kv(other.kv, s.transformer.export_kv(s.kv, s.n_past))
-    other.messages = [dict(m) for m in s.messages]
-    other.tokens, other.n_past = list(s.tokens[:s.n_past]), s.n_past
-    return other
+    return SavedSession(fields, kv)
