@@ -30,6 +30,7 @@ from gl_helpers import ALL_TYPES, random_weight  # noqa: E402
 from perro_pastor.gl.buffers import REPACKABLE, f32_buffer, upload_weight  # noqa: E402
 from perro_pastor.gl.context import GLContext  # noqa: E402
 from perro_pastor.gl.kernels import Kernels  # noqa: E402
+from perro_pastor.gl_figures import DispatchTimer  # noqa: E402
 from perro_pastor.quant import GGMLType  # noqa: E402
 
 SHAPES = [(1536, 576), (576, 1536), (576, 576)]  # K-quants use cols 1536 -> 1536 rows (256-blocks)
@@ -44,14 +45,15 @@ def bench(k: Kernels, glctx: GLContext, qtype: GGMLType, rows: int, cols: int, r
     dst = f32_buffer(glctx, rows * n_tokens)
     k.matvec(dst, w, x, n_tokens=n_tokens)  # JIT on first run
     glctx.ctx.finish()
-    before = k.dispatches
+    timer = DispatchTimer(k)  # counts the dispatches (two perf_counter calls each)
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(repeat):
         k.matvec(dst, w, x, n_tokens=n_tokens)
     glctx.ctx.finish()
     dt = (time.perf_counter() - t0) / repeat
     cpu = (time.process_time() - c0) / repeat
-    per_dispatch = dt / ((k.dispatches - before) / repeat)
+    per_dispatch = dt / (timer.dispatches / repeat)
+    timer.detach()
     w.release()
     return rows * cols * n_tokens / dt / 1e9, dt, per_dispatch, rows * cols * n_tokens / cpu / 1e9
 

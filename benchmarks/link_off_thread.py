@@ -97,7 +97,7 @@ def main() -> None:
     import moderngl
 
     import perro_pastor
-    from perro_pastor.gl import kernels as kernels_module
+    from perro_pastor.gl import dispatcher as dispatcher_module
     from perro_pastor.gl import shader_loader
 
     ctx = moderngl.create_standalone_context(require=430, backend="egl")
@@ -106,9 +106,9 @@ def main() -> None:
     def recording(c, name, defines):
         sources.append((name, shader_loader.assemble(name, defines).text))
         return compile_compute(c, name, defines)
-    kernels_module.compile_compute = recording
+    dispatcher_module.compile_compute = recording
     perro_pastor.load("default", backend="gl", gl_context=ctx).close()  # also warms Mesa's cache
-    kernels_module.compile_compute = compile_compute
+    dispatcher_module.compile_compute = compile_compute
 
     main_ms = []
     for _, text in sources:  # 1. on the main thread: each link is a stall

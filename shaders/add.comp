@@ -5,7 +5,7 @@
 // Buffers: 0 src (n,) f32 readonly, 1 dst (n,) f32 read-write
 // Twin:    numpy `dst + src`
 #ifndef WG_SIZE
-#define WG_SIZE 64
+#error WG_SIZE is set by its launcher (gl/layer_ops.ADD_WG)
 #endif
 layout(local_size_x = WG_SIZE) in;
 layout(std430, binding = 0) readonly buffer SrcBuf { float src[]; };

@@ -9,12 +9,14 @@
 //          2 tokens int32, writeonly (pass 2)
 // Twin:    np.argmax
 #ifndef WG_SIZE
-#define WG_SIZE 256
+#error WG_SIZE is set by its launcher (gl/sampling_ops.ARGMAX_WG)
 #endif
 #ifndef PASS
 #define PASS 1
 #endif
-#define CHUNK (WG_SIZE * 8u)
+#ifndef CHUNK
+#error CHUNK (logits per work group of pass 1) is set by its launcher (gl/sampling_ops.ARGMAX_CHUNK)
+#endif
 layout(local_size_x = WG_SIZE) in;
 layout(std430, binding = 0) readonly buffer LogitBuf { float logits[]; };
 layout(std430, binding = 1) buffer PartialBuf { uvec2 partial[]; };

@@ -22,7 +22,9 @@
 #ifndef KV_F16
 #define KV_F16 0
 #endif
-#define MAX_HEAD_SIZE 256
+#ifndef MAX_HEAD_SIZE
+#error MAX_HEAD_SIZE is defined by the loader (gl/shader_loader.SHARED_DEFINES)
+#endif
 #define LORA_A_BINDING 5
 #define LORA_WORK_BINDING 6
 #define LORA_CHUNK MAX_HEAD_SIZE

@@ -11,7 +11,7 @@
 // reads a real row instead of out of bounds.
 // Twin:    cpu.embedding
 #ifndef WG_SIZE
-#define WG_SIZE 32
+#error WG_SIZE is set by its launcher (gl/matvec_ops.EMBEDDING_WG)
 #endif
 layout(local_size_x = WG_SIZE) in;
 layout(std430, binding = 0) readonly buffer WBuf { uint W[]; };

@@ -15,7 +15,7 @@
 #define NR 4
 #endif
 #ifndef WG_SIZE
-#define WG_SIZE 16
+#error WG_SIZE is set by its launcher (gl/matvec_ops.MATVEC_WG)
 #endif
 layout(local_size_x = WG_SIZE) in;
 layout(std430, binding = 0) readonly restrict buffer WBuf { uint W[]; };

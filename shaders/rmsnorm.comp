@@ -13,12 +13,12 @@
 //          3, 4     with lora_rows > 0: A and its work buffer (common/lora_a.glsl)
 // Twin:    cpu.rmsnorm
 #ifndef WG_SIZE
-#define WG_SIZE 256
+#error WG_SIZE is set by its launcher (gl/layer_ops.RMSNORM_WG)
 #endif
 #define LORA_A_BINDING 3
 #define LORA_WORK_BINDING 4
 #ifndef LORA_CHUNK
-#define LORA_CHUNK 320  // the launcher passes layer_ops.RMSNORM_LORA_CHUNK
+#error LORA_CHUNK is set by its launcher (gl/layer_ops.RMSNORM_LORA_CHUNK)
 #endif
 layout(local_size_x = WG_SIZE) in;
 layout(std430, binding = 0) readonly buffer XBuf { float x[]; };

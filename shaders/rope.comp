@@ -16,7 +16,7 @@
 //          starting at element cache_base (WRITE_CACHE=1)
 // Twin:    cpu.rope (and the cache store of cpu.CpuTransformer)
 #ifndef WG_SIZE
-#define WG_SIZE 32
+#error WG_SIZE is set by its launcher (gl/layer_ops.ROPE_WG)
 #endif
 #ifndef POS_BUFFER
 #define POS_BUFFER 0

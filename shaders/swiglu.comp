@@ -8,12 +8,12 @@
 //          3, 4 with lora_rows > 0: A and its work buffer (common/lora_a.glsl)
 // Twin:    cpu.swiglu
 #ifndef WG_SIZE
-#define WG_SIZE 64
+#error WG_SIZE is set by its launcher (gl/layer_ops.SWIGLU_WG)
 #endif
 #define LORA_A_BINDING 3
 #define LORA_WORK_BINDING 4
 #ifndef LORA_CHUNK
-#define LORA_CHUNK 768  // the launcher passes layer_ops.SWIGLU_LORA_CHUNK
+#error LORA_CHUNK is set by its launcher (gl/layer_ops.SWIGLU_LORA_CHUNK)
 #endif
 layout(local_size_x = WG_SIZE) in;
 layout(std430, binding = 0) readonly buffer H1Buf { float h1[]; };

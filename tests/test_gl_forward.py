@@ -19,6 +19,7 @@ from perro_pastor.backend import Segment, run_to_end
 from perro_pastor.weights import PROJECTIONS
 from perro_pastor.gl import forward as gl_forward
 from perro_pastor.gl.context import assert_no_gl_error, create_headless_context
+from perro_pastor.gl_figures import DecodeFigures, DispatchTimer
 from perro_pastor.paths import default_model_path
 from perro_pastor.perplexity import perplexity
 from perro_pastor.tools import requantize as requantize_mod
@@ -127,28 +128,35 @@ def test_weights_split_into_small_parts_on_cpu_renderers(default_pair):
     limit = tr.glctx.weight_part_bytes
     assert limit == (min(SOFTWARE_PART_BYTES, tr.glctx.max_ssbo_bytes) if tr.glctx.limits.software
                      else tr.glctx.max_ssbo_bytes)
-    weights = [tr.token_embedding_table] + [getattr(layer, n) for layer in tr.layers for n in PROJECTIONS]
+    w = tr.weights
+    weights = [w.token_embedding_table] + [getattr(layer, n) for layer in w.layers for n in PROJECTIONS]
     assert all(part.buffer.size <= limit for w in weights for part in w.parts)
     if tr.glctx.limits.software:
-        assert len(tr.token_embedding_table.parts) > 1
+        assert len(w.token_embedding_table.parts) > 1
 
 
 def test_decode_step_dispatches_per_layer(default_pair):
     gl, _ = default_pair
     tr = gl.transformer
     kv = tr.new_cache(4)
-    tr.forward(np.array([1, 2]), 0, kv)
-    tr.forward(np.array([3]), 2, kv)  # a decode step: one token
-    stats = tr.bench_stats()
+    figures = DecodeFigures(tr)  # as `perro-pastor bench` measures, from outside the engine
+    try:
+        tr.forward(np.array([1, 2]), 0, kv)
+        tr.forward(np.array([3]), 2, kv)  # a decode step: one token
+        stats = figures.stats()
+    finally:
+        figures.detach()
+    assert stats["dispatches_per_token"] > 0 and "forward_steps" not in vars(tr)
     assert stats["dispatches_per_layer"] <= 12, stats
     # outside the layers: the embedding (one dispatch per buffer part), the final norm, and the
     # classifier in row slices of at most max_weights_per_dispatch weights (49152 x 576 -> 28
     # slices of 1792 rows), each cut again where a buffer part ends
     cfg = gl.config
-    _, rows_per_dispatch = tr.kernels.dispatch_shape(tr.wcls, 1)
-    assert rows_per_dispatch * cfg.dim <= tr.kernels.max_weights_per_dispatch
-    classifier = -(-cfg.vocab_size // rows_per_dispatch) + len(tr.wcls.parts) - 1
-    outside = len(tr.token_embedding_table.parts) + 1 + classifier
+    w = tr.weights
+    _, rows_per_dispatch = tr.kernels.dispatch_shape(w.wcls, 1)
+    assert rows_per_dispatch * cfg.dim <= tr.kernels.matvecs.max_weights_per_dispatch
+    classifier = -(-cfg.vocab_size // rows_per_dispatch) + len(w.wcls.parts) - 1
+    outside = len(w.token_embedding_table.parts) + 1 + classifier
     assert stats["dispatches_per_token"] <= 12 * cfg.n_layers + outside, stats
     assert stats["gl_renderer"] and stats["max_dispatch_ms"] > 0 and stats["matvec_gb_s"] > 0
     assert_no_gl_error(tr.glctx)
@@ -167,6 +175,9 @@ class Traced:
 
     def forward(self, tokens, pos0, kv, all_logits=False, trace=None):
         return self.inner.forward(tokens, pos0, kv, all_logits, trace=self.record.__setitem__)
+
+    def forward_steps(self, segments, all_logits=False, trace=None):
+        return self.inner.forward_steps(segments, all_logits, trace=self.record.__setitem__)
 
 
 @pytest.mark.parametrize("qtype", TYPES)
@@ -222,9 +233,10 @@ def test_prefill_equals_token_by_token_decode(q8_pair, monkeypatch):
     # the same prompt as passes of 2 tokens, and with attention split into one dispatch per token
     monkeypatch.setattr(tr, "max_batch", 2)
     monkeypatch.setattr(gl_forward, "ATTENTION_MACS_PER_DISPATCH", 1)
-    dispatches = tr.kernels.dispatches
+    timer = DispatchTimer(tr.kernels)
     passes = tr.forward(tokens, 0, tr.new_cache(len(tokens)), all_logits=True)
-    assert tr.kernels.dispatches - dispatches > 20 * gl.config.n_layers
+    timer.detach()
+    assert timer.dispatches > 20 * gl.config.n_layers
     np.testing.assert_allclose(passes, prefill, rtol=0, atol=2e-3 * np.abs(decode).max())
     assert_no_gl_error(tr.glctx)
 
@@ -305,10 +317,11 @@ def test_decode_with_lora_on_every_projection_folds_into_the_mat_vecs(q8_pair):
         """The logits of one decode step after the history, and the gl dispatches it took."""
         kv = transformer.new_cache(8)
         run_to_end(transformer.forward_steps([Segment(history, 0, kv, adapters)]))
-        kernels = getattr(transformer, "kernels", None)
-        before = kernels.dispatches if kernels else 0
+        timer = DispatchTimer(transformer.kernels) if transformer.name == "gl" else None
         logits = run_to_end(transformer.forward_steps([Segment(np.array([7]), len(history), kv, adapters)]))[0]
-        return logits, (kernels.dispatches - before if kernels else 0)
+        if timer is not None:
+            timer.detach()
+        return logits, (timer.dispatches if timer else 0)
 
     base_dispatches = decode(tr, ())[1]
     folded, lora_dispatches = decode(tr, (adapter,))

@@ -132,7 +132,7 @@ def test_attention(glctx, kernels, n_heads, n_kv, T, pos0, window, kv_f16):  # n
 
 def held_a(arrays, offsets, rows, cols):
     """The stacked A factors as the GPU holds them (``a_rows_int8``: int8 rows, a scale each)."""
-    from perro_pastor.gl.kernels import a_rows_int8
+    from perro_pastor.gl.lora_factors import a_rows_int8
 
     stacked = np.zeros((rows, cols), np.float32)
     for a, off in zip(arrays, offsets):
@@ -153,8 +153,8 @@ def test_kernels_that_make_x_also_compute_lora_a_x(glctx, kernels, producer, ran
     adds them up): against float64 over the A the GPU holds and the output it wrote. Twice in a
     row with new inputs (the counter is back at 0 after each dispatch); ragged chunks, and more
     rows of A than lanes in a group (ranks 64 + 9)."""
-    from perro_pastor.gl.kernels import LoraA
-    from perro_pastor.gl.state import LoraCache
+    from perro_pastor.gl.lora_factors import LoraA, lora_work
+    from perro_pastor.gl.lora_fusion import LoraCache
 
     rng = np.random.default_rng([len(producer), *ranks])
     cols = {"rmsnorm": 400, "swiglu": 1104, "attention": 9 * 48}[producer]
@@ -163,7 +163,7 @@ def test_kernels_that_make_x_also_compute_lora_a_x(glctx, kernels, producer, ran
     stacked = cache.stacked_a(arrays)
     assert stacked.offsets == {(5, 16, 3): [0, 8, 24], (64, 9): [0, 64]}[ranks]  # padded to 8 rows each
     held = held_a(arrays, stacked.offsets, stacked.rows, cols)
-    work = kernels.lora_work(stacked.rows * 16)
+    work = lora_work(kernels.gpu, stacked.rows * 16)
     lora_a = LoraA(stacked.rows_int8, stacked.rows, cols, work)
     out = f32_buffer(glctx, cols)
     for rep in range(2):

@@ -16,6 +16,7 @@ from perro_pastor.gl.buffers import REPACKABLE, f32_buffer, read_f32, upload_wei
 from perro_pastor.gl.context import GLContext, assert_no_gl_error
 from perro_pastor.gl.kernels import Kernels
 from perro_pastor.gl.state import BufferSlice
+from perro_pastor.gl_figures import DispatchTimer
 from perro_pastor.quant import TYPE_INFO, GGMLType
 
 from gl_helpers import ALL_TYPES, check_close, dequantize, glctx, kernels, random_weight  # noqa: F401
@@ -91,18 +92,18 @@ def test_matmul_split_dispatches_buffers_and_x_paths(glctx, x_ubo_bytes):  # noq
     qtype, rows, cols, T = GGMLType.Q8_0, 300, 256, 45
     small = GLContext(glctx.ctx, max_ssbo_bytes=20000)
     k = Kernels(small, max_macs_per_dispatch=128 * 16 * cols)
-    k.x_ubo_bytes = x_ubo_bytes  # the context's real limit is 64 KiB; pretend it is smaller
+    k.matvecs.x_ubo_bytes = x_ubo_bytes  # the context's real limit is 64 KiB; pretend it is smaller
     rng = np.random.default_rng(9)
     raw = random_weight(qtype, rows, cols, rng)
     w = upload_weight(small, raw, qtype, rows, cols)
     assert len(w.parts) > 1
     x = rng.standard_normal((T, cols)).astype(np.float32)
     dst = f32_buffer(glctx, T * rows)
-    before = k.dispatches
+    timer = DispatchTimer(k)
     k.matvec(dst, w, f32_buffer(glctx, x), n_tokens=T)  # routed to matmul
-    assert k.dispatches - before >= 2 * len(w.parts)
+    assert timer.dispatches >= 2 * len(w.parts)
     tokens, n_rows = k.dispatch_shape(w, T)
-    assert tokens * n_rows * cols <= k.max_macs_per_dispatch
+    assert tokens * n_rows * cols <= k.matvecs.max_macs_per_dispatch
     W = dequantize(raw, qtype, rows, cols)
     check_close(read_f32(dst, (T, rows)), x @ W.T, np.abs(x) @ np.abs(W).T, f"split matmul x_ubo={x_ubo_bytes}")
     assert_no_gl_error(glctx)

@@ -14,6 +14,7 @@ from perro_pastor.errors import BackendError
 from perro_pastor.gl.buffers import f32_buffer, i32_buffer, read_f32, rows_per_part, upload_weight
 from perro_pastor.gl.context import GLContext, assert_no_gl_error
 from perro_pastor.gl.kernels import Kernels
+from perro_pastor.gl_figures import DispatchTimer
 from perro_pastor.quant import TYPE_INFO, GGMLType
 
 from gl_helpers import ALL_TYPES, check_close, dequantize, glctx, kernels, random_weight  # noqa: F401
@@ -125,9 +126,9 @@ def test_weight_split_across_buffers_and_dispatches(glctx, repack, part_rows):  
     assert rows_per_part(68, 5000) == 73
     x = rng.standard_normal((1, cols)).astype(np.float32)
     dst = f32_buffer(glctx, rows)
-    before = k.dispatches
+    timer = DispatchTimer(k)
     k.matvec(dst, w, f32_buffer(glctx, x))
-    assert k.dispatches - before > len(w.parts)  # also split by max_weights_per_dispatch
+    assert timer.dispatches > len(w.parts)  # also split by max_weights_per_dispatch
     W = dequantize(raw, qtype, rows, cols)
     check_close(read_f32(dst, (1, rows)), x @ W.T, np.abs(x) @ np.abs(W).T, "split matvec")
     assert_no_gl_error(glctx)
@@ -146,9 +147,9 @@ def test_embedding_split_across_buffers(glctx, repack):  # noqa: F811
     assert len(w.parts) == 5
     ids = np.array([7, 299, 0, 150, 72, 73, 299, 204, 150], np.int32)
     out = f32_buffer(glctx, len(ids) * dim)
-    before = k.dispatches
+    timer = DispatchTimer(k)
     k.embedding(out, w, i32_buffer(glctx, ids), n_tokens=len(ids))
-    assert k.dispatches - before == len(w.parts)
+    assert timer.dispatches == len(w.parts)
     want = cpu.embedding(raw.reshape(-1), qtype, vocab, dim, ids)
     np.testing.assert_array_equal(read_f32(out, (len(ids), dim)), want)
     assert_no_gl_error(glctx)
@@ -182,7 +183,7 @@ def test_fused_lora_matvec(glctx, qtype, accumulate, ax_in):  # noqa: F811
     """dst (+)= W x + scale * B (A x) in one mat-vec (decode): against float64, on rows split
     across buffers and dispatches (B is indexed by the weight's row, not the part's). A x comes
     from a storage buffer, or from a uniform block at an offset (the stacked-A layout)."""
-    from perro_pastor.gl.kernels import LORA_AX_UBO_BYTES, FusedLora, LoraPair, rows_int8
+    from perro_pastor.gl.lora_factors import LORA_AX_UBO_BYTES, FusedLora, LoraPair, rows_int8
 
     rng = np.random.default_rng(int(qtype) + 7)
     rows, cols, rank, scale = 150, cols_for(qtype) * 2, 5, 0.6
@@ -222,7 +223,7 @@ def test_fused_lora_matvec(glctx, qtype, accumulate, ax_in):  # noqa: F811
 
 @pytest.mark.parametrize("rank,T", [(4, 1), (16, 3)])
 def test_lora_delta(glctx, kernels, rank, T):  # noqa: F811
-    from perro_pastor.gl.kernels import LoraPair
+    from perro_pastor.gl.lora_factors import LoraPair
 
     rng = np.random.default_rng(rank)
     rows, cols, scale = 72, 96, 0.37

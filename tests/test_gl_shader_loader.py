@@ -17,7 +17,8 @@ def test_defines_follow_version_and_line_numbers_restart():
     src = assemble("matvec.comp", {"QUANT_Q4_1": 1, "NR": 2})
     lines = src.text.splitlines()
     assert lines[0] == "#version 430"
-    assert lines[1:4] == ["#define QUANT_Q4_1 1", "#define NR 2", "#line 2 0"]
+    shared = [f"#define {k} {v}" for k, v in shader_loader.SHARED_DEFINES.items()]
+    assert lines[1:4 + len(shared)] == ["#define QUANT_Q4_1 1", "#define NR 2", *shared, "#line 2 0"]
     assert src.files == ["matvec.comp", "common/dequant.glsl", "common/bytes.glsl"]
     assert "#line 1 1" in lines and "#line 1 2" in lines
 

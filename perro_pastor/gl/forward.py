@@ -1,9 +1,9 @@
 """The ``gl`` backend: the Llama forward pass as OpenGL 4.3 compute dispatches.
 
 It mirrors ``cpu.CpuTransformer`` line for line (same interface, same checkpoint names), with one
-launcher call per line of math. Weights are uploaded once as raw GGUF blocks; activations, the
-KV caches and LoRA factors stay on the GPU; only logits (or, with a trace, the named checkpoints)
-are read back. A decode step is 12 dispatches per layer:
+launcher call per line of math. Weights are uploaded once as raw GGUF blocks (``gl.upload``);
+activations, the KV caches and LoRA factors stay on the GPU; only logits (or, with a trace, the
+named checkpoints) are read back. A decode step is 12 dispatches per layer:
 
     rmsnorm, wq, wk, wv, rope (+ KV store), attention, wo (+ residual),
     rmsnorm, w1, w3, swiglu, w2 (+ residual)
@@ -15,26 +15,22 @@ per segment, on that segment's rows (bound as buffer ranges) and its own KV cach
 
 from __future__ import annotations
 
-import time
-import weakref
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 
-from ..config import Config, rope_inv_freq
-from ..backend import Segment, run_to_end
-from ..errors import BackendError
-from ..formats import ModelFile, TensorInfo
-from ..quant import GGMLType, dequantize
-from ..weights import PROJECTIONS, Weights
-from .buffers import GLWeight, PreparedWeight, f32_buffer, prepare_weight, upload_prepared_steps
+from ..backend import Segment, Trace, run_to_end
+from ..config import Config
+from ..formats import ModelFile
+from ..weights import Weights
+from .buffers import GLWeight, PreparedWeight
 from .context import GLContext
-from .kernels import LORA_AX_UBO_BYTES, FusedLora, LoraA, padded_rank
-from .layer_ops import lora_a_groups
-from .state import BufferSlice, GlKVCache, LoraCache, Scratch, TimedKernels, buffer_offset_alignment
-
-Trace = Callable[[str, np.ndarray], None]
+from .kernels import Kernels
+from .lora_factors import FusedLora, LoraA
+from .lora_fusion import LoraCache, LoraFusion
+from .state import BufferSlice, GlKVCache, Scratch, buffer_offset_alignment
+from .upload import GlWeights, prepare_matrix, upload_order, upload_steps
+from .warm_up import warm_up_steps
 
 # Tokens per pass; longer prompts run as successive passes (bounded scratch). The per-token
 # kernels (rmsnorm, rope, swiglu) run over the whole pass in one dispatch each: at 128 tokens they
@@ -44,37 +40,9 @@ MAX_BATCH_SOFTWARE, MAX_BATCH = 48, 128
 ATTENTION_MACS_PER_DISPATCH = 1 << 18  # ~1 ms of prefill attention on 2-core llvmpipe (~3-4 ms per M)
 
 
-@dataclass
-class GlLayer:
-    """One layer's weights on the GPU, by llama2.c name."""
-    rms_att_weight: object  # (dim,) f32 buffer
-    wq: GLWeight
-    wk: GLWeight
-    wv: GLWeight
-    wo: GLWeight
-    rms_ffn_weight: object
-    w1: GLWeight
-    w2: GLWeight
-    w3: GLWeight
-
-
 def _rows(buf, width: int, a: int, b: int) -> BufferSlice:
     """Token rows a..b-1 of a (T, width) f32 buffer."""
     return BufferSlice(buf, a * width * 4, max(4, (b - a) * width * 4))
-
-
-def upload_order(weights: Weights) -> list[TensorInfo]:
-    """The weight matrices the gl backend uploads, in upload order (a tied classifier once)."""
-    order = [weights.token_embedding_table]
-    if weights.wcls is not weights.token_embedding_table:
-        order.append(weights.wcls)
-    return order + [getattr(l, n) for l in weights.layers for n in PROJECTIONS]
-
-
-def prepare_matrix(file: ModelFile, t: TensorInfo, max_ssbo_bytes: int) -> PreparedWeight:
-    """Host side of one matrix upload (validate + repack); no GL, so any thread may run it."""
-    cols, rows = t.shape
-    return prepare_weight(file.tensor_bytes(t.name), t.qtype, rows, cols, max_ssbo_bytes, t.name)
 
 
 class GlTransformer:
@@ -86,7 +54,7 @@ class GlTransformer:
         try:
             prepared = (prepare_matrix(file, t, self.glctx.weight_part_bytes) for t in upload_order(weights))
             run_to_end(self.upload_steps(weights, prepared, chunk_bytes=1 << 62))
-            self._warm_up()
+            run_to_end(self.warm_up_steps())
         except BaseException:
             self.release()  # a half-built backend leaves no GL objects behind
             raise
@@ -104,62 +72,30 @@ class GlTransformer:
         self.glctx = glctx
         self.cfg, self.kv_f16 = cfg, kv_f16
         self.max_batch = max_batch or (MAX_BATCH_SOFTWARE if glctx.limits.software else MAX_BATCH)
-        self.kernels = TimedKernels(self.glctx)
-        self.attention_macs_per_dispatch = ATTENTION_MACS_PER_DISPATCH * self.kernels.dispatch_scale
-        self.last_layer_dispatches = 0.0  # of the latest pass, for bench_stats
+        self.kernels = Kernels(self.glctx)
+        self.attention_macs_per_dispatch = ATTENTION_MACS_PER_DISPATCH * self.kernels.gpu.dispatch_scale
         self.file = file
-        self.layers: list[GlLayer] = []
+        self.weights: GlWeights | None = None
         self._made: list = []  # every weight and buffer made so far, for release at any point
 
     def upload_steps(self, weights: Weights, prepared: Iterator[PreparedWeight | None],
                      chunk_bytes: int = 4 << 20, on_bytes: Callable[[int], None] | None = None) -> Iterator[None]:
-        """Upload the model, yielding after every ``chunk_bytes`` written.
-
-        ``prepared`` gives each matrix of ``upload_order(weights)`` in order, already laid out on
-        the host (``prepare_matrix``), or None while the next one is not ready yet (this step
-        then does nothing). ``on_bytes(n)`` hears about every chunk written."""
-        def vector(t: TensorInfo) -> np.ndarray:
-            return dequantize(self.file.tensor_bytes(t.name), t.qtype, t.n_elements).astype(np.float32)
-
-        def f32(data: np.ndarray):
-            buf = f32_buffer(self.glctx, data)
-            self._made.append(buf)
-            return buf
-
-        # weights: quant blocks as they are in the file (maybe repacked); norms and rope as f32
-        uploaded: dict[str, GLWeight] = {}
-        for t in upload_order(weights):
-            p = next(prepared)
-            while p is None:
-                yield
-                p = next(prepared)
-            steps = upload_prepared_steps(self.glctx, p, chunk_bytes, made=self._made, on_bytes=on_bytes)
-            uploaded[t.name] = yield from steps
-            del p, steps  # drop the host copy now: peak memory stays about one tensor
-        self.token_embedding_table = uploaded[weights.token_embedding_table.name]
-        self.wcls = uploaded[weights.wcls.name]
-        for l in weights.layers:  # a step per layer: two small buffers are ~1.5 ms on llvmpipe
-            self.layers.append(GlLayer(rms_att_weight=f32(vector(l.rms_att_weight)),
-                                       rms_ffn_weight=f32(vector(l.rms_ffn_weight)),
-                                       **{n: uploaded[getattr(l, n).name] for n in PROJECTIONS}))
-            yield
-        self.rms_final_weight = f32(vector(weights.rms_final_weight))
-        freq_factors = vector(weights.rope_freqs) if weights.rope_freqs else None
-        inv_freq = rope_inv_freq(self.cfg, freq_factors)
-        self.n_rot = len(inv_freq)
-        self.inv_freq = f32(inv_freq.astype(np.float32))
-
+        """Upload the model, a step at a time (``gl.upload.upload_steps``), then make the scratch
+        activations and the LoRA caches."""
+        self.weights = yield from upload_steps(self.glctx, self.file, self.cfg, weights, prepared, self._made,
+                                               chunk_bytes, on_bytes)
         cfg = self.cfg
         self.s = Scratch(self.glctx, cfg)
         self.lora = LoraCache(self.glctx)
-        self._fusions: dict[tuple, tuple] = {}  # fuse_lora's answers, by layer, names and adapters
+        self.fusion = LoraFusion(cfg, self.kernels.gpu, self.lora)
         # Segments are bound as buffer ranges, whose offsets the driver wants aligned.
         align = buffer_offset_alignment(self.glctx.ctx)
         self.can_slice = all(4 * n % align == 0 for n in (cfg.dim, cfg.kv_dim, cfg.hidden_dim))
-        self.lora_groups = lora_a_groups(cfg.dim, cfg.hidden_dim, cfg.n_heads)
-        self.decode = dict(tokens=0, passes=0, wall=0.0, dispatches=0, layer_dispatches=0,
-                           dispatch_s=0.0, matvec_s=0.0)
         self.glctx.check_error("uploading the model")
+
+    def warm_up_steps(self) -> Iterator[None]:
+        """Compile every program before the first real token, a step at a time (``gl.warm_up``)."""
+        return warm_up_steps(self)
 
     def release(self) -> None:
         """Free every GL object this backend made (weights, scratch, LoRA pairs, programs), also
@@ -172,7 +108,7 @@ class GlTransformer:
             if hasattr(self, part):
                 getattr(self, part).release()
         self.kernels.release()  # compiled programs and launcher scratch
-        self.layers = []
+        self.weights = None
         self.glctx.release()
 
     # -------------------------------------------------------------------------
@@ -192,24 +128,12 @@ class GlTransformer:
         return True
 
     def export_kv(self, kv: GlKVCache, n_tokens: int) -> np.ndarray:
-        """Rows 0..n_tokens-1 of ``kv``: (2, n_layers, n_tokens, n_kv_heads, head_size), keys then
-        values, in the cache's dtype (f16 or f32), the format of ``CpuTransformer.export_kv``."""
-        if not 0 <= n_tokens <= kv.n_ctx:
-            raise ValueError(f"cannot export {n_tokens} KV rows from a context of {kv.n_ctx}")
-        return np.stack([np.stack([kv.read(kind, l, n_tokens) for l in range(kv.n_layers)])
-                         for kind in (kv.key_cache, kv.value_cache)])
+        """Rows 0..n_tokens-1 of ``kv`` in the format of ``CpuTransformer.export_kv``."""
+        return kv.export(n_tokens)
 
     def import_kv(self, kv: GlKVCache, array: np.ndarray) -> None:
         """Write rows 0..n-1 of ``kv`` from an ``export_kv`` array (any float dtype, any backend)."""
-        if array.ndim != 5 or array.shape[0] != 2 or array.shape[1] != kv.n_layers \
-                or array.shape[2] > kv.n_ctx or array.shape[3:] != kv.row_shape:
-            raise ValueError(f"KV array of shape {array.shape} does not fit a cache of shape "
-                             f"{(kv.n_layers, kv.n_ctx) + kv.row_shape}")
-        data = np.ascontiguousarray(array, dtype=kv.dtype)
-        if array.shape[2]:
-            for l in range(kv.n_layers):
-                kv.key_cache[l].write(data[0, l].tobytes())
-                kv.value_cache[l].write(data[1, l].tobytes())
+        kv.import_rows(array)
 
     # -------------------------------------------------------------------------
     # the forward pass
@@ -232,13 +156,13 @@ class GlTransformer:
         self._check(segments)
         total = sum(len(seg.tokens) for seg in segments)
         if total <= self.max_batch and (len(segments) == 1 or self.can_slice):
-            return (yield from self._timed_pass(segments, all_logits, trace))
+            return (yield from self._pass(segments, all_logits, trace))
         results = []
         for seg in segments:
             pieces = []
             for a in range(0, len(seg.tokens), self.max_batch):
                 piece = Segment(seg.tokens[a:a + self.max_batch], seg.pos0 + a, seg.kv, seg.adapters)
-                pieces.append((yield from self._timed_pass([piece], all_logits, trace))[0])
+                pieces.append((yield from self._pass([piece], all_logits, trace))[0])
             results.append(np.concatenate(pieces) if all_logits else pieces[-1])
         return results
 
@@ -254,12 +178,15 @@ class GlTransformer:
     def decode_greedy(self, tokens: np.ndarray, pos0: int, kv: GlKVCache) -> int:
         """Run ``tokens`` like ``forward`` and pick the most likely next token on the GPU: only the
         4-byte id is read back, never the (vocab,) logits."""
-        segment = Segment(tokens, pos0, kv)
-        self._check([segment])
         if len(tokens) > self.max_batch:
             return int(np.argmax(self.forward(tokens, pos0, kv)))
-        for _ in self._timed_pass([segment], False, None, read_logits=False):
-            pass
+        return run_to_end(self.greedy_steps(Segment(tokens, pos0, kv)))
+
+    def greedy_steps(self, segment: Segment) -> Iterator[None]:
+        """``decode_greedy`` of one segment of at most ``max_batch`` tokens (with its adapters) as
+        steps; returns the id (via StopIteration)."""
+        self._check([segment])
+        yield from self._pass([segment], False, None, read_logits=False)
         self.kernels.argmax(self.s.next_token, self.s.logits, self.cfg.vocab_size)
         return int(np.frombuffer(self.s.next_token.read(size=4), np.int32)[0])
 
@@ -276,17 +203,16 @@ class GlTransformer:
         s.tokens.write(np.concatenate([np.asarray(seg.tokens, np.int32) for seg in segments]).tobytes())
 
         # the residual stream starts as each token's embedding, looked up on the GPU: (T,) -> (T, dim)
-        k.embedding(s.x, self.token_embedding_table, s.tokens, n_tokens=T)
+        k.embedding(s.x, self.weights.token_embedding_table, s.tokens, n_tokens=T)
         check("embedding", s.x, (dim,))
         yield
 
-        layers_start = k.dispatches
-        for l, w in enumerate(self.layers):
+        for l, w in enumerate(self.weights.layers):
             # ---------------------------------------------------------------- attention
             # pre-norm: RMSNorm the block's input, scaled per feature by a learned weight
             # (a lone decode token's LoRA: the norm also computes A xb for q, k and v, and each
-            # projection's mat-vec adds its B (A xb); fuse_lora says what to fuse)
-            lora_a, fused = self.fuse_lora(l, ("wq", "wk", "wv"), spans)
+            # projection's mat-vec adds its B (A xb); LoraFusion.fuse says what to fuse)
+            lora_a, fused = self.fusion.fuse(l, ("wq", "wk", "wv"), spans)
             k.rmsnorm(s.xb, s.x, w.rms_att_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T, lora_a=lora_a)
             check(f"L{l}.att_norm", s.xb, (dim,))
             yield
@@ -298,8 +224,8 @@ class GlTransformer:
 
             # rotate q and k by position (RoPE), and store each segment's k, v in its own cache
             for seg, a, b in spans:
-                k.rope(_rows(s.q, dim, a, b), _rows(s.k, kv_dim, a, b), self.inv_freq,
-                       n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=hs, n_rot=self.n_rot,
+                k.rope(_rows(s.q, dim, a, b), _rows(s.k, kv_dim, a, b), self.weights.inv_freq,
+                       n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=hs, n_rot=self.weights.n_rot,
                        n_tokens=b - a, pos0=seg.pos0, v=_rows(s.v, kv_dim, a, b),
                        k_cache=seg.kv.key_cache[l], v_cache=seg.kv.value_cache[l],
                        seq_len=seg.kv.n_ctx, kv_f16=seg.kv.f16)
@@ -309,7 +235,7 @@ class GlTransformer:
 
             # each segment's queries attend over its own past, all heads in one dispatch: -> xb
             # (a lone decode token's LoRA on wo: attention also computes A xb)
-            lora_a, fused = self.fuse_lora(l, ("wo",), spans)
+            lora_a, fused = self.fusion.fuse(l, ("wo",), spans)
             for seg, a, b in spans:
                 yield from self.attend(seg, l, a, b, lora_a)
             check(f"L{l}.att", s.xb, (cfg.n_heads, hs))
@@ -319,21 +245,19 @@ class GlTransformer:
             check(f"L{l}.att_out", s.x, (dim,))
 
             # ---------------------------------------------------------------- feed-forward
-            lora_a, fused = self.fuse_lora(l, ("w1", "w3"), spans)
+            lora_a, fused = self.fusion.fuse(l, ("w1", "w3"), spans)
             k.rmsnorm(s.xb, s.x, w.rms_ffn_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T, lora_a=lora_a)
             yield
 
             # SwiGLU: a gated projection up to hidden_dim, hb = silu(w1 xb) * (w3 xb), and back down
             yield from self.project(s.hb, l, "w1", s.xb, spans, fused=fused)
             yield from self.project(s.hb2, l, "w3", s.xb, spans, fused=fused)
-            lora_a, fused = self.fuse_lora(l, ("w2",), spans)  # swiglu also computes A hb for w2
+            lora_a, fused = self.fusion.fuse(l, ("w2",), spans)  # swiglu also computes A hb for w2
             k.swiglu(s.hb, s.hb, s.hb2, n=T * cfg.hidden_dim, lora_a=lora_a)
             check(f"L{l}.ffn_hidden", s.hb, (cfg.hidden_dim,))
             yield
             yield from self.project(s.x, l, "w2", s.hb, spans, accumulate=True, fused=fused)
             check(f"L{l}.ffn_out", s.x, (dim,))
-
-        self.last_layer_dispatches = (k.dispatches - layers_start) / len(self.layers)  # for bench
 
         # ---------------------------------------------------------------- output
         # the classifier needs only each segment's last token, unless every position is scored
@@ -344,9 +268,9 @@ class GlTransformer:
                 self.glctx.ctx.copy_buffer(s.xl, s.x, size=dim * 4, read_offset=(b - 1) * dim * 4,
                                            write_offset=i * dim * 4)
             n_out, last = len(spans), s.xl
-        k.rmsnorm(s.xb, last, self.rms_final_weight, dim=dim, eps=cfg.rms_eps, n_tokens=n_out)
+        k.rmsnorm(s.xb, last, self.weights.rms_final_weight, dim=dim, eps=cfg.rms_eps, n_tokens=n_out)
         yield
-        yield from self.matvec(s.logits, self.wcls, s.xb, n_out)
+        yield from self.matvec(s.logits, self.weights.wcls, s.xb, n_out)
 
         # the only read-back of the pass: (n_out, vocab) logits (none when sampling on the GPU)
         if not read_logits:
@@ -365,8 +289,8 @@ class GlTransformer:
                 fused: dict | None = None) -> Iterator[None]:
         """dst (+)= W x for weight ``name`` of layer ``l`` over every token, then each segment's
         LoRA deltas on its own rows: dst[a:b] += scale * B (A x[a:b]). Base weights never change.
-        A delta in ``fused`` (from ``fuse_lora``) is added inside the mat-vec instead."""
-        w = getattr(self.layers[l], name)
+        A delta in ``fused`` (from ``LoraFusion.fuse``) is added inside the mat-vec instead."""
+        w = getattr(self.weights.layers[l], name)
         adapter, lora = (fused or {}).get(name, (None, None))
         yield from self.matvec(dst, w, x, spans[-1][2], accumulate, lora=lora)
         for seg, a, b in spans:
@@ -378,59 +302,6 @@ class GlTransformer:
                     pair = self.lora.pair(factors[0], factors[1], f"L{l}.{name}")
                     self.kernels.lora(_rows(dst, w.rows, a, b), pair, _rows(x, w.cols, a, b),
                                       other.scale, n_tokens=b - a)
-
-    def fuse_lora(self, l: int, names: tuple[str, ...], spans: list) -> tuple[LoraA | None, dict]:
-        """For a lone decode token (one segment, one token) with adapters: its first adapter's
-        deltas on the projections in ``names`` (they share their input x), fused. Returns the
-        ``LoraA`` for the kernel that makes x, which then also computes every A x (no dispatch
-        of its own), and {name: (adapter, FusedLora)} for ``project``, whose mat-vecs add B (A x)
-        in their epilogue. Batches and any further adapters take the two-dispatch
-        ``Kernels.lora`` in ``project``. (None, {}) when there is nothing to fuse."""
-        if len(spans) != 1 or spans[0][2] != 1 or not spans[0][0].adapters:
-            return None, {}
-        # room for the parts of the most rows A x may have (the work buffer then never moves)
-        work = self.kernels.lora_work(LORA_AX_UBO_BYTES // 4 * self.lora_groups)
-        return self._fusion(l, names, spans[0][0].adapters, work)
-
-    def _fusion(self, l: int, names: tuple[str, ...], adapters: tuple, work) -> tuple[LoraA | None, dict]:
-        """``fuse_lora``'s answer, made once per layer, projection group, adapters and work buffer,
-        then kept (a decode step asks 4 times per layer, and this is Python the LoRA step would
-        pay every token). Entries hold the adapters weakly: a dropped adapter's entry is made
-        again if its id returns."""
-        key = (l, names, tuple(id(a) for a in adapters))
-        entry = self._fusions.get(key)
-        if entry is not None and entry[1] is work and all(ref() is a for ref, a in zip(entry[0], adapters)):
-            return entry[2]
-        for adapter in adapters:
-            members = [(name, adapter.factors(l, name)) for name in names]
-            members = [(name, f) for name, f in members if f is not None]
-            if members:
-                break
-        else:
-            members = []
-        fusion = None, {}
-        if members and self._can_fuse(names, sum(padded_rank(len(f[0])) for _, f in members)):
-            stacked = self.lora.stacked_a([f[0] for _, f in members])
-            fusion = (LoraA(stacked.rows_int8, stacked.rows, stacked.cols, work),
-                      {name: (adapter, FusedLora(self.lora.pair(f[0], f[1], f"L{l}.{name}"), work, adapter.scale, off))
-                       for (name, f), off in zip(members, stacked.offsets)})
-        try:
-            refs = [weakref.ref(a) for a in adapters]
-        except TypeError:  # an adapter object without weak references: not kept
-            return fusion
-        # drop the entries of adapters that are gone (a miss is rare: once per layer and group)
-        self._fusions = {k: v for k, v in self._fusions.items() if all(r() is not None for r in v[0])}
-        self._fusions[key] = (refs, work, fusion)
-        return fusion
-
-    def _can_fuse(self, names: tuple[str, ...], rows: int) -> bool:
-        """Whether the kernel that makes these projections' input can compute their A x
-        (common/lora_a.glsl): rows of A, and each group's chunk (a head, for wo), in whole
-        uvec4s of int8, and A x within the uniform block the mat-vecs read."""
-        cfg = self.cfg
-        width = cfg.hidden_dim if names == ("w2",) else cfg.dim
-        aligned = width % 16 == 0 and (names != ("wo",) or cfg.head_size % 16 == 0)
-        return aligned and rows * 4 <= LORA_AX_UBO_BYTES
 
     def matvec(self, dst, w: GLWeight, x, n_tokens: int, accumulate: bool = False,
                lora: FusedLora | None = None) -> Iterator[None]:
@@ -451,7 +322,7 @@ class GlTransformer:
     def attend(self, seg: Segment, l: int, a: int, b: int, lora_a: LoraA | None = None) -> Iterator[None]:
         """Attention of segment rows a..b-1 (q -> xb), split into groups of query tokens so that
         one dispatch stays short however long the prompt is; ``lora_a``: a lone decode token's
-        A xb for wo's fused LoRA delta (``fuse_lora``)."""
+        A xb for wo's fused LoRA delta (``LoraFusion.fuse``)."""
         cfg, s = self.cfg, self.s
         macs_per_token = cfg.n_heads * (seg.pos0 + b - a) * cfg.head_size * 2
         group = max(1, self.attention_macs_per_dispatch // macs_per_token) if self.can_slice else b - a
@@ -473,36 +344,3 @@ class GlTransformer:
             n = int(np.prod(shape))
             trace(name, np.frombuffer(buf.read(size=T * n * 4), np.float32).reshape((T,) + shape).copy())
         return check
-
-    # -------------------------------------------------------------------------
-    # start-up and measurement
-
-    def _warm_up(self) -> None:
-        run_to_end(self.warm_up_steps())
-
-    def warm_up_steps(self) -> Iterator[None]:
-        """Compile every program before the first real token, a step at a time (``gl.warm_up``)."""
-        from .warm_up import warm_up_steps
-        return warm_up_steps(self)
-
-    def _timed_pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None,
-                    read_logits: bool = True) -> Iterator[None]:
-        """``_pass``, with decode passes (one token per segment) counted for ``bench_stats``."""
-        if any(len(seg.tokens) != 1 for seg in segments):
-            return (yield from self._pass(segments, all_logits, trace, read_logits))
-        t, d = self.kernels.timing, self.decode
-        count0, seconds0, mv0, start = t.count, t.seconds, t.by_program.get("matvec.comp", 0.0), time.perf_counter()
-        result = yield from self._pass(segments, all_logits, trace, read_logits)
-        d["wall"] += time.perf_counter() - start
-        d["tokens"] += len(segments)
-        d["passes"] += 1
-        d["dispatches"] += t.count - count0
-        d["dispatch_s"] += t.seconds - seconds0
-        d["matvec_s"] += t.by_program.get("matvec.comp", 0.0) - mv0
-        d["layer_dispatches"] = self.last_layer_dispatches
-        return result
-
-    def bench_stats(self) -> dict:
-        """Figures of the decode steps run so far, for ``perro-pastor bench`` (``gl.decode_figures``)."""
-        from .decode_figures import decode_figures
-        return decode_figures(self)

@@ -1,81 +1,79 @@
 """Launchers for the per-layer ops other than mat-vec: rmsnorm, rope, attention, swiglu, add.
 
-A mixin of ``Kernels`` (it uses ``self.program``, ``self._run`` and ``self.barrier``), kept in its
-own module so each launcher file stays short. Buffers are moderngl buffers; shapes are explicit.
+Part of ``Kernels`` (``gl/kernels.py``): every dispatch goes through the shared ``Dispatcher``.
+Buffers are moderngl buffers (or ``BufferSlice``s); shapes are explicit.
 """
 
 from __future__ import annotations
 
 from ..errors import BackendError
+from .dispatcher import Dispatcher, n_groups
+from .lora_factors import LoraA, bind_lora_a
+from .shader_loader import MAX_HEAD_SIZE
 
-MAX_HEAD_SIZE = 256  # attention.comp keeps one query head in shared memory
-RMSNORM_WG = SWIGLU_WG = 64
+RMSNORM_WG = SWIGLU_WG = ADD_WG = 64
+ROPE_WG = 32  # one invocation per pair of features of a head
 # With a LoRA A, rmsnorm and swiglu cut their row into this many columns at most per work group
 # (their shader's LORA_CHUNK; multiples of 16): few groups, so few partial sums and little of the
 # per-group cost, yet two for the default model, one per llvmpipe thread (docs/lora.md)
 RMSNORM_LORA_CHUNK, SWIGLU_LORA_CHUNK = 320, 768
 
 
-def _lora_chunk(n: int, most: int) -> int:
+def lora_chunk(n: int, most: int) -> int:
     """Columns per work group for n columns, at most ``most``, balanced, a multiple of 16."""
-    return _groups(_groups(n, _groups(n, most)), 16) * 16
-
-
-def lora_a_groups(dim: int, hidden_dim: int, n_heads: int) -> int:
-    """The most work groups a kernel computing a LoRA A x uses for this model (rmsnorm over
-    dim, attention one per head, swiglu over hidden_dim): each writes one part per row of A."""
-    return max(_groups(dim, _lora_chunk(dim, RMSNORM_LORA_CHUNK)), n_heads,
-               _groups(hidden_dim, _lora_chunk(hidden_dim, SWIGLU_LORA_CHUNK)))
-
-
-def _groups(n: int, size: int) -> int:
-    return (n + size - 1) // size
+    return n_groups(n_groups(n, n_groups(n, most)), 16) * 16
 
 
 class LayerOps:
+    """The per-layer launchers of one ``Kernels``."""
+
+    def __init__(self, gpu: Dispatcher) -> None:
+        self.gpu = gpu
+
     # -- rmsnorm --------------------------------------------------------------------------------
 
-    def rmsnorm(self, out, x, weight, dim: int, eps: float, n_tokens: int = 1, lora_a=None) -> None:
+    def rmsnorm(self, out, x, weight, dim: int, eps: float, n_tokens: int = 1,
+                lora_a: LoraA | None = None) -> None:
         """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight, for each of n_tokens rows of dim.
 
         With ``lora_a`` (a ``LoraA``; one token) also A out, for the fused LoRA deltas of the
         mat-vecs that read out: the row is then cut into chunks of at most RMSNORM_LORA_CHUNK
         columns, one work group each, and each adds its chunk's part (common/lora_a.glsl)."""
-        prog = self.program("rmsnorm.comp", WG_SIZE=RMSNORM_WG, LORA_CHUNK=RMSNORM_LORA_CHUNK)
+        prog = self.gpu.program("rmsnorm.comp", WG_SIZE=RMSNORM_WG, LORA_CHUNK=RMSNORM_LORA_CHUNK)
         x.bind_to_storage_buffer(0)
         weight.bind_to_storage_buffer(1)
         out.bind_to_storage_buffer(2)
-        chunk = dim if lora_a is None else _lora_chunk(dim, RMSNORM_LORA_CHUNK)
-        n_chunks = _groups(dim, chunk)
+        chunk = dim if lora_a is None else lora_chunk(dim, RMSNORM_LORA_CHUNK)
+        n_chunks = n_groups(dim, chunk)
         if lora_a is not None and (n_tokens != 1 or lora_a.cols != dim):
             raise BackendError(f"rmsnorm: a LoRA A of width {lora_a.cols} takes one token of {dim}, got {n_tokens}")
-        lora = self._lora_a(lora_a, 3, n_chunks)
-        self._run(prog, n_chunks, n_tokens, dim=dim, chunk=chunk, eps=eps, **lora)
-        self.barrier()
+        lora = bind_lora_a(lora_a, 3, n_chunks)
+        self.gpu.run(prog, n_chunks, n_tokens, dim=dim, chunk=chunk, eps=eps, **lora)
+        self.gpu.barrier()
 
     # -- elementwise ----------------------------------------------------------------------------
 
-    def swiglu(self, out, h1, h3, n: int, lora_a=None) -> None:
+    def swiglu(self, out, h1, h3, n: int, lora_a: LoraA | None = None) -> None:
         """out = silu(h1) * h3 over n elements (the FFN gate: hb = silu(w1 x) * w3 x); with
         ``lora_a`` (one token's n elements) also A out, for a fused LoRA delta on w2."""
-        prog = self.program("swiglu.comp", WG_SIZE=SWIGLU_WG, LORA_CHUNK=SWIGLU_LORA_CHUNK)
+        prog = self.gpu.program("swiglu.comp", WG_SIZE=SWIGLU_WG, LORA_CHUNK=SWIGLU_LORA_CHUNK)
         h1.bind_to_storage_buffer(0)
         h3.bind_to_storage_buffer(1)
         out.bind_to_storage_buffer(2)
         if lora_a is not None and lora_a.cols != n:
             raise BackendError(f"swiglu: a LoRA A of width {lora_a.cols} does not fit {n} elements")
-        chunk = SWIGLU_WG if lora_a is None else _lora_chunk(n, SWIGLU_LORA_CHUNK)
-        lora = self._lora_a(lora_a, 3, _groups(n, chunk))
-        self._run(prog, _groups(n, chunk), n=n, chunk=chunk, **lora)
-        self.barrier()
+        chunk = SWIGLU_WG if lora_a is None else lora_chunk(n, SWIGLU_LORA_CHUNK)
+        lora = bind_lora_a(lora_a, 3, n_groups(n, chunk))
+        self.gpu.run(prog, n_groups(n, chunk), n=n, chunk=chunk, **lora)
+        self.gpu.barrier()
 
     def add(self, dst, src, n: int) -> None:
         """dst += src over n elements (the residual connection)."""
-        prog = self.program("add.comp")
+        prog = self.gpu.program("add.comp", WG_SIZE=ADD_WG)
         src.bind_to_storage_buffer(0)
         dst.bind_to_storage_buffer(1)
-        self._run(prog, _groups(n, 64), n=n)
-        self.barrier()
+        self.gpu.run(prog, n_groups(n, ADD_WG), n=n)
+        self.gpu.barrier()
 
     # -- rope -----------------------------------------------------------------------------------
 
@@ -93,8 +91,8 @@ class LayerOps:
             raise BackendError(f"rope: head_size {head_size} must be even")
         n_rot = head_size // 2 if n_rot is None else n_rot
         write_cache = k_cache is not None
-        prog = self.program("rope.comp", POS_BUFFER=int(positions is not None), WRITE_CACHE=int(write_cache),
-                            KV_F16=int(kv_f16))
+        prog = self.gpu.program("rope.comp", POS_BUFFER=int(positions is not None), WRITE_CACHE=int(write_cache),
+                                KV_F16=int(kv_f16), WG_SIZE=ROPE_WG)
         q.bind_to_storage_buffer(0)
         k.bind_to_storage_buffer(1)
         inv_freq.bind_to_storage_buffer(3)
@@ -114,14 +112,14 @@ class LayerOps:
             v_cache.bind_to_storage_buffer(6)
             uniforms.update(cache_base=cache_base, seq_len=seq_len)
             slots += n_kv_heads
-        self._run(prog, _groups(head_size // 2, 32), slots, n_tokens, **uniforms)
-        self.barrier()
+        self.gpu.run(prog, n_groups(head_size // 2, ROPE_WG), slots, n_tokens, **uniforms)
+        self.gpu.barrier()
 
     # -- attention ------------------------------------------------------------------------------
 
     def attention(self, out, q, k_cache, v_cache, *, n_heads: int, n_kv_heads: int, head_size: int,
                   pos0: int, seq_len: int, n_tokens: int = 1, cache_base: int = 0,
-                  sliding_window: int = 0, kv_f16: bool = False, att=None, lora_a=None) -> None:
+                  sliding_window: int = 0, kv_f16: bool = False, att=None, lora_a: LoraA | None = None) -> None:
         """out[t, h] = softmax(q[t, h] . K / sqrt(hs)) V over cache rows 0..pos0+t (causal, GQA).
 
         ``att`` is scratch of at least n_heads * n_tokens * seq_len floats; one is kept per
@@ -137,17 +135,17 @@ class LayerOps:
         if cache_base % 2:
             raise BackendError(f"attention: cache_base {cache_base} must be even")
         if att is None:
-            att = self.scratch("att", n_heads * n_tokens * seq_len * 4)
+            att = self.gpu.scratch("att", n_heads * n_tokens * seq_len * 4)
         if lora_a is not None and (n_tokens != 1 or head_size % 16 or lora_a.cols != n_heads * head_size):
             raise BackendError(f"attention: a LoRA A of width {lora_a.cols} takes one token of {n_heads} heads "
                                f"of {head_size} (a multiple of 16), got {n_tokens}")
-        prog = self.program("attention.comp", KV_F16=int(kv_f16))
+        prog = self.gpu.program("attention.comp", KV_F16=int(kv_f16))
         q.bind_to_storage_buffer(0)
         k_cache.bind_to_storage_buffer(1)
         v_cache.bind_to_storage_buffer(2)
         att.bind_to_storage_buffer(3)
         out.bind_to_storage_buffer(4)
-        lora = self._lora_a(lora_a, 5, n_heads)
-        self._run(prog, n_heads, n_tokens, head_size=head_size, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                  pos0=pos0, seq_len=seq_len, cache_base=cache_base, sliding_window=sliding_window, **lora)
-        self.barrier()
+        lora = bind_lora_a(lora_a, 5, n_heads)
+        self.gpu.run(prog, n_heads, n_tokens, head_size=head_size, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                     pos0=pos0, seq_len=seq_len, cache_base=cache_base, sliding_window=sliding_window, **lora)
+        self.gpu.barrier()

@@ -20,6 +20,16 @@ from ..errors import BackendError
 
 SHADER_PACKAGE = "perro_pastor.shaders"
 
+# Values the launchers and the shaders both depend on, stated once, here: ``assemble`` #defines
+# them in every shader, and a shader that reads one has no value of its own (it says #error).
+# A x of a fused LoRA delta (stacked ranks up to 1024) fills the first LORA_AX_WORDS words of the
+# work buffer of common/lora_a.glsl, read by matvec.comp as a uniform block; its counter follows,
+# then from LORA_PARTS_WORD on the per-group partial sums.
+LORA_AX_WORDS = 1024
+LORA_PARTS_WORD = LORA_AX_WORDS + 4
+MAX_HEAD_SIZE = 256  # attention.comp keeps one query head in shared memory
+SHARED_DEFINES = {"LORA_AX_WORDS": LORA_AX_WORDS, "LORA_PARTS": LORA_PARTS_WORD, "MAX_HEAD_SIZE": MAX_HEAD_SIZE}
+
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*(//.*)?$')
 _VERSION = re.compile(r"^\s*#\s*version\b")
 # Mesa writes "3:42(7): error: ..."; NVIDIA "3(42) : error ..."; AMD/others "ERROR: 3:42: ...".
@@ -66,11 +76,15 @@ def _format_define(value: object) -> str:
 
 
 def assemble(name: str, defines: dict[str, object] | None = None) -> ShaderSource:
-    """Build the full source of ``shaders/<name>`` with ``defines`` injected after ``#version``.
+    """Build the full source of ``shaders/<name>`` with ``defines``, then ``SHARED_DEFINES``,
+    injected after ``#version``.
 
     Includes are resolved relative to the shaders/ root and pasted once (include guards by file
     name), so two common files may both include a third.
     """
+    defines = dict(defines or {})
+    for key, value in SHARED_DEFINES.items():
+        defines.setdefault(key, value)
     src = ShaderSource(text="", files=[])
     out: list[str] = []
     included: set[str] = set()
@@ -86,7 +100,7 @@ def assemble(name: str, defines: dict[str, object] | None = None) -> ShaderSourc
         for lineno, line in enumerate(lines, start=1):
             if file_id == 0 and _VERSION.match(line):
                 out.append(line)
-                for key, value in (defines or {}).items():
+                for key, value in defines.items():
                     out.append(f"#define {key} {_format_define(value)}")
                 out.append(f"#line {lineno + 1} 0")
                 continue

@@ -1,5 +1,5 @@
-"""What the GL forward pass keeps between dispatches: KV caches, scratch activations, buffer views,
-uploaded LoRA pairs, and per-dispatch timing.
+"""What the GL forward pass keeps between dispatches: KV caches, scratch activations and buffer
+views.
 
 Everything here lives on the GPU; the host only holds handles. ``forward.py`` narrates the math
 and uses these pieces by llama2.c names (``x xb q k v hb hb2 logits``).
@@ -7,17 +7,10 @@ and uses these pieces by llama2.c names (``x xb q k v hb hb2 logits``).
 
 from __future__ import annotations
 
-import time
-import weakref
-from collections import deque
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from ..config import Config
-from ..errors import BackendError
 from .context import GLContext
-from .kernels import Kernels, LoraPair, a_rows_int8, padded_rank
 
 GL_SHADER_STORAGE_BUFFER_OFFSET_ALIGNMENT = 0x90DF
 
@@ -85,6 +78,26 @@ class GlKVCache:
         raw = kind[layer].read(size=size) if size else b""
         return np.frombuffer(raw, dtype=self.dtype).reshape((n_tokens,) + self.row_shape)
 
+    def export(self, n_tokens: int) -> np.ndarray:
+        """Rows 0..n_tokens-1: (2, n_layers, n_tokens, n_kv_heads, head_size), keys then values, in
+        the cache's dtype (f16 or f32), the format of ``CpuTransformer.export_kv``."""
+        if not 0 <= n_tokens <= self.n_ctx:
+            raise ValueError(f"cannot export {n_tokens} KV rows from a context of {self.n_ctx}")
+        return np.stack([np.stack([self.read(kind, l, n_tokens) for l in range(self.n_layers)])
+                         for kind in (self.key_cache, self.value_cache)])
+
+    def import_rows(self, array: np.ndarray) -> None:
+        """Write rows 0..n-1 from an ``export`` array (any float dtype, from any backend)."""
+        if array.ndim != 5 or array.shape[0] != 2 or array.shape[1] != self.n_layers \
+                or array.shape[2] > self.n_ctx or array.shape[3:] != self.row_shape:
+            raise ValueError(f"KV array of shape {array.shape} does not fit a cache of shape "
+                             f"{(self.n_layers, self.n_ctx) + self.row_shape}")
+        data = np.ascontiguousarray(array, dtype=self.dtype)
+        if array.shape[2]:
+            for l in range(self.n_layers):
+                self.key_cache[l].write(data[0, l].tobytes())
+                self.value_cache[l].write(data[1, l].tobytes())
+
     def release(self) -> None:
         for buf in self.key_cache + self.value_cache:
             buf.release()
@@ -142,133 +155,3 @@ class Scratch:
         for buf in self.buffers.values():
             buf.release()
         self.buffers, self.capacity = {}, 0
-
-
-# -----------------------------------------------------------------------------
-# LoRA pairs, uploaded once per factor arrays
-
-@dataclass
-class StackedA:
-    """``LoraCache.stacked_a``: A factors sharing an input, as one buffer of int8 rows."""
-    rows_int8: object
-    rows: int
-    cols: int
-    offsets: list[int]  # where each factor's rows (and its A x) start
-
-    def release(self) -> None:
-        self.rows_int8.release()
-
-
-class LoraCache:
-    """Uploaded ``LoraPair``s keyed by the identity of the adapter's A array.
-
-    Adapters are frozen dataclasses holding a dict (unhashable) and ``with_scale`` copies share
-    their factors, so the arrays, not the adapter objects, are the key. An entry holds a weak
-    reference to A; pairs whose A was garbage-collected are released on the next lookup (on the
-    GL thread, never from a finalizer)."""
-
-    def __init__(self, glctx: GLContext):
-        self.glctx = glctx
-        self.pairs: dict[int, tuple[weakref.ref, LoraPair]] = {}
-        self.stacks: dict[tuple, tuple[weakref.ref, StackedA]] = {}
-
-    def pair(self, a: np.ndarray, b: np.ndarray, name: str) -> LoraPair:
-        entry = self.pairs.get(id(a))
-        if entry is not None and entry[0]() is a:
-            return entry[1]
-        self.purge()
-        pair = LoraPair(self.glctx, np.asarray(a, np.float32), np.asarray(b, np.float32), name)
-        self.pairs[id(a)] = (weakref.ref(a), pair)
-        return pair
-
-    def stacked_a(self, arrays: list[np.ndarray]) -> "StackedA":
-        """The A factors of projections that share an input, each padded to a multiple of 8 rows
-        (a ``LoraPair``'s padded rank) and stacked, as int8 rows with a scale each
-        (``a_rows_int8``: the kernel that makes the input computes every A x from them,
-        common/lora_a.glsl); cached like the pairs (weakly, by the first A; keyed by all of them).
-        The rounding (half a step of 1/127 of a row's largest value) is far below what LoRA
-        factors carry; the width must be a multiple of 16."""
-        key = tuple(id(a) for a in arrays)
-        entry = self.stacks.get(key)
-        if entry is not None and entry[0]() is arrays[0]:
-            return entry[1]
-        self.purge()
-        padded = [np.zeros((padded_rank(len(a)), a.shape[1]), np.float32) for a in arrays]
-        for p, a in zip(padded, arrays):
-            p[:len(a)] = a
-        offsets = np.cumsum([0] + [len(p) for p in padded[:-1]]).tolist()
-        stacked = np.concatenate(padded)
-        rows, cols = stacked.shape
-        if cols % 16:
-            raise BackendError(f"stacked LoRA A: width {cols} is not a multiple of 16")
-        upload = StackedA(self.glctx.ctx.buffer(a_rows_int8(stacked).tobytes()), rows, cols, offsets)
-        self.stacks[key] = (weakref.ref(arrays[0]), upload)
-        return upload
-
-    def release(self) -> None:
-        self._drop(dead_only=False)
-
-    def purge(self) -> None:
-        """Release the uploads whose first A factor is gone (its adapter was dropped)."""
-        self._drop(dead_only=True)
-
-    def _drop(self, dead_only: bool) -> None:
-        for cache in (self.pairs, self.stacks):  # entries: (weakref to the first A, upload, ...)
-            for key, entry in list(cache.items()):
-                if not dead_only or entry[0]() is None:
-                    entry[1].release()
-                    del cache[key]
-
-
-# -----------------------------------------------------------------------------
-# dispatch timing
-
-DURATIONS_KEPT = 200_000
-
-
-@dataclass
-class DispatchStats:
-    """Per-dispatch wall time. On a synchronous driver (llvmpipe runs the work inside
-    glDispatchCompute) this is the kernel's time; on a real GPU it is only the submission."""
-    count: int = 0
-    seconds: float = 0.0
-    max_seconds: float = 0.0
-    by_program: dict[str, float] = field(default_factory=dict)
-    # the latest dispatches' times, for percentiles (bounded: a game runs for hours)
-    durations: deque = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
-
-    def reset(self) -> None:
-        self.count, self.seconds, self.max_seconds = 0, 0.0, 0.0
-        self.by_program.clear()
-        self.durations.clear()
-
-    def percentile_ms(self, q: float) -> float:
-        return float(np.percentile(self.durations, q)) * 1000 if self.durations else 0.0
-
-
-class TimedKernels(Kernels):
-    """``Kernels`` that times every dispatch (two perf_counter calls: negligible next to the
-    ~20 us a dispatch costs) and attributes it to its shader, so ``bench_stats`` can split
-    mat-vec time from everything else."""
-
-    def __init__(self, glctx: GLContext, **kwargs):
-        super().__init__(glctx, **kwargs)
-        self.timing = DispatchStats()
-        self._names: dict[int, str] = {}
-
-    def program(self, name: str, **defines: object):
-        prog = super().program(name, **defines)
-        self._names[id(prog)] = name
-        return prog
-
-    def _run(self, prog, gx: int, gy: int = 1, gz: int = 1, **uniforms: object) -> None:
-        start = time.perf_counter()
-        super()._run(prog, gx, gy, gz, **uniforms)
-        dt = time.perf_counter() - start
-        t = self.timing
-        t.count += 1
-        t.seconds += dt
-        t.max_seconds = max(t.max_seconds, dt)
-        t.durations.append(dt)
-        name = self._names.get(id(prog), "?")
-        t.by_program[name] = t.by_program.get(name, 0.0) + dt

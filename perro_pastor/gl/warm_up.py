@@ -7,13 +7,14 @@ that skipped this would freeze on its first reply. ``GlTransformer.warm_up_steps
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator
 
 import numpy as np
 
 from ..backend import Segment
 from ..weights import PROJECTIONS
-from .kernels import LoraPair
+from .lora_factors import LoraPair
 
 
 class _ZeroAdapter:
@@ -41,35 +42,30 @@ def warm_up_steps(tr) -> Iterator[None]:
     Only one layer of each kind (same quant types) runs: programs depend on the types, not on
     the layer, so the other layers would only repeat compiled dispatches (a 30-layer model
     warms up in ~1/20 of the dispatches)."""
-    all_layers, kinds = tr.layers, {}
-    for layer in all_layers:
+    all_weights, kinds = tr.weights, {}
+    for layer in all_weights.layers:
         kind = tuple(tuple(sorted(getattr(layer, n).defines.items())) for n in PROJECTIONS)
         kinds.setdefault(kind, layer)
     kv = tr.new_cache(8)
     zeros = np.zeros((1, tr.cfg.dim), np.float32)
     pair = LoraPair(tr.glctx, zeros, zeros.T.copy(), "warm-up")
-    tr.layers = list(kinds.values())
+    tr.weights = replace(all_weights, layers=list(kinds.values()))
     try:
         for dry_run in (True, False):
-            tr.kernels.dry_run = dry_run
+            tr.kernels.gpu.dry_run = dry_run
             yield from tr.forward_steps([Segment(np.zeros(2, np.int64), 0, kv)], all_logits=True)
             yield from tr.forward_steps([Segment(np.zeros(5, np.int64), 2, kv)], all_logits=True)
-            yield from tr._timed_pass([Segment(np.zeros(1, np.int64), 7, kv)], False, None, read_logits=False)
-            zero_adapter = _ZeroAdapter(tr.layers[0])  # the fused LoRA mat-vecs (decode)
-            yield from tr._timed_pass([Segment(np.zeros(1, np.int64), 7, kv, (zero_adapter,))], False, None,
-                                      read_logits=False)
-            tr.kernels.argmax(tr.s.next_token, tr.s.logits, tr.cfg.vocab_size)
-            tr.s.next_token.read(size=4)
+            yield from tr.greedy_steps(Segment(np.zeros(1, np.int64), 7, kv))
+            zero_adapter = _ZeroAdapter(tr.weights.layers[0])  # the fused LoRA mat-vecs (decode)
+            yield from tr.greedy_steps(Segment(np.zeros(1, np.int64), 7, kv, (zero_adapter,)))
             yield
             for n_tokens in (1, 2):
                 tr.kernels.lora(tr.s.xb, pair, tr.s.x, 0.0, n_tokens=n_tokens)
                 yield
     finally:
-        tr.kernels.dry_run = False
-        tr.layers = all_layers
+        tr.kernels.gpu.dry_run = False
+        tr.weights = all_weights
         kv.release()
         pair.release()
     tr.glctx.check_error("warming up the gl backend")
-    tr.kernels.timing.reset()
-    tr.decode = {key: type(value)() for key, value in tr.decode.items()}
 

@@ -15,18 +15,20 @@
 // x[c0 .. c0 + n) (c0 and n multiples of 16), then calls lora_a_part in uniform control flow.
 // With lora_rows = 0 nothing is read or written, so one program serves with and without LoRA.
 //
-// Buffers: LORA_A_BINDING    A (lora_rows, lora_cols) as int8 (kernels.a_rows_int8): each row's
-//                            largest |value| (f32 bits; padded to a multiple of 4 words), then
-//                            the rows * 127 / that, 16 per uvec4
-//          LORA_WORK_BINDING  uint words: [0, 1024) A x (f32 bits; the uniform block matvec.comp
-//                            reads), [1024] the counter (0 between dispatches), from 1028 on the
-//                            parts, (n_groups, lora_rows) f32 bits
+// Buffers: LORA_A_BINDING    A (lora_rows, lora_cols) as int8 (lora_factors.a_rows_int8): each
+//                            row's largest |value| (f32 bits; padded to a multiple of 4 words),
+//                            then the rows * 127 / that, 16 per uvec4
+//          LORA_WORK_BINDING  uint words: [0, LORA_AX_WORDS) A x (f32 bits; the uniform block
+//                            matvec.comp reads), [LORA_AX_WORDS] the counter (0 between
+//                            dispatches), from LORA_PARTS on the parts, (n_groups, lora_rows) f32
+//                            bits (both words are stated in gl/shader_loader.py)
 #ifndef COMMON_LORA_A_GLSL
 #define COMMON_LORA_A_GLSL
 
-#define LORA_AX_WORDS 1024u
+#if !defined(LORA_AX_WORDS) || !defined(LORA_PARTS)
+#error LORA_AX_WORDS and LORA_PARTS are defined by the loader (gl/shader_loader.SHARED_DEFINES)
+#endif
 #define LORA_COUNTER LORA_AX_WORDS
-#define LORA_PARTS (LORA_AX_WORDS + 4u)
 
 layout(std430, binding = LORA_A_BINDING) readonly restrict buffer LoraA { uint lora_a[]; };
 layout(std430, binding = LORA_A_BINDING) readonly restrict buffer LoraA4 { uvec4 lora_a4[]; };  // the same
