@@ -70,3 +70,17 @@ def test_compile_error_in_top_file_after_include(glctx, monkeypatch):  # noqa: F
     with pytest.raises(BackendError) as info:
         compile_compute(glctx.ctx, "bad.comp", {"X": 1})
     assert re.search(r"bad\.comp:5\b", str(info.value)), str(info.value)
+
+
+def test_shared_constants_are_stated_once_in_python(glctx):  # noqa: F811
+    """Values both sides depend on come from Python: the loader defines SHARED_DEFINES in every
+    shader (a caller's value wins), and a knob only the launcher sets stops the compile when
+    missing instead of falling back to a second copy in the file."""
+    text = assemble("attention.comp").text
+    assert f"#define MAX_HEAD_SIZE {shader_loader.MAX_HEAD_SIZE}" in text
+    assert "#define MAX_HEAD_SIZE 8" in assemble("attention.comp", {"MAX_HEAD_SIZE": 8}).text
+    assert assemble("attention.comp", {"MAX_HEAD_SIZE": 8}).text.count("#define MAX_HEAD_SIZE") == 1
+    for name in ("common/lora_a.glsl", "attention.comp"):
+        assert not re.search(r"#define (LORA_AX_WORDS|LORA_PARTS|MAX_HEAD_SIZE) ", shader_loader.read_shader_file(name))
+    with pytest.raises(BackendError, match="WG_SIZE"):
+        compile_compute(glctx.ctx, "add.comp")
