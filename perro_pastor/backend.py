@@ -57,6 +57,10 @@ class Transformer(Protocol):
     def release_cache(self, kv: KVCache) -> None:
         """Free what ``kv`` holds now rather than at garbage collection (GPU buffers)."""
 
+    def limit_threads(self, n_threads: int | None) -> None:
+        """At most ``n_threads`` CPU threads for work started from the calling thread (None: the
+        defaults); a backend that computes elsewhere ignores it."""
+
     def poll(self) -> bool:
         """True when the backend can take the next step without waiting (its GPU fences have
         signalled); a synchronous backend always returns True."""

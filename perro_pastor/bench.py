@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from .backend import forward_one
+from .gl_figures import DecodeFigures
 
 
 def run_bench(model, n_prompt: int = 128, n_gen: int = 64, repeats: int = 3, adapters: tuple = ()) -> dict:
@@ -17,6 +18,7 @@ def run_bench(model, n_prompt: int = 128, n_gen: int = 64, repeats: int = 3, ada
     transformer = model.transformer
     prefill, decode = [], []
     forward_one(transformer, prompt[:8], 0, transformer.new_cache(16), adapters)  # warm-up: caches, shader compiles
+    figures = DecodeFigures.attach(transformer)  # gl: times its dispatches from here on; cpu: None
     for _ in range(repeats):
         kv = transformer.new_cache(n_prompt + n_gen + 1)
         start = time.perf_counter()
@@ -37,9 +39,9 @@ def run_bench(model, n_prompt: int = 128, n_gen: int = 64, repeats: int = 3, ada
         "decode_tok_s": round(statistics.median(decode), 2),
         "host_ms_per_token": round(1000 / statistics.median(decode), 3),
     }
-    extra = getattr(transformer, "bench_stats", None)
-    if callable(extra):
-        row.update(extra())
+    if figures is not None:
+        row.update(figures.stats())
+        figures.detach()
     for key in ("dispatches_per_token", "max_dispatch_ms", "gl_renderer"):
         row.setdefault(key, None)  # the cpu backend has no dispatches or renderer
     return row

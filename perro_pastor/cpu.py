@@ -9,16 +9,17 @@ in float32, or in float64 for tests, and can record named checkpoints (``L3.q``,
 from __future__ import annotations
 
 import math
-import mmap
 import sys
 from types import SimpleNamespace
-from typing import Generator, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from . import quant
 from .backend import Segment, Trace, run_to_end
 from .config import Config, rope_inv_freq
+from .cpu_cache import KVCache
+from .cpu_threads import blas_controller, limit_kernel_threads, steps_on_blas_threads
 from .float_weights import DEFAULT_CACHE_BUDGET, CpuWeights
 from .formats import ModelFile
 from .weights import Weights
@@ -130,29 +131,6 @@ NUMPY_OPS = SimpleNamespace(rmsnorm=rmsnorm, apply_rope=apply_rope, attention=at
 # -----------------------------------------------------------------------------
 # state
 
-class KVCache:
-    """Keys and values of every layer for one sequence: (n_layers, n_kv_heads, n_ctx, head_size)."""
-
-    def __init__(self, cfg: Config, n_ctx: int, dtype=np.float32):
-        shape = (cfg.n_layers, cfg.n_kv_heads, n_ctx, cfg.head_size)
-        self.key_cache = zeros_in_small_pages(shape, dtype)
-        self.value_cache = zeros_in_small_pages(shape, dtype)
-        self.n_ctx = n_ctx
-
-
-def zeros_in_small_pages(shape: tuple, dtype) -> np.ndarray:
-    """np.zeros in 4 KiB pages. NumPy asks Linux for 2 MiB huge pages on large arrays; a new KV
-    cache is first written a few rows per layer and head, and each of those first writes then
-    zeroed a whole 2 MiB page: restoring a 50-token persona into a fresh cache took 37-52 ms on
-    the game's frame thread, 2 ms in small pages."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if nbytes == 0 or not hasattr(mmap, "MADV_NOHUGEPAGE"):
-        return np.zeros(shape, dtype)
-    pages = mmap.mmap(-1, nbytes)  # anonymous: zero-filled, each page made on first touch
-    pages.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(pages, dtype).reshape(shape)
-
-
 def pick_kernels(kernels: str, dtype: np.dtype) -> str:
     """Resolve "auto" to "numba" or "numpy"; refuse what cannot run."""
     if kernels not in KERNELS:
@@ -171,39 +149,12 @@ def pick_kernels(kernels: str, dtype: np.dtype) -> str:
     return kernels
 
 
-def blas_controller():
-    """threadpoolctl's handle on the process's BLAS libraries (the game extra), found once: the
-    search walks every loaded shared library (3-15 ms), so do it before a frame needs it."""
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-        _blas_controller = ThreadpoolController().select(user_api="blas")
-    return _blas_controller
-
-
-_blas_controller = None
-
-
-def steps_on_blas_threads(steps: Iterator[None], n_threads: int) -> Generator[None, None, object]:
-    """Run the generator ``steps`` with BLAS limited to ``n_threads`` while each step runs; the
-    setting is restored between steps, so work interleaved with them keeps its own. Returns what
-    ``steps`` returns. ~30 us a step."""
-    controller = blas_controller()
-    while True:
-        with controller.limit(limits=n_threads):
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value
-        yield
-
-
 # -----------------------------------------------------------------------------
 # the transformer
 
 class CpuTransformer:
     name = "cpu"
-    _prefill_blas_threads: int | None = None
+    prefill_blas_threads: int | None = None  # see limit_threads
 
     def __init__(self, mf: ModelFile, cfg: Config, weights: Weights, dtype=np.float32,
                  cache_budget: int = DEFAULT_CACHE_BUDGET, kernels: str = "auto"):
@@ -219,7 +170,7 @@ class CpuTransformer:
         self.few_token_ops = cpu_kernels if self.cpu_kernels == "numba" else NUMPY_OPS
         if self.cpu_kernels == "numba":
             cpu_kernels.warm_up()  # compiled once per machine, then loaded from the user's cache
-            blas_controller()  # found now, not inside the first prefill (forward_steps)
+        blas_controller()  # found now (3-15 ms), not inside the first prefill (forward_steps)
         for layer in weights.layers:
             self.store.fuse((layer.wq, layer.wk, layer.wv))
             self.store.fuse((layer.w1, layer.w3))
@@ -229,18 +180,14 @@ class CpuTransformer:
         self.rms_ffn = [self.store.vector(l.rms_ffn_weight) for l in weights.layers]
         self.rms_final = self.store.vector(weights.rms_final_weight)
 
-    @property
-    def prefill_blas_threads(self) -> int | None:
-        """BLAS threads for the steps of a pass that prefills; None (the default) leaves BLAS as
-        configured. A game sets 1 (sample_game): its prefill steps are small matmuls, and a
-        second BLAS thread that the renderer keeps off its core stretches a 3 ms step to 20-35 ms."""
-        return self._prefill_blas_threads
-
-    @prefill_blas_threads.setter
-    def prefill_blas_threads(self, n_threads: int | None) -> None:
-        if n_threads is not None:
-            blas_controller()  # now, not inside the first prefill step
-        self._prefill_blas_threads = n_threads
+    def limit_threads(self, n_threads: int | None) -> None:
+        """At most ``n_threads`` for the compiled kernels called from this thread (numba's count is
+        per thread) and for BLAS in the steps of a pass that prefills; None: the defaults. A game
+        that ticks on its own thread sets 1 there (sample_game): a second thread that the renderer
+        keeps off its core stretches a 3 ms step to 20-35 ms."""
+        self.prefill_blas_threads = n_threads
+        if self.cpu_kernels == "numba":
+            limit_kernel_threads(n_threads)
 
     def new_cache(self, n_ctx: int) -> KVCache:
         return KVCache(self.cfg, n_ctx, self.dtype)
@@ -256,23 +203,10 @@ class CpuTransformer:
         """Nothing to free beyond what garbage collection frees (the file is the Model's)."""
 
     def export_kv(self, kv: KVCache, n_tokens: int) -> np.ndarray:
-        """A copy of the first ``n_tokens`` rows of ``kv``: (2, n_layers, n_tokens, n_kv_heads,
-        head_size), keys then values, in the cache's dtype. Sessions save, fork and share prompt
-        prefixes through it without knowing how a backend stores its cache."""
-        if not 0 <= n_tokens <= kv.n_ctx:
-            raise ValueError(f"cannot export {n_tokens} KV rows from a context of {kv.n_ctx}")
-        keys_values = np.stack([kv.key_cache[:, :, :n_tokens], kv.value_cache[:, :, :n_tokens]])
-        return np.ascontiguousarray(keys_values.transpose(0, 1, 3, 2, 4))
+        return kv.export_rows(n_tokens)
 
     def import_kv(self, kv: KVCache, array: np.ndarray) -> None:
-        """Write rows 0..n-1 of ``kv`` from an ``export_kv`` array (any float dtype)."""
-        shape = kv.key_cache.shape
-        if array.ndim != 5 or array.shape[0] != 2 or array.shape[1] != shape[0] \
-                or array.shape[2] > kv.n_ctx or array.shape[3:] != (shape[1], shape[3]):
-            raise ValueError(f"KV array of shape {array.shape} does not fit a cache of shape {shape}")
-        n = array.shape[2]
-        kv.key_cache[:, :, :n] = array[0].transpose(0, 2, 1, 3)
-        kv.value_cache[:, :, :n] = array[1].transpose(0, 2, 1, 3)
+        kv.import_rows(array)
 
     def forward(self, tokens: np.ndarray, pos0: int, kv: KVCache, all_logits: bool = False,
                 trace: Trace | None = None) -> np.ndarray:

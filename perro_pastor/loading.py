@@ -313,7 +313,7 @@ class LoadTask:
             if self._cancel.is_set():
                 raise LoadCancelled
             if self.backend == "gl":
-                from .gl.forward import upload_order
+                from .gl.upload import upload_order
                 tensors = upload_order(model.weights)
             else:
                 tensors = model.weights.matrices()
@@ -341,7 +341,7 @@ class LoadTask:
                 self._lock.notify_all()
 
     def _prepare_gl(self, model: Model, tensors) -> None:
-        from .gl.forward import prepare_matrix
+        from .gl.upload import prepare_matrix
         limit = max(MIN_IN_FLIGHT, max(t.nbytes for t in tensors))
         for t in tensors:
             with self._lock:  # stay at most ~one tensor ahead of the uploads

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -75,6 +75,12 @@ class Model:
     @property
     def backend(self) -> str:
         return self.transformer.name
+
+    def limit_threads(self, n_threads: int | None) -> None:
+        """Use at most ``n_threads`` CPU threads for this model's work started from the calling
+        thread (None: the defaults). A game whose renderer shares the cores calls it on the
+        thread that ticks the scheduler. The gl backend computes on the GPU and ignores it."""
+        self.transformer.limit_threads(n_threads)
 
     def generate(self, prompt: str | list[int], max_tokens: int = 128,
                  sampler: Sampler | None = None, n_ctx: int | None = None,

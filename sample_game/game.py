@@ -9,13 +9,11 @@ overrun, and a step is at most one sub-block of one layer).
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
-from perro_pastor.cpu import blas_controller
 
 from . import world
 from .controls import Controls
@@ -28,11 +26,10 @@ FRAME_MS = 1000.0 / 60.0
 MIN_BUDGET_MS, MAX_BUDGET_MS = 4.0, 14.0  # a floor, so tok/s holds when drawing is slow
 MIN_MARGIN_MS, MAX_MARGIN_MS = 1.0, 6.0  # kept free of the frame for ticks that overrun
 OVERRUN_FRAMES = 120  # the last two seconds of ticks size the margin
-# cpu backend: prompt chunks run on one BLAS thread (decode keeps two). A 32-token step is a
-# small matmul, and a second BLAS thread that the renderer keeps off its core stretched such
-# steps to 20-35 ms. Alternating runs: prefill step p99 8-22 -> 7-8 ms, frame p99 22.0-23.8 ->
-# 21.1-22.4 ms, tok/s about the same (docs/sample_game.md)
-PREFILL_BLAS_THREADS = 1
+# cpu backend: the model computes on one thread (its ticks run on BackgroundTicks' worker), the
+# game draws on the other core. A second compute thread that the renderer keeps off its core
+# stretched prompt steps to 20-35 ms (prefill step p99 8-22 -> 7-8 ms; docs/sample_game.md)
+TICK_THREADS = 1
 TOAST_S = 3.0
 
 
@@ -69,17 +66,16 @@ class BackgroundTicks:
             raise error
 
     def _run(self) -> None:
-        try:
-            import numba
-            numba.set_num_threads(1)
-        except ImportError:
-            pass
+        limited = None  # the model whose threads this worker has limited
         while True:
             self._go.wait()
             self._go.clear()
             scheduler, budget_ms = self._job
             start = time.perf_counter()
             try:
+                if scheduler.model is not limited:
+                    scheduler.model.limit_threads(TICK_THREADS)  # a setting of this thread
+                    limited = scheduler.model
                 scheduler.tick(budget_ms)
             except BaseException as exc:  # noqa: BLE001 -- handed to the frame thread by wait()
                 self.error = exc
@@ -99,11 +95,6 @@ class Game:
         self.controls = Controls()
         self.stats = FrameStats()
         self.picker = ModelPicker()
-        # threadpoolctl comes with the game extra; without it BLAS keeps its threads. Its search
-        # for the BLAS library walks every loaded library (3-15 ms): done here, before any frame
-        self.limit_prefill_blas = importlib.util.find_spec("threadpoolctl") is not None
-        if self.limit_prefill_blas:
-            blas_controller()
         self.loader: ModelLoader | None = ModelLoader(model_name, backend, gl_context)
         self.background: BackgroundTicks | None = None  # cpu backend: ticks overlap drawing
         self.ticking = False  # a background tick was started and not yet waited for
@@ -185,8 +176,6 @@ class Game:
             return
         if model is not None:
             old, self.model = self.model, model
-            if model.backend == "cpu" and self.limit_prefill_blas:
-                model.transformer.prefill_blas_threads = PREFILL_BLAS_THREADS
             if model.backend == "cpu":
                 self.background = self.background or BackgroundTicks()  # one worker for the game
             else:

@@ -339,9 +339,17 @@ def test_background_ticks_run_off_the_frame_thread_and_hand_back_errors():
 
     from sample_game.game import BackgroundTicks
 
+    class Model:
+        def __init__(self):
+            self.limited = []
+
+        def limit_threads(self, n):
+            self.limited.append((n, threading.current_thread()))
+
     class Scheduler:
         def __init__(self):
             self.threads, self.fail = [], False
+            self.model = Model()
 
         def tick(self, budget_ms):
             self.threads.append(threading.current_thread())
@@ -353,6 +361,7 @@ def test_background_ticks_run_off_the_frame_thread_and_hand_back_errors():
     ticks.start(sched, 5.0)
     ticks.wait()
     assert sched.threads == [ticks._worker] and ticks.last_tick_ms >= 5.0
+    assert sched.model.limited == [(1, ticks._worker)]  # the model computes on one thread there
     sched.fail = True
     ticks.start(sched, 1.0)
     with pytest.raises(RuntimeError, match="a session broke"):

@@ -123,6 +123,9 @@ class GlTransformer:
         """Free the cache's buffers now (sessions that end, a warm-up's throwaway cache)."""
         kv.release()
 
+    def limit_threads(self, n_threads: int | None) -> None:
+        """Nothing to limit: the work runs on the GPU (on llvmpipe, Mesa's LP_NUM_THREADS decides)."""
+
     def poll(self) -> bool:
         """True: every step waits for its dispatches today (the fences of issue 19 change this)."""
         return True
