@@ -92,7 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
-    sys.setswitchinterval(0.0005)  # as the loader's worker runs (loading.frequent_gil_handover)
+    sys.setswitchinterval(0.0005)  # as the loader's worker runs (threads.frequent_gil_handover)
 
     import moderngl
 

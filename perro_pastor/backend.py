@@ -15,6 +15,10 @@ from typing import Callable, Generator, Iterator, Protocol
 
 import numpy as np
 
+# What a step yields when it found nothing to do (it waits on another thread, e.g. the loader's
+# worker): a scheduler leaves that generator until its next tick instead of spinning on it.
+IDLE = "idle"
+
 # A checkpoint listener: forward passes call trace("L3.q", values) at named points of the math
 # (cpu and gl use the same names), so a diverging kernel is found op by op.
 Trace = Callable[[str, np.ndarray], None]

@@ -19,7 +19,7 @@ from . import quant
 from .backend import Segment, Trace, run_to_end
 from .config import Config, rope_inv_freq
 from .cpu_cache import KVCache
-from .cpu_threads import blas_controller, limit_kernel_threads, steps_on_blas_threads
+from .threads import blas_controller, limit_kernel_threads, steps_on_blas_threads
 from .float_weights import DEFAULT_CACHE_BUDGET, CpuWeights
 from .formats import ModelFile
 from .weights import Weights

@@ -2,7 +2,7 @@
 
     task = perro_pastor.load_async("default", on_progress=lambda t: print(t.phase, t.fraction))
     while not task.done:              # once per frame, on the GL thread
-        task.poll(budget_ms=4.0)      # or: scheduler.submit(task.steps())
+        task.poll(budget_ms=4.0)      # or: load_async(..., scheduler=sched), then sched.tick()
         draw_loading_screen(task.fraction, task.phase)
     model = task.model                # or task.error: the ModelFormatError a load() would raise
 
@@ -13,7 +13,7 @@ The work is split by where it may run:
   for the cpu backend the dequantized matrix in the cpu backend's cache;
 - the GL thread (the caller of ``poll``/``steps``) creates the context wrapper, writes each payload
   into its buffers a few MB per step, then compiles the programs, one dispatch per step.
-The worker stays at most about one tensor ahead of the uploads (``in_flight_bytes``), and gives
+The worker stays at most about one tensor ahead of the uploads (``payload_queue``), and gives
 the file's pages back to the OS after each tensor (``madvise``), so loading never holds the whole
 file in RAM. NumPy releases the GIL in its copies, so the worker mostly runs beside the frame.
 """
@@ -23,22 +23,21 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
+from .backend import IDLE
 from .cpu import CpuTransformer
 from .float_weights import DEFAULT_CACHE_BUDGET
-from .errors import BackendError
-from .formats import ggml_legacy, gguf, llama2c, open_model_file  # noqa: F401 -- the readers: imported
-# here, not by open_model_file on the worker, where each import held the GIL (and the frame) ~10 ms
-from .model import BACKENDS, Model
+from .formats import open_model_file  # (imports every reader here, not on the worker, where each
+# import held the GIL, and so the frame, ~10 ms)
+from .model import BACKENDS, Model, ModelParts, open_gl
 from .paths import resolve_model
-
-LOADING_SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while the loader's worker runs
+from .payload_queue import PayloadQueue
+from .scheduler import Scheduler
+from .threads import frequent_gil_handover
 
 PHASES = ("opening", "reading", "uploading", "compiling", "ready", "failed", "cancelled")
 CHUNK_BYTES = 2 << 20  # written per step: ~1 ms of memcpy into a llvmpipe buffer
@@ -49,19 +48,6 @@ WARM_UP_STEPS_PER_LAYER = 40  # a guess for ``fraction`` while compiling (clampe
 
 class LoadCancelled(Exception):
     """Raised inside the worker to unwind it after ``LoadTask.cancel``."""
-
-
-@contextmanager
-def frequent_gil_handover():
-    """For a background thread that runs Python while a game draws: a thread waiting for the
-    GIL (the frame thread, back from any GL call) gets it after one switch interval, 5 ms by
-    default, more than a tick's budget; within this block it is ``LOADING_SWITCH_INTERVAL_S``."""
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch_interval, LOADING_SWITCH_INTERVAL_S))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(switch_interval)
 
 
 class LoadTask:
@@ -84,22 +70,22 @@ class LoadTask:
         self.error: BaseException | None = None
         self.started = clock()
         self.load_s: float | None = None
-        self.in_flight_bytes = 0  # prepared host payloads not yet uploaded
         self._fraction = 0.0
         self._warm_steps = 0
-        self._waiting = False  # the last step found nothing to do
         self._lock = threading.Condition()
         self._cancel = threading.Event()
         self._decided = threading.Event()  # the GL thread chose the backend (gl needs a context first)
         self._imported = threading.Event()  # the worker imported the gl modules (PyOpenGL: ~1 s)
-        self._parsed: Model | None = None  # the worker's Model (cpu transformer) before the backend
-        self._ready: deque = deque()  # prepared payloads, in upload order
+        self._file = None  # the open model file, once the worker has read and checked it ...
+        self._parts: ModelParts | None = None  # ... with its config, weight table and tokenizer
+        self._cpu: CpuTransformer | None = None  # the cpu backend, made on the worker
+        self._payloads = PayloadQueue(self._lock)  # prepared on the worker, uploaded here
         self._worker_error: BaseException | None = None
         self._worker_done = False
         self._glctx = None
         self._gl = None  # the GlTransformer being built
         self._warm: Iterator[None] | None = None  # its warm-up steps
-        self._steps: Iterator[None] | None = None
+        self._runner: Scheduler | None = None  # what ``poll`` ticks (without a game's scheduler)
         self._thread = threading.Thread(target=self._work, name=f"load {self.name}", daemon=True)
         self._thread.start()
 
@@ -114,6 +100,11 @@ class LoadTask:
     def fraction(self) -> float:
         """0..1, never decreasing; 1.0 exactly when ready."""
         return self._fraction
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """Host payloads prepared and not yet uploaded."""
+        return self._payloads.in_flight_bytes
 
     @property
     def eta_s(self) -> float | None:
@@ -140,25 +131,14 @@ class LoadTask:
 
     def poll(self, budget_ms: float | None = None) -> Model | None:
         """Run GL-thread steps for about ``budget_ms`` (default: the task's); call once per frame.
-        Returns the model once it is ready. One step may overrun the budget (a program compile)."""
+        Returns the model once it is ready. One step may overrun the budget (a program compile).
+        The steps run as the only job of a scheduler of their own (one budget loop for all)."""
         if self.done:
             return self.model
-        if self._steps is None:
-            self._steps = self.steps()
-        budget = (self.budget_ms if budget_ms is None else budget_ms) / 1000.0
-        start = self.clock()
-        while not self.done:
-            t0 = self.clock()
-            self._waiting = False
-            try:
-                next(self._steps)
-            except StopIteration:
-                break
-            if self._waiting:
-                break  # the worker is behind: nothing more to do this frame
-            now = self.clock()
-            if now - start >= budget or now - start + (now - t0) > budget:
-                break
+        if self._runner is None:
+            self._runner = Scheduler(None, clock=self.clock)
+            self._runner.submit(self.steps(), name=f"load {self.name}")
+        self._runner.tick(self.budget_ms if budget_ms is None else budget_ms)
         return self.model
 
     def wait(self) -> Model:
@@ -192,68 +172,61 @@ class LoadTask:
         while not self._imported.is_set():  # importing on this thread would freeze the frame
             yield self._idle()
         self._choose_backend()
-        while self._parsed is None:  # open, validate, tokenizer: all on the worker
+        while self._parts is None:  # open, validate, tokenizer: all on the worker
             self._check()
             yield self._idle()
-        model = self._parsed
+        parts = self._parts
         if self.backend == "cpu":
             while not self._worker_done:
                 self._check()
                 yield self._idle()
             self._check()
-            return self._ready_with(model)
+            return self._ready_with(Model(self._file, parts, self._cpu))
         self._set_phase("uploading")
-        self._gl = _empty_gl(self._glctx, model)
-        yield from self._gl.upload_steps(model.weights, self._next_prepared(), self.chunk_bytes, self._uploaded)
+        from .gl.forward import GlTransformer  # (the worker imported it: _import_gl)
+        self._gl = GlTransformer.for_loading(self._glctx, self._file, parts.config)
+        yield from self._gl.upload_steps(parts.weights, self._next_prepared(), self.chunk_bytes, self._uploaded)
         self._check()
         self._set_phase("compiling")
         self._warm = self._gl.warm_up_steps()  # held, so cancel can close it (it owns a KV cache)
         for _ in self._warm:
             self._warm_steps += 1
-            expected = WARM_UP_STEPS_PER_LAYER * model.config.n_layers
+            expected = WARM_UP_STEPS_PER_LAYER * parts.config.n_layers
             self._advance(OPEN_SHARE + WEIGHTS_SHARE + (1 - OPEN_SHARE - WEIGHTS_SHARE) * min(0.99, self._warm_steps / expected))
             yield
             self._check()
-        model.transformer, self._gl, self._warm = self._gl, None, None
+        model = Model(self._file, parts, self._gl)
+        self._gl, self._warm = None, None
         self._ready_with(model)
 
     def _choose_backend(self) -> None:
-        """gl and auto need a GL 4.3 context first (created on this thread); auto falls back to
-        cpu exactly like ``load``."""
-        if self.backend != "cpu":
-            from .gl.context import GLContext
-            try:
-                self._glctx = GLContext(self.gl_context)
-                self.backend = "gl"
-            except (BackendError, ImportError) as exc:
-                if self.backend == "gl":
-                    self._decided.set()
-                    raise BackendError(f"gl backend unavailable: {exc}") from exc
-                print(f"perro_pastor: gl backend unavailable ({exc}); using cpu", file=sys.stderr)
-                self.backend = "cpu"
-        self._decided.set()
+        """gl and auto need a GL 4.3 context first, made on this thread (``model.open_gl``)."""
+        try:
+            self._glctx = open_gl(self.backend, self.gl_context)
+            self.backend = "cpu" if self._glctx is None else "gl"
+        finally:
+            self._decided.set()
 
     def _next_prepared(self) -> Iterator:
-        """Prepared payloads from the worker, or None while the next is not ready (that step
-        waits at most a millisecond for it, so an idle step costs the frame nothing)."""
+        """Prepared payloads from the worker, or None while the next is not ready (after waiting
+        half a millisecond for it: ``upload_steps`` then yields ``IDLE``)."""
         while True:
             self._check()
-            with self._lock:
-                p = self._ready.popleft() if self._ready else None
-            yield p if p is not None else self._idle()
+            p = self._payloads.take()
+            if p is None:
+                self._idle()
+            yield p
 
-    def _idle(self) -> None:
-        """A step with nothing to do yet: wait up to half a millisecond for the worker (so a
-        scheduler does not spin), and tell ``poll`` to end its frame's turn."""
-        self._waiting = True
+    def _idle(self) -> str:
+        """A step with nothing to do yet: wait up to half a millisecond for the worker, then tell
+        the scheduler to leave this job until the next tick (``IDLE``)."""
         with self._lock:
             self._lock.wait(0.0005)
+        return IDLE
 
     def _uploaded(self, nbytes: int) -> None:
         """Progress of the current upload; bytes count the payload (close to the file's bytes)."""
-        with self._lock:
-            self.in_flight_bytes -= nbytes
-            self._lock.notify_all()
+        self._payloads.uploaded(nbytes)
         self._add_bytes(nbytes)
 
     def _ready_with(self, model: Model) -> Model:
@@ -288,10 +261,10 @@ class LoadTask:
         elif self._glctx is not None:
             self._glctx.release()  # frees a context we created; a game's context is left alone
         self._glctx = None
+        self._payloads.clear()
         with self._lock:
-            self._ready.clear()
-            if self._worker_done and self._parsed is not None:
-                self._parsed.close()
+            if self._worker_done and self._file is not None:
+                self._file.close()
 
     # -------------------------------------------------------------------------
     # worker thread
@@ -307,27 +280,29 @@ class LoadTask:
                 _import_gl()
             self._imported.set()
             file = open_model_file(resolve_model(self.name), self.tokenizer_path)
-            model = Model(file, backend="cpu", dtype=self.dtype, cpu_cache_bytes=self.cpu_cache_bytes)
+            parts = ModelParts.read(file)
             while not self._decided.wait(0.05):
                 pass
             if self._cancel.is_set():
                 raise LoadCancelled
             if self.backend == "gl":
-                from .gl.upload import upload_order
-                tensors = upload_order(model.weights)
+                from .gl.upload import upload_order  # (imported by _import_gl above)
+                tensors = upload_order(parts.weights)
             else:
-                tensors = model.weights.matrices()
+                self._cpu = CpuTransformer(file, parts.config, parts.weights, dtype=self.dtype,
+                                           cache_budget=self.cpu_cache_bytes)
+                tensors = parts.weights.matrices()
             self.tensors_total = len(tensors)
             self.bytes_total = sum(t.nbytes for t in tensors)
             self._advance(OPEN_SHARE)
             self._set_phase("reading")
             with self._lock:
-                self._parsed = model
+                self._file, self._parts = file, parts
                 self._lock.notify_all()
             if self.backend == "gl":
-                self._prepare_gl(model, tensors)
+                self._prepare_gl(file, tensors)
             else:
-                self._prepare_cpu(model, tensors)
+                self._prepare_cpu(file, tensors)
         except LoadCancelled:
             pass
         except BaseException as exc:  # noqa: BLE001 -- handed to the GL thread, which reports it
@@ -340,34 +315,25 @@ class LoadTask:
                     file.close()
                 self._lock.notify_all()
 
-    def _prepare_gl(self, model: Model, tensors) -> None:
+    def _prepare_gl(self, file, tensors) -> None:
         from .gl.upload import prepare_matrix
-        limit = max(MIN_IN_FLIGHT, max(t.nbytes for t in tensors))
+        self._payloads.limit_bytes = max(MIN_IN_FLIGHT, max(t.nbytes for t in tensors))
         for t in tensors:
-            with self._lock:  # stay at most ~one tensor ahead of the uploads
-                while self.in_flight_bytes and self.in_flight_bytes + t.nbytes > limit:
-                    if self._cancel.is_set():
-                        raise LoadCancelled
-                    self._lock.wait(0.05)
-            if self._cancel.is_set():
+            if not self._payloads.wait_for_room(t.nbytes, self._cancel.is_set):
                 raise LoadCancelled
-            p = prepare_matrix(model.file, t, self._glctx.weight_part_bytes)
-            model.file.release_pages(t.name)
-            with self._lock:
-                self.in_flight_bytes += p.nbytes
-                self._ready.append(p)
-                self._lock.notify_all()
+            p = prepare_matrix(file, t, self._glctx.weight_part_bytes)
+            file.release_pages(t.name)
+            self._payloads.put(p, p.nbytes)
             del p
             self.tensors_done += 1
 
-    def _prepare_cpu(self, model: Model, tensors) -> None:
-        store = model.transformer.store
-        assert isinstance(model.transformer, CpuTransformer)
+    def _prepare_cpu(self, file, tensors) -> None:
+        store = self._cpu.store
         for t in tensors:
             if self._cancel.is_set():
                 raise LoadCancelled
             store.matrix(t)  # within the cache budget; past it, matmuls dequantize on the fly
-            model.file.release_pages(t.name)
+            file.release_pages(t.name)
             self.tensors_done += 1
             self._add_bytes(t.nbytes)
             time.sleep(0)  # hand the GIL to the frame loop between matrices
@@ -411,12 +377,6 @@ def _import_gl() -> None:
         from OpenGL.arrays import numpymodule  # noqa: F401
     except Exception:  # noqa: BLE001 -- optional; read_limits has fallbacks
         pass
-
-
-def _empty_gl(glctx, model: Model):
-    """An empty gl backend for ``model`` on ``glctx``, completed step by step."""
-    from .gl.forward import GlTransformer
-    return GlTransformer.for_loading(glctx, model.file, model.config)
 
 
 def load_async(name_or_path: str | Path, scheduler=None, backend: str = "auto", gl_context=None,

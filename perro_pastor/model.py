@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .backend import forward_one
+from .backend import Transformer, forward_one
 from .config import Config
 from .cpu import CpuTransformer
 from .float_weights import DEFAULT_CACHE_BUDGET
@@ -52,25 +52,13 @@ class GenerationStats:
 
 
 class Model:
-    """One loaded model: its file, config, tokenizer and a compute backend. Shared by sessions."""
+    """One loaded model: its file, config, weight table, tokenizer and a compute backend. Shared by
+    sessions. Made by ``load`` (or ``load_async``)."""
 
-    def __init__(self, file: ModelFile, backend: str = "auto", gl_context=None, dtype=np.float32,
-                 cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET, cpu_kernels: str = "auto"):
+    def __init__(self, file: ModelFile, parts: "ModelParts", transformer: Transformer):
         self.file = file
-        name = file.path.name
-        self.config: Config = Config.from_metadata(file.metadata, where=name)
-        self.weights: Weights = bind_weights(file, self.config)
-        try:
-            self.tokenizer = Tokenizer.from_metadata(
-                file.metadata, name, metadata_types=getattr(file, "metadata_types", None))
-        except TokenizerError as exc:
-            raise ModelFormatError(str(exc)) from exc
-        if self.tokenizer.vocab_size != self.config.vocab_size:
-            raise ModelFormatError(
-                f"{name}: tokenizer has {self.tokenizer.vocab_size} tokens, "
-                f"the model's embedding has {self.config.vocab_size}")
-        self.transformer = make_backend(backend, file, self.config, self.weights, gl_context, dtype,
-                                        cpu_cache_bytes, cpu_kernels)
+        self.config, self.weights, self.tokenizer = parts.config, parts.weights, parts.tokenizer
+        self.transformer = transformer
 
     @property
     def backend(self) -> str:
@@ -123,17 +111,59 @@ class Model:
         self.file.close()
 
 
+@dataclass(frozen=True)
+class ModelParts:
+    """What a model file holds besides its weights' bytes, read and checked: no compute yet."""
+    config: Config
+    weights: Weights
+    tokenizer: Tokenizer
+
+    @classmethod
+    def read(cls, file: ModelFile) -> "ModelParts":
+        """The config, the weight table and the tokenizer of ``file``; ModelFormatError when they
+        do not agree."""
+        name = file.path.name
+        config = Config.from_metadata(file.metadata, where=name)
+        weights = bind_weights(file, config)
+        try:
+            tokenizer = Tokenizer.from_metadata(file.metadata, name,
+                                                metadata_types=getattr(file, "metadata_types", None))
+        except TokenizerError as exc:
+            raise ModelFormatError(str(exc)) from exc
+        if tokenizer.vocab_size != config.vocab_size:
+            raise ModelFormatError(f"{name}: tokenizer has {tokenizer.vocab_size} tokens, "
+                                   f"the model's embedding has {config.vocab_size}")
+        return cls(config, weights, tokenizer)
+
+
+def open_gl(backend: str, gl_context=None):
+    """The GL context a model with ``backend`` computes on (a ``gl.context.GLContext`` around
+    ``gl_context``, or a headless one), or None for the cpu backend. "gl" needs OpenGL 4.3
+    (BackendError without it); "auto" falls back to cpu and says so in one line."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if backend == "cpu":
+        return None
+    try:
+        from .gl.context import GLContext  # only now: PyOpenGL takes about a second to import
+        return GLContext(gl_context)
+    except (BackendError, ImportError) as exc:
+        if backend == "gl":
+            raise BackendError(f"gl backend unavailable: {exc}") from exc
+        print(f"perro_pastor: gl backend unavailable ({exc}); using cpu", file=sys.stderr)
+        return None
+
+
 def make_backend(kind: str, file: ModelFile, cfg: Config, weights: Weights, gl_context=None,
                  dtype=np.float32, cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET, cpu_kernels: str = "auto"):
-    if kind not in BACKENDS:
-        raise ValueError(f"unknown backend {kind!r} (choose from {', '.join(BACKENDS)})")
-    if kind in ("gl", "auto"):
+    glctx = open_gl(kind, gl_context)
+    if glctx is not None:
+        from .gl.forward import GlTransformer  # (as above)
         try:
-            from .gl.forward import GlTransformer
-            return GlTransformer(file, cfg, weights, ctx=gl_context)
-        except (BackendError, ImportError) as exc:
+            return GlTransformer(file, cfg, weights, ctx=glctx)
+        except BackendError as exc:
             if kind == "gl":
-                raise BackendError(f"gl backend unavailable: {exc}") from exc
+                raise
             print(f"perro_pastor: gl backend unavailable ({exc}); using cpu", file=sys.stderr)
     return CpuTransformer(file, cfg, weights, dtype=dtype, cache_budget=cpu_cache_bytes, kernels=cpu_kernels)
 
@@ -150,7 +180,10 @@ def load(name_or_path: str | Path, backend: str = "auto", tokenizer_path: str | 
     path = resolve_model(str(name_or_path))
     file = open_model_file(path, tokenizer_path)
     try:
-        return Model(file, backend, gl_context, dtype, cpu_cache_bytes, cpu_kernels)
+        parts = ModelParts.read(file)
+        transformer = make_backend(backend, file, parts.config, parts.weights, gl_context, dtype,
+                                   cpu_cache_bytes, cpu_kernels)
+        return Model(file, parts, transformer)
     except BaseException:
         file.close()
         raise

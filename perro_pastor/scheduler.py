@@ -5,7 +5,9 @@ Work is cooperative generators that yield at dispatch boundaries:
 - one *batch* at a time: every session in the decode phase (one token each) plus a chunk of the
   highest-priority prefill, run as ONE ``transformer.forward_steps`` call, so each weight is read
   once for all NPCs; then one step per session to sample its next token;
-- *jobs*: any generator (e.g. model loading) submitted with a priority.
+- *jobs*: any generator (e.g. model loading) submitted with a priority. A job step that yields
+  ``IDLE`` has nothing to do until the next frame (it waits on another thread): the tick runs
+  other work, or ends, instead of spinning on it.
 
 Before each step the scheduler predicts its cost from what the same step cost before (an
 exponential average) and stops the tick if it would overrun the budget. A step never splits, so
@@ -29,7 +31,7 @@ from typing import Callable, Generator, Iterator
 import numpy as np
 
 from . import state
-from .backend import Segment, run_to_end
+from .backend import IDLE, Segment, run_to_end
 from .chat import BUILTIN
 from .sampling import Sampler, SamplerSettings
 from .session import Session
@@ -45,6 +47,7 @@ class Job:
     def __init__(self, steps: Iterator, priority: int, name: str):
         self.steps, self.priority, self.name = steps, priority, name
         self.done, self.result, self.error = False, None, None
+        self.resting = False  # its last step yielded IDLE: skipped for the rest of this tick
 
 
 class Scheduler:
@@ -171,10 +174,12 @@ class Scheduler:
 
     def tick(self, budget_ms: float) -> int:
         """Advance work for at most ``budget_ms`` (one step may overrun it). Returns steps run."""
-        start = self.clock()
+        start = now = self.clock()
         budget = budget_ms / 1000.0
         steps = 0
-        poll = getattr(getattr(self.model, "transformer", None), "poll", None)  # None: jobs only
+        poll = self.model.transformer.poll if self.model is not None else None  # None: jobs only
+        for job in self.jobs:
+            job.resting = False
         while True:
             if poll is not None and not poll():
                 break  # async GPU backend: a fence is still pending; look again next frame
@@ -182,21 +187,21 @@ class Scheduler:
             if work is None:
                 break
             key, advance = work
-            elapsed = self.clock() - start
             # a step never seen before is assumed as costly as the worst recent one of its kind
             estimate = self.step_cost.get(key, self._worst.get(key[0], 0.0))
-            if steps and elapsed + estimate > budget:
+            if steps and now - start + estimate > budget:
                 break
-            t0 = self.clock()
+            t0 = now  # (choosing the step counts as part of it)
             advance()
-            cost = self.clock() - t0
+            now = self.clock()
+            cost = now - t0
             old = self.step_cost.get(key)
             self.step_cost[key] = cost if old is None else 0.7 * old + 0.3 * cost
             self._worst[key[0]] = max(cost, 0.9 * self._worst.get(key[0], 0.0))
             steps += 1
-            if self.clock() - start >= budget:
+            if now - start >= budget:
                 break
-        self.tick_ms.append((self.clock() - start) * 1000.0)
+        self.tick_ms.append((now - start) * 1000.0)
         return steps
 
     def idle(self) -> bool:
@@ -214,7 +219,7 @@ class Scheduler:
             self._abandon_batch()  # preempt background chatter for the more important NPC
         batch_priority = (max(s.priority for s in self._batch_members) if self._batch is not None
                           else top_waiting)
-        job = max(self.jobs, key=lambda j: j.priority, default=None)
+        job = max((j for j in self.jobs if not j.resting), key=lambda j: j.priority, default=None)
         if job is not None and (batch_priority is None or job.priority > batch_priority):
             return ("job", job.name), lambda: self._advance_job(job)
         if self._batch is None:
@@ -225,7 +230,7 @@ class Scheduler:
 
     def _advance_job(self, job: Job) -> None:
         try:
-            next(job.steps)
+            job.resting = next(job.steps) is IDLE
         except StopIteration as done:
             job.done, job.result = True, done.value
             self.jobs.remove(job)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import threading
 
 from perro_pastor.chat import template_for_model
-from perro_pastor.loading import frequent_gil_handover, load_async
+from perro_pastor.loading import load_async
+from perro_pastor.threads import frequent_gil_handover
 from perro_pastor.model import Model
 
 BUDGET_MS = 6.0  # of each frame spent on loading steps (the loading screen draws in ~3 ms)

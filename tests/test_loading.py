@@ -250,7 +250,7 @@ def test_frequent_gil_handover_sets_and_restores_the_switch_interval():
     inside the block, the previous interval after it, also when the block raises."""
     import sys
 
-    from perro_pastor.loading import LOADING_SWITCH_INTERVAL_S, frequent_gil_handover
+    from perro_pastor.threads import LOADING_SWITCH_INTERVAL_S, frequent_gil_handover
 
     before = sys.getswitchinterval()
     with frequent_gil_handover():

@@ -83,7 +83,7 @@ class SteppedModel:
                 yield
 
         self.forward_steps = forward_steps
-        for name in ("new_cache", "export_kv", "import_kv", "name"):
+        for name in ("new_cache", "release_cache", "export_kv", "import_kv", "poll", "name"):
             setattr(self, name, getattr(real, name))
 
 

@@ -50,7 +50,7 @@ class GlTransformer:
 
     def __init__(self, file: ModelFile, cfg: Config, weights: Weights, ctx=None, kv_f16: bool = True,
                  max_batch: int | None = None):
-        self._begin(GLContext(ctx), file, cfg, kv_f16, max_batch)  # BackendError without GL 4.3
+        self._begin(ctx if isinstance(ctx, GLContext) else GLContext(ctx), file, cfg, kv_f16, max_batch)  # BackendError without GL 4.3
         try:
             prepared = (prepare_matrix(file, t, self.glctx.weight_part_bytes) for t in upload_order(weights))
             run_to_end(self.upload_steps(weights, prepared, chunk_bytes=1 << 62))

@@ -13,6 +13,7 @@ from typing import Callable, Generator, Iterator
 
 import numpy as np
 
+from ..backend import IDLE
 from ..config import Config, rope_inv_freq
 from ..formats import ModelFile, TensorInfo
 from ..quant import dequantize
@@ -67,7 +68,7 @@ def upload_steps(glctx: GLContext, file: ModelFile, cfg: Config, weights: Weight
 
     ``prepared`` gives each matrix of ``upload_order(weights)`` in order, already laid out on
     the host (``prepare_matrix``), or None while the next one is not ready yet (this step
-    then does nothing). ``on_bytes(n)`` hears about every chunk written. Every GL object made
+    then yields ``IDLE``). ``on_bytes(n)`` hears about every chunk written. Every GL object made
     is appended to ``made`` at once, so a cancelled upload leaves nothing unreleasable."""
     def vector(t: TensorInfo) -> np.ndarray:
         return dequantize(file.tensor_bytes(t.name), t.qtype, t.n_elements).astype(np.float32)
@@ -82,7 +83,7 @@ def upload_steps(glctx: GLContext, file: ModelFile, cfg: Config, weights: Weight
     for t in upload_order(weights):
         p = next(prepared)
         while p is None:
-            yield
+            yield IDLE  # the host side is not ready yet: nothing to do before the next tick
             p = next(prepared)
         steps = upload_prepared_steps(glctx, p, chunk_bytes, made=made, on_bytes=on_bytes)
         uploaded[t.name] = yield from steps

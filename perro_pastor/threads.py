@@ -1,12 +1,17 @@
-"""How many threads the cpu backend's work may take: BLAS (through threadpoolctl) and the
-compiled kernels (numba, whose count is per calling thread). A game shares the cores with its
-renderer, so it sets these (``Model.limit_threads``)."""
+"""How the engine shares the CPU with a game: the threads the cpu backend's work may take, BLAS
+(through threadpoolctl) and the compiled kernels (numba, whose count is per calling thread), set
+through ``Model.limit_threads``; and a prompt GIL hand-over for Python work on a background
+thread (the loader's worker)."""
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
 from typing import Generator, Iterator
 
 from threadpoolctl import ThreadpoolController
+
+LOADING_SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while the loader's worker runs
 
 
 def blas_controller():
@@ -40,3 +45,16 @@ def limit_kernel_threads(n_threads: int | None) -> None:
     numba's (one per core) for None."""
     import numba  # only with the compiled kernels, which need it anyway
     numba.set_num_threads(n_threads or numba.config.NUMBA_NUM_THREADS)
+
+
+@contextmanager
+def frequent_gil_handover():
+    """For a background thread that runs Python while a game draws: a thread waiting for the
+    GIL (the frame thread, back from any GL call) gets it after one switch interval, 5 ms by
+    default, more than a tick's budget; within this block it is ``LOADING_SWITCH_INTERVAL_S``."""
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch_interval, LOADING_SWITCH_INTERVAL_S))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(switch_interval)
