@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .backend import Transformer, forward_one
+from .backend import Transformer
 from .config import Config
 from .cpu import CpuTransformer
 from .float_weights import DEFAULT_CACHE_BUDGET
@@ -23,6 +23,7 @@ from .errors import BackendError, ModelFormatError, TokenizerError
 from .formats import ModelFile, open_model_file
 from .paths import resolve_model
 from .sampling import Sampler, SamplerSettings
+from .scheduler import Scheduler
 from .tokenizer import StreamDecoder, Tokenizer
 from .weights import Weights, bind_weights
 
@@ -75,7 +76,8 @@ class Model:
                  stats: GenerationStats | None = None, stop_at_eos: bool = True,
                  adapters: tuple = ()) -> Iterator[Token]:
         """Stream the continuation of ``prompt`` (text, or token ids) token by token, with LoRA
-        ``adapters`` (``lora.load_adapter``) applied at run time."""
+        ``adapters`` (``lora.load_adapter``) applied at run time. It runs as an NPC's reply does:
+        a session on a scheduler (of its own), one step per tick."""
         sampler = sampler or Sampler(SamplerSettings())
         stats = stats if stats is not None else GenerationStats()
         tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -84,28 +86,30 @@ class Model:
         n_ctx = min(n_ctx or len(tokens) + max_tokens, self.config.seq_len)
         if len(tokens) >= n_ctx:
             raise ValueError(f"prompt of {len(tokens)} tokens does not fit a context of {n_ctx}")
-        max_tokens = min(max_tokens, n_ctx - len(tokens))
-        kv = self.transformer.new_cache(n_ctx)
+        scheduler = Scheduler(self, prefill_chunk=len(tokens))  # the prompt in one pass
+        session = scheduler.session(sampler=sampler, n_ctx=n_ctx, lora=tuple(adapters), name="generate")
+        reply = session.continue_tokens(tokens, min(max_tokens, n_ctx - len(tokens)), ignore_eos=not stop_at_eos)
         decoder = StreamDecoder(self.tokenizer)
         stats.prompt_tokens = len(tokens)
-
         start = time.perf_counter()
-        logits = forward_one(self.transformer, np.array(tokens), 0, kv, adapters)
-        stats.prefill_s = time.perf_counter() - start
-
-        history = list(tokens)
-        start = time.perf_counter()
-        for step in range(max_tokens):
-            token = sampler.sample(logits, history)
-            history.append(token)
-            stats.generated_tokens += 1
-            if stop_at_eos and (token == self.tokenizer.eos_id or self.tokenizer.is_eot(token)):
-                break
-            yield Token(token, decoder.feed(token))
-            if step + 1 < max_tokens:
-                logits = forward_one(self.transformer, np.array([token]), len(history) - 1, kv, adapters)
-            stats.decode_s = time.perf_counter() - start
-        stats.decode_s = time.perf_counter() - start
+        try:
+            while not reply.done:
+                scheduler.tick(0)  # one step: a dispatch group, or sampling
+                for token in reply.token_ids[stats.generated_tokens:]:
+                    if not stats.generated_tokens:
+                        stats.prefill_s, start = time.perf_counter() - start, time.perf_counter()
+                    stats.generated_tokens += 1
+                    yield Token(token, decoder.feed(token))
+                    stats.decode_s = time.perf_counter() - start
+            if reply.error is not None:
+                raise reply.error
+            if not stats.generated_tokens:  # the first token sampled ended it
+                stats.prefill_s = time.perf_counter() - start
+            stats.generated_tokens += reply.finish_reason == "eos"  # sampled, not shown
+        finally:
+            reply.cancel()
+            scheduler.remove(session)
+            self.transformer.release_cache(session.kv)
 
     def close(self) -> None:
         self.file.close()

@@ -16,14 +16,14 @@ context policies only ever shorten ``tokens``/``n_past``, so the cache is never 
 
 from __future__ import annotations
 
-import asyncio
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from . import state
 from .chat import ChatTemplate, ChatTemplateError, guess_builtin, template_for_model
 from .errors import PerroPastorError
+from .reply import Reply
 from .sampling import Sampler, SamplerSettings
 
 POLICIES = ("error", "drop_oldest", "shift")
@@ -54,112 +54,6 @@ class SessionHost(Protocol):
         """A new session on the same host, continuing ``session``'s dialogue."""
 
 
-class Reply:
-    """A handle on one generated reply: stream it (callbacks, iterator, ``async for``), poll it,
-    await it, or cancel it. ``finish_reason``: eos | stop | length | cancelled | context_full."""
-
-    def __init__(self, session: "Session", max_tokens: int, stop: Sequence[str],
-                 on_token: Callable[[str], None] | None, ignore_eos: bool):
-        self.session, self.max_tokens, self.stop = session, max_tokens, [s for s in stop if s]
-        self.callbacks = [on_token] if on_token else []
-        self.ignore_eos = ignore_eos
-        self.token_ids: list[int] = []
-        self.text = ""  # what was emitted (stop strings never are)
-        self.finish_reason: str | None = None
-        self.error: Exception | None = None
-        self._pieces: list[str] = []
-        self._held = ""  # text that might be the start of a stop string
-        self._decoder = session.model.tokenizer.stream_decoder()
-        self._event: asyncio.Event | None = None
-        self._polled = 0
-
-    # -- state
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def poll(self) -> str:
-        """Text emitted since the last poll ('' if none); never blocks."""
-        new = "".join(self._pieces[self._polled:])
-        self._polled = len(self._pieces)
-        return new
-
-    def cancel(self) -> None:
-        """Stop now. The KV cache keeps exactly the tokens it fully processed."""
-        if not self.done:
-            self.session.finish_reply(self, "cancelled")
-
-    # -- sync driving: each wait ticks the scheduler (for scripts, tests and the CLI)
-    def __iter__(self) -> Iterator[str]:
-        i = 0
-        while True:
-            while i < len(self._pieces):
-                i += 1
-                yield self._pieces[i - 1]
-            if self.done:
-                break
-            host = self.session.host
-            host.tick(host.sync_budget_ms)
-        if self.error:
-            raise self.error
-
-    def result(self) -> str:
-        for _ in self:
-            pass
-        return self.text
-
-    # -- asyncio: a driver task ticks the scheduler once per frame
-    def __await__(self):
-        return self._wait().__await__()
-
-    async def _wait(self) -> str:
-        async for _ in self:
-            pass
-        return self.text
-
-    async def __aiter__(self):
-        self.session.host.ensure_async_driver()
-        i = 0
-        while True:
-            while i < len(self._pieces):
-                i += 1
-                yield self._pieces[i - 1]
-            if self.done:
-                break
-            self._event = asyncio.Event()
-            await self._event.wait()
-        if self.error:
-            raise self.error
-
-    # -- called by the session as tokens arrive
-    def _emit(self, text: str) -> None:
-        if not text:
-            return
-        self.text += text
-        self._pieces.append(text)
-        for callback in self.callbacks:
-            callback(text)
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._event is not None:
-            self._event.set()
-
-    def _feed(self, text: str) -> bool:
-        """Add decoded text; emit what cannot be part of a stop string. True if a stop matched."""
-        buf = self._held + text
-        for s in self.stop:
-            at = buf.find(s)
-            if at >= 0:
-                self._held = ""
-                self._emit(buf[:at])
-                return True
-        hold = max((k for s in self.stop for k in range(1, len(s)) if buf.endswith(s[:k])), default=0)
-        self._held = buf[len(buf) - hold:] if hold else ""
-        self._emit(buf[:len(buf) - hold])
-        return False
-
-
 class Session:
     """One NPC on a shared model. Create it with ``Scheduler.session(...)``."""
 
@@ -179,12 +73,7 @@ class Session:
         # LoRA adapters applied inside the batch to this session's rows only (lora.py's objects)
         self.adapters = tuple(lora) if isinstance(lora, (list, tuple)) else ((lora,) if lora is not None else ())
         self.sampler = sampler if isinstance(sampler, Sampler) else Sampler(sampler or SamplerSettings(), seed)
-        tok = self.model.tokenizer
-        if isinstance(template, ChatTemplate):
-            self.template = template
-        else:
-            self.template = template_for_model(self.model.file.metadata, tok.tokens, tok.tokens[tok.bos_id],
-                                               tok.tokens[tok.eos_id], name=template)
+        self._template = template  # a ChatTemplate, or a name resolved at first use (``template``)
         self.messages: list[dict] = [{"role": "system", "content": system_prompt}] if system_prompt else []
         self.kv = self.transformer.new_cache(n_ctx)
         self.tokens: list[int] = []
@@ -195,6 +84,19 @@ class Session:
 
     # -------------------------------------------------------------------------
     # prompts
+
+    @property
+    def template(self) -> ChatTemplate:
+        """The chat template: the one given, a built-in by name, or the model's own (checked)."""
+        if not isinstance(self._template, ChatTemplate):
+            tok = self.model.tokenizer
+            self._template = template_for_model(self.model.file.metadata, tok.tokens, tok.tokens[tok.bos_id],
+                                                tok.tokens[tok.eos_id], name=self._template)
+        return self._template
+
+    @template.setter
+    def template(self, template: ChatTemplate) -> None:
+        self._template = template
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool) -> str:
         try:
@@ -239,6 +141,22 @@ class Session:
             raise
         self._replace_tokens(prompt)
         self.reply = Reply(self, max_tokens, stop, on_token, ignore_eos)
+        self.host.wake(self)
+        return self.reply
+
+    def continue_tokens(self, tokens: Sequence[int], max_tokens: int = 128, stop: Sequence[str] = (),
+                        on_token: Callable[[str], None] | None = None, ignore_eos: bool = False) -> Reply:
+        """Continue ``tokens`` as they are: no chat template, no history (a plain completion,
+        what ``Model.generate`` streams). Returns at once, like ``ask``."""
+        if self.busy:
+            raise RuntimeError(f"session {self.name!r} is generating; cancel or await the reply first")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if not 0 < len(tokens) <= self.n_ctx:
+            raise ContextFullError(f"session {self.name!r}: prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
+        self._replace_tokens(list(tokens))
+        self.reply = Reply(self, max_tokens, stop, on_token, ignore_eos)
+        self.reply.goes_to_history = False
         self.host.wake(self)
         return self.reply
 
@@ -335,7 +253,7 @@ class Session:
         if not reply.ignore_eos and tok.is_eot(token):
             return self.finish_reply(reply, "eos")
         reply.token_ids.append(token)
-        if reply._feed(reply._decoder.feed(token)):
+        if reply.add_token(token):
             return self.finish_reply(reply, "stop")
         if len(reply.token_ids) >= reply.max_tokens:
             return self.finish_reply(reply, "length")
@@ -372,16 +290,13 @@ class Session:
             return
         if error is not None:
             reply.error = error
-        if reason != "cancelled":
-            reply._emit(reply._held + (reply._decoder.flush() if reason != "stop" else ""))
-        reply._held = ""
-        reply.finish_reason = reason
+        reply.end(reason)
         if reply is self.reply:
             self.epoch += 1
             self.tokens = self.tokens[:self.n_past]  # the cache holds exactly these
-            if reply.token_ids or reason != "cancelled":
+            if reply.goes_to_history and (reply.token_ids or reason != "cancelled"):
                 self.messages.append({"role": "assistant", "content": reply.text})
-        reply._wake()
+        reply.wake()
 
     def __repr__(self) -> str:
         return (f"Session({self.name!r}, priority={self.priority}, n_past={self.n_past}, "
