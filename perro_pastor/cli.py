@@ -12,17 +12,25 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
+from .bench import run_bench
 from .chat_cli import add_chat_cli
 from .cli_args import (EXIT_BAD_MODEL, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, add_model_args,
                        add_sampler_args, load_model, sampler_from)
 from .downloader.download import add_cli as add_download_cli
 from .errors import BackendError, DownloadError, ModelFormatError, PerroPastorError, TokenizerError
+from .formats import open_model_file
+from .model import GenerationStats
+from .paths import resolve_model
+from .perplexity import perplexity
+from .runtime_bench import runtime_report
+from .tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
 # commands
 
 def cmd_generate(args) -> int:
-    from .model import GenerationStats
     model, adapters = load_model(args)
     stats = GenerationStats()
     for token in model.generate(args.prompt, max_tokens=args.n, sampler=sampler_from(args), stats=stats,
@@ -44,9 +52,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from .formats import open_model_file
-    from .paths import resolve_model
-    from .tokenizer import Tokenizer
     mf = open_model_file(resolve_model(args.model), args.tokenizer)
     tok = Tokenizer.from_metadata(mf.metadata, mf.path.name, metadata_types=getattr(mf, "metadata_types", None))
     add_bos = False if args.no_bos else None
@@ -66,7 +71,6 @@ def cmd_perplexity(args) -> int:
     model, adapters = load_model(args)
     with open(args.file, "rb") as f:
         text = f.read().decode("utf-8", errors="replace")
-    from .perplexity import perplexity
     result = perplexity(model, text, n_ctx=args.ctx, progress=not args.json, adapters=adapters)
     if args.json:
         print(json.dumps({"ppl": result.ppl, "ppl_err": result.ppl_err, "tokens": result.tokens,
@@ -77,14 +81,11 @@ def cmd_perplexity(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .formats import open_model_file
-    from .paths import resolve_model
     mf = open_model_file(resolve_model(args.model), args.tokenizer)
     n_params = sum(t.n_elements for t in mf.tensors.values())
     tensors = [{"name": t.name, "type": t.qtype.name, "shape": list(t.shape), "bytes": t.nbytes}
                for t in mf.tensors.values()]
 
-    import numpy as np
 
     def short(value):
         if isinstance(value, (list, tuple, np.ndarray)) and len(value) > 8:
@@ -108,10 +109,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
     model, adapters = load_model(args)
     if args.sessions:
-        from .runtime_bench import runtime_report
         row = runtime_report(model, args.sessions, args.budget_ms, args.n, args.restore)
     else:
         row = run_bench(model, n_prompt=args.p, n_gen=args.n, repeats=args.repeats, adapters=adapters)

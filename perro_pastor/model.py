@@ -21,6 +21,7 @@ from .cpu import CpuTransformer
 from .float_weights import DEFAULT_CACHE_BUDGET
 from .errors import BackendError, ModelFormatError, TokenizerError
 from .formats import ModelFile, open_model_file
+from .gl.context import GLContext, is_software_renderer
 from .paths import resolve_model
 from .sampling import Sampler, SamplerSettings
 from .scheduler import Scheduler
@@ -149,7 +150,6 @@ def open_gl(backend: str, gl_context=None):
     if backend == "cpu":
         return None
     try:
-        from .gl.context import GLContext  # only now: PyOpenGL takes about a second to import
         return GLContext(gl_context)
     except (BackendError, ImportError) as exc:
         if backend == "gl":
@@ -158,11 +158,17 @@ def open_gl(backend: str, gl_context=None):
         return None
 
 
+def draws_on_cpu(gl_context) -> bool:
+    """True when a game's moderngl context renders on the CPU (llvmpipe, SwiftShader): there the
+    game and compute shaders would share the same cores, and the cpu backend is the faster pick."""
+    return is_software_renderer(str(gl_context.info.get("GL_RENDERER", "")))
+
+
 def make_backend(kind: str, file: ModelFile, cfg: Config, weights: Weights, gl_context=None,
                  dtype=np.float32, cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET, cpu_kernels: str = "auto"):
     glctx = open_gl(kind, gl_context)
     if glctx is not None:
-        from .gl.forward import GlTransformer  # (as above)
+        from .gl.forward import GlTransformer  # only now: it loads moderngl and the shaders
         try:
             return GlTransformer(file, cfg, weights, ctx=glctx)
         except BackendError as exc:

@@ -12,6 +12,9 @@ import time
 
 import numpy as np
 
+from .sampling import GREEDY, SamplerSettings
+from .scheduler import Scheduler
+
 PROMPTS = ["Tell me about the old mill.", "Where is the blacksmith?", "Any news from the north?",
            "What are you selling?", "Have you seen my sheep?", "Is it going to rain?",
            "Who rules this town?", "Sing me a song."]
@@ -20,8 +23,6 @@ PROMPTS = ["Tell me about the old mill.", "Where is the blacksmith?", "Any news 
 def run_runtime_bench(model, sessions: int, budget_ms: float, n_tokens: int) -> dict:
     """``sessions`` NPCs each generate ``n_tokens`` while ``tick(budget_ms)`` is called back to
     back. Returns tick-time percentiles and tokens per second (aggregate and per NPC)."""
-    from perro_pastor.sampling import SamplerSettings
-    from perro_pastor.scheduler import Scheduler
     sched = Scheduler(model)
     settings = SamplerSettings(temperature=0.8, top_k=40, repeat_penalty=1.1)
     npcs = [sched.session(system_prompt="You are a villager in a small town.", sampler=settings,
@@ -50,8 +51,6 @@ def run_runtime_bench(model, sessions: int, budget_ms: float, n_tokens: int) -> 
 
 def run_restore_bench(model, history_tokens: int = 200) -> dict:
     """Time to the first new token: restoring a saved NPC vs re-prefilling its history."""
-    from perro_pastor.sampling import GREEDY
-    from perro_pastor.scheduler import Scheduler
     sched = Scheduler(model)
     npc = sched.session(system_prompt="You are a villager.", sampler=GREEDY, n_ctx=512)
     npc.say("word " * (history_tokens - 30))

@@ -92,13 +92,13 @@ def choose_backend(requested: str, ctx) -> str:
     """The model's backend for this window. ``auto`` takes the gl backend on a GPU; on a CPU
     rasterizer (llvmpipe) the cpu backend, because there both draw on the same cores and NumPy's
     BLAS decodes ~3x faster than compute shaders in the game (docs/sample_game.md)."""
-    from perro_pastor.gl.context import SOFTWARE_RENDERERS
+    from perro_pastor.model import draws_on_cpu
     if ctx is None:
         return "cpu"
     if requested != "auto":
         return requested
-    renderer = str(ctx.info.get("GL_RENDERER", ""))
-    if any(name in renderer.lower() for name in SOFTWARE_RENDERERS):
+    if draws_on_cpu(ctx):
+        renderer = ctx.info.get("GL_RENDERER", "")
         print(f"perro-pastor: {renderer} draws on the CPU; generating with the cpu backend "
               "(--backend gl to use compute shaders anyway)", file=sys.stderr)
         return "cpu"

@@ -48,8 +48,13 @@ class GLLimits:
     def software(self) -> bool:
         """A CPU rasterizer (llvmpipe, softpipe, SwiftShader): dispatches run synchronously on the
         host's cores, so the launchers keep each one short enough for a frame budget."""
-        name = self.renderer.lower()
-        return any(s in name for s in SOFTWARE_RENDERERS)
+        return is_software_renderer(self.renderer)
+
+
+def is_software_renderer(renderer: str) -> bool:
+    """True for a ``GL_RENDERER`` string naming a CPU rasterizer (llvmpipe, softpipe, SwiftShader)."""
+    name = renderer.lower()
+    return any(s in name for s in SOFTWARE_RENDERERS)
 
 
 def create_headless_context():
