@@ -11,7 +11,6 @@ import argparse
 import sys
 
 from .cli_args import EXIT_OK, add_model_args, add_sampler_args, load_model, sampler_from
-from .scheduler import Scheduler
 
 
 def add_chat_cli(subparsers) -> None:
@@ -28,6 +27,7 @@ def add_chat_cli(subparsers) -> None:
 
 
 def cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
+    from .scheduler import Scheduler
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     model, adapters = load_model(args)
     sched = Scheduler(model)

@@ -9,28 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
-import numpy as np
-
-from .bench import run_bench
 from .chat_cli import add_chat_cli
 from .cli_args import (EXIT_BAD_MODEL, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, add_model_args,
                        add_sampler_args, load_model, sampler_from)
 from .downloader.download import add_cli as add_download_cli
 from .errors import BackendError, DownloadError, ModelFormatError, PerroPastorError, TokenizerError
-from .formats import open_model_file
-from .model import GenerationStats
-from .paths import resolve_model
-from .perplexity import perplexity
-from .runtime_bench import runtime_report
-from .tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
 # commands
 
 def cmd_generate(args) -> int:
+    from .model import GenerationStats
     model, adapters = load_model(args)
     stats = GenerationStats()
     for token in model.generate(args.prompt, max_tokens=args.n, sampler=sampler_from(args), stats=stats,
@@ -52,6 +45,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
+    from .formats import open_model_file
+    from .paths import resolve_model
+    from .tokenizer import Tokenizer
     mf = open_model_file(resolve_model(args.model), args.tokenizer)
     tok = Tokenizer.from_metadata(mf.metadata, mf.path.name, metadata_types=getattr(mf, "metadata_types", None))
     add_bos = False if args.no_bos else None
@@ -68,6 +64,7 @@ def cmd_tokenize(args) -> int:
 
 
 def cmd_perplexity(args) -> int:
+    from .perplexity import perplexity
     model, adapters = load_model(args)
     with open(args.file, "rb") as f:
         text = f.read().decode("utf-8", errors="replace")
@@ -81,6 +78,10 @@ def cmd_perplexity(args) -> int:
 
 
 def cmd_inspect(args) -> int:
+    import numpy as np
+
+    from .formats import open_model_file
+    from .paths import resolve_model
     mf = open_model_file(resolve_model(args.model), args.tokenizer)
     n_params = sum(t.n_elements for t in mf.tensors.values())
     tensors = [{"name": t.name, "type": t.qtype.name, "shape": list(t.shape), "bytes": t.nbytes}
@@ -109,9 +110,11 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from .bench import run_bench
+    from .runtime_bench import runtime_report
     model, adapters = load_model(args)
     if args.sessions:
-        row = runtime_report(model, args.sessions, args.budget_ms, args.n, args.restore)
+        row = runtime_report(model, args.sessions, args.budget_ms, args.n, args.restore, adapters=adapters)
     else:
         row = run_bench(model, n_prompt=args.p, n_gen=args.n, repeats=args.repeats, adapters=adapters)
     if args.json:
@@ -180,10 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def play_demo(argv: list[str]) -> int:
-    """Hand over to the sample game in a fresh process: the library never imports the game, and
-    the game sets its thread counts before NumPy loads (sample_game.__main__.share_the_cores)."""
+    """Hand over to the sample game (``perro-pastor-demo``): this process becomes it where the OS
+    allows (POSIX), else waits for it. The library never imports the game, and the game sets its
+    thread counts before NumPy loads (sample_game.__main__.share_the_cores)."""
+    command = [sys.executable, "-m", "sample_game", *argv]
+    if os.name == "posix":
+        os.execv(sys.executable, command)  # does not return
     try:
-        return subprocess.call([sys.executable, "-m", "sample_game", *argv])
+        return subprocess.call(command)
     except KeyboardInterrupt:
         return 130
 

@@ -1,14 +1,14 @@
 """What the `perro-pastor` commands share: model and sampler flags, loading a model from them,
-and the exit codes (cli.py and chat_cli.py both build on it)."""
+and the exit codes (cli.py and chat_cli.py both build on it).
+
+The command line imports the engine only inside the command that runs: `--help`, `tokenize`,
+`inspect` and `models` start in a few tens of milliseconds rather than ~0.6 s (NumPy, numba),
+and `demo` hands over to the game before NumPy loads."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-
-from .lora import load_adapter, parse_lora_arg
-from .model import load
-from .sampling import Sampler, SamplerSettings
 
 EXIT_OK, EXIT_USAGE, EXIT_BAD_MODEL, EXIT_FAILURE = 0, 2, 3, 4
 
@@ -37,6 +37,7 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
 def load_model(args, backend: str | None = None):
     """The model the flags name, and the LoRA adapters of its ``--lora`` flags (applied at run
     time: the model itself is never changed)."""
+    from .model import load
     backend = backend or getattr(args, "backend", "cpu")
     if backend != "gl" and not cpu_kernels_cached():
         print("perro-pastor: compiling the cpu kernels (first run only, up to a minute)...", file=sys.stderr)
@@ -58,10 +59,12 @@ def cpu_kernels_cached() -> bool:
 
 
 def adapters_from(args, model) -> tuple:
+    from .lora import load_adapter, parse_lora_arg
     return tuple(load_adapter(path, model, scale) for path, scale in map(parse_lora_arg, args.lora))
 
 
-def sampler_from(args) -> Sampler:
+def sampler_from(args):
+    from .sampling import Sampler, SamplerSettings
     settings = SamplerSettings(temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
                                min_p=args.min_p, repeat_penalty=args.repeat_penalty,
                                repeat_last_n=args.repeat_last_n)

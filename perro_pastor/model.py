@@ -67,9 +67,10 @@ class Model:
         return self.transformer.name
 
     def limit_threads(self, n_threads: int | None) -> None:
-        """Use at most ``n_threads`` CPU threads for this model's work started from the calling
-        thread (None: the defaults). A game whose renderer shares the cores calls it on the
-        thread that ticks the scheduler. The gl backend computes on the GPU and ignores it."""
+        """Use at most ``n_threads`` CPU threads for this model's work (None: the defaults). The
+        compiled kernels' count is per thread, so a game whose renderer shares the cores calls
+        it on the thread that ticks the scheduler; BLAS in prompt passes is limited for every
+        thread. The gl backend computes on the GPU and ignores it."""
         self.transformer.limit_threads(n_threads)
 
     def generate(self, prompt: str | list[int], max_tokens: int = 128,
@@ -87,28 +88,35 @@ class Model:
         n_ctx = min(n_ctx or len(tokens) + max_tokens, self.config.seq_len)
         if len(tokens) >= n_ctx:
             raise ValueError(f"prompt of {len(tokens)} tokens does not fit a context of {n_ctx}")
+        max_tokens = min(max_tokens, n_ctx - len(tokens))
+        stats.prompt_tokens = len(tokens)
+        if max_tokens < 1:
+            return
         scheduler = Scheduler(self, prefill_chunk=len(tokens))  # the prompt in one pass
         session = scheduler.session(sampler=sampler, n_ctx=n_ctx, lora=tuple(adapters), name="generate")
-        reply = session.continue_tokens(tokens, min(max_tokens, n_ctx - len(tokens)), ignore_eos=not stop_at_eos)
         decoder = StreamDecoder(self.tokenizer)
-        stats.prompt_tokens = len(tokens)
+        shown = 0  # of reply.token_ids
         start = time.perf_counter()
         try:
+            reply = session.continue_tokens(tokens, max_tokens, ignore_eos=not stop_at_eos)
             while not reply.done:
                 scheduler.tick(0)  # one step: a dispatch group, or sampling
-                for token in reply.token_ids[stats.generated_tokens:]:
-                    if not stats.generated_tokens:
+                for token in reply.token_ids[shown:]:
+                    if not shown:  # the first token: the prompt's pass and its sampling are done
                         stats.prefill_s, start = time.perf_counter() - start, time.perf_counter()
+                    shown += 1
                     stats.generated_tokens += 1
                     yield Token(token, decoder.feed(token))
                     stats.decode_s = time.perf_counter() - start
             if reply.error is not None:
                 raise reply.error
-            if not stats.generated_tokens:  # the first token sampled ended it
+            if not shown:  # the first token sampled ended the reply
                 stats.prefill_s = time.perf_counter() - start
+            else:
+                stats.decode_s = time.perf_counter() - start
             stats.generated_tokens += reply.finish_reason == "eos"  # sampled, not shown
         finally:
-            reply.cancel()
+            session.cancel()
             scheduler.remove(session)
             self.transformer.release_cache(session.kv)
 
@@ -168,12 +176,12 @@ def make_backend(kind: str, file: ModelFile, cfg: Config, weights: Weights, gl_c
                  dtype=np.float32, cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET, cpu_kernels: str = "auto"):
     glctx = open_gl(kind, gl_context)
     if glctx is not None:
-        from .gl.forward import GlTransformer  # only now: it loads moderngl and the shaders
         try:
+            from .gl.forward import GlTransformer  # only now: it loads moderngl and the shaders
             return GlTransformer(file, cfg, weights, ctx=glctx)
-        except BackendError as exc:
+        except (BackendError, ImportError) as exc:
             if kind == "gl":
-                raise
+                raise BackendError(f"gl backend unavailable: {exc}") from exc
             print(f"perro_pastor: gl backend unavailable ({exc}); using cpu", file=sys.stderr)
     return CpuTransformer(file, cfg, weights, dtype=dtype, cache_budget=cpu_cache_bytes, kernels=cpu_kernels)
 

@@ -10,7 +10,7 @@ from typing import Callable, Iterator, Sequence
 
 class Reply:
     """A handle on one generated reply: stream it (callbacks, iterator, ``async for``), poll it,
-    await it, or cancel it. ``finish_reason``: eos | stop | length | cancelled | context_full.
+    await it, or cancel it. ``finish_reason``: eos | stop | length | cancelled | context_full | error.
     ``session`` is the Session it belongs to (it ends the reply; its host drives the waits)."""
 
     def __init__(self, session, max_tokens: int, stop: Sequence[str],

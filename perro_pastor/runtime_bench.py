@@ -20,13 +20,14 @@ PROMPTS = ["Tell me about the old mill.", "Where is the blacksmith?", "Any news 
            "Who rules this town?", "Sing me a song."]
 
 
-def run_runtime_bench(model, sessions: int, budget_ms: float, n_tokens: int) -> dict:
-    """``sessions`` NPCs each generate ``n_tokens`` while ``tick(budget_ms)`` is called back to
-    back. Returns tick-time percentiles and tokens per second (aggregate and per NPC)."""
+def run_runtime_bench(model, sessions: int, budget_ms: float, n_tokens: int, adapters: tuple = ()) -> dict:
+    """``sessions`` NPCs (each with the LoRA ``adapters``) each generate ``n_tokens`` while
+    ``tick(budget_ms)`` is called back to back. Returns tick-time percentiles and tokens per
+    second (aggregate and per NPC)."""
     sched = Scheduler(model)
     settings = SamplerSettings(temperature=0.8, top_k=40, repeat_penalty=1.1)
     npcs = [sched.session(system_prompt="You are a villager in a small town.", sampler=settings,
-                          seed=i, n_ctx=256, name=f"npc{i}") for i in range(sessions)]
+                          seed=i, n_ctx=256, name=f"npc{i}", lora=adapters or None) for i in range(sessions)]
     replies = [npc.ask(PROMPTS[i % len(PROMPTS)], max_tokens=n_tokens + 1, ignore_eos=True)
                for i, npc in enumerate(npcs)]
     while any(len(r.token_ids) == 0 for r in replies):  # prefill + first token, not measured
@@ -81,7 +82,7 @@ def run_restore_bench(model, history_tokens: int = 200) -> dict:
 
 
 def runtime_report(model, sessions: int, budget_ms: float, n_tokens: int, restore: bool = False,
-                   rounds: int = 3) -> dict:
+                   rounds: int = 3, adapters: tuple = ()) -> dict:
     """What `perro-pastor bench --sessions` prints: a warm-up, then ``rounds`` rounds of the N-NPC
     run and the same run with one NPC, interleaved so drift in the machine's load hits both. Ticks:
     the median p50 and the worst p99 and max of the N-NPC rounds; throughput: the round with the
@@ -90,9 +91,9 @@ def runtime_report(model, sessions: int, budget_ms: float, n_tokens: int, restor
     run_runtime_bench(model, 1, 1000, 2)  # warm-up: dequantize/upload weights, compile programs
     many, single = [], []
     for _ in range(rounds):
-        many.append(run_runtime_bench(model, sessions, budget_ms, n_tokens))
+        many.append(run_runtime_bench(model, sessions, budget_ms, n_tokens, adapters))
         if sessions != 1:
-            single.append(run_runtime_bench(model, 1, budget_ms, n_tokens)["aggregate_tok_s"])
+            single.append(run_runtime_bench(model, 1, budget_ms, n_tokens, adapters)["aggregate_tok_s"])
     many.sort(key=lambda r: r["aggregate_tok_s"])
     row = dict(many[len(many) // 2], rounds=rounds,
                tick_ms_p50=statistics.median(r["tick_ms_p50"] for r in many),

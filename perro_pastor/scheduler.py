@@ -84,14 +84,13 @@ class Scheduler:
         (code is not saved)."""
         saved = state.unpack(data, state.model_hash(self.model), state.adapter_hash(lora),
                              self.model.file.path.name, where)
-        fields = saved.fields
+        fields, s = saved.fields, None
         try:
             sampler = Sampler(SamplerSettings(**fields["settings"], hook=hook), fields["seed"])
             options = dict(system_prompt=fields["system_prompt"], sampler=sampler, priority=fields["priority"],
                            n_ctx=fields["n_ctx"], context_policy=fields["context_policy"], lora=lora,
                            name=fields["name"],
                            template=fields["template"] if fields["template"] in BUILTIN else None)
-            s = None
             s = Session(self, self.model, **options)
             s.restore(saved)
         except (ValueError, KeyError, TypeError) as exc:
@@ -105,8 +104,14 @@ class Scheduler:
         """A branch of ``session``'s dialogue (``Session.fork``): same history and KV rows, its
         own future; the same RNG state unless a new ``seed`` is given."""
         sampler = Sampler(session.sampler.settings, seed) if seed is not None else session.sampler.clone()
+        if session.busy:
+            raise RuntimeError(f"session {session.name!r} is generating; cancel or await the reply before forking")
         other = Session(self, self.model, **{**session.options(), "sampler": sampler, **overrides})
-        other.continue_from(session)
+        try:
+            other.continue_from(session)
+        except BaseException:
+            self.model.transformer.release_cache(other.kv)
+            raise
         self.sessions.append(other)
         return other
 

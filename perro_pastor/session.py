@@ -21,7 +21,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from . import state
-from .chat import ChatTemplate, ChatTemplateError, guess_builtin, template_for_model
+from .chat import BUILTIN, ChatTemplate, ChatTemplateError, guess_builtin, template_for_model
 from .errors import PerroPastorError
 from .reply import Reply
 from .sampling import Sampler, SamplerSettings
@@ -73,7 +73,10 @@ class Session:
         # LoRA adapters applied inside the batch to this session's rows only (lora.py's objects)
         self.adapters = tuple(lora) if isinstance(lora, (list, tuple)) else ((lora,) if lora is not None else ())
         self.sampler = sampler if isinstance(sampler, Sampler) else Sampler(sampler or SamplerSettings(), seed)
-        self._template = template  # a ChatTemplate, or a name resolved at first use (``template``)
+        if isinstance(template, str) and template not in BUILTIN:
+            raise ChatTemplateError(f"unknown chat template {template!r} (choose from {', '.join(BUILTIN)})")
+        self._template = template  # a ChatTemplate, a built-in's name, or None: the model's own,
+        # checked at first use (``template``), not for a session that never renders one
         self.messages: list[dict] = [{"role": "system", "content": system_prompt}] if system_prompt else []
         self.kv = self.transformer.new_cache(n_ctx)
         self.tokens: list[int] = []
@@ -99,8 +102,9 @@ class Session:
         self._template = template
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool) -> str:
+        template = self.template
         try:
-            return self.template.render(messages, add_generation_prompt)
+            return template.render(messages, add_generation_prompt)
         except ChatTemplateError:
             self.template = guess_builtin(None, self.model.tokenizer.tokens)
             return self.template.render(messages, add_generation_prompt)

@@ -130,3 +130,13 @@ def test_numpy_weights_beyond_the_memory_budget_are_dequantized_on_the_fly(model
     streamed = lean.transformer.forward(tokens, 0, lean.transformer.new_cache(64))
     assert lean.transformer.store.cache == {}  # nothing was kept
     np.testing.assert_allclose(streamed, cached, rtol=1e-4, atol=1e-4)
+
+
+def test_generate_reuses_a_stats_object_and_accepts_zero_tokens(model32):
+    """Two runs into one GenerationStats each stream their own tokens (the counts add up), and
+    max_tokens=0 streams nothing, as before generate ran on the scheduler."""
+    stats = GenerationStats()
+    first = [t.id for t in model32.generate(PROMPT, 5, Sampler(GREEDY), stats=stats, stop_at_eos=False)]
+    second = [t.id for t in model32.generate(PROMPT, 5, Sampler(GREEDY), stats=stats, stop_at_eos=False)]
+    assert first == second and len(first) == 5 and stats.generated_tokens == 10
+    assert list(model32.generate(PROMPT, 0, Sampler(GREEDY), n_ctx=64)) == []

@@ -240,3 +240,10 @@ def test_chat_cli_streams_replies(model):
     expected = run_alone(model, QUESTIONS[0], max_tokens=3)
     lines = out.getvalue().split("\n")
     assert len(lines) == 3 and lines[0] == expected.result()
+
+
+def test_unknown_template_name_is_refused_at_creation(model):
+    from perro_pastor.chat import ChatTemplateError
+
+    with pytest.raises(ChatTemplateError, match="unknown chat template 'nonexistent'"):
+        Scheduler(model).session(template="nonexistent")

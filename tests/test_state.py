@@ -110,3 +110,23 @@ def test_save_while_generating_is_refused(model):
     with pytest.raises(RuntimeError, match="generating"):
         s.save()
     s.cancel()
+
+
+@pytest.mark.parametrize("edit", [
+    lambda f: f["settings"].update(bogus=1),  # an option this build does not know
+    lambda f: f.pop("system_prompt"),  # a field missing
+    lambda f: f.update(n_ctx=10**9),  # more context than the model has
+])
+def test_hand_edited_fields_are_refused_as_state_errors(model, talked, edit):
+    """A save whose bytes check out but whose fields do not make a session: one StateError, and
+    the scheduler keeps no half-made session."""
+    from perro_pastor import state
+
+    saved = state.unpack(talked.save("f32"), state.model_hash(model), state.adapter_hash(None), "test")
+    fields = {k: v for k, v in saved.fields.items() if k not in ("kv_dtype", "kv_shape")}
+    edit(fields)
+    data = state.pack(fields, saved.kv, "f32", state.model_hash(model), state.adapter_hash(None))
+    sched = Scheduler(model)
+    with pytest.raises(StateError, match="corrupt session fields"):
+        sched.restore(data)
+    assert sched.sessions == []
