@@ -8,8 +8,6 @@ All models share one headless context: moderngl does not switch between standalo
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 
 import numpy as np
 import pytest
@@ -20,9 +18,9 @@ from perro_pastor.weights import PROJECTIONS
 from perro_pastor.gl import forward as gl_forward
 from perro_pastor.gl.context import assert_no_gl_error, create_headless_context
 from perro_pastor.gl_figures import DecodeFigures, DispatchTimer
-from perro_pastor.paths import default_model_path
 from perro_pastor.perplexity import perplexity
-from perro_pastor.tools import requantize as requantize_mod
+
+from model_slices import model_slice
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 PROMPT = "The quick brown fox jumps over"
@@ -72,15 +70,7 @@ def text():
 
 
 def slice_path(request, qtype: str, n_layers: int = 1):
-    src = default_model_path()
-    code = hashlib.sha256(inspect.getsource(requantize_mod).encode()).hexdigest()[:12]
-    folder = request.config.cache.mkdir(f"gl_forward_slices_{src.stat().st_size}_{code}")
-    path = folder / f"{qtype}-{n_layers}.gguf"
-    if not path.exists():
-        tmp = path.with_suffix(".part")
-        requantize_mod.requantize(src, tmp, qtype, n_layers)
-        tmp.replace(path)
-    return path
+    return model_slice(qtype, n_layers)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ is remembered, and an object is alive until moderngl marks it released."""
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import time
 
 import numpy as np
@@ -15,9 +13,9 @@ import pytest
 from perro_pastor import load_async
 from perro_pastor.errors import BackendError, ModelFormatError
 from perro_pastor.model import load
-from perro_pastor.paths import default_model_path
 from perro_pastor.scheduler import Scheduler
-from perro_pastor.tools import requantize as requantize_mod
+
+from model_slices import model_slice
 
 moderngl = pytest.importorskip("moderngl")
 
@@ -56,17 +54,9 @@ def raw_ctx():
 
 
 @pytest.fixture(scope="module")
-def slice_path(request):
-    """The default model cut to 2 layers, Q4_1 (cached between runs, keyed by the tool's source)."""
-    src = default_model_path()
-    code = hashlib.sha256(inspect.getsource(requantize_mod).encode()).hexdigest()[:12]
-    folder = request.config.cache.mkdir(f"loading_slices_{src.stat().st_size}_{code}")
-    path = folder / "Q4_1-2.gguf"
-    if not path.exists():
-        tmp = path.with_suffix(".part")
-        requantize_mod.requantize(src, tmp, "Q4_1", n_layers=2)
-        tmp.replace(path)
-    return path
+def slice_path():
+    """The default model cut to 2 layers, Q4_1."""
+    return model_slice("Q4_1", n_layers=2)
 
 
 def run_steps(task, limit: int | None = None, limit_s: float = 120.0) -> int:
