@@ -180,6 +180,12 @@ class CpuTransformer:
         self.rms_ffn = [self.store.vector(l.rms_ffn_weight) for l in weights.layers]
         self.rms_final = self.store.vector(weights.rms_final_weight)
 
+    def prepare(self, t) -> None:
+        """Lay out matrix ``t`` for the products now (packed, or dequantized within the cache
+        budget) instead of at its first use: the loader calls it for every matrix on its worker
+        thread, so no frame pays for it."""
+        self.store.matrix(t)
+
     def limit_threads(self, n_threads: int | None) -> None:
         """At most ``n_threads`` for the compiled kernels called from this thread (numba's count is
         per thread) and for BLAS in the steps of a pass that prefills; None: the defaults. A game

@@ -29,11 +29,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .backend import IDLE
-from .cpu import CpuTransformer
 from .float_weights import DEFAULT_CACHE_BUDGET
 from .formats import open_model_file  # (imports every reader here, not on the worker, where each
 # import held the GIL, and so the frame, ~10 ms)
-from .model import BACKENDS, Model, ModelParts, open_gl
+from .model import BACKENDS, Model, ModelParts, make_backend, open_gl
 from .paths import resolve_model
 from .payload_queue import PayloadQueue
 from .scheduler import Scheduler
@@ -78,7 +77,7 @@ class LoadTask:
         self._imported = threading.Event()  # the worker imported the gl modules (PyOpenGL: ~1 s)
         self._file = None  # the open model file, once the worker has read and checked it ...
         self._parts: ModelParts | None = None  # ... with its config, weight table and tokenizer
-        self._cpu: CpuTransformer | None = None  # the cpu backend, made on the worker
+        self._cpu = None  # the cpu backend, made on the worker
         self._payloads = PayloadQueue(self._lock)  # prepared on the worker, uploaded here
         self._worker_error: BaseException | None = None
         self._worker_done = False
@@ -289,8 +288,8 @@ class LoadTask:
                 from .gl.upload import upload_order  # (imported by _import_gl above)
                 tensors = upload_order(parts.weights)
             else:
-                self._cpu = CpuTransformer(file, parts.config, parts.weights, dtype=self.dtype,
-                                           cache_budget=self.cpu_cache_bytes)
+                self._cpu = make_backend("cpu", file, parts.config, parts.weights, dtype=self.dtype,
+                                         cpu_cache_bytes=self.cpu_cache_bytes)
                 tensors = parts.weights.matrices()
             self.tensors_total = len(tensors)
             self.bytes_total = sum(t.nbytes for t in tensors)
@@ -328,11 +327,10 @@ class LoadTask:
             self.tensors_done += 1
 
     def _prepare_cpu(self, file, tensors) -> None:
-        store = self._cpu.store
         for t in tensors:
             if self._cancel.is_set():
                 raise LoadCancelled
-            store.matrix(t)  # within the cache budget; past it, matmuls dequantize on the fly
+            self._cpu.prepare(t)
             file.release_pages(t.name)
             self.tensors_done += 1
             self._add_bytes(t.nbytes)
