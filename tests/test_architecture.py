@@ -46,3 +46,15 @@ def test_the_checker_catches_what_it_claims(tmp_path):
     assert import_graph.circles(found) == [["perro_pastor.a", "perro_pastor.b"]]
     assert import_graph.arrows_up(found) == ["perro_pastor.b imports sample_game", "perro_pastor.b imports sample_game.world"]
     assert import_graph.private_names_across(found) == ["perro_pastor.b:7 uses ._secret"]
+
+
+def test_both_backends_offer_the_whole_transformer_interface():
+    """backend.Transformer is what the runtime may call; each backend class has every member."""
+    from perro_pastor.backend import Transformer
+    from perro_pastor.cpu import CpuTransformer
+    from perro_pastor.gl.forward import GlTransformer
+
+    members = {name for name in vars(Transformer) if not name.startswith("_")} | set(Transformer.__annotations__)
+    assert {"forward_steps", "export_kv", "poll", "limit_threads", "release_cache", "name"} <= members
+    for backend in (CpuTransformer, GlTransformer):
+        assert not members - set(dir(backend)), f"{backend.__name__} lacks {sorted(members - set(dir(backend)))}"
