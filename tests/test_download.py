@@ -407,3 +407,75 @@ def test_detect_type_reads_magic(tmp_path):
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
     assert [detect_type(tmp_path / n) for n in cases] == ["gguf", "ggml", "llama2c", "llama2c-tokenizer", "unknown"]
+
+
+# -----------------------------------------------------------------------------
+# no network: one line in seconds that says what was tried (issue 23)
+
+def closed_port_url() -> str:
+    """An endpoint on loopback where nothing listens: every connection is refused."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_unreachable_hub_fails_in_seconds_and_states_the_retry_policy(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"connection refused; gave up after 3 tries .*0\.5 s then 1 s apart"):
+        dl.download(SPEC, tmp_path)  # the default policy, as a user gets it
+    assert time.monotonic() - t0 < 5
+    assert not (tmp_path / (FILE + ".part")).exists()
+
+
+def test_unreachable_hub_cli_json_is_one_object_with_error(tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": closed_port_url()}
+    env.pop("HF_HUB_OFFLINE", None)
+    t0 = time.monotonic()
+    for json_flag in (["--json"], []):
+        out = subprocess.run([sys.executable, "-m", "perro_pastor.cli", "download", SPEC, "--models-dir",
+                              str(tmp_path), *json_flag], capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 4 and "Traceback" not in out.stderr
+        assert out.stderr.count("\n") == 1 and out.stderr.startswith("perro-pastor: error: ")
+        assert "connection refused" in out.stderr and "3 tries" in out.stderr
+        if json_flag:
+            [line] = out.stdout.splitlines()
+            reply = json.loads(line)
+            assert reply["name"] == SPEC and "connection refused" in reply["error"] and reply["exit_code"] == 4
+        else:
+            assert out.stdout == ""
+    assert time.monotonic() - t0 < 15  # two runs, interpreter start included
+
+
+def test_dns_failure_is_named_as_such():
+    import requests
+    import urllib3
+
+    from perro_pastor.downloader.hub import unreachable_reason
+    gai = OSError(-2, "Name or service not known")
+    dns = urllib3.exceptions.NameResolutionError("hub.invalid", None, gai)
+    err = requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/x", dns))
+    assert unreachable_reason(err) == "cannot resolve hub.invalid (Name or service not known; no network?)"
+    assert unreachable_reason(requests.exceptions.ReadTimeout("slow")) is None  # reached: full retries
+
+
+def test_cli_json_error_for_a_bad_name(tmp_path, capsys):
+    assert cli(["download", "no-such-model", "--models-dir", str(tmp_path), "--json"]) == 2
+    captured = capsys.readouterr()
+    reply = json.loads(captured.out)
+    assert "unknown model 'no-such-model'" in reply["error"] and reply["exit_code"] == 2
+    assert captured.err.startswith("perro-pastor: error: unknown model")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows opens folders with os.startfile")
+def test_models_dir_open_without_a_file_manager_is_one_clean_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no xdg-open (or open) to be found
+    assert cli(["models-dir", "--models-dir", str(tmp_path / "m"), "--open"]) == 4
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(tmp_path / "m")
+    assert captured.err.count("\n") == 1 and "is not installed" in captured.err and "Errno" not in captured.err
+    assert captured.err.startswith("perro-pastor: error: cannot open")

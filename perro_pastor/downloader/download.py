@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -71,20 +72,51 @@ def _download_one(session, f: CatalogFile, folder: Path, progress: ProgressFn | 
                             "unset HF_HUB_OFFLINE to download it, or copy the file there")
     if progress:
         progress(Progress(f.filename, "checking", 0, f.size or 0))
-    remote = _file_info_with_retries(session, f, policy)
+    remote = _file_info_with_retries(session, f, policy, progress)
     prepare_folder(folder)
     return fetch(session, remote, slot, policy, progress)
 
 
-def _file_info_with_retries(session, f: CatalogFile, policy: Policy) -> hub.RemoteFile:
+def _file_info_with_retries(session, f: CatalogFile, policy: Policy,
+                            progress: ProgressFn | None = None) -> hub.RemoteFile:
+    """What the Hub says the file must be. A Hub that answers with errors gets ``policy.attempts``
+    tries with exponential backoff; one that cannot be reached at all (no network, DNS failure,
+    connection refused) gets ``policy.connect_attempts`` quick ones, so offline fails in seconds."""
+    start = time.monotonic()
+    unreachable = 0
     for attempt in range(1, policy.attempts + 1):
         try:
-            return hub.file_info(session, f.repo, f.filename, f.revision, timeout=policy.read_timeout)
-        except hub.Retryable:
+            return hub.file_info(session, f.repo, f.filename, f.revision,
+                                 timeout=(policy.connect_timeout, policy.read_timeout))
+        except hub.Unreachable as e:
+            unreachable += 1
+            if unreachable >= policy.connect_attempts or attempt == policy.attempts:
+                raise DownloadError(
+                    f"{e}; gave up after {_tries(unreachable)} in {time.monotonic() - start:.1f} s "
+                    f"({_connect_policy(policy)}). Check the network or HF_ENDPOINT; "
+                    "HF_HUB_OFFLINE=1 uses the local copies only") from e
+            time.sleep(policy.connect_backoff * 2 ** (unreachable - 1))  # quietly: the error says it all
+        except hub.Retryable as e:
             if attempt == policy.attempts:
-                raise
-            time.sleep(min(policy.backoff * 2 ** (attempt - 1), policy.backoff_max))
+                raise DownloadError(f"{e}; gave up after {_tries(attempt)} in {time.monotonic() - start:.1f} s "
+                                    f"(backoff from {policy.backoff:g} s up to {policy.backoff_max:g} s)") from e
+            wait = min(policy.backoff * 2 ** (attempt - 1), policy.backoff_max)
+            if progress:
+                progress(Progress(f.filename, "retrying", 0, f.size or 0, attempt=attempt,
+                                  message=f"{e}; retrying in {wait:.1f} s"))
+            time.sleep(wait)
     raise AssertionError("unreachable")
+
+
+def _tries(n: int) -> str:
+    return f"{n} {'try' if n == 1 else 'tries'}"
+
+
+def _connect_policy(policy: Policy) -> str:
+    """"a host that cannot be reached gets 3 tries, 0.5 s then 1 s apart"."""
+    waits = [f"{policy.connect_backoff * 2 ** i:g} s" for i in range(policy.connect_attempts - 1)]
+    apart = f", {' then '.join(waits)} apart" if waits else ""
+    return f"a host that cannot be reached gets {_tries(policy.connect_attempts)}{apart}"
 
 
 def _local_copy(slot: Slot, f: CatalogFile) -> FetchResult | None:
@@ -167,22 +199,29 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=cmd_models_dir)
 
 
-def _fail(msg: str, code: int) -> int:
-    print(f"error: {msg}", file=sys.stderr)
+def _fail(msg: str, code: int, json_for: str | None = None) -> int:
+    """One ``perro-pastor: error:`` line on stderr (as every command prints), and with ``--json``
+    the one JSON object on stdout too, with the message as its ``error``."""
+    if json_for is not None:
+        print(json.dumps({"name": json_for, "error": msg, "exit_code": code}), flush=True)
+    print(f"perro-pastor: error: {msg}", file=sys.stderr)
     return code
 
 
 def cmd_download(args: argparse.Namespace) -> int:
     bar = None if args.json else _TqdmProgress()
+    as_json = args.spec if args.json else None
     try:
         results = download(args.spec, args.models_dir, args.revision, progress=bar)
     except UsageError as e:
-        return _fail(str(e), EXIT_USAGE)
+        return _fail(str(e), EXIT_USAGE, as_json)
     except DownloadError as e:
-        return _fail(str(e), EXIT_DOWNLOAD)
+        return _fail(str(e), EXIT_DOWNLOAD, as_json)
+    except OSError as e:  # the model folder itself: not creatable, not writable
+        return _fail(f"{e.filename or 'model folder'}: {e.strerror or e}", EXIT_DOWNLOAD, as_json)
     except KeyboardInterrupt:
         return _fail("interrupted; the partial file is kept, run the same command again to resume",
-                     EXIT_INTERRUPTED)
+                     EXIT_INTERRUPTED, as_json)
     finally:
         if bar:
             bar.close()
@@ -238,8 +277,13 @@ def cmd_models_dir(args: argparse.Namespace) -> int:
             os.startfile(folder)  # type: ignore[attr-defined]
         else:
             opener = "open" if sys.platform == "darwin" else "xdg-open"
+            if shutil.which(opener) is None:
+                return _fail(f"cannot open {folder} in a file manager: {opener} is not installed "
+                             "(the folder's path is printed above)", EXIT_DOWNLOAD)
             subprocess.Popen([opener, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except (OSError, DownloadError) as e:
+    except OSError as e:
+        return _fail(f"cannot open {folder} in a file manager: {e.strerror or e}", EXIT_DOWNLOAD)
+    except DownloadError as e:
         return _fail(f"cannot open {folder} in a file manager: {e}", EXIT_DOWNLOAD)
     return EXIT_OK
 
@@ -266,8 +310,8 @@ class _TqdmProgress:
 
         if p.message:
             tqdm.write(p.message, file=sys.stderr)
-        if p.state in ("checking", "waiting-lock"):
-            return
+        if p.state in ("checking", "waiting-lock") or (p.state == "retrying" and self.bar is None):
+            return  # nothing to draw a bar for yet
         if p.state == "done":
             self.close()
             return

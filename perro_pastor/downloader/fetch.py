@@ -39,6 +39,8 @@ class Policy:
     attempts: int = 8
     backoff: float = 1.0  # first wait after a failure, doubled each time ...
     backoff_max: float = 30.0  # ... up to this
+    connect_attempts: int = 3  # a Hub that cannot be reached at all (offline: DNS, refused) ...
+    connect_backoff: float = 0.5  # ... is tried this often, this long apart (doubled): seconds, not minutes
     connect_timeout: float = 15.0
     read_timeout: float = 30.0  # silence longer than this aborts the attempt
     stall_window: float = 30.0  # every window must bring at least stall_min_bytes (slow-loris guard)

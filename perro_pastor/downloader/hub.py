@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import requests
+import urllib3
 
 from ..errors import DownloadError
 
@@ -89,6 +90,30 @@ class Retryable(DownloadError):
     """A fault worth retrying (5xx, 429, connection reset, timeout, stall)."""
 
 
+class Unreachable(Retryable):
+    """No connection could be made at all (DNS failure, connection refused, no route): worth a
+    short retry, not minutes of backoff. Offline is the usual reason."""
+
+
+def unreachable_reason(e: requests.RequestException) -> str | None:
+    """Why no connection could be made ("connection refused", "cannot resolve huggingface.co: ..."),
+    or None when the server was reached and the exchange failed later (worth the full retries)."""
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        return "no answer to the connection attempt (connect timeout)"
+    if not isinstance(e, requests.exceptions.ConnectionError) or isinstance(e, requests.exceptions.ProxyError):
+        return None
+    cause = e.args[0] if e.args else None
+    reason = getattr(cause, "reason", cause)  # requests wraps urllib3's MaxRetryError
+    if not isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return None
+    detail = re.findall(r"\[Errno -?\d+\] ([^)\]]+)", str(reason))
+    text = detail[-1].strip() if detail else "cannot connect"
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        host = getattr(reason, "_host", None) or "the host"
+        return f"cannot resolve {host} ({text}; no network?)"
+    return text[:1].lower() + text[1:]
+
+
 def _unquote_etag(value: str | None) -> str | None:
     if not value:
         return None
@@ -102,6 +127,9 @@ def file_info(session: requests.Session, repo: str, filename: str, revision: str
     try:
         head = session.head(resolve_url(repo, revision, filename), allow_redirects=False, timeout=timeout)
     except requests.RequestException as e:
+        why = unreachable_reason(e)
+        if why:
+            raise Unreachable(f"{what}: cannot reach {endpoint()}: {why}") from e
         raise Retryable(f"{what}: cannot reach {endpoint()}: {type(e).__name__}") from e
     check_status(head, what)
     commit = (head.headers.get("X-Repo-Commit") or "").lower()
