@@ -94,12 +94,20 @@ class Reply:
         return self._feed(self._decoder.feed(token))
 
     def end(self, reason: str) -> None:
-        """Emit what was held back (a partial stop string, an unfinished character), unless the
-        reply stopped on a stop string or was cancelled, and record ``reason``."""
-        if reason != "cancelled":
-            self._emit(self._held + (self._decoder.flush() if reason != "stop" else ""))
+        """Record ``reason`` and emit what was held back (a partial stop string, an unfinished
+        character), unless the reply stopped on a stop string or was cancelled. The reply is done
+        before any callback runs: a callback that raises here turns the reason into ``error``
+        (with the exception attached) and never escapes, except a KeyboardInterrupt or the like,
+        which is re-raised with the reply already done."""
+        text = self._held + (self._decoder.flush() if reason not in ("stop", "cancelled") else "")
         self._held = ""
         self.finish_reason = reason
+        if reason == "cancelled":
+            return
+        try:
+            self._emit(text)
+        except Exception as exc:  # the game's on_token raised on the last piece
+            self.finish_reason, self.error = "error", self.error or exc
 
     def wake(self) -> None:
         """Tell an ``async for`` waiting on this reply that something changed."""
@@ -111,9 +119,13 @@ class Reply:
             return
         self.text += text
         self._pieces.append(text)
-        for callback in self.callbacks:
-            callback(text)
         self.wake()
+        for callback in self.callbacks:
+            try:
+                callback(text)
+            except BaseException:
+                self.callbacks = []  # game code that failed once is not called again
+                raise
 
     def _feed(self, text: str) -> bool:
         """Add decoded text; emit what cannot be part of a stop string. True if a stop matched."""

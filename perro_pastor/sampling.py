@@ -36,8 +36,25 @@ class SamplerSettings:
     hook: SamplerHook | None = field(default=None, compare=False)
 
     def __post_init__(self):
+        for name in ("top_k", "repeat_last_n"):
+            if not _is_int(getattr(self, name)):
+                raise ValueError(f"{name} must be an int, got {getattr(self, name)!r}")
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty", "typical_p", "frequency_penalty",
+                     "presence_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) \
+                    or not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.hook is not None and not callable(self.hook):
+            raise ValueError(f"hook must be callable, got {type(self.hook).__name__}")
         bias = self.logit_bias.items() if isinstance(self.logit_bias, Mapping) else self.logit_bias
-        object.__setattr__(self, "logit_bias", tuple(sorted((int(t), float(b)) for t, b in bias)))
+        try:
+            pairs = tuple(sorted((t, float(b)) for t, b in bias))
+        except (TypeError, ValueError):
+            raise ValueError(f"logit_bias must map token ids to numbers, got {self.logit_bias!r:.80}") from None
+        if not all(_is_int(t) for t, _ in pairs) or any(np.isnan(b) for _, b in pairs):
+            raise ValueError(f"logit_bias must map int token ids to numbers, got {self.logit_bias!r:.80}")
+        object.__setattr__(self, "logit_bias", tuple((int(t), b) for t, b in pairs))
         checks = [
             (self.temperature >= 0, "temperature must be >= 0"),
             (self.top_k >= 0, "top_k must be >= 0"),
@@ -59,6 +76,10 @@ class SamplerSettings:
         d = {n: getattr(self, n) for n in names}
         d["logit_bias"] = [list(p) for p in self.logit_bias]
         return d
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 GREEDY = SamplerSettings(temperature=0.0)
@@ -157,9 +178,15 @@ class Sampler:
         logits = apply_frequency_presence(logits, window, s.frequency_penalty, s.presence_penalty)
         if s.hook is not None:
             out = s.hook(logits, window, self.rng)
-            if isinstance(out, (int, np.integer)):
+            if _is_int(out):
+                if not 0 <= out < len(logits):
+                    raise ValueError(f"sampler hook returned token id {out}, outside 0..{len(logits) - 1}")
                 return int(out)
-            logits = np.asarray(out, dtype=np.float64)
+            shape = getattr(out, "shape", None)
+            if not isinstance(out, np.ndarray) or shape != logits.shape or out.dtype.kind not in "fiu":
+                raise ValueError(f"sampler hook must return a token id or logits of shape {logits.shape}, "
+                                 f"got {type(out).__name__} {shape or ''}")
+            logits = out.astype(np.float64)
         if s.temperature == 0:
             return int(np.argmax(logits))
 

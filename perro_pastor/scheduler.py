@@ -68,6 +68,7 @@ class Scheduler:
         self._batch_step = 0
         self._batch_steps_run = 0  # ever, by any batch (a background warm-up watches it)
         self._driver: asyncio.Task | None = None
+        self._ticking = False  # a tick is running (a callback that ticks again is refused)
 
     # -------------------------------------------------------------------------
     # sessions and jobs
@@ -178,7 +179,19 @@ class Scheduler:
     # the frame tick
 
     def tick(self, budget_ms: float) -> int:
-        """Advance work for at most ``budget_ms`` (one step may overrun it). Returns steps run."""
+        """Advance work for at most ``budget_ms`` (one step may overrun it). Returns steps run.
+        Not re-entrant: game code called from a tick (``on_token``, a sampler hook) that ticks
+        again, or waits on a reply, gets a RuntimeError (which ends only that NPC's reply)."""
+        if self._ticking:
+            raise RuntimeError("Scheduler.tick called from inside a tick (an on_token callback or "
+                               "sampler hook that ticks or waits on a reply?)")
+        self._ticking = True
+        try:
+            return self._tick(budget_ms)
+        finally:
+            self._ticking = False
+
+    def _tick(self, budget_ms: float) -> int:
         start = now = self.clock()
         budget = budget_ms / 1000.0
         steps = 0
@@ -280,8 +293,20 @@ class Scheduler:
             if s.n_past == len(s.tokens) and s.busy:
                 yield  # sampling is a step of its own (it costs a few ms on a 50k vocabulary)
                 if s.epoch == epoch:
-                    s.accept_token(s.sampler.sample(row, s.tokens))
-                    self.tokens_generated += 1
+                    self._sample(s, row)
+
+    def _sample(self, s: Session, row: np.ndarray) -> None:
+        """Sample and hand over ``s``'s next token. Game code runs here (a sampler hook, the
+        reply's on_token): whatever it raises ends this NPC's reply only, with the exception
+        attached; a KeyboardInterrupt ends it as cancelled and goes on up."""
+        try:
+            s.accept_token(s.sampler.sample(row, s.tokens))
+            self.tokens_generated += 1
+        except Exception as exc:
+            s.finish_reply(s.reply, "error", error=exc)
+        except BaseException:
+            s.finish_reply(s.reply, "cancelled")
+            raise
 
     def _advance_batch(self) -> None:
         try:
@@ -295,9 +320,17 @@ class Scheduler:
             for s in members:
                 if s.busy:
                     s.finish_reply(s.reply, "error", error=exc)
+        except BaseException:  # KeyboardInterrupt from game code: the other members go on later
+            self._abandon_batch()
+            raise
 
     def _abandon_batch(self) -> None:
         self._batch.close()
+        for s in self._batch_members:
+            if s.busy and s.n_past == len(s.tokens):
+                # its rows were computed but its token never sampled: recompute the last row
+                # next time, for its logits (else it would wait forever with nothing to run)
+                s.n_past -= 1
         self._batch, self._batch_members = None, []
 
     # -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ context policies only ever shorten ``tokens``/``n_past``, so the cache is never 
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from . import state
 from .chat import BUILTIN, ChatTemplate, ChatTemplateError, guess_builtin, template_for_model
 from .errors import PerroPastorError
+from .lora_adapter import LoraAdapter
 from .reply import Reply
 from .sampling import Sampler, SamplerSettings
 
@@ -31,6 +33,10 @@ POLICIES = ("error", "drop_oldest", "shift")
 
 class ContextFullError(PerroPastorError):
     """A session's context window is full and its policy is ``error``."""
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 class SessionHost(Protocol):
@@ -61,17 +67,25 @@ class Session:
                  sampler: SamplerSettings | Sampler | None = None, seed: int | None = None,
                  priority: int = 0, n_ctx: int = 512, context_policy: str = "drop_oldest",
                  template: ChatTemplate | str | None = None, lora=None, name: str = ""):
-        if context_policy not in POLICIES:
+        if not isinstance(context_policy, str) or context_policy not in POLICIES:
             raise ValueError(f"context_policy {context_policy!r}: choose from {', '.join(POLICIES)}")
         self.host, self.model = host, model
         self.transformer = model.transformer
         cfg = self.model.config
-        if not 2 <= n_ctx <= cfg.seq_len:
-            raise ValueError(f"n_ctx {n_ctx} must be in 2..{cfg.seq_len} (the model's context)")
+        if not _is_int(n_ctx) or not 2 <= n_ctx <= cfg.seq_len:
+            raise ValueError(f"n_ctx {n_ctx!r} must be an int in 2..{cfg.seq_len} (the model's context)")
+        if not _is_int(priority):  # the scheduler compares priorities on every tick
+            raise TypeError(f"priority must be an int, got {type(priority).__name__} {priority!r}")
+        if not isinstance(system_prompt, (str, type(None))) or not isinstance(name, str):
+            raise TypeError("system_prompt must be a string or None, and name a string")
         self.system_prompt, self.priority, self.name = system_prompt, priority, name
         self.n_ctx, self.context_policy, self.lora = n_ctx, context_policy, lora
         # LoRA adapters applied inside the batch to this session's rows only (lora.py's objects)
         self.adapters = tuple(lora) if isinstance(lora, (list, tuple)) else ((lora,) if lora is not None else ())
+        for adapter in self.adapters:  # anything else would fail inside a batch, other NPCs' too
+            if not isinstance(adapter, LoraAdapter):
+                raise TypeError(f"lora must be adapters from perro_pastor.lora.load_adapter, got "
+                                f"{type(adapter).__name__}")
         self.sampler = sampler if isinstance(sampler, Sampler) else Sampler(sampler or SamplerSettings(), seed)
         if isinstance(template, str) and template not in BUILTIN:
             raise ChatTemplateError(f"unknown chat template {template!r} (choose from {', '.join(BUILTIN)})")
@@ -102,11 +116,18 @@ class Session:
         self._template = template
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool) -> str:
+        """The prompt text. If the model's own template fails on this conversation, the session
+        switches for good to the built-in its file suggests, with one warning saying why."""
         template = self.template
         try:
             return template.render(messages, add_generation_prompt)
-        except ChatTemplateError:
-            self.template = guess_builtin(None, self.model.tokenizer.tokens)
+        except ChatTemplateError as exc:
+            if template.name in BUILTIN:
+                raise
+            source = self.model.file.metadata.get("tokenizer.chat_template")
+            self.template = guess_builtin(source if isinstance(source, str) else None, self.model.tokenizer.tokens)
+            warnings.warn(f"session {self.name!r}: {exc}; using the built-in {self.template.name} "
+                          f"template from now on", stacklevel=3)
             return self.template.render(messages, add_generation_prompt)
 
     def encode(self, text: str) -> list[int]:
@@ -126,22 +147,23 @@ class Session:
         or a line written for the NPC with ``role='assistant'``)."""
         if self.busy:
             raise RuntimeError(f"session {self.name!r} is generating; cancel or await the reply first")
+        if not isinstance(text, str) or not isinstance(role, str) or not role:
+            raise TypeError(f"say needs a string text and role, got {type(text).__name__}, {role!r}")
         self.messages.append({"role": role, "content": text})
 
     def ask(self, text: str | None = None, max_tokens: int = 128, stop: Sequence[str] = (),
             on_token: Callable[[str], None] | None = None, ignore_eos: bool = False) -> Reply:
         """Add ``text`` as a user turn (if given) and start the assistant's reply. Returns at once."""
-        if self.busy:
-            raise RuntimeError(f"session {self.name!r} is generating; cancel or await the reply first")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        self._check_reply_args(max_tokens, stop, on_token)
+        if not isinstance(text, (str, type(None))):
+            raise TypeError(f"ask needs a string (or None), got {type(text).__name__}")
+        before = list(self.messages)
         if text is not None:
             self.messages.append({"role": "user", "content": text})
         try:
             prompt = self._fit(lambda: self.encode(self.render(self.messages, True)))
-        except ContextFullError:
-            if text is not None:
-                self.messages.pop()  # refused: the history stays as it was
+        except BaseException:
+            self.messages[:] = before  # refused: the history stays as it was
             raise
         self._replace_tokens(prompt)
         self.reply = Reply(self, max_tokens, stop, on_token, ignore_eos)
@@ -152,10 +174,10 @@ class Session:
                         on_token: Callable[[str], None] | None = None, ignore_eos: bool = False) -> Reply:
         """Continue ``tokens`` as they are: no chat template, no history (a plain completion,
         what ``Model.generate`` streams). Returns at once, like ``ask``."""
-        if self.busy:
-            raise RuntimeError(f"session {self.name!r} is generating; cancel or await the reply first")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        self._check_reply_args(max_tokens, stop, on_token)
+        vocab = len(self.model.tokenizer.tokens)
+        if not all(_is_int(t) and 0 <= t < vocab for t in tokens):
+            raise ValueError(f"tokens must be ints in 0..{vocab - 1}")
         if not 0 < len(tokens) <= self.n_ctx:
             raise ContextFullError(f"session {self.name!r}: prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
         self._replace_tokens(list(tokens))
@@ -163,6 +185,16 @@ class Session:
         self.reply.goes_to_history = False
         self.host.wake(self)
         return self.reply
+
+    def _check_reply_args(self, max_tokens, stop, on_token) -> None:
+        if self.busy:
+            raise RuntimeError(f"session {self.name!r} is generating; cancel or await the reply first")
+        if not _is_int(max_tokens) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+        if isinstance(stop, str) or not all(isinstance(x, str) for x in stop):
+            raise TypeError(f"stop must be a list of strings, got {stop!r:.80}")
+        if on_token is not None and not callable(on_token):
+            raise TypeError(f"on_token must be callable, got {type(on_token).__name__}")
 
     def cancel(self) -> None:
         if self.reply is not None:
@@ -294,13 +326,15 @@ class Session:
             return
         if error is not None:
             reply.error = error
-        reply.end(reason)
-        if reply is self.reply:
-            self.epoch += 1
-            self.tokens = self.tokens[:self.n_past]  # the cache holds exactly these
-            if reply.goes_to_history and (reply.token_ids or reason != "cancelled"):
-                self.messages.append({"role": "assistant", "content": reply.text})
-        reply.wake()
+        try:
+            reply.end(reason)  # (runs the game's on_token, which may raise KeyboardInterrupt)
+        finally:
+            if reply is self.reply:
+                self.epoch += 1
+                self.tokens = self.tokens[:self.n_past]  # the cache holds exactly these
+                if reply.goes_to_history and (reply.token_ids or reason != "cancelled"):
+                    self.messages.append({"role": "assistant", "content": reply.text})
+            reply.wake()
 
     def __repr__(self) -> str:
         return (f"Session({self.name!r}, priority={self.priority}, n_past={self.n_past}, "
