@@ -265,7 +265,9 @@ class Session:
             cached = self.host.cached_prefix(self.prefix)
             if cached is not None:
                 self.transformer.import_kv(self.kv, cached)
-                self.n_past = len(self.prefix)
+                # (all of ``new`` may be the prefix, e.g. an NPC that speaks first with the llama2
+                # template: its last row is recomputed all the same, for the logits)
+                self.n_past = min(len(self.prefix), len(new) - 1)
 
     def _fit(self, make_prompt: Callable[[], list[int]], reserve: int = 0) -> list[int]:
         """The prompt, dropping the oldest turns (never the system prompt) until it fits, per

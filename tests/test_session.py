@@ -247,3 +247,27 @@ def test_unknown_template_name_is_refused_at_creation(model):
 
     with pytest.raises(ChatTemplateError, match="unknown chat template 'nonexistent'"):
         Scheduler(model).session(template="nonexistent")
+
+
+@pytest.mark.parametrize("warm", ["warmup", "another npc"])
+def test_npc_that_speaks_first_with_a_cached_persona_answers(model, warm):
+    """llama2 renders a history of only the system prompt as exactly the cached prefix: the
+    prompt is all cached, yet its last row must still run to give the first token's logits."""
+    def speak_first(sched):
+        s = sched.session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96, template="llama2")
+        r = s.ask(max_tokens=3, ignore_eos=True)
+        for _ in range(200):
+            if r.done:
+                break
+            sched.tick(1000)
+        return s, r
+
+    _, expected = speak_first(Scheduler(model))
+    sched = Scheduler(model)
+    if warm == "warmup":
+        sched.warmup(SYSTEM, n_ctx=96, template="llama2")
+    else:
+        speak_first(sched)
+    s, r = speak_first(sched)
+    assert tuple(s.prefix) in sched.prefix_cache
+    assert r.done and r.finish_reason == "length" and r.token_ids == expected.token_ids
