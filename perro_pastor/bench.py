@@ -1,9 +1,13 @@
-"""`perro-pastor bench`: prefill and decode speed, llama-bench style, as medians over repeats."""
+"""`perro-pastor bench`: prefill and decode speed, llama-bench style, as medians over repeats.
+
+The row holds only the columns that apply: the dispatch figures and the renderer come with the
+gl backend alone."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -11,15 +15,22 @@ from .backend import forward_one
 from .gl_figures import DecodeFigures
 
 
-def run_bench(model, n_prompt: int = 128, n_gen: int = 64, repeats: int = 3, adapters: tuple = ()) -> dict:
+def run_bench(model, n_prompt: int = 128, n_gen: int = 64, repeats: int = 3, adapters: tuple = (),
+              progress: Callable[[str], None] | None = None) -> dict:
+    """The bench row; ``progress`` hears one line before each phase (they take seconds each)."""
+    if min(n_prompt, n_gen, repeats) < 1:
+        raise ValueError(f"bench needs n_prompt, n_gen and repeats >= 1, got {n_prompt}, {n_gen}, {repeats}")
+    say = progress or (lambda what: None)
     cfg = model.config
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, cfg.vocab_size, size=n_prompt)
     transformer = model.transformer
     prefill, decode = [], []
+    say("warm-up pass (first-use costs: caches, compiles)")
     forward_one(transformer, prompt[:8], 0, transformer.new_cache(16), adapters)  # warm-up: caches, shader compiles
     figures = DecodeFigures.attach(transformer)  # gl: times its dispatches from here on; cpu: None
-    for _ in range(repeats):
+    for r in range(1, repeats + 1):
+        say(f"run {r}/{repeats}: prefill {n_prompt} tokens, then decode {n_gen}")
         kv = transformer.new_cache(n_prompt + n_gen + 1)
         start = time.perf_counter()
         logits = forward_one(transformer, prompt, 0, kv, adapters)
@@ -39,9 +50,7 @@ def run_bench(model, n_prompt: int = 128, n_gen: int = 64, repeats: int = 3, ada
         "decode_tok_s": round(statistics.median(decode), 2),
         "host_ms_per_token": round(1000 / statistics.median(decode), 3),
     }
-    if figures is not None:
+    if figures is not None:  # gl only: the cpu backend has no dispatches or renderer
         row.update(figures.stats())
         figures.detach()
-    for key in ("dispatches_per_token", "max_dispatch_ms", "gl_renderer"):
-        row.setdefault(key, None)  # the cpu backend has no dispatches or renderer
     return row

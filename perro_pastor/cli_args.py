@@ -1,5 +1,6 @@
-"""What the `perro-pastor` commands share: model and sampler flags, loading a model from them,
-and the exit codes (cli.py and chat_cli.py both build on it).
+"""What the `perro-pastor` commands share: the parser, model and sampler flags and their checks
+(all made before a model loads), loading a model from them, and the exit codes (cli.py and
+chat_cli.py both build on it).
 
 The command line imports the engine only inside the command that runs: `--help`, `tokenize`,
 `inspect` and `models` start in a few tens of milliseconds rather than ~0.6 s (NumPy, numba),
@@ -8,9 +9,66 @@ and `demo` hands over to the game before NumPy loads."""
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 
 EXIT_OK, EXIT_USAGE, EXIT_BAD_MODEL, EXIT_FAILURE = 0, 2, 3, 4
+
+
+class UsageError(ValueError):
+    """A flag's value is wrong: one ``perro-pastor: error:`` line and exit 2, before any model loads."""
+
+
+# -----------------------------------------------------------------------------
+# parsing: every flag is checked here, before a command loads anything
+
+class CliParser(argparse.ArgumentParser):
+    """argparse whose errors read like every other error of the command: one line, exit 2
+    (argparse's own style is the usage block, then ``perro-pastor generate: error: ...``)."""
+
+    def error(self, message: str):
+        # "argument -n: must be >= 1, got 0" (our types' wording) reads better as "-n must be ..."
+        message = re.sub(r"^argument (\S+): must be ", r"\1 must be ", message)
+        self.exit(EXIT_USAGE, f"perro-pastor: error: {message} (see: {self.prog} --help)\n")
+
+
+def was_interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, also when it lands inside a numba kernel, which then raises SystemError ("returned a
+    result with an exception set") with the KeyboardInterrupt as its context."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def int_at_least(minimum: int):
+    """An argparse ``type``: an integer >= ``minimum`` (``-n 0`` is refused at parse time)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def float_above(bound: float):
+    """An argparse ``type``: a finite float > ``bound``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and value > bound):
+            raise argparse.ArgumentTypeError(f"must be a number > {bound:g}, got {text}")
+        return value
+    return parse
+
 
 
 def add_model_args(p: argparse.ArgumentParser, backend: bool = True) -> None:
@@ -18,7 +76,7 @@ def add_model_args(p: argparse.ArgumentParser, backend: bool = True) -> None:
     p.add_argument("--tokenizer", help="tokenizer.bin for llama2.c checkpoints (default: beside the model)")
     if backend:
         p.add_argument("--backend", choices=("cpu", "gl", "auto"), default="auto")
-        p.add_argument("--cpu-cache-mb", type=int, default=3072,
+        p.add_argument("--cpu-cache-mb", type=int_at_least(0), default=3072,
                        help="cpu backend: dequantized weights kept in RAM; the rest is decoded on the fly")
         p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                        help="LoRA adapter (GGUF or PEFT folder) applied at run time; repeatable")
@@ -31,7 +89,41 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--repeat-penalty", type=float, default=1.1)
     p.add_argument("--repeat-last-n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int_at_least(0), default=None)
+
+
+# The SamplerSettings field each sampler flag sets: its checks name the field, the CLI the flag.
+SAMPLER_FLAGS = {"temperature": ("--temp", "temp"), "top_k": ("--top-k", "top_k"),
+                 "top_p": ("--top-p", "top_p"), "min_p": ("--min-p", "min_p"),
+                 "repeat_penalty": ("--repeat-penalty", "repeat_penalty"),
+                 "repeat_last_n": ("--repeat-last-n", "repeat_last_n")}
+
+
+def check_args(args) -> None:
+    """What argparse's types cannot see, checked before any model loads: the sampler flags,
+    by SamplerSettings' own rules (so the CLI and the library cannot disagree). Raises UsageError."""
+    if hasattr(args, "temp"):
+        args.sampler_settings = sampler_settings_from(args)
+
+
+def sampler_settings_from(args):
+    from .sampling import SamplerSettings
+    try:
+        return SamplerSettings(**{field: getattr(args, dest) for field, (_, dest) in SAMPLER_FLAGS.items()})
+    except ValueError as exc:
+        field = str(exc).split(" ", 1)[0]
+        flag, dest = SAMPLER_FLAGS.get(field, (None, None))
+        raise UsageError(f"{flag} {getattr(args, dest)}: {exc}" if flag else str(exc)) from None
+
+
+def fit_context(requested: int | None, model, flag: str = "-c") -> int | None:
+    """``requested`` capped to the model's context, saying so on stderr when it is."""
+    limit = model.config.seq_len
+    if requested is not None and requested > limit:
+        print(f"perro-pastor: {flag} {requested} is more than this model's context of {limit} tokens; "
+              f"using {limit}", file=sys.stderr)
+        return limit
+    return requested
 
 
 def load_model(args, backend: str | None = None):
@@ -64,8 +156,6 @@ def adapters_from(args, model) -> tuple:
 
 
 def sampler_from(args):
-    from .sampling import Sampler, SamplerSettings
-    settings = SamplerSettings(temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
-                               min_p=args.min_p, repeat_penalty=args.repeat_penalty,
-                               repeat_last_n=args.repeat_last_n)
+    from .sampling import Sampler
+    settings = getattr(args, "sampler_settings", None) or sampler_settings_from(args)
     return Sampler(settings, seed=args.seed)

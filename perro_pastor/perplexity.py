@@ -34,12 +34,14 @@ def perplexity(model, text: str, n_ctx: int = 512, progress: bool = False,
                adapters: tuple = ()) -> PerplexityResult:
     """llama-perplexity's figure for ``text`` (see the module docstring), with LoRA ``adapters``
     applied at run time."""
+    if n_ctx < 8:
+        raise ValueError(f"perplexity needs a context of at least 8 tokens, got {n_ctx}")
     tok = model.tokenizer
     tokens = tok.encode(text)  # BOS as the metadata says, like llama.cpp
     add_bos = bool(tokens) and tok.add_bos
     n_chunks = len(tokens) // n_ctx
-    if n_ctx < 8 or n_chunks < 1:
-        raise ValueError(f"need at least {max(n_ctx, 8)} tokens for -c {n_ctx}; the text has {len(tokens)}")
+    if n_chunks < 1:
+        raise ValueError(f"need at least {n_ctx} tokens for -c {n_ctx}; the text has {len(tokens)}")
     first = n_ctx // 2
     nll_sum = nll2_sum = 0.0
     count = 0

@@ -20,7 +20,9 @@ SKIP_FRAMES = 1  # the first frame compiles shaders and rasterizes fonts (warm-u
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sample_game", description="PerroPastor's village demo")
+    p = argparse.ArgumentParser(
+        prog="perro-pastor-demo",
+        description="PerroPastor's village demo: walk up to a villager and talk (also: perro-pastor demo)")
     p.add_argument("--model", default="default", help="default, a path, or a file in the model folder")
     p.add_argument("--backend", default="auto", choices=("auto", "gl", "cpu"))
     p.add_argument("--autoplay", action="store_true", help="play the scripted scene, then exit")

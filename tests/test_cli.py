@@ -1,8 +1,10 @@
 """The `perro-pastor` command as a user runs it: a real subprocess, real model files."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -45,6 +47,72 @@ def test_inspect_counts_parameters():
     assert info["format"] == "gguf" and len(info["tensors"]) == 272
     assert 130e6 < info["n_params"] < 140e6
     assert info["metadata"]["llama.block_count"] == 30
+    names = [t["name"] for t in info["tensors"]]
+    assert names.index("blk.2.attn_q.weight") < names.index("blk.10.attn_q.weight")  # by number
+
+
+def test_inspect_into_a_closed_pipe_ends_quietly():
+    """`perro-pastor inspect default | head -1`: no "Broken pipe", no traceback."""
+    for extra in ([], ["--json"]):
+        p = subprocess.Popen([sys.executable, "-m", "perro_pastor.cli", "inspect", "default", *extra],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p.stdout.readline()
+        p.stdout.close()  # what head does after its line
+        err = p.stderr.read()
+        assert p.wait(timeout=60) == 0 and err == "", err
+
+
+def test_a_bad_flag_answers_before_the_model_loads():
+    """The model exists here: the error must still come without loading it (issue 23: < 1 s)."""
+    for args in (["generate", "-n", "0", "-p", "hi"], ["perplexity", "-f", "/nonexistent.txt"],
+                 ["generate", "-p", "hi", "--top-p", "5"], ["bench", "-p", "0", "-n", "0"]):
+        start = time.perf_counter()
+        out = run(*args, "-m", "default", "--backend", "cpu")
+        wall = time.perf_counter() - start
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert out.stderr.startswith("perro-pastor: error: ") and "Traceback" not in out.stderr
+        assert wall < 3, (args, wall)
+
+
+def test_generate_context_flag_is_capped_to_the_model_and_says_so():
+    out = run("generate", "-m", "default", "-p", "Once upon a time", "-n", "2", "--temp", "0",
+              "--backend", "cpu", "-c", "10000000")
+    assert out.returncode == 0, out.stderr
+    assert "-c 10000000 is more than this model's context of 8192 tokens; using 8192" in out.stderr
+    out = run("generate", "-m", "default", "-p", "Once upon a time", "-n", "2", "--backend", "cpu", "-c", "3")
+    assert out.returncode == 2 and "does not fit a context of 3" in out.stderr and out.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("wait_bytes", [1, 60])  # at once (in Python), or mid-run (often in a numba kernel)
+def test_ctrl_c_during_generate_prints_interrupted_on_its_own_line(wait_bytes):
+    p = subprocess.Popen([sys.executable, "-m", "perro_pastor.cli", "generate", "-m", "default", "-p",
+                          "Once upon a time", "-n", "2000", "--temp", "0", "--backend", "cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.read(wait_bytes)  # text is streaming
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    text, err = (first + out).decode(), err.decode()
+    assert p.returncode == 130, err
+    assert text.endswith("\n") and err.endswith("perro-pastor: interrupted\n") and "Traceback" not in err
+
+
+def test_chat_prints_its_speed_on_stderr_and_only_replies_on_stdout():
+    out = run("chat", "-m", "default", "--backend", "cpu", "-n", "4", "--temp", "0", "-c", "10000000",
+              stdin="Hello\nWho are you?\n")
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 2 and "tok/s" not in out.stdout
+    speeds = [line for line in out.stderr.splitlines() if "tok/s" in line]
+    assert len(speeds) == 2 and all(line.startswith("[4 tokens, ") for line in speeds), out.stderr
+    assert "using 8192" in out.stderr  # -c above the model's context is capped, and says so
+
+
+def test_bench_shows_progress_and_only_the_columns_that_apply():
+    out = run("bench", "-m", "default", "--backend", "cpu", "-p", "4", "-n", "2", "--repeats", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    assert row["backend"] == "cpu" and None not in row.values() and "gl_renderer" not in row
+    progress = [line for line in out.stderr.splitlines() if line.startswith("perro-pastor: bench: ")]
+    assert [line.split(": ")[2].split(" ")[0] for line in progress] == ["loading", "warm-up", "run"], out.stderr
 
 
 @pytest.mark.parametrize("content", [b"", b"GGUF", b"GGUF\x03\x00\x00\x00" + b"\xff" * 40, b"not a model at all"])
@@ -93,3 +161,4 @@ def test_lora_flag_applies_adapters_at_run_time(adapter):
 def test_demo_hands_its_flags_to_the_game():
     out = run("demo", "--help")
     assert out.returncode == 0 and "--autoplay" in out.stdout and "--screenshot" in out.stdout
+    assert out.stdout.startswith("usage: perro-pastor-demo ")
