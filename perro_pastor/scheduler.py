@@ -83,8 +83,12 @@ class Scheduler:
         """A session from ``Session.save()`` bytes (refused with StateError on a mismatch).
         ``lora`` must be the adapter it was saved with; ``hook`` re-attaches a sampler hook
         (code is not saved)."""
-        saved = state.unpack(data, state.model_hash(self.model), state.adapter_hash(lora),
-                             self.model.file.path.name, where)
+        try:
+            adapter = state.adapter_hash(lora)
+        except (TypeError, ValueError) as exc:
+            raise state.StateError(f"{where}: lora is not an adapter: {exc}") from None
+        saved = state.unpack(data, state.model_hash(self.model), adapter, self.model.file.path.name,
+                             where, state.limits_for(self.model))
         fields, s = saved.fields, None
         try:
             sampler = Sampler(SamplerSettings(**fields["settings"], hook=hook), fields["seed"])
@@ -94,7 +98,7 @@ class Scheduler:
                            template=fields["template"] if fields["template"] in BUILTIN else None)
             s = Session(self, self.model, **options)
             s.restore(saved)
-        except (ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # a save is untrusted input: whatever it breaks is a StateError
             if s is not None:
                 self.model.transformer.release_cache(s.kv)
             raise state.StateError(f"{where}: corrupt session fields: {type(exc).__name__}: {exc}") from None

@@ -86,6 +86,17 @@ def tamper(data: bytes, offset: int, value: bytes) -> bytes:
     return data[:offset] + value + data[offset + len(value):]
 
 
+def reseal(data: bytes) -> bytes:
+    """``data`` with its checksum recomputed: an edit made by someone who knows the format."""
+    import hashlib
+
+    from perro_pastor.state import _CHECKSUM
+    data = bytearray(data)
+    data[_CHECKSUM] = bytes(32)
+    data[_CHECKSUM] = hashlib.sha256(data).digest()
+    return bytes(data)
+
+
 def test_mismatches_are_refused(model, talked):
     data = talked.save()
     sched = Scheduler(model)
@@ -93,12 +104,18 @@ def test_mismatches_are_refused(model, talked):
         sched.restore(tamper(data, 0, b"XXXX"))
     with pytest.raises(StateError, match=f"format version {FORMAT_VERSION + 1}"):
         sched.restore(tamper(data, 6, (FORMAT_VERSION + 1).to_bytes(2, "little")))
-    with pytest.raises(StateError, match="saved for model"):
+    with pytest.raises(StateError, match="checksum mismatch"):
         sched.restore(tamper(data, 8, bytes(8)))
+    with pytest.raises(StateError, match="saved for model"):
+        sched.restore(reseal(tamper(data, 8, bytes(8))))
     with pytest.raises(StateError, match="adapter"):
         sched.restore(data, lora="some-adapter")
-    with pytest.raises(StateError, match="KV section"):
+    with pytest.raises(StateError, match="checksum mismatch"):
         sched.restore(data[:-10])
+    with pytest.raises(StateError, match="KV section"):
+        sched.restore(reseal(data[:-10]))
+    with pytest.raises(StateError, match="format version 1 .before checksums"):
+        sched.restore(tamper(data, 6, (1).to_bytes(2, "little")))
     with pytest.raises(StateError, match="too short"):
         sched.restore(data[:20])
     assert sched.sessions == []  # nothing half-restored
