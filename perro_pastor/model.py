@@ -152,18 +152,26 @@ class ModelParts:
 def open_gl(backend: str, gl_context=None):
     """The GL context a model with ``backend`` computes on (a ``gl.context.GLContext`` around
     ``gl_context``, or a headless one), or None for the cpu backend. "gl" needs OpenGL 4.3
-    (BackendError without it); "auto" falls back to cpu and says so in one line."""
+    (BackendError without it). "auto" takes the GPU, and the cpu backend, saying so in one
+    line, where GL 4.3 is missing or the renderer runs on the CPU (llvmpipe: there compute
+    shaders share the game's cores and decode several times slower than the cpu backend)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if backend == "cpu":
         return None
     try:
-        return GLContext(gl_context)
+        glctx = GLContext(gl_context)
     except (BackendError, ImportError) as exc:
         if backend == "gl":
             raise BackendError(f"gl backend unavailable: {exc}") from exc
         print(f"perro_pastor: gl backend unavailable ({exc}); using cpu", file=sys.stderr)
         return None
+    if backend == "auto" and glctx.limits.software:
+        print(f"perro_pastor: {glctx.limits.renderer} runs on the CPU; using the cpu backend "
+              "(backend gl to use compute shaders anyway)", file=sys.stderr)
+        glctx.release()
+        return None
+    return glctx
 
 
 def draws_on_cpu(gl_context) -> bool:

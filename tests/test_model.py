@@ -140,3 +140,19 @@ def test_generate_reuses_a_stats_object_and_accepts_zero_tokens(model32):
     second = [t.id for t in model32.generate(PROMPT, 5, Sampler(GREEDY), stats=stats, stop_at_eos=False)]
     assert first == second and len(first) == 5 and stats.generated_tokens == 10
     assert list(model32.generate(PROMPT, 0, Sampler(GREEDY), n_ctx=64)) == []
+
+
+def test_auto_takes_the_cpu_backend_on_a_software_renderer(capsys):
+    """llvmpipe has GL 4.3, but computes on the CPU: `auto` picks the cpu backend there and
+    says so in one line; `gl` still gets the context."""
+    from perro_pastor.model import open_gl
+
+    glctx = open_gl("gl")
+    try:
+        assert glctx is not None and glctx.limits.software  # these machines render with llvmpipe
+    finally:
+        glctx.release()
+    assert open_gl("auto") is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "runs on the CPU; using the cpu backend" in err
+    assert open_gl("cpu") is None
