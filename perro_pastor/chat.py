@@ -7,10 +7,22 @@ attribute access to internals, no mutation of inputs) and within limits: templat
 size, string/number blow-up, and a wall-clock deadline checked by a line tracer while it renders.
 A template that breaks a rule raises ``ChatTemplateError``; ``template_for_model`` then falls back
 to the matching built-in (ChatML, Llama-2 ``[INST]``, Llama-3, Zephyr) and warns.
+
+The deadline is only checked between Python lines, so no single operation may be costly either:
+every operation that can build something big from something small is priced before it runs
+(``*``, ``**``, ``+``, ``%`` and ``str.format`` widths, ``~``, filters with a size argument such as
+``indent``/``center``/``batch``, str methods such as ``center``/``zfill``/``replace``, and turning a
+nested value into text). Constant folding is off, so nothing runs at compile time, and compiling is
+guarded like rendering. ``template_for_model`` checks a template once per source (cached) on a
+probe conversation and refuses one that takes over ``MAX_PROBE_S`` with the measured time. A render
+that fails later, mid-conversation, is the session's to report (session.py warns and switches).
 """
 
 from __future__ import annotations
 
+import functools
+import re
+import string
 import sys
 import time
 import warnings
@@ -23,6 +35,10 @@ MAX_TEMPLATE_CHARS = 64 * 1024
 MAX_OUTPUT_CHARS = 1 << 20
 MAX_RENDER_S = 0.5
 MAX_REPEAT = 1 << 16  # largest `str * n` / `list * n` / exponent a template may compute
+MAX_INT_BITS = 1 << 14  # largest integer a template may compute (`**`, `*`)
+MAX_WIDTH = 4096  # largest width or precision in a format spec
+MAX_NODES = 1 << 16  # most items a value turned into text may visit (shared lists count each time)
+MAX_PROBE_S = 0.05  # a template slower than this on the probe conversation is refused at load
 
 
 class ChatTemplateError(PerroPastorError):
@@ -107,25 +123,150 @@ def guess_builtin(template_text: str | None, vocab: Sequence[str] = ()) -> ChatT
 # -----------------------------------------------------------------------------
 # sandboxed Jinja templates from model files
 
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_DIGITS = re.compile(r"\d+")
+
+
+def _check_format(fmt, kind: str) -> None:
+    """Refuse a `%` or `str.format` string whose widths or precisions would build huge text."""
+    if not isinstance(fmt, str):
+        return
+    if kind == "%":
+        widths = [w for m in _PERCENT_SPEC.finditer(fmt) for w in m.groups() if w]
+    else:
+        specs = [spec or "" for _, _, spec, _ in string.Formatter().parse(fmt)]
+        if any("{" in spec for spec in specs):
+            raise _security_error()("nested fields in a format spec are refused")
+        widths = [w for spec in specs for w in _DIGITS.findall(spec)]
+    if "*" in widths or any(int(w) > MAX_WIDTH for w in widths) or sum(map(int, widths or [0])) > MAX_OUTPUT_CHARS:
+        raise _security_error()(f"format widths {widths[:4]} over the template limit {MAX_WIDTH}")
+
+
+def _check_size(value, budget: int = MAX_NODES) -> None:
+    """Refuse a value whose text would be huge: a long string, or a nested structure that str()
+    would walk more than ``budget`` times (a list of a list of ... the same list, doubled)."""
+    stack, seen = [value], 0
+    while stack:
+        v = stack.pop()
+        seen += len(v) if isinstance(v, str) else 1
+        if seen > max(budget, MAX_OUTPUT_CHARS):
+            raise _security_error()("value too large to turn into text")
+        if isinstance(v, (list, tuple, set, frozenset)):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        if len(stack) > budget:
+            raise _security_error()("value too large to turn into text")
+
+
+def _security_error():
+    from jinja2.exceptions import SecurityError
+    return SecurityError
+
+
+def _width(x) -> int:
+    return len(x) if isinstance(x, str) else x if isinstance(x, int) else 0
+
+
+# the price of a filter's result, from its arguments (value first): refused over MAX_OUTPUT_CHARS
+_FILTER_COST = {
+    "indent": lambda v, width=4, *a, **k: len(str(v)) + (str(v).count("\n") + 1) * _width(width),
+    "center": lambda v, width=80, *a, **k: len(str(v)) + _width(width),
+    "replace": lambda v, old="", new="", *a, **k: len(str(v)) + (str(v).count(str(old)) + 1) * len(str(new)),
+    "batch": lambda v, n=1, *a, **k: _width(n) * 64,
+    "slice": lambda v, n=1, *a, **k: _width(n) * 64,
+    "wordwrap": lambda v, width=79, *a, **k: len(str(v)) * 2,
+    "format": lambda v, *a, **k: _check_format(v, "%") or len(str(v)),
+}
+_STR_METHOD_COST = {
+    "center": lambda s, w=0, *a: _width(w), "ljust": lambda s, w=0, *a: _width(w),
+    "rjust": lambda s, w=0, *a: _width(w), "zfill": lambda s, w=0, *a: _width(w),
+    "expandtabs": lambda s, n=8, *a: len(s) + s.count("\t") * _width(n),
+    "replace": lambda s, old="", new="", *a: len(s) + (s.count(old) + 1) * len(new) if isinstance(old, str)
+    and isinstance(new, str) else 0,
+}
+
+
+def _checked_filter(name: str, f):
+    cost = _FILTER_COST.get(name)
+    skip = 1 if getattr(f, "jinja_pass_arg", None) is not None else 0  # (context, value, ...)
+
+    @functools.wraps(f)
+    def filtered(*args, **kwargs):
+        if len(args) > skip:
+            _check_size(args[skip])
+            if cost is not None and cost(*args[skip:], **kwargs) > MAX_OUTPUT_CHARS:
+                raise _security_error()(f"filter {name} would build over {MAX_OUTPUT_CHARS} chars")
+        return f(*args, **kwargs)
+    return filtered
+
+
 def _sandbox():
+    from jinja2.compiler import CodeGenerator
     from jinja2.exceptions import SecurityError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    class PricedConcat(CodeGenerator):
+        """`a ~ b` calls ``environment.priced_join`` instead of an unchecked str join."""
+        def visit_Concat(self, node, frame):
+            self.write("environment.priced_join((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
     class LimitedSandbox(ImmutableSandboxedEnvironment):
-        """The immutable sandbox plus caps on `*` and `**`, which could allocate gigabytes."""
-        intercepted_binops = frozenset({"*", "**"})
+        """The immutable sandbox where every operation that could build something huge from
+        something small is priced first (see the module docstring)."""
+        intercepted_binops = frozenset({"*", "**", "+", "%"})
+        code_generator_class = PricedConcat
 
         def call_binop(self, context, operator, left, right):
-            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
-                raise SecurityError(f"exponent {right} is over the template limit")
+            ints = isinstance(left, int) and isinstance(right, int)
+            if operator == "**" and isinstance(right, (int, float)) and (
+                    abs(right) > 64 or ints and left.bit_length() * max(right, 0) > MAX_INT_BITS):
+                raise SecurityError(f"power with exponent {right} is over the template limit")
             if operator == "*":
+                if ints and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                    raise SecurityError("product over the template limit")
                 for seq, n in ((left, right), (right, left)):
                     if isinstance(seq, (str, list, tuple)) and isinstance(n, int) \
                             and len(seq) * n > MAX_REPEAT:
                         raise SecurityError("repetition over the template limit")
+            if operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)) \
+                    and len(left) + len(right) > MAX_OUTPUT_CHARS:
+                raise SecurityError("concatenation over the template limit")
+            if operator == "%":
+                _check_format(left, "%")
             return super().call_binop(context, operator, left, right)
 
-    return LimitedSandbox(trim_blocks=True, lstrip_blocks=True, autoescape=False), SecurityError
+        def priced_join(self, values):
+            for v in values:
+                _check_size(v)
+            out = "".join(map(str, values))
+            if len(out) > MAX_OUTPUT_CHARS:
+                raise SecurityError("concatenation over the template limit")
+            return out
+
+        def wrap_str_format(self, value):
+            wrapper = super().wrap_str_format(value)
+            if wrapper is not None:
+                _check_format(value.__self__, "format")
+            return wrapper
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's own spelling)
+            cost = _STR_METHOD_COST.get(getattr(__obj, "__name__", ""))
+            if cost is not None and isinstance(getattr(__obj, "__self__", None), str) \
+                    and cost(__obj.__self__, *args) > MAX_OUTPUT_CHARS:
+                raise SecurityError(f"str.{__obj.__name__} would build over {MAX_OUTPUT_CHARS} chars")
+            return super().call(__context, __obj, *args, **kwargs)
+
+    env = LimitedSandbox(trim_blocks=True, lstrip_blocks=True, autoescape=False, optimized=False,
+                         finalize=lambda value: _check_size(value) or value)
+    for name, f in list(env.filters.items()):
+        env.filters[name] = _checked_filter(name, f)
+    return env, SecurityError
 
 
 class _Deadline:
@@ -156,10 +297,16 @@ def jinja_template(source: str, bos_token: str = "", eos_token: str = "",
     def raise_exception(message):
         raise ChatTemplateError(f"{where}: template raised: {message}")
 
-    try:
+    old_trace = sys.gettrace()
+    sys.settrace(_Deadline(MAX_RENDER_S))
+    try:  # (guarded like a render: a parser can recurse, and a compiler can evaluate)
         compiled = env.from_string(source)
-    except jinja2.TemplateError as exc:
-        raise ChatTemplateError(f"{where}: does not compile: {exc}") from None
+    except ChatTemplateError:
+        raise
+    except (jinja2.TemplateError, RecursionError, MemoryError, OverflowError, ValueError, TypeError) as exc:
+        raise ChatTemplateError(f"{where}: does not compile: {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.settrace(old_trace)
 
     def render(messages, gen):
         variables = dict(messages=[dict(m) for m in messages], add_generation_prompt=gen,
@@ -200,11 +347,32 @@ def template_for_model(metadata: Mapping[str, Any], tokens: Sequence[str] = (),
     fallback = guess_builtin(source if isinstance(source, str) else None, tokens)
     if source is None:
         return fallback
+    key = (source, bos_token, eos_token, where)
+    if key not in _CHECKED:
+        _CHECKED[key] = _check_template(source, bos_token, eos_token, where)
+        while len(_CHECKED) > 16:
+            _CHECKED.pop(next(iter(_CHECKED)))
+        if isinstance(_CHECKED[key], ChatTemplateError):  # warned once per template, not per NPC
+            warnings.warn(f"{_CHECKED[key]}; using the built-in {fallback.name} template", stacklevel=2)
+    checked = _CHECKED[key]
+    return fallback if isinstance(checked, ChatTemplateError) else checked
+
+
+_CHECKED: dict[tuple, "ChatTemplate | ChatTemplateError"] = {}  # the checks template_for_model made
+
+
+def _check_template(source, bos_token: str, eos_token: str, where: str) -> "ChatTemplate | ChatTemplateError":
+    """Compile a model's template and time it on a probe conversation: the template, or why not."""
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+             {"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]
     try:
         template = jinja_template(source, bos_token, eos_token, where=f"{where}: tokenizer.chat_template")
-        template.render([{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                         {"role": "assistant", "content": "a"}], True)
+        start = time.perf_counter()
+        template.render(probe, True)
+        took = time.perf_counter() - start
+        if took > MAX_PROBE_S:
+            raise ChatTemplateError(f"{where}: tokenizer.chat_template took {took * 1000:.0f} ms on a "
+                                    f"4-message probe, over the {MAX_PROBE_S * 1000:.0f} ms limit")
         return template
     except ChatTemplateError as exc:
-        warnings.warn(f"{exc}; using the built-in {fallback.name} template", stacklevel=2)
-        return fallback
+        return exc

@@ -94,3 +94,72 @@ def test_oversized_template_refused():
 def test_unknown_builtin_name():
     with pytest.raises(ChatTemplateError, match="unknown chat template"):
         template_for_model({}, name="alpaca")
+
+
+NESTED = "{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = [ns.l, ns.l] %}{% endfor %}"
+COSTLY = {  # single operations that ran unbounded (seconds, gigabytes) before they were priced
+    "percent width": "{{ '%01000000000d' % 1 }}",
+    "percent star": "{{ '%*d' % (1000000000, 1) }}",
+    "power chain": "{{ ((10**60)**60)**60 }}",
+    "squaring": "{% set ns = namespace(x=3) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}{% endfor %}",
+    "indent": "{{ 'a\nb' | indent(10**9) }}",
+    "format filter": "{{ '%0999999999d' | format(1) }}",
+    "str.format": "{{ '{:>1000000000}'.format(1) }}",
+    "str.format nested": "{{ '{:>{}}'.format(1, 1000000000) }}",
+    "center": "{{ 'a'.center(10**9) }}",
+    "zfill": "{{ 'a'.zfill(10**9) }}",
+    "replace": "{{ ('x'*60000).replace('x', 'y'*60000) }}",
+    "replace filter": "{{ ('x'*60000)|replace('x', 'y'*60000) }}",
+    "concat doubling": "{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "plus doubling": "{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+    "nested list as text": NESTED + "{{ ns.l }}",
+    "nested tojson": NESTED + "{{ ns.l|tojson|length }}",
+    "nested concat": NESTED + "{{ (ns.l ~ '')|length }}",
+    "batch": "{{ [1]|batch(10**9, 'x')|list|length }}",
+    "expandtabs": "{{ ('\t'*60000).expandtabs(60000) }}",
+    "deep parse": "{{ " + "(" * 20000 + "1" + ")" * 20000 + " }}",
+}
+
+
+@pytest.mark.parametrize("source", COSTLY.values(), ids=COSTLY)
+def test_costly_single_operations_are_refused(source):
+    import tracemalloc
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ChatTemplateError):
+            jinja_template(source).render(CONVO, True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 2 and peak < 50e6
+
+
+def test_constant_folding_cannot_raise_outside_the_guard():
+    """Jinja folds constant expressions while compiling: `indent(10**9)` raised a bare
+    MemoryError out of session creation. Now it is a refused template and one warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = template_for_model({"tokenizer.chat_template": "{{ 'a\nb' | indent(10**9) }}{{ '<|im_start|>' }}"})
+    assert t.name == "chatml" and len(caught) == 1 and "indent" in str(caught[0].message)
+
+
+SLOW = ("{% for i in range(600) %}{% for j in range(600) %}{% endfor %}{% endfor %}"
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}")
+
+
+def test_slow_template_is_refused_once_at_load_with_its_time():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        start = time.perf_counter()
+        names = [template_for_model({"tokenizer.chat_template": SLOW}, ["<|im_start|>"]).name for _ in range(5)]
+        took = time.perf_counter() - start
+    assert names == ["chatml"] * 5
+    assert len(caught) == 1 and " ms on a 4-message probe" in str(caught[0].message)
+    assert took < 0.6  # checked once, not once per NPC
+
+
+def test_a_good_template_is_checked_once():
+    source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    first = template_for_model({"tokenizer.chat_template": source})
+    assert template_for_model({"tokenizer.chat_template": source}) is first and first.name == "gguf"

@@ -271,3 +271,18 @@ def test_npc_that_speaks_first_with_a_cached_persona_answers(model, warm):
     s, r = speak_first(sched)
     assert tuple(s.prefix) in sched.prefix_cache
     assert r.done and r.finish_reason == "length" and r.token_ids == expected.token_ids
+
+
+def test_a_template_that_fails_mid_conversation_warns_once_and_switches(model):
+    from perro_pastor.chat import jinja_template
+
+    source = ("{% if messages|length > 3 %}{{ raise_exception('too many turns') }}{% endif %}"
+              "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=96, template=jinja_template(source),
+                                 name="bob")
+    s.ask(QUESTIONS[0], max_tokens=2, ignore_eos=True).result()
+    with pytest.warns(UserWarning, match="session 'bob': .*too many turns.*built-in chatml") as caught:
+        s.ask(QUESTIONS[1], max_tokens=2, ignore_eos=True).result()
+        s.ask(QUESTIONS[2], max_tokens=2, ignore_eos=True).result()
+    assert len(caught) == 1 and s.template.name == "chatml"
