@@ -293,6 +293,29 @@ class Game:
         near = world.nearest_villager(self.player, self.villagers)
         return f"Press E to talk to {near.name}" if near else ""
 
+    def facing(self) -> dict[str, str]:
+        """Which way each villager looks: at the player when near, else at whom they chat with."""
+        out, p = {}, self.player
+        chat = self.village.chat if self.village is not None else None
+        where = {v.name: (v.x, v.y) for v in self.villagers}
+        for v in self.villagers:
+            target = None
+            if (v.x - p.x) ** 2 + (v.y - p.y) ** 2 < 160 ** 2:
+                target = (p.x, p.y)
+            elif chat is not None and v.name in chat["pair"]:
+                a, b = chat["pair"]
+                target = where[b if v.name == a else a]
+            out[v.name] = world.facing_name(target[0] - v.x, target[1] - v.y) if target else "down"
+        return out
+
+    def bubble_lines(self) -> list[tuple[str, str]]:
+        """(name, text) for every bubble, most important first: the player's own line and the
+        villager answering it, then the chatter."""
+        bubbles = self.village.bubbles if self.village is not None else {}
+        partner = self.village.player_to if self.village is not None else None
+        names = ["Player"] + sorted((v.name for v in self.villagers), key=lambda n: n != partner)
+        return [(n, bubbles[n].shown if n in bubbles else "") for n in names]
+
     def draw(self, now: float) -> None:
         from .render import Hud, LoadingScreen, PickerPanel, Scene
         if self._views is None:
@@ -300,27 +323,24 @@ class Game:
             # shaders and rasterizes glyphs (a long frame), better spent under the loading screen
             self._views = (Scene(self.villagers), Hud(), LoadingScreen(), PickerPanel())
             from .render import WARM_CHARS
-            for v in self.villagers:
-                self._views[0].bubble(v, WARM_CHARS)
+            names = ["Player"] + [v.name for v in self.villagers]
+            self._views[0].set_bubbles([(n, WARM_CHARS) for n in names], self.player)
             self._views[0].draw(self.player, "Press E", WARM_CHARS)
-            self._views[3].draw(["warm-up"], 0, "status")
-            for v in self.villagers:
-                self._views[0].bubble(v, "")
+            self._views[3].draw([("warm-up", "0 MiB", "installed")], 0, "status")
+            self._views[0].set_bubbles([(n, "") for n in names], self.player)
         scene, hud, loading, picker = self._views
         if self.village is None and self.loader is not None:
             loading.draw(self.loader.progress, f"loading {self.model_name}: {self.loader.phase}")
         else:
-            for v in self.villagers:
-                bubble = self.village.bubbles.get(v.name) if self.village is not None else None
-                scene.bubble(v, bubble.shown if bubble is not None else "")
+            scene.set_bubbles(self.bubble_lines(), self.player)
             typing = None
             if self.controls.mode == "type":
                 typing = f"You to {self.talking_to}: {self.controls.line.text}"
-            scene.draw(self.player, self.hint(), typing)
+            scene.draw(self.player, self.hint(), typing, self.facing())
         toast = self.toast if now < self.toast_until else ""
         hud.draw(self.stats, *self.hud_lines(), toast)
         if self.controls.mode == "picker":
-            picker.draw(self.picker.labels(), self.controls.picker_index, self.picker.status)
+            picker.draw(self.picker.columns(), self.controls.picker_index, self.picker.status)
 
     def bubble_rects(self) -> dict:
         return dict(self._views[0].bubble_rects) if self._views else {}

@@ -33,18 +33,25 @@ class ModelPicker:
             first = e["files"][0] if e.get("files") else ""
             path = (first if e["name"] == "default"
                     else str(Path(info["models_dir"]) / first.split("@")[0].rsplit("/", 1)[-1]))
-            rows.append({"label": f"{e['name']:<22} {size:>9}  [{mark}]", "name": e["name"],
+            rows.append({"label": f"{e['name']:<22} {size:>9}  [{mark}]", "cols": (e["name"], size, mark),
+                         "name": e["name"],
                          "installed": e["installed"], "path": path})
             seen.add(e["name"])
         for f in info["local"]:
             if f["name"] not in seen:
-                rows.append({"label": f"{f['name']:<22} {f['bytes'] / 2**20:>5.0f} MiB  [{f.get('type', '?')}]",
+                size = f"{f['bytes'] / 2**20:.0f} MiB"
+                rows.append({"label": f"{f['name']:<22} {size:>9}  [{f.get('type', '?')}]",
+                             "cols": (f["name"], size, f"local {f.get('type', '?')}"),
                              "name": f["name"], "installed": True,
                              "path": str(Path(info["models_dir"]) / f["name"])})
         self.rows = rows
 
     def labels(self) -> list[str]:
         return [r["label"] for r in self.rows]
+
+    def columns(self) -> list[tuple[str, str, str]]:
+        """(name, size, state) per row: the panel draws each in a column of its own."""
+        return [r["cols"] for r in self.rows]
 
     def choose(self, index: int) -> str | None:
         """Enter on a row: the name to load if installed, else start its download (None)."""
@@ -62,7 +69,10 @@ class ModelPicker:
     def _download(self, name: str) -> None:
         def progress(p):
             total = f"/{p.total / 2**20:.1f}" if p.total else ""
-            self.status = f"{name}: {p.state} {p.done / 2**20:.1f}{total} MiB"
+            if p.done or p.total:
+                self.status = f"{name}: {p.state} {p.done / 2**20:.1f}{total} MiB"
+            else:  # nothing known yet (e.g. still connecting): no "0.0 MiB"
+                self.status = f"{name}: {p.state}..."
         try:
             download(name, self.models_dir, progress=progress)
             self.status = f"{name}: downloaded, press Enter to load it"

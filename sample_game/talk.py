@@ -16,14 +16,93 @@ from perro_pastor.scheduler import Scheduler
 
 PLAYER_PRIORITY = 10  # the villager the player talks to preempts the background chatter
 CHATTER_PRIORITY = 0
-REPLY_TOKENS = 48
+REPLY_TOKENS = 48  # soft limits: past them a reply ends at its next sentence end...
 CHATTER_TOKENS = 28
+OVERRUN = 0.5  # ...or at this much more (then it is cut back to its last sentence end)
 N_CTX = 512
 BUBBLE_LINGER_S = 6.0  # a finished bubble stays this long
 SAVE_VERSION = 1
 
 TOPICS = ("the weather", "the harvest", "the sheep", "the market tomorrow", "a stranger in the village",
-          "the old mill", "the festival", "a lost goat")
+          "the old mill", "the festival", "a lost goat", "the river", "a broken cart", "the new bell",
+          "the wolves in the hills", "a wedding next week", "the price of flour", "the mayor's hat",
+          "a letter from the city")
+# how an opening line is asked for: never twice the same way in a row, so no villager opens the
+# same way twice (the small model repeats a prompt's answer closely)
+OPENERS = ("Ask {b} a short question about {topic}.",
+           "Tell {b} a piece of gossip about {topic}, in one short sentence.",
+           "Complain to {b} about {topic}, in one short sentence.",
+           "Share some good news with {b} about {topic}, in one short sentence.",
+           "Make a small joke to {b} about {topic}.",
+           "Warn {b} about {topic}, in one short sentence.")
+SCENES = ("{b} walks past you in the village square.", "You meet {b} by the well.",
+          "{b} stops by your door in the morning.", "You bump into {b} on the road at dusk.")
+SENTENCE_ENDS = ".!?"
+CLOSERS = "\"')]*"  # may follow a sentence end: 'Yes." she said' ends after the quote
+
+
+def sentence_end(text: str, start: int = 0) -> int:
+    """The index just past the first sentence end in ``text`` at or after ``start`` (a ., ! or ?
+    followed by a space or the end of the text, with any closing quotes), or -1."""
+    i = start
+    while i < len(text):
+        if text[i] in SENTENCE_ENDS:
+            j = i + 1
+            while j < len(text) and (text[j] in SENTENCE_ENDS or text[j] in CLOSERS):
+                j += 1
+            if j == len(text) or text[j].isspace():
+                if not _abbreviation(text, i):
+                    return j
+            i = j
+        else:
+            i += 1
+    return -1
+
+
+def _abbreviation(text: str, dot: int) -> bool:
+    """``text[dot]`` ends "Mr." / "e.g." / a single letter, not a sentence."""
+    if text[dot] != ".":
+        return False
+    word = text[:dot].rsplit(None, 1)[-1] if text[:dot].strip() else ""
+    return word.lower() in ("mr", "mrs", "ms", "dr", "st", "e.g", "i.e", "etc") or len(word) == 1 and word.isalpha()
+
+
+def trim_to_sentence(text: str) -> str:
+    """``text`` up to its last sentence end; a text with none is kept, with "..." after its last
+    whole word, so a reply never stops mid-sentence without saying so."""
+    text = text.strip()
+    last, i = -1, 0
+    while (j := sentence_end(text, i)) != -1:
+        last, i = j, j
+    if last > 0:
+        return text[:last].strip()
+    if not text or text[-1] in SENTENCE_ENDS + CLOSERS:
+        return text
+    return text.rstrip(",;:- ") + "..."
+
+
+def hard_limit(soft: int) -> int:
+    """The token cap of a reply whose soft limit is ``soft``."""
+    return soft + max(4, int(soft * OVERRUN))
+
+
+def opening_prompt(rng, a: str, b: str, said: list[str], recent: list[str]) -> str:
+    """The prompt for ``a``'s opening line to ``b``: a scene, a way of speaking and a topic drawn
+    from ``rng``, none of them the same as in ``recent`` (earlier prompts, newest last; the
+    chosen one is appended). ``said`` (``a``'s earlier lines) are named as lines not to repeat."""
+    def fresh(options, i):  # not one of the last few used (fewer than there are options)
+        used = {r[i] for r in recent[-min(3, len(options) - 1):]} if recent else set()
+        return rng.choice([o for o in options if o not in used])
+    for _ in range(20):
+        key = scene, opener, topic = fresh(SCENES, 0), fresh(OPENERS, 1), fresh(TOPICS, 2)
+        if key not in recent:
+            break
+    recent.append(key)
+    del recent[:-200]
+    prompt = f"{scene.format(b=b)} {opener.format(b=b, topic=topic)}"
+    if said:
+        prompt += f' Say something new, not "{said[-1]}".'
+    return prompt
 
 
 @dataclass
@@ -33,10 +112,11 @@ class Bubble:
     full: str = ""
     done: bool = False
     done_at: float = 0.0
+    streaming: bool = True  # False: a line said whole (the player's), shown whole at once
 
     @property
     def shown(self) -> str:
-        if self.done:
+        if self.done or not self.streaming:
             return self.full.strip()
         cut = max(self.full.rfind(" "), self.full.rfind("\n"))
         return self.full[:cut].strip() if cut > 0 else ""
@@ -65,6 +145,8 @@ class Village:
         self.rng = random.Random(rng_seed)
         self.errors: list[str] = []  # failed replies, newest last
         self._reported: set = set()
+        self._recent_prompts: list = []
+        self.player_to: str | None = None  # who the player's bubble speaks to
 
     def _new_session(self, v):
         return self.scheduler.session(system_prompt=v.persona, sampler=v.sampler, seed=v.seed,
@@ -78,6 +160,11 @@ class Village:
     def busy_talking(self) -> bool:
         return self.talk is not None and not self.talk["reply"].done
 
+    def _reply(self, session, prompt: str, soft: int):
+        reply = session.ask(prompt, max_tokens=hard_limit(soft), stop=("\n",))
+        reply.soft_limit = soft  # past it, the reply ends at its next sentence end (update)
+        return reply
+
     def ask(self, name: str, text: str, now: float):
         """The player says ``text`` to villager ``name``; the reply streams into its bubble."""
         session = self.sessions[name]
@@ -90,8 +177,10 @@ class Village:
             session.cancel()
         session.priority = PLAYER_PRIORITY
         self.transcript.append({"speaker": "Player", "text": text, "to": name})
-        reply = session.ask(text, max_tokens=self.reply_tokens, stop=("\n",))
+        reply = self._reply(session, text, self.reply_tokens)
         self.bubbles[name] = Bubble(name)
+        self.bubbles["Player"] = Bubble("Player", full=text, streaming=False)  # the player's line stays up
+        self.player_to = name
         self.talk = {"name": name, "reply": reply}
         return reply
 
@@ -104,16 +193,15 @@ class Village:
         if len(idle) < 2:
             return
         a, b = self.rng.sample(idle, 2)
-        topic = self.rng.choice(TOPICS)
-        prompt = (f"{b} walks past you in the village square. Say one short friendly sentence "
-                  f"to {b} about {topic}.")
+        said = [e["text"] for e in self.transcript if e["speaker"] == a]
+        prompt = opening_prompt(self.rng, a, b, said, self._recent_prompts)
         self.chat = {"pair": (a, b), "turn": 0, "speaker": a}
         self._chat_say(a, prompt)
 
     def _chat_say(self, speaker: str, prompt: str) -> None:
         session = self.sessions[speaker]
         session.priority = CHATTER_PRIORITY
-        self.chat["reply"] = session.ask(prompt, max_tokens=self.chatter_tokens, stop=("\n",))
+        self.chat["reply"] = self._reply(session, prompt, self.chatter_tokens)
         self.chat["speaker"] = speaker
         self.bubbles[speaker] = Bubble(speaker)
 
@@ -123,7 +211,8 @@ class Village:
         if not reply.done:
             return
         a, b = chat["pair"]
-        line = reply.text.strip()
+        line = self.bubbles[chat["speaker"]].full if chat["speaker"] in self.bubbles else reply.text
+        line = line.strip()
         if line:
             self.transcript.append({"speaker": chat["speaker"], "text": line,
                                     "to": b if chat["speaker"] == a else a})
@@ -153,9 +242,24 @@ class Village:
             reply = session.reply
             if bubble is None or reply is None:
                 continue
-            bubble.full += reply.poll()
+            new = reply.poll()
+            if new and not bubble.done:
+                bubble.full += new
+                soft = getattr(reply, "soft_limit", None)
+                if soft is not None and len(reply.token_ids) >= soft and not reply.done:
+                    end = sentence_end(bubble.full, max(0, len(bubble.full) - len(new) - 1))
+                    if end != -1:  # past the soft limit, a sentence just ended: so does the reply
+                        bubble.full = bubble.full[:end]
+                        reply.cancel()
             if reply.done and not bubble.done:
+                if reply.finish_reason in ("length", "cancelled"):
+                    bubble.full = trim_to_sentence(bubble.full)
+                    if session.messages and session.messages[-1]["role"] == "assistant":
+                        session.messages[-1]["content"] = bubble.full  # what the player read
                 bubble.done, bubble.done_at = True, now
+                player = self.bubbles.get("Player")
+                if self.player_to == name and player is not None:
+                    player.done, player.done_at = True, now  # both lines linger together
         for name in [n for n, b in self.bubbles.items() if b.done and now - b.done_at > BUBBLE_LINGER_S]:
             del self.bubbles[name]
         for session in self.sessions.values():  # a failed reply (e.g. a GPU error) is reported once
@@ -165,8 +269,10 @@ class Village:
                 self.errors.append(f"{session.name}: {type(reply.error).__name__}: {reply.error}")
         if self.talk is not None and self.talk["reply"].done:
             name, reply = self.talk["name"], self.talk["reply"]
-            if reply.text.strip():
-                self.transcript.append({"speaker": name, "text": reply.text.strip(), "to": "Player"})
+            bubble = self.bubbles.get(name)
+            text = (bubble.full if bubble is not None else reply.text).strip()
+            if text:
+                self.transcript.append({"speaker": name, "text": text, "to": "Player"})
             self.sessions[name].priority = CHATTER_PRIORITY
             self.talk = None
         if self.chat is not None:

@@ -90,6 +90,8 @@ class Player:
     x: float = 480.0
     y: float = 90.0
     facing: tuple[float, float] = (0.0, 1.0)
+    stride: float = 0.0  # pixels walked so far: the walk animation's phase
+    moving: bool = False  # moved in the last ``move``
     obstacles: tuple[Rect, ...] = field(default=OBSTACLES, repr=False)
 
     def move(self, dx: float, dy: float, dt: float) -> None:
@@ -97,8 +99,10 @@ class Player:
         sliding along walls: each axis is tried on its own so a blocked axis does not stop the
         other."""
         length = math.hypot(dx, dy)
+        self.moving = False
         if length == 0 or dt <= 0:
             return
+        x0, y0 = self.x, self.y
         dx, dy = dx / length, dy / length
         self.facing = (dx, dy)
         step = PLAYER_SPEED * min(dt, 0.1)  # a long frame never teleports the player
@@ -108,9 +112,18 @@ class Player:
         ny = min(max(self.y + dy * step, PLAY_AREA.y + PLAYER_RADIUS), PLAY_AREA.h - PLAYER_RADIUS)
         if not self._blocked(self.x, ny):
             self.y = ny
+        walked = math.hypot(self.x - x0, self.y - y0)
+        self.moving, self.stride = walked > 0, self.stride + walked
 
     def _blocked(self, x: float, y: float) -> bool:
         return any(r.contains(x, y, PLAYER_RADIUS) for r in self.obstacles)
+
+
+def facing_name(dx: float, dy: float) -> str:
+    """``left``/``right``/``up``/``down``: the way a character facing (dx, dy) is drawn."""
+    if abs(dx) > abs(dy):
+        return "right" if dx > 0 else "left"
+    return "up" if dy > 0 else "down"
 
 
 def nearest_villager(player: Player, villagers, radius: float = TALK_RADIUS):

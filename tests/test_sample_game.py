@@ -17,7 +17,8 @@ import pytest
 from sample_game import world
 from sample_game.controls import MAX_LINE, Controls, TextLine
 from sample_game.stats import FrameStats, percentile
-from sample_game.talk import Bubble
+from sample_game import layout
+from sample_game.talk import Bubble, hard_limit, opening_prompt, sentence_end, trim_to_sentence
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_KEYS = ("frame_ms_p50", "frame_ms_p95", "frame_ms_p99", "frame_ms_max", "idle_frame_ms_p99",
@@ -134,6 +135,74 @@ def test_bubble_shows_whole_words_until_done():
     assert b.shown == "Fresh bread and hon"
 
 
+def test_player_walk_phase_and_facing():
+    p = world.Player()
+    p.move(1, 0, 0.05)
+    assert p.moving and p.stride == pytest.approx(world.PLAYER_SPEED * 0.05)
+    assert world.facing_name(*p.facing) == "right"
+    p.move(0, 0, 0.05)
+    assert not p.moving and p.stride == pytest.approx(world.PLAYER_SPEED * 0.05)
+    assert [world.facing_name(*f) for f in ((-1, 0.2), (0.1, 1), (0.3, -1))] == ["left", "up", "down"]
+
+
+def test_sentence_end_and_trim():
+    assert sentence_end("Fresh bread. More") == len("Fresh bread.")
+    assert sentence_end("No end yet") == -1
+    assert sentence_end("Ask Mr. Brown") == -1  # an abbreviation is no sentence end
+    assert sentence_end('She said "Yes!" and') == len('She said "Yes!"')
+    assert sentence_end("Is it 3.5 miles") == -1
+    assert trim_to_sentence("Bread is good. Honey cakes are bet") == "Bread is good."
+    assert trim_to_sentence("Really? Yes! And then") == "Really? Yes!"
+    assert trim_to_sentence("The sheep ran up the hill and,") == "The sheep ran up the hill and..."
+    assert trim_to_sentence("  All done.  ") == "All done."
+    assert trim_to_sentence("") == ""
+    assert hard_limit(48) > 48 and hard_limit(8) >= 12
+
+
+def test_opening_prompts_vary():
+    import random
+    rng, recent = random.Random(1), []
+    prompts = [opening_prompt(rng, "Mara", "Tomas", [], recent) for _ in range(30)]
+    assert len(set(prompts)) == len(prompts)
+    for a, b in zip(recent, recent[1:]):  # scene, way of speaking and topic all change each time
+        assert all(x != y for x, y in zip(a, b))
+    said = opening_prompt(rng, "Mara", "Tomas", ["Lovely weather today!"], recent)
+    assert "Lovely weather today!" in said  # named as a line not to repeat
+
+
+def _people(player, villagers):
+    return [layout.person_rect(player[0], player[1])] + [layout.person_rect(x, y) for x, y in villagers]
+
+
+def test_bubbles_cover_neither_the_player_nor_each_other():
+    area = (0, 46, 960, 420)
+    crowd = [(150, 260), (230, 250), (200, 330)]  # three villagers close together
+    for player in ((150, 200), (190, 300), (150, 330), (480, 90)):
+        people = _people(player, crowd)
+        bubbles = [("Player", *player, 200, 40), ("A", *crowd[0], 260, 120), ("B", *crowd[1], 260, 60),
+                   ("C", *crowd[2], 200, 40)]
+        placed = layout.place_bubbles(bubbles, people, (), area)
+        rects = [p.rect for p in placed.values()]
+        for i, r in enumerate(rects):
+            assert area[0] <= r[0] and r[0] + r[2] <= area[0] + area[2]
+            assert area[1] <= r[1] and r[1] + r[3] <= area[1] + area[3]
+            assert all(layout.overlap(r, o) == 0 for o in people), (player, r)
+            assert all(layout.overlap(r, q) == 0 for q in rects[i + 1:]), (player, r)
+        for name, (_, x, y, *_) in zip(placed, bubbles):  # each tail points at its speaker
+            tx, ty = placed[name].tip
+            assert abs(tx - x) <= 16 and abs(ty - y) <= 32
+
+
+def test_bubble_near_the_top_goes_below_or_beside_and_stays_put():
+    people = _people((480, 300), [(480, 440)])
+    placed = layout.place_bubbles([("A", 480, 440, 260, 100)], people, (), (0, 46, 960, 420))
+    assert placed["A"].side != "above" and layout.overlap(placed["A"].rect, people[1]) == 0
+    # the player walks a little: the bubble keeps its place while it still covers no one
+    again = layout.place_bubbles([("A", 480, 440, 260, 100)], _people((470, 290), [(480, 440)]), (),
+                                 (0, 46, 960, 420), previous=placed)
+    assert again["A"] == placed["A"]
+
+
 def test_percentiles_and_report_kinds():
     assert percentile([], 99) == 0.0
     values = list(range(1, 101))
@@ -184,6 +253,11 @@ def test_loader_then_conversation_save_and_load(small_model_path):
     _drive(village, lambda: village.talk is None)
     assert [e["speaker"] for e in village.transcript] == ["Player", "Mara"]
     assert village.bubbles["Mara"].shown == village.transcript[1]["text"]
+    assert village.bubbles["Player"].shown == "Hello there!"  # the player's line stays up
+    reply = village.transcript[1]["text"]
+    if village.sessions["Mara"].reply.finish_reason in ("length", "cancelled"):  # never cut mid-sentence
+        assert reply[-1] in '.!?"\')*' or reply.endswith("..."), reply
+    assert village.sessions["Mara"].messages[-1]["content"] == reply
     data = village.save((123.0, 45.0), "m")
 
     other = Village(model, world.VILLAGERS, chatter=False, reply_tokens=6)
@@ -327,6 +401,8 @@ def test_model_picker_lists_the_folder_and_loads_installed_files(tmp_path, small
     picker.refresh()
     names = [r["name"] for r in picker.rows]
     assert names[0] == "default" and "tiny.gguf" in names
+    cols = picker.columns()
+    assert len(cols) == len(names) and all(len(c) == 3 for c in cols) and cols[0][0] == "default"
     assert picker.choose(0) == "default"
     assert picker.choose(names.index("tiny.gguf")) == str(tmp_path / "tiny.gguf")
     assert not picker.poll()  # no download finished
