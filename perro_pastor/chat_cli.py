@@ -48,7 +48,7 @@ def cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
             break
         if not line.strip():
             continue
-        reply = npc.ask(line.rstrip("\n"), max_tokens=args.n)
+        reply = npc.ask(line.rstrip("\n"), max_tokens=args.n, grammar=getattr(args, "grammar", None))
         start = time.perf_counter()
         first = None  # when the first piece came: the prompt's pass is done
         try:

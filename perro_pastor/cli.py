@@ -32,7 +32,8 @@ def cmd_generate(args) -> int:
     streamed = False
     try:
         for token in model.generate(args.prompt, max_tokens=args.n, sampler=sampler_from(args), stats=stats,
-                                    n_ctx=fit_context(args.ctx, model), adapters=adapters):
+                                    n_ctx=fit_context(args.ctx, model), adapters=adapters,
+                                    grammar=args.grammar):
             if args.json:
                 print(json.dumps({"id": token.id, "text": token.text}), flush=True)
             else:

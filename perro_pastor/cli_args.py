@@ -9,6 +9,7 @@ and `demo` hands over to the game before NumPy loads."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -90,6 +91,11 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat-penalty", type=float, default=1.1)
     p.add_argument("--repeat-last-n", type=int, default=64)
     p.add_argument("--seed", type=int_at_least(0), default=None)
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--grammar-file", metavar="FILE.gbnf",
+                       help="keep the output inside a GBNF grammar (llama.cpp's syntax)")
+    shape.add_argument("--json-schema", metavar="FILE.json",
+                       help="output one JSON document valid against this JSON Schema")
 
 
 # The SamplerSettings field each sampler flag sets: its checks name the field, the CLI the flag.
@@ -104,6 +110,27 @@ def check_args(args) -> None:
     by SamplerSettings' own rules (so the CLI and the library cannot disagree). Raises UsageError."""
     if hasattr(args, "temp"):
         args.sampler_settings = sampler_settings_from(args)
+    if hasattr(args, "grammar_file"):
+        args.grammar = grammar_from(args)
+
+
+def grammar_from(args):
+    """The ``--grammar-file`` / ``--json-schema`` grammar, compiled (None without either)."""
+    from .grammar import Grammar, GrammarError
+    path = args.grammar_file or args.json_schema
+    if path is None:
+        return None
+    flag = "--grammar-file" if args.grammar_file else "--json-schema"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if args.grammar_file:
+            return Grammar(text)
+        return Grammar.from_json_schema(json.loads(text))
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from None
+    except (GrammarError, ValueError) as exc:  # (json.JSONDecodeError is a ValueError)
+        raise UsageError(f"{flag} {path}: {exc}") from None
 
 
 def sampler_settings_from(args):

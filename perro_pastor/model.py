@@ -76,9 +76,10 @@ class Model:
     def generate(self, prompt: str | list[int], max_tokens: int = 128,
                  sampler: Sampler | None = None, n_ctx: int | None = None,
                  stats: GenerationStats | None = None, stop_at_eos: bool = True,
-                 adapters: tuple = ()) -> Iterator[Token]:
+                 adapters: tuple = (), grammar=None) -> Iterator[Token]:
         """Stream the continuation of ``prompt`` (text, or token ids) token by token, with LoRA
-        ``adapters`` (``lora.load_adapter``) applied at run time. It runs as an NPC's reply does:
+        ``adapters`` (``lora.load_adapter``) applied at run time, inside ``grammar``
+        (``grammar.Grammar``) if given. It runs as an NPC's reply does:
         a session on a scheduler (of its own), one step per tick."""
         sampler = sampler or Sampler(SamplerSettings())
         stats = stats if stats is not None else GenerationStats()
@@ -98,7 +99,7 @@ class Model:
         shown = 0  # of reply.token_ids
         start = time.perf_counter()
         try:
-            reply = session.continue_tokens(tokens, max_tokens, ignore_eos=not stop_at_eos)
+            reply = session.continue_tokens(tokens, max_tokens, ignore_eos=not stop_at_eos, grammar=grammar)
             while not reply.done:
                 scheduler.tick(0)  # one step: a dispatch group, or sampling
                 for token in reply.token_ids[shown:]:

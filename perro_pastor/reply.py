@@ -10,7 +10,7 @@ from typing import Callable, Iterator, Sequence
 
 class Reply:
     """A handle on one generated reply: stream it (callbacks, iterator, ``async for``), poll it,
-    await it, or cancel it. ``finish_reason``: eos | stop | length | cancelled | context_full | error.
+    await it, or cancel it. ``finish_reason``: eos | stop | length | cancelled | context_full | grammar | error.
     ``session`` is the Session it belongs to (it ends the reply; its host drives the waits)."""
 
     def __init__(self, session, max_tokens: int, stop: Sequence[str],
@@ -19,6 +19,7 @@ class Reply:
         self.callbacks = [on_token] if on_token else []
         self.ignore_eos = ignore_eos
         self.goes_to_history = True  # an assistant line once it ends (not for continue_tokens)
+        self.grammar = None  # a grammar.GrammarMatcher when the reply must follow a grammar
         self.token_ids: list[int] = []
         self.text = ""  # what was emitted (stop strings never are)
         self.finish_reason: str | None = None

@@ -304,8 +304,10 @@ class Scheduler:
         reply's on_token): whatever it raises ends this NPC's reply only, with the exception
         attached; a KeyboardInterrupt ends it as cancelled and goes on up."""
         try:
-            s.accept_token(s.sampler.sample(row, s.tokens))
-            self.tokens_generated += 1
+            token = s.choose_token(row)
+            if token is not None:
+                s.accept_token(token)
+                self.tokens_generated += 1
         except Exception as exc:
             s.finish_reply(s.reply, "error", error=exc)
         except BaseException:

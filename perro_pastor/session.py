@@ -24,6 +24,7 @@ import numpy as np
 from . import state
 from .chat import BUILTIN, ChatTemplate, ChatTemplateError, guess_builtin, template_for_model
 from .errors import PerroPastorError
+from .grammar import Grammar, GrammarError
 from .lora_adapter import LoraAdapter
 from .reply import Reply
 from .sampling import Sampler, SamplerSettings
@@ -152,9 +153,12 @@ class Session:
         self.messages.append({"role": role, "content": text})
 
     def ask(self, text: str | None = None, max_tokens: int = 128, stop: Sequence[str] = (),
-            on_token: Callable[[str], None] | None = None, ignore_eos: bool = False) -> Reply:
-        """Add ``text`` as a user turn (if given) and start the assistant's reply. Returns at once."""
-        self._check_reply_args(max_tokens, stop, on_token)
+            on_token: Callable[[str], None] | None = None, ignore_eos: bool = False,
+            grammar: Grammar | None = None) -> Reply:
+        """Add ``text`` as a user turn (if given) and start the assistant's reply. Returns at once.
+        With a ``grammar`` (``grammar.Grammar``, e.g. ``Grammar.from_json_schema(...)``) every
+        token of the reply keeps it inside the grammar, and it ends only where the grammar does."""
+        self._check_reply_args(max_tokens, stop, on_token, grammar)
         if not isinstance(text, (str, type(None))):
             raise TypeError(f"ask needs a string (or None), got {type(text).__name__}")
         before = list(self.messages)
@@ -166,27 +170,34 @@ class Session:
             self.messages[:] = before  # refused: the history stays as it was
             raise
         self._replace_tokens(prompt)
-        self.reply = Reply(self, max_tokens, stop, on_token, ignore_eos)
-        self.host.wake(self)
+        self._start_reply(max_tokens, stop, on_token, ignore_eos, grammar)
         return self.reply
 
     def continue_tokens(self, tokens: Sequence[int], max_tokens: int = 128, stop: Sequence[str] = (),
-                        on_token: Callable[[str], None] | None = None, ignore_eos: bool = False) -> Reply:
+                        on_token: Callable[[str], None] | None = None, ignore_eos: bool = False,
+                        grammar: Grammar | None = None) -> Reply:
         """Continue ``tokens`` as they are: no chat template, no history (a plain completion,
         what ``Model.generate`` streams). Returns at once, like ``ask``."""
-        self._check_reply_args(max_tokens, stop, on_token)
+        self._check_reply_args(max_tokens, stop, on_token, grammar)
         vocab = len(self.model.tokenizer.tokens)
         if not all(_is_int(t) and 0 <= t < vocab for t in tokens):
             raise ValueError(f"tokens must be ints in 0..{vocab - 1}")
         if not 0 < len(tokens) <= self.n_ctx:
             raise ContextFullError(f"session {self.name!r}: prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
         self._replace_tokens(list(tokens))
-        self.reply = Reply(self, max_tokens, stop, on_token, ignore_eos)
+        self._start_reply(max_tokens, stop, on_token, ignore_eos, grammar)
         self.reply.goes_to_history = False
-        self.host.wake(self)
         return self.reply
 
-    def _check_reply_args(self, max_tokens, stop, on_token) -> None:
+    def _start_reply(self, max_tokens, stop, on_token, ignore_eos, grammar) -> None:
+        self.reply = Reply(self, max_tokens, stop, on_token, ignore_eos)
+        if grammar is not None:
+            self.reply.grammar = grammar.matcher(self.model.tokenizer)
+        self.host.wake(self)
+
+    def _check_reply_args(self, max_tokens, stop, on_token, grammar=None) -> None:
+        if grammar is not None and not isinstance(grammar, Grammar):
+            raise TypeError(f"grammar must be a perro_pastor.grammar.Grammar, got {type(grammar).__name__}")
         if self.busy:
             raise RuntimeError(f"session {self.name!r} is generating; cancel or await the reply first")
         if not _is_int(max_tokens) or max_tokens < 1:
@@ -285,11 +296,27 @@ class Session:
             prompt = make_prompt()
         return prompt
 
+    def choose_token(self, logits: np.ndarray) -> int | None:
+        """The running reply's next token, sampled from ``logits`` (within the reply's grammar
+        when it has one). None when the grammar allows no token at all: the reply has then ended
+        with finish reason ``grammar`` and a GrammarError saying why."""
+        matcher = self.reply.grammar
+        if matcher is not None:
+            allowed = matcher.allowed_tokens()
+            if not allowed.any():
+                self.finish_reply(self.reply, "grammar", error=GrammarError(
+                    f"session {self.name!r}: no token can continue the grammar: {matcher.why_stopped()}"))
+                return None
+            logits = np.where(allowed, logits, -np.inf)
+        return self.sampler.sample(logits, self.tokens)
+
     def accept_token(self, token: int) -> None:
         """A token was sampled for the running reply: finish, or queue it for the next step."""
         reply, tok = self.reply, self.model.tokenizer
         if not reply.ignore_eos and tok.is_eot(token):
             return self.finish_reply(reply, "eos")
+        if reply.grammar is not None:
+            reply.grammar.advance(token)
         reply.token_ids.append(token)
         if reply.add_token(token):
             return self.finish_reply(reply, "stop")
@@ -322,7 +349,8 @@ class Session:
         self.finish_reply(reply, "context_full")
 
     def finish_reply(self, reply: Reply, reason: str, error: Exception | None = None) -> None:
-        """End ``reply`` for ``reason`` (eos | stop | length | cancelled | context_full | error):
+        """End ``reply`` for ``reason`` (eos | stop | length | cancelled | context_full | grammar |
+        error):
         flush its text, and keep in the history what the cache really holds."""
         if reply.done:
             return
