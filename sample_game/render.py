@@ -17,6 +17,7 @@ from .stats import GRAPH_FRAMES
 
 FONT = 12
 BUBBLE_W = 260
+BUBBLE_W_WIDE = 380
 INK = (20, 20, 30, 255)
 GRAPH = world.Rect(700, world.HEIGHT - 64, 240, 56)
 GRAPH_MAX_MS = 50.0
@@ -96,13 +97,13 @@ class Figure:
     def __init__(self, batch, L: Layers, name: str, color, hair, legs=(70, 60, 55)):
         def rect(group, c, w, h):
             return shapes.Rectangle(0, 0, w, h, color=c, **OPAQUE, batch=batch, group=group)
-        self.shadow = shapes.Ellipse(0, 0, 12, 4, color=SHADOW, **OPAQUE, batch=batch, group=L.detail)
+        self.shadow = shapes.Ellipse(0, 0, 12, 4, segments=8, color=SHADOW, **OPAQUE, batch=batch, group=L.detail)
         self.legs = [rect(L.legs, legs, 5, 10), rect(L.legs, legs, 5, 10)]
         self.body = rect(L.body, color, 18, 17)
         self.belt = rect(L.head, shade(color, 0.7), 18, 3)
         self.side = rect(L.head, shade(color, 0.8), 5, 17)
-        self.hair = shapes.Circle(0, 0, 8, segments=16, color=hair, **OPAQUE, batch=batch, group=L.head)
-        self.head = shapes.Circle(0, 0, 6.5, segments=16, color=SKIN, **OPAQUE, batch=batch, group=L.face)
+        self.hair = shapes.Circle(0, 0, 8, segments=10, color=hair, **OPAQUE, batch=batch, group=L.head)
+        self.head = shapes.Circle(0, 0, 6.5, segments=10, color=SKIN, **OPAQUE, batch=batch, group=L.face)
         self.eyes = [rect(L.plate, INK[:3], 2, 2), rect(L.plate, INK[:3], 2, 2)]
         self.label = Label(name, x=0, y=0, anchor_x="center", anchor_y="center", font_size=9,
                            color=(255, 255, 255, 255), batch=batch, group=L.label)
@@ -162,8 +163,12 @@ class BubbleView:
 
     def set_text(self, text: str) -> None:
         if self.label.text != text:
+            wide = len(text) > 200  # a long reply: a wider bubble, so it is not too tall to fit
+            width = (BUBBLE_W_WIDE if wide else BUBBLE_W) - 16
+            if self.label.width != width:
+                self.label.width = width
             self.label.text = text
-            w = min(BUBBLE_W, max(60, self.label.content_width + 18))
+            w = min(width + 16, max(60, self.label.content_width + 18))
             self.size = (w, self.label.content_height + 12)
 
     def place(self, p) -> None:
@@ -241,7 +246,7 @@ class Scene:
         self.hint_plate = shapes.Rectangle(0, 10, 10, 22, color=PLATE, **OPAQUE, batch=b, group=L.ui)
         self.bubbles: dict[str, BubbleView] = {}
         self.bubble_rects: dict[str, tuple[int, int, int, int]] = {}
-        self._layout_key = None
+        self._layout_key = self._lines_key = None
         self.typing_bg = shapes.Rectangle(20, 8, world.WIDTH - 40, 34, color=(255, 255, 240), **OPAQUE,
                                           batch=b, group=L.ui)
         self.typing = Label("", x=30, y=19, font_size=FONT, color=INK, batch=b, group=L.ui_text)
@@ -249,11 +254,7 @@ class Scene:
 
     def _ground(self, rect, circle, ellipse, tri) -> None:
         import random
-        L, rng = self.L, random.Random(7)
-        for _ in range(10):  # lighter and darker patches of grass
-            x, y = rng.uniform(0, world.WIDTH), rng.uniform(110, world.PLAY_AREA.h)
-            tone = rng.choice(((98, 160, 72), (114, 176, 84), (100, 164, 76)))
-            ellipse(x, y, rng.uniform(22, 40), rng.uniform(7, 12), tone, L.ground)
+        L, rng, b = self.L, random.Random(7), self.batch
         # the roads, with darker edges and pebbles
         rect(0, 60, world.WIDTH, 40, ROAD, L.ground)
         rect(455, 0, 40, 300, ROAD, L.ground)
@@ -261,30 +262,30 @@ class Scene:
                            (495, 60, world.WIDTH - 495, 3), (455, 100, 3, 200), (492, 100, 3, 200),
                            (455, 0, 3, 60), (492, 0, 3, 60)):
             rect(x, y, w, h, (168, 144, 98), L.detail)
-        for _ in range(40):
+        for _ in range(20):
             if rng.random() < 0.7:
                 x, y = rng.uniform(4, world.WIDTH - 4), rng.uniform(65, 95)
             else:
                 x, y = rng.uniform(460, 490), rng.uniform(4, 295)
-            ellipse(x, y, rng.uniform(1.5, 3), rng.uniform(1, 2), rng.choice(((170, 150, 110), (210, 190, 145))),
-                    L.detail)
+            self.keep.append(shapes.Ellipse(x, y, rng.uniform(1.5, 3), rng.uniform(1, 2), segments=4, color=rng.choice(
+                ((170, 150, 110), (210, 190, 145))), **OPAQUE, batch=b, group=L.detail))
         tufts = 0
-        while tufts < 110:  # grass tufts: three blades each
+        while tufts < 70:  # grass tufts: two blades each
             x, y = rng.uniform(6, world.WIDTH - 6), rng.uniform(4, world.PLAY_AREA.h - 8)
             if not _free_ground(x, y):
                 continue
             tufts += 1
             c = rng.choice(((70, 130, 55), (80, 145, 60), (130, 190, 95)))
-            for dx, lean in ((-3, -3), (0, 0), (3, 3)):
+            for dx, lean in ((-2, -3), (2, 3)):
                 tri((x + dx - 1.2, y, x + dx + 1.2, y, x + dx + lean, y + rng.uniform(5, 9)), c, L.detail)
         flowers = 0
-        while flowers < 36:
+        while flowers < 26:
             x, y = rng.uniform(6, world.WIDTH - 6), rng.uniform(4, world.PLAY_AREA.h - 8)
             if not _free_ground(x, y):
                 continue
             flowers += 1
             circle(x, y, 2.5, rng.choice(((250, 250, 250), (245, 210, 70), (230, 120, 160), (160, 140, 230))),
-                   L.detail, segments=6)
+                   L.detail, segments=4)
 
     def _house(self, h, rect, circle, tri, line) -> None:
         L, r = self.L, h.rect
@@ -337,6 +338,10 @@ class Scene:
     def set_bubbles(self, lines, player) -> None:
         """``lines``: ``(name, text)`` most important first ("Player" is the player's own line);
         an empty text hides that bubble. Places them so that they cover no one and no other."""
+        key = (tuple(lines), round(player.x), round(player.y))
+        if key == self._lines_key:
+            return  # the same lines, nobody moved: nothing to do this frame
+        self._lines_key = key
         wanted, order = {}, []
         for name, text in lines:
             view = self.bubble_view(name)
