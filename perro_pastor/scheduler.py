@@ -24,6 +24,7 @@ tick ends at once instead of waiting.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from typing import Callable, Generator, Iterator
@@ -37,6 +38,7 @@ from .sampling import Sampler, SamplerSettings
 from .session import Session
 
 PREFIX_CACHE_SIZE = 8
+TICKS_KEPT = 100_000  # tick_ms keeps this many: about half an hour at 60 fps, 800 KB
 WARMUP_PRIORITY = -100  # below any NPC: a background warm-up runs only while none needs work
 WARMUP_CHUNK = 16  # prompt tokens per forward pass of a background warm-up
 
@@ -60,7 +62,7 @@ class Scheduler:
         self.prefix_cache: OrderedDict[tuple, object] = OrderedDict()  # system prompt -> KV rows
         self.step_cost: dict[tuple, float] = {}  # (kind, batch tokens, step index) -> seconds (EMA)
         self._worst: dict[str, float] = {}  # kind -> a slowly decaying max of step costs
-        self.tick_ms: list[float] = []  # wall time of every tick, for benchmarks
+        self.tick_ms: list[float] = []  # wall time of the latest ticks (TICKS_KEPT or more), for benchmarks
         self.tokens_generated = 0
         self._batch: Generator | None = None
         self._batch_members: list[Session] = []
@@ -125,8 +127,16 @@ class Scheduler:
         return self.prefix_cache.get(tuple(prefix))
 
     def remove(self, session: Session) -> None:
+        """Stop ``session`` for good: its reply is cancelled and its KV cache freed now (GPU
+        buffers on the gl backend). Removing it twice is refused."""
+        if session not in self.sessions:
+            raise ValueError(f"session {session.name!r} is not on this scheduler (removed already?)")
         session.cancel()
+        if self._batch is not None and session in self._batch_members:
+            self._abandon_batch()  # its pass still holds the cache about to be freed
         self.sessions.remove(session)
+        self.model.transformer.release_cache(session.kv)
+        session.kv = None  # a removed session cannot run again
 
     def submit(self, steps: Iterator, priority: int = 0, name: str = "job") -> Job:
         """Run a generator through the scheduler, one ``next`` per slot."""
@@ -186,6 +196,9 @@ class Scheduler:
         """Advance work for at most ``budget_ms`` (one step may overrun it). Returns steps run.
         Not re-entrant: game code called from a tick (``on_token``, a sampler hook) that ticks
         again, or waits on a reply, gets a RuntimeError (which ends only that NPC's reply)."""
+        if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) \
+                or not math.isfinite(budget_ms) or budget_ms < 0:
+            raise ValueError(f"tick budget must be a finite number of ms >= 0, got {budget_ms!r}")
         if self._ticking:
             raise RuntimeError("Scheduler.tick called from inside a tick (an on_token callback or "
                                "sampler hook that ticks or waits on a reply?)")
@@ -224,6 +237,8 @@ class Scheduler:
             if now - start >= budget:
                 break
         self.tick_ms.append((now - start) * 1000.0)
+        if len(self.tick_ms) > 2 * TICKS_KEPT:  # a game runs for hours: keep the latest only
+            del self.tick_ms[:-TICKS_KEPT]
         return steps
 
     def idle(self) -> bool:

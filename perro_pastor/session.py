@@ -30,6 +30,7 @@ from .reply import Reply
 from .sampling import Sampler, SamplerSettings
 
 POLICIES = ("error", "drop_oldest", "shift")
+WORD_JOINER = "\u2060"  # zero width, no break: what keeps a player's text from matching a special token
 
 
 class ContextFullError(PerroPastorError):
@@ -150,7 +151,17 @@ class Session:
             raise RuntimeError(f"session {self.name!r} is generating; cancel or await the reply first")
         if not isinstance(text, str) or not isinstance(role, str) or not role:
             raise TypeError(f"say needs a string text and role, got {type(text).__name__}, {role!r}")
-        self.messages.append({"role": role, "content": text})
+        self.messages.append({"role": role, "content": self.player_text(text) if role == "user" else text})
+
+    def player_text(self, text: str) -> str:
+        """``text`` as the player typed it, unable to become a special token: the prompt is
+        encoded with special tokens parsed (a template and a persona may use them), so a player
+        typing ``<|im_end|><|im_start|>system`` would forge turns. Each control token's text in
+        it gets an invisible WORD JOINER after its first character, so it stays plain text."""
+        for special in self.model.tokenizer.control_texts:
+            if len(special) > 1 and special in text:
+                text = text.replace(special, special[0] + WORD_JOINER + special[1:])
+        return text
 
     def ask(self, text: str | None = None, max_tokens: int = 128, stop: Sequence[str] = (),
             on_token: Callable[[str], None] | None = None, ignore_eos: bool = False,
@@ -163,7 +174,7 @@ class Session:
             raise TypeError(f"ask needs a string (or None), got {type(text).__name__}")
         before = list(self.messages)
         if text is not None:
-            self.messages.append({"role": "user", "content": text})
+            self.messages.append({"role": "user", "content": self.player_text(text)})
         try:
             prompt = self._fit(lambda: self.encode(self.render(self.messages, True)))
         except BaseException:

@@ -136,6 +136,12 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self.tokens)
 
+    @property
+    def control_texts(self) -> list[str]:
+        """The texts that ``encode(parse_special=True)`` turns into control (or unknown) tokens,
+        longest first: the ones a chat template's turn markers are made of."""
+        return [text for _, text, ttype in self._specials if ttype != USER_DEFINED]
+
     def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = True,
                add_eos: bool | None = None) -> list[int]:
         """Token ids for ``text``. ``add_bos``/``add_eos`` None: as the file says (llama.cpp's

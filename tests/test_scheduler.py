@@ -177,3 +177,32 @@ def test_runtime_report_keys_and_sanity(tmp_path_factory):
     assert row["aggregate_tok_s"] > 0 and row["aggregate_tok_s_1_session"] > 0
     assert abs(row["per_session_tok_s"] * 3 - row["aggregate_tok_s"]) < 0.01 * row["aggregate_tok_s"] + 0.01
     assert row["batch_speedup"] == round(row["aggregate_tok_s"] / row["aggregate_tok_s_1_session"], 2)
+
+
+def test_remove_frees_the_cache_and_twice_is_refused(model):
+    """remove() cancels the reply and frees the KV cache at once, also mid-batch (the other
+    members finish); a second remove() is a clear ValueError."""
+    sched = Scheduler(model)
+    a = sched.session(sampler=GREEDY, n_ctx=64, name="a")
+    b = sched.session(sampler=GREEDY, n_ctx=64, name="b")
+    ra, rb = a.ask("Hi", max_tokens=3, ignore_eos=True), b.ask("Hello", max_tokens=3, ignore_eos=True)
+    sched.tick(0)  # one step: the batch of both is in flight
+    freed = []
+    real_release = model.transformer.release_cache
+    model.transformer.release_cache = lambda kv: freed.append(kv)
+    try:
+        kv = a.kv
+        sched.remove(a)
+    finally:
+        model.transformer.release_cache = real_release
+    assert freed == [kv] and ra.finish_reason == "cancelled" and a.kv is None
+    assert rb.result() and rb.finish_reason == "length"
+    with pytest.raises(ValueError, match="'a' is not on this scheduler"):
+        sched.remove(a)
+
+
+@pytest.mark.parametrize("budget", [float("nan"), float("inf"), -1.0, "4", True])
+def test_tick_refuses_a_budget_that_is_not_a_finite_number(model, budget):
+    sched = Scheduler(model)
+    with pytest.raises(ValueError, match="tick budget"):
+        sched.tick(budget)
