@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import stat
 from pathlib import Path
 
 import platformdirs
@@ -44,8 +45,22 @@ def resolve_model(name_or_path: str) -> Path:
         return default_model_path()
     path = Path(name_or_path).expanduser()
     if path.exists():
-        return path
+        return check_regular(path)
     in_folder = models_dir() / name_or_path
     if in_folder.exists():
-        return in_folder
+        return check_regular(in_folder)
     raise ModelFormatError(f"{name_or_path}: no such model file (looked here and in {models_dir()})")
+
+
+def check_regular(path: Path) -> Path:
+    """``path`` if it is a regular file (symlinks followed); a FIFO, socket, device or folder is
+    refused before anything opens it, since reading a FIFO would block forever."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot open model file: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device or special file")
+        raise ModelFormatError(f"{path}: not a regular file ({kind}); give the path of a model file")
+    return path

@@ -29,7 +29,7 @@ import urllib3
 
 from ..errors import DownloadError
 from .hub import RemoteFile, check_status, Retryable
-from .model_folder import FileLock, Slot, read_json, sidecar_matches, write_json
+from .model_folder import FileLock, Slot, part_meta_problem, read_json, sidecar_matches, write_json
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Policy:
     stall_window: float = 30.0  # every window must bring at least stall_min_bytes (slow-loris guard)
     stall_min_bytes: int = 32 * 1024
     deadline: float | None = None  # seconds for the whole file, retries included
+    lock_timeout: float = 3600.0  # longest wait for another process downloading the same file
     chunk: int = 1 << 20
 
 
@@ -96,7 +97,9 @@ def fetch(session: requests.Session, remote: RemoteFile, slot: Slot, policy: Pol
     emit = progress or (lambda p: None)
     slot.check_no_symlinks()
     emit(Progress(remote.filename, "waiting-lock", 0, remote.size))
-    with FileLock(slot.lock):
+    def waiting(message: str) -> None:
+        emit(Progress(remote.filename, "waiting-lock", 0, remote.size, message=message))
+    with FileLock(slot.lock, policy.lock_timeout, on_wait=waiting):
         # A second process that waited on the lock finds the first one's result here (row 36).
         rec = sidecar_matches(slot, remote.sha256) if remote.sha256 else _git_match(slot, remote)
         if rec:
@@ -135,11 +138,13 @@ def _prepare_part(slot: Slot, remote: RemoteFile, notes: list[str], emit: Progre
     meta = read_json(slot.part_meta) or {}
     have = slot.part.stat().st_size if slot.part.exists() else 0
     same = all(meta.get(k) == v for k, v in _identity(remote).items())
-    if have and (not same or have > remote.size):
-        why = "the file changed upstream" if meta.get("sha256") or meta.get("git_sha1") else "its origin is unknown"
+    bad = part_meta_problem(meta)
+    if bad or (have and (not same or have > remote.size)):
+        why = f"{slot.part_meta.name} holds a bad value ({bad})" if bad else \
+            "the file changed upstream" if meta.get("sha256") or meta.get("git_sha1") else "its origin is unknown"
         notes.append(f"discarded {have} bytes in {slot.part.name}: {why}; restarting from 0")
         emit(Progress(remote.filename, "restarting", 0, remote.size, message=notes[-1]))
-        slot.part.unlink()
+        slot.part.unlink(missing_ok=True)
         have = 0
         meta = {}
     write_json(slot.part_meta, {**_identity(remote), "commit": remote.commit, "cdn_etag": meta.get("cdn_etag")})

@@ -20,9 +20,12 @@ import errno
 import json
 import os
 import re
+import stat
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import DownloadError
 
@@ -144,18 +147,64 @@ def prepare_folder(folder: Path) -> Path:
 # JSON sidecars (written atomically so a crash never leaves half a file)
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``path`` by a rename from a fresh temp file in the same folder. The temp name is
+    random and created with O_EXCL (``mkstemp``), so a symlink planted at a predictable name can
+    never redirect the write outside the folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+MAX_JSON_BYTES = 1 << 20  # a sidecar is a few hundred bytes; anything huge is not ours
+
+
+def open_regular(path: Path, follow: bool = False) -> int:
+    """An fd open for reading on ``path``, never blocking on a FIFO or device: OSError unless
+    ``path`` is a regular file (symlinks are followed only if ``follow``)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    flags |= 0 if follow else getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
 
 
 def read_json(path: Path) -> dict | None:
-    """The sidecar's content, or None if it is missing or unreadable (then we simply re-verify)."""
+    """The sidecar's content, or None if it is missing, unreadable, not a regular file or too big
+    (then we simply re-verify)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with os.fdopen(open_regular(path), "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            return None
+        data = json.loads(raw.decode("utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+_ETAG = re.compile(r"^[\x20-\x7e]{1,1024}$")  # what may go back into an If-Range header
+_PART_META_TYPES = {"repo": str, "filename": str, "sha256": (str, type(None)), "git_sha1": (str, type(None)),
+                    "size": int, "commit": (str, type(None))}
+
+
+def part_meta_problem(meta: dict) -> str | None:
+    """Why a ``.part.json`` cannot be trusted (a field of the wrong type, an ETag that is no valid
+    header value), or None. Such a sidecar and its ``.part`` are dropped, not retried forever."""
+    for key, kinds in _PART_META_TYPES.items():
+        value = meta.get(key)
+        if key in meta and (isinstance(value, bool) or not isinstance(value, kinds)):
+            return f"{key} = {value!r:.60}"
+    etag = meta.get("cdn_etag")
+    if etag is not None and not (isinstance(etag, str) and _ETAG.match(etag)):
+        return f"cdn_etag = {etag!r:.60}"
+    return None
 
 
 def sidecar_matches(slot: Slot, sha256: str | None = None) -> dict | None:
@@ -184,20 +233,29 @@ class FileLock:
     fcntl on POSIX, msvcrt on Windows. The lock file itself is left in place: deleting it would
     race with a process that has just opened it."""
 
-    def __init__(self, path: Path, timeout: float = 3600.0, poll: float = 0.05):
-        self.path, self.timeout, self.poll = path, timeout, poll
+    def __init__(self, path: Path, timeout: float = 3600.0, poll: float = 0.05,
+                 on_wait: Callable[[str], None] | None = None):
+        self.path, self.timeout, self.poll, self.on_wait = path, timeout, poll, on_wait
         self._fd: int | None = None
 
     def __enter__(self) -> "FileLock":
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
         self._fd = os.open(self.path, flags, 0o644)
         deadline = time.monotonic() + self.timeout
-        while not self._try_lock():
+        locked = self._try_lock()
+        if not locked and self.on_wait:  # say so at once, not after the wait
+            self.on_wait(f"another process is downloading into {self.path.parent} (lock {self.path.name} "
+                         f"is held); waiting up to {self.timeout:g} s for it to finish")
+        while not locked:
             if time.monotonic() > deadline:
                 os.close(self._fd)
                 self._fd = None
-                raise DownloadError(f"timed out after {self.timeout:.0f} s waiting for {self.path}")
+                raise DownloadError(
+                    f"gave up after {self.timeout:g} s waiting for another process that holds {self.path} "
+                    "(another download of the same file still running?); try again later, or raise "
+                    "Policy.lock_timeout")
             time.sleep(self.poll)
+            locked = self._try_lock()
         return self
 
     def _try_lock(self) -> bool:
@@ -235,7 +293,7 @@ class FileLock:
 def detect_type(path: Path) -> str:
     """gguf / ggml (legacy GGML, GGMF, GGJT) / llama2c / llama2c-tokenizer / unknown, from the bytes."""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path, follow=True), "rb") as f:  # a FIFO must not hang `models`
             head = f.read(28)
     except OSError:
         return "unreadable"
@@ -262,19 +320,38 @@ def is_model_file(path: Path) -> bool:
 
 
 def list_local(folder: Path) -> list[dict]:
-    """One row per model file in the folder: name, bytes, type, verified, partial bytes if any."""
+    """One row per model file in the folder: name, bytes, type, verified, partial bytes if any.
+    A dangling symlink (or a file that vanishes while we look) is listed as ``broken``, never an
+    error; FIFOs, sockets and devices are skipped unread."""
     rows = []
     if not folder.is_dir():
         return rows
     for path in sorted(folder.iterdir()):
-        if path.name.endswith(PART) and not (folder / path.name[: -len(PART)]).exists():
-            rows.append({"name": path.name[: -len(PART)], "path": str(path), "bytes": path.stat().st_size,
-                         "type": "partial", "verified": False, "sha256": None})
+        if path.name.startswith(".") or path.name.endswith(".tmp"):
             continue
-        if not is_model_file(path):
-            continue
-        rec = sidecar_matches(Slot(folder, path.name))
-        rows.append({"name": path.name, "path": str(path), "bytes": path.stat().st_size,
-                     "type": detect_type(path), "verified": rec is not None,
-                     "sha256": rec.get("sha256") if rec else None})
+        try:
+            row = _local_row(folder, path)
+        except OSError:
+            row = {"name": path.name, "path": str(path), "bytes": 0, "type": "broken",
+                   "verified": False, "sha256": None}
+        if row:
+            rows.append(row)
     return rows
+
+
+def _local_row(folder: Path, path: Path) -> dict | None:
+    if path.is_symlink() and not path.exists():
+        if path.name.endswith(_AUX_SUFFIXES[1:]):
+            return None  # not a model: nothing to list
+        raise OSError(errno.ENOENT, "dangling symlink", str(path))
+    if path.name.endswith(PART) and not (folder / path.name[: -len(PART)]).exists():
+        if not path.is_file():
+            return None
+        return {"name": path.name[: -len(PART)], "path": str(path), "bytes": path.stat().st_size,
+                "type": "partial", "verified": False, "sha256": None}
+    if not is_model_file(path):
+        return None
+    rec = sidecar_matches(Slot(folder, path.name))
+    return {"name": path.name, "path": str(path), "bytes": path.stat().st_size,
+            "type": detect_type(path), "verified": rec is not None,
+            "sha256": rec.get("sha256") if rec else None}

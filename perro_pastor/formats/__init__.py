@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelFormatError
+from ..paths import check_regular
 from . import ggml_legacy, gguf, llama2c
 from .model_file import ModelFile, TensorInfo
 
@@ -21,7 +22,7 @@ def open_model_file(path: str | Path, tokenizer_path: str | Path | None = None) 
     has none (it starts with ``dim``), so any other magic is tried as one; its exact-size check
     makes that safe, and if it fails too the error names the four bytes seen and why.
     ``tokenizer_path`` is only used by llama2.c checkpoints (default: ``tokenizer.bin`` beside)."""
-    path = Path(path)
+    path = check_regular(Path(path))  # a FIFO would block the open below forever
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
