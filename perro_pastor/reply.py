@@ -7,6 +7,20 @@ from __future__ import annotations
 import asyncio
 from typing import Callable, Iterator, Sequence
 
+MAX_STOP_CHARS = 1000  # per stop string: longer ones make every token's check slow
+MAX_STOPS = 32
+
+
+def check_stops(stop: Sequence[str]) -> list[str]:
+    """The non-empty stop strings, or ValueError if there are too many or one is too long."""
+    stops = [s for s in stop if s]
+    if len(stops) > MAX_STOPS:
+        raise ValueError(f"at most {MAX_STOPS} stop strings, got {len(stops)}")
+    for s in stops:
+        if len(s) > MAX_STOP_CHARS:
+            raise ValueError(f"stop string of {len(s)} characters ({s[:20]!r}...): at most {MAX_STOP_CHARS}")
+    return stops
+
 
 class Reply:
     """A handle on one generated reply: stream it (callbacks, iterator, ``async for``), poll it,
@@ -15,7 +29,7 @@ class Reply:
 
     def __init__(self, session, max_tokens: int, stop: Sequence[str],
                  on_token: Callable[[str], None] | None, ignore_eos: bool):
-        self.session, self.max_tokens, self.stop = session, max_tokens, [s for s in stop if s]
+        self.session, self.max_tokens, self.stop = session, max_tokens, check_stops(stop)
         self.callbacks = [on_token] if on_token else []
         self.ignore_eos = ignore_eos
         self.goes_to_history = True  # an assistant line once it ends (not for continue_tokens)
@@ -137,7 +151,17 @@ class Reply:
                 self._held = ""
                 self._emit(buf[:at])
                 return True
-        hold = max((k for s in self.stop for k in range(1, len(s)) if buf.endswith(s[:k])), default=0)
+        hold = max((_overlap(buf, s) for s in self.stop), default=0)
         self._held = buf[len(buf) - hold:] if hold else ""
         self._emit(buf[:len(buf) - hold])
         return False
+
+
+def _overlap(buf: str, s: str) -> int:
+    """The length of the longest end of ``buf`` that is a proper start of ``s`` (0 if none)."""
+    i = buf.find(s[0], max(0, len(buf) - len(s) + 1))
+    while i >= 0:
+        if s.startswith(buf[i:]):
+            return len(buf) - i
+        i = buf.find(s[0], i + 1)
+    return 0
