@@ -15,7 +15,6 @@ Factors are kept in the forward pass's layout: A (rank, cols), B (rows, rank), f
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,8 @@ import numpy as np
 from . import quant
 from .errors import ModelFormatError
 from .formats import ModelFile, TensorInfo, open_model_file
-from .lora_adapter import LoraAdapter, base_targets, build_adapter, check_pair
+from .lora_adapter import (MAX_ALPHA, LoraAdapter, alpha_ok, base_targets, build_adapter, check_pair,
+                           check_user_scale)
 from .lora_peft import read_peft
 
 __all__ = ["LoraAdapter", "base_targets", "load_adapter", "parse_lora_arg", "read_gguf_lora"]
@@ -33,8 +33,7 @@ def load_adapter(path: str | Path, model, scale: float = 1.0) -> LoraAdapter:
     e.g. a loaded ``Model``). ``path`` is a GGUF adapter, a PEFT adapter folder, or its
     ``adapter_model.safetensors`` / ``adapter_config.json``."""
     path = Path(path)
-    if not math.isfinite(scale):
-        raise ValueError(f"{path.name}: LoRA scale must be finite, got {scale}")
+    scale = check_user_scale(scale, path.name)
     if path.is_dir() or path.suffix in (".safetensors", ".json"):
         return read_peft(path, model, float(scale))
     return read_gguf_lora(path, model, float(scale))
@@ -80,8 +79,9 @@ def _gguf_lora(mf: ModelFile, model, user_scale: float) -> LoraAdapter:
     if arch != base_arch:
         raise ModelFormatError(f"{where}: general.architecture is {arch!r}, the base model is {base_arch!r}")
     alpha = md.get("adapter.lora.alpha", 0.0)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
-        raise ModelFormatError(f"{where}: adapter.lora.alpha must be a finite number >= 0, got {alpha!r}")
+    if not alpha_ok(alpha):
+        raise ModelFormatError(f"{where}: adapter.lora.alpha must be a finite number in 0..{MAX_ALPHA:g}, "
+                               f"got {alpha!r}")
 
     halves: dict[str, dict[str, TensorInfo]] = {}
     for name, info in mf.tensors.items():

@@ -13,6 +13,23 @@ from .formats import TensorInfo
 from .weights import LAYER_TENSORS, PROJECTIONS  # the matrices a LoRA can target; norms cannot
 
 Factors = tuple[np.ndarray, np.ndarray]  # A (rank, cols), B (rows, rank)
+MAX_USER_SCALE = 1e3  # |scale| a game may ask for; far past any useful strength, short of garbage
+MAX_ALPHA = 1e4  # lora_alpha / adapter.lora.alpha in a file; trainers use 1..~1024
+
+
+def check_user_scale(scale, where: str) -> float:
+    """A user's LoRA scale as a float, or ValueError naming it (not a number, NaN/inf, too big)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{where}: LoRA scale must be a number, got {scale!r:.40}")
+    if not math.isfinite(scale) or abs(scale) > MAX_USER_SCALE:
+        raise ValueError(f"{where}: LoRA scale must be finite and within ±{MAX_USER_SCALE:g}, got {scale!r}")
+    return float(scale)
+
+
+def alpha_ok(alpha) -> bool:
+    """A LoRA alpha read from a file: a finite number in 0..MAX_ALPHA."""
+    return isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) \
+        and 0 <= alpha <= MAX_ALPHA
 
 
 @dataclass(frozen=True)
@@ -29,6 +46,12 @@ class LoraAdapter:
     user_scale: float
     targets: dict[tuple[int, str], Factors] = field(repr=False)
 
+    def __post_init__(self):
+        check_user_scale(self.user_scale, self.name)
+        if not alpha_ok(self.alpha):
+            raise ModelFormatError(f"{self.name}: LoRA alpha must be a finite number in 0..{MAX_ALPHA:g}, "
+                                   f"got {self.alpha!r}")
+
     @property
     def scale(self) -> float:
         return self.unit_scale * self.user_scale
@@ -39,7 +62,8 @@ class LoraAdapter:
 
     def with_scale(self, user_scale: float) -> "LoraAdapter":
         """The same factors (shared, not copied) under another user scale, e.g. per NPC."""
-        return LoraAdapter(self.name, self.rank, self.alpha, self.unit_scale, float(user_scale), self.targets)
+        return LoraAdapter(self.name, self.rank, self.alpha, self.unit_scale,
+                           check_user_scale(user_scale, self.name), self.targets)
 
     def delta(self, layer: int, name: str) -> np.ndarray | None:
         """scale * B @ A, the (rows, cols) change this adapter makes to one weight (for merging)."""

@@ -12,14 +12,13 @@ Hugging Face names and lays out weights differently from GGUF, so loading maps b
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ModelFormatError
-from .lora_adapter import LoraAdapter, build_adapter, check_pair
+from .lora_adapter import MAX_ALPHA, LoraAdapter, alpha_ok, build_adapter, check_pair
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -100,8 +99,8 @@ def _read_config(path: Path, where: str) -> dict:
 
     field("peft_type", lambda v: v in (None, "LORA"), "'LORA'")
     r = field("r", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer")
-    alpha = field("lora_alpha", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                  and math.isfinite(v) and v >= 0, "a finite number >= 0", default=r)
+    alpha = field("lora_alpha", alpha_ok, f"a finite number in 0..{MAX_ALPHA:g}", default=r)
+    rslora = field("use_rslora", lambda v: v is None or isinstance(v, bool), "true or false", default=False)
     for key, default, want in (("use_dora", False, False), ("fan_in_fan_out", False, False),
                                ("bias", "none", "none")):
         field(key, lambda v: v in (None, want), f"{want!r} (other variants are not supported)", default)
@@ -118,7 +117,7 @@ def _read_config(path: Path, where: str) -> dict:
     elif not isinstance(targets, str):
         raise ModelFormatError(f"{where}: {path.name}: target_modules = {targets!r}, expected a list or a string")
     return {"r": r, "lora_alpha": float(alpha), "modules": modules,
-            "rslora": bool(raw.get("use_rslora", False))}
+            "rslora": rslora is True}
 
 
 def _read_tensors(path: Path, where: str) -> dict[str, np.ndarray]:

@@ -448,3 +448,45 @@ def test_peft_unreadable_files_refused(model, tmp_path):
     (folder / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(4))
     with pytest.raises(ModelFormatError, match=r"lora_A\.weight' is BF16; save the adapter as float32"):
         load_adapter(folder, model)
+
+
+# -----------------------------------------------------------------------------
+# out-of-range strengths (issue 20): refused with the value named, never garbage
+
+@pytest.mark.parametrize("scale", [1e30, -1e4, float("inf"), float("nan"), "0.5", True])
+def test_user_scale_out_of_range_refused(model, adapter_files, scale):
+    with pytest.raises(ValueError, match="LoRA scale"):
+        load_adapter(adapter_files["a"], model, scale=scale)
+    with pytest.raises(ValueError, match="LoRA scale"):
+        load_adapter(adapter_files["a"], model).with_scale(scale)
+
+
+def test_scale_and_alpha_at_the_limits_accepted(model, work):
+    a, b = one_pair(model.config)
+    ad = load_adapter(write_gguf_lora(work / "alpha_max.gguf", {f"{Q}.lora_a": a, f"{Q}.lora_b": b},
+                                      alpha=1e4), model, scale=-1e3)
+    assert ad.alpha == 1e4 and ad.user_scale == -1e3
+
+
+def test_huge_alpha_refused_naming_it(model, tmp_path):
+    a, b = one_pair(model.config)
+    path = write_gguf_lora(tmp_path / "big.gguf", {f"{Q}.lora_a": a, f"{Q}.lora_b": b}, alpha=3e38)
+    with pytest.raises(ModelFormatError, match=r"big\.gguf: adapter\.lora\.alpha .*got 3\.\d+e\+38"):
+        load_adapter(path, model)
+    folder = write_peft(tmp_path / "bigpeft", {f"{PEFT_Q}.lora_A.weight": a, f"{PEFT_Q}.lora_B.weight": b},
+                        r=4, alpha=3e38)
+    with pytest.raises(ModelFormatError, match=r"lora_alpha = 3e\+38"):
+        load_adapter(folder, model)
+
+
+@pytest.mark.parametrize("value", ["false", "true", 0, 1, "no"])
+def test_peft_use_rslora_must_be_a_json_boolean(model, tmp_path, value):
+    a, b = one_pair(model.config)
+    folder = write_peft(tmp_path / "rs", {f"{PEFT_Q}.lora_A.weight": a, f"{PEFT_Q}.lora_B.weight": b},
+                        r=4, alpha=8, use_rslora=value)
+    with pytest.raises(ModelFormatError, match=r"use_rslora = .*expected true or false"):
+        load_adapter(folder, model)
+    for flag, unit in ((False, 2.0), (True, 4.0)):
+        write_peft(folder, {f"{PEFT_Q}.lora_A.weight": a, f"{PEFT_Q}.lora_B.weight": b}, r=4, alpha=8,
+                   use_rslora=flag)
+        assert load_adapter(folder, model).unit_scale == unit
