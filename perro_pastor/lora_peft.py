@@ -42,6 +42,9 @@ def permute_rows_for_rope(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def read_peft(path: Path, model, user_scale: float) -> LoraAdapter:
     folder = path if path.is_dir() else path.parent
+    for name in (CONFIG_NAME, WEIGHTS_NAME):  # a FIFO would block the read forever
+        if (folder / name).exists() and not (folder / name).is_file():
+            raise ModelFormatError(f"{folder.name or folder}/{name}: not a regular file")
     config = _read_config(folder / CONFIG_NAME, folder.name or str(folder))
     rank, alpha = config["r"], config["lora_alpha"]
     where = f"{folder.name}/{WEIGHTS_NAME}"  # tensor errors name the weights file

@@ -5,6 +5,7 @@ with random low-rank factors written by the gguf writer or safetensors."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -490,3 +491,14 @@ def test_peft_use_rslora_must_be_a_json_boolean(model, tmp_path, value):
         write_peft(folder, {f"{PEFT_Q}.lora_A.weight": a, f"{PEFT_Q}.lora_B.weight": b}, r=4, alpha=8,
                    use_rslora=flag)
         assert load_adapter(folder, model).unit_scale == unit
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+@pytest.mark.parametrize("name", ["adapter_config.json", "adapter_model.safetensors"])
+def test_peft_fifo_refused_not_read(model, tmp_path, name):
+    a, b = one_pair(model.config)
+    folder = write_peft(tmp_path / "f", {f"{PEFT_Q}.lora_A.weight": a, f"{PEFT_Q}.lora_B.weight": b}, r=4)
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    with pytest.raises(ModelFormatError, match=rf"f/{name}: not a regular file"):
+        load_adapter(folder, model)
