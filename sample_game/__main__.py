@@ -188,6 +188,9 @@ def run(args: argparse.Namespace) -> dict | None:
         "bubble_rects": shot_rects, "screenshot": str(args.screenshot) if args.screenshot else None,
         "load_error": str(game.loader.error) if game.loader and game.loader.error else None,
         "errors": game.errors,
+        "actions": list(village.acts.performed) if village else [],
+        "inventory": list(village.acts.inventory) if village else [],
+        "grammar_warm_s": game.grammar_warm_s,
     })
     window.close()
     return report
@@ -202,6 +205,7 @@ def print_report(report: dict) -> None:
     load = f"{report['load_s']:.2f} s" if report["load_s"] is not None else "did not finish"
     print(f"load {load}; {report['tokens_generated']} tokens at {report['tok_s']:.1f} tok/s "
           f"({report['backend']})")
+    print(f"actions: {', '.join(a['npc'] + ' ' + a['action'] for a in report['actions']) or 'none'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from . import world
 
-QUESTION = "Hello! What is new in the village today?"
+# a question that invites an action (give_item, open_door, follow...): the report counts them
+QUESTION = "Hello! Could you give me something, or show me your shop?"
 CHAT_LINES = 2  # chatter lines to wait for in step 5
 
 
@@ -45,7 +46,8 @@ class Autoplay:
                 game.village.chatter_enabled = False
                 self.step = "walk"
         if self.step == "walk":
-            if world.nearest_villager(p, game.villagers) is t:
+            near = world.nearest_villager(p, game.villagers)
+            if near is not None and near.name == t.name:
                 self._hold(game, set())
                 self.step = "ask"
             elif abs(p.x - t.x) > 4:  # along the road first, then straight up

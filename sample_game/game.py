@@ -9,6 +9,7 @@ overrun, and a step is at most one sub-block of one layer).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -91,7 +92,8 @@ class Game:
         self.save_path = save_path
         self.chatter, self.reply_tokens = chatter, reply_tokens
         self.player = world.Player()
-        self.villagers = world.VILLAGERS
+        # this game's own villagers: a follower walks (world.VILLAGERS stays where it was)
+        self.villagers = tuple(dataclasses.replace(v) for v in world.VILLAGERS)
         self.controls = Controls()
         self.stats = FrameStats()
         self.picker = ModelPicker()
@@ -101,6 +103,7 @@ class Game:
         self.village: Village | None = None
         self.model = None
         self.load_s: float | None = None
+        self.grammar_warm_s: float | None = None  # the reply grammar's warm-up, in the loader
         self.talking_to: str | None = None
         self.budget_ms = MAX_BUDGET_MS
         self.render_ms = 2.0  # moving average of the draw cost, to size the scheduler budget
@@ -186,6 +189,7 @@ class Game:
                     release()
                 old.close()
             self.load_s = self.loader.load_s
+            self.grammar_warm_s = self.loader.grammar_warm_s
             self._errors_seen = 0
             self.village = Village(model, self.villagers, chatter=self.chatter,
                                   reply_tokens=self.reply_tokens, template=self.loader.template)
@@ -252,6 +256,7 @@ class Game:
             self.village.scheduler.tick(self.budget_ms)
             self.overruns.append((time.perf_counter() - tick_start) * 1000.0 - self.budget_ms)
         self.village.update(now)  # what the last tick made (this frame's, or the background one's)
+        self.village.acts.step(self.villagers, self.player, dt, now)  # followers walk
         self.stats.add_tokens(now, self.village.scheduler.tokens_generated)
         if len(self.village.errors) > self._errors_seen:
             self._errors_seen = len(self.village.errors)
@@ -285,6 +290,9 @@ class Game:
                  f"budget {self.budget_ms:4.1f} ms (used {tick:4.1f})")
         line2 = (f"{Path(str(self.model_name)).name[:28]} [{backend}]  "
                  "WASD walk  E talk  F2 models  F5/F9 save/load")
+        inventory = self.village.acts.inventory if self.village is not None else []
+        if inventory:
+            line2 += "   Bag: " + ", ".join(inventory[-4:])
         return line1, line2
 
     def hint(self) -> str:
@@ -336,7 +344,10 @@ class Game:
             typing = None
             if self.controls.mode == "type":
                 typing = f"You to {self.talking_to}: {self.controls.line.text}"
-            scene.draw(self.player, self.hint(), typing, self.facing())
+            acts = self.village.acts if self.village is not None else None
+            scene.draw(self.player, self.hint(), typing, self.facing(),
+                       acts.open_doors(now) if acts else set(), acts.moods if acts else {},
+                       {v.name for v in self.villagers if acts and acts.is_waving(v.name, now)})
         toast = self.toast if now < self.toast_until else ""
         hud.draw(self.stats, *self.hud_lines(), toast)
         if self.controls.mode == "picker":

@@ -5,17 +5,22 @@ Start it, call ``poll()`` once per frame, draw ``progress`` (0..1) and ``phase``
 when ``done``. The library does the work (parsing and weight preparation on a worker thread, GL
 uploads and program compiles a budgeted step at a time on this thread); this wrapper only adds
 the chat template, a sandboxed Jinja compile (~0.1-0.5 s with the import) built on a thread of
-its own once the model is there, and shared by every villager's session.
+its own once the model is there, and shared by every villager's session. The same thread then
+warms the villagers' reply grammar (actions.warm_grammar: each grammar state's first mask costs
+10-50 ms, better spent under the loading screen than in the first reply's frames).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 from perro_pastor.chat import template_for_model
 from perro_pastor.loading import load_async
 from perro_pastor.threads import frequent_gil_handover
 from perro_pastor.model import Model
+
+from .actions import warm_grammar
 
 BUDGET_MS = 6.0  # of each frame spent on loading steps (the loading screen draws in ~3 ms)
 TEMPLATE_SHARE = 0.02  # of the progress bar kept for the chat template
@@ -28,6 +33,7 @@ class ModelLoader:
         self.template = None  # the model's ChatTemplate, built off the main thread
         self._template_error: Exception | None = None
         self._thread: threading.Thread | None = None
+        self.grammar_warm_s: float | None = None
 
     @property
     def progress(self) -> float:
@@ -38,7 +44,7 @@ class ModelLoader:
         if self.model is not None:
             return f"ready ({self.model.backend})"
         if self._thread is not None:
-            return "preparing the chat template"
+            return "preparing the chat template and the reply grammar"
         return self.task.phase
 
     @property
@@ -77,5 +83,8 @@ class ModelLoader:
             with frequent_gil_handover():  # (or the loading screen's GL calls wait 5 ms each)
                 self.template = template_for_model(model.file.metadata, tok.tokens, tok.tokens[tok.bos_id],
                                                    tok.tokens[tok.eos_id])
+                t0 = time.perf_counter()
+                warm_grammar(tok)
+                self.grammar_warm_s = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 -- shown by the game, which keeps running
             self._template_error = exc

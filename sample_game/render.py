@@ -53,6 +53,9 @@ SKIN = (240, 200, 160)
 PLATE = (35, 38, 50)
 BUBBLE_INK = (45, 45, 60)
 PLAYER_LOOK = {"color": (245, 245, 245), "hair": (90, 60, 40), "legs": (60, 80, 140)}
+MOOD_COLORS = {"happy": (250, 210, 60), "calm": (110, 200, 120), "sad": (90, 140, 230),
+               "angry": (225, 70, 60)}
+DOOR_DARK = (35, 25, 20)
 HAIR = {"Mara": (150, 80, 40), "Tomas": (200, 200, 200), "Ines": (40, 30, 30)}
 TREES = ((40, 160), (300, 200), (640, 180), (900, 120), (620, 420), (270, 440))
 # where bubbles may go: above the typing box, below the HUD
@@ -109,11 +112,18 @@ class Figure:
                            color=(255, 255, 255, 255), batch=batch, group=L.label)
         self.plate = shapes.Rectangle(0, 0, self.label.content_width + 10, 15, color=PLATE, **OPAQUE,
                                       batch=batch, group=L.plate)
+        # the mood (a coloured face by the name plate) and a waving hand: hidden until a reply sets them
+        self.mood = shapes.Circle(0, 0, 5, segments=8, color=(0, 0, 0), **OPAQUE, batch=batch, group=L.plate)
+        self.mood_eyes = rect(L.label, INK[:3], 5, 1)
+        self.hand = shapes.Circle(0, 0, 3, segments=6, color=SKIN, **OPAQUE, batch=batch, group=L.face)
+        self.mood.visible = self.mood_eyes.visible = self.hand.visible = False
         self._state = None
 
-    def update(self, x: float, y: float, facing: str, stride: float, moving: bool) -> None:
+    def update(self, x: float, y: float, facing: str, stride: float, moving: bool,
+               mood: str | None = None, wave: float | None = None) -> None:
         phase = math.sin(stride / 7.0) if moving else 0.0
-        state = (round(x, 1), round(y, 1), facing, round(phase, 2))
+        state = (round(x, 1), round(y, 1), facing, round(phase, 2), mood,
+                 None if wave is None else round(math.sin(wave * 9.0), 1))
         if state == self._state:
             return  # nothing moved: no vertex is rewritten
         self._state = state
@@ -139,6 +149,15 @@ class Figure:
             eye.position = (hx + off, hy - 1)
         self.label.position = (x, y - 31, 0)
         self.plate.position = (x - self.plate.width / 2, y - 38)
+        self.mood.visible = self.mood_eyes.visible = mood in MOOD_COLORS
+        if mood in MOOD_COLORS:
+            self.mood.color = MOOD_COLORS[mood]
+            mx = x + self.plate.width / 2 + 7
+            self.mood.position = (mx, y - 31)
+            self.mood_eyes.position = (mx - 2.5, y - 30)
+        self.hand.visible = wave is not None
+        if wave is not None:  # a hand beside the head, swinging
+            self.hand.position = (x + 12 + 3 * math.sin(wave * 9.0), hy + 4)
 
 
 class BubbleView:
@@ -203,6 +222,7 @@ class Scene:
         self.static = self.batch = b = pyglet.graphics.Batch()
         self.L = L = Layers()
         self.keep: list = []
+        self._door_parts: dict[str, list] = {}  # house label -> the shapes of its door drawn open
 
         def rect(x, y, w, h, c, g):
             self.keep.append(shapes.Rectangle(x, y, w, h, color=c, **OPAQUE, batch=b, group=g))
@@ -244,6 +264,8 @@ class Scene:
         self.hint = Label("", x=world.WIDTH / 2, y=20, anchor_x="center", font_size=FONT,
                           color=(255, 255, 255, 255), batch=b, group=L.ui_text)
         self.hint_plate = shapes.Rectangle(0, 10, 10, 22, color=PLATE, **OPAQUE, batch=b, group=L.ui)
+        self.doors = {label: parts for label, parts in self._door_parts.items()}
+        self._open: set[str] = set()
         self.bubbles: dict[str, BubbleView] = {}
         self.bubble_rects: dict[str, tuple[int, int, int, int]] = {}
         self._layout_key = self._lines_key = None
@@ -314,6 +336,13 @@ class Scene:
         line(cx, r.y, cx, r.y + 37, (95, 62, 40), L.legs)
         circle(cx + 6, r.y + 18, 2, (230, 200, 90), L.legs, segments=8)
         rect(cx - 17, r.y - 5, 34, 6, (150, 145, 140), L.build2)
+        # the door drawn open (hidden until a villager opens it): the dark inside, the door swung out
+        opened = [shapes.Rectangle(cx - 11, r.y, 22, 37, color=DOOR_DARK, **OPAQUE, batch=self.batch, group=L.body),
+                  shapes.Rectangle(cx + 11, r.y - 2, 7, 40, color=(120, 80, 50), **OPAQUE, batch=self.batch,
+                                   group=L.head)]
+        for part in opened:
+            part.visible = False
+        self._door_parts[h.label] = opened
         # two windows with frames, glass and a cross
         wy = r.y + 20
         for wx in (r.x + 16, r.x + r.w - 16 - 24):
@@ -338,7 +367,8 @@ class Scene:
     def set_bubbles(self, lines, player) -> None:
         """``lines``: ``(name, text)`` most important first ("Player" is the player's own line);
         an empty text hides that bubble. Places them so that they cover no one and no other."""
-        key = (tuple(lines), round(player.x), round(player.y))
+        key = (tuple(lines), round(player.x), round(player.y),
+               tuple((round(v.x), round(v.y)) for v in self.villagers.values()))  # (followers walk)
         if key == self._lines_key:
             return  # the same lines, nobody moved: nothing to do this frame
         self._lines_key = key
@@ -354,7 +384,8 @@ class Scene:
                 x, y = (player.x, player.y) if name == "Player" else (self.villagers[name].x, self.villagers[name].y)
                 order.append((name, x, y, *view.size))
                 wanted[name] = view
-        key = (tuple(order), round(player.x), round(player.y))
+        key = (tuple(order), round(player.x), round(player.y),
+               tuple((round(v.x), round(v.y)) for v in self.villagers.values()))
         if key == self._layout_key:
             return  # nothing moved and no bubble changed size: the places stand
         self._layout_key = key
@@ -367,12 +398,22 @@ class Scene:
             wanted[name].place(p)
             self.bubble_rects[name] = tuple(int(v) for v in p.rect)
 
-    def draw(self, player, hint: str, typing: str | None, facing: dict[str, str] | None = None) -> None:
+    def draw(self, player, hint: str, typing: str | None, facing: dict[str, str] | None = None,
+             open_doors: set[str] = frozenset(), moods: dict[str, str] | None = None,
+             waving: set[str] = frozenset()) -> None:
         clear(GRASS)
         self.player.update(player.x, player.y, world.facing_name(*player.facing), player.stride, player.moving)
+        import time
+        now = time.perf_counter()
         for name, fig in self.figures.items():
             v = self.villagers[name]
-            fig.update(v.x, v.y, (facing or {}).get(name, "down"), 0.0, False)
+            fig.update(v.x, v.y, (facing or {}).get(name, "down"), 0.0, False,
+                       (moods or {}).get(name), now if name in waving else None)
+        if set(open_doors) != self._open:
+            self._open = set(open_doors)
+            for label, parts in self.doors.items():
+                for part in parts:
+                    part.visible = label in self._open
         if self.hint.text != hint:
             self.hint.text = hint
             self.hint_plate.width = self.hint.content_width + 20

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from perro_pastor.scheduler import Scheduler
 
+from .actions import JSON_TOKENS, Acts, npc_grammar, parse_reply, partial_say, persona_rules
+
 PLAYER_PRIORITY = 10  # the villager the player talks to preempts the background chatter
 CHATTER_PRIORITY = 0
 REPLY_TOKENS = 48  # soft limits: past them a reply ends at its next sentence end...
@@ -113,9 +115,16 @@ class Bubble:
     done: bool = False
     done_at: float = 0.0
     streaming: bool = True  # False: a line said whole (the player's), shown whole at once
+    json_reply: bool = False  # ``full`` is a growing JSON reply: only its "say" is shown
 
     @property
     def shown(self) -> str:
+        if self.json_reply:  # (until it is done: then ``full`` is replaced by what was said)
+            say, closed = partial_say(self.full)
+            if closed:
+                return say.strip()
+            cut = say.rfind(" ")
+            return say[:cut].strip() if cut > 0 else ""
         if self.done or not self.streaming:
             return self.full.strip()
         cut = max(self.full.rfind(" "), self.full.rfind("\n"))
@@ -131,11 +140,14 @@ class Village:
         self.reply_tokens = reply_tokens or REPLY_TOKENS
         self.chatter_tokens = min(CHATTER_TOKENS, self.reply_tokens)
         self.scheduler = Scheduler(model)
+        self.grammar = npc_grammar()  # the player's replies: one JSON object (actions.py)
+        self.acts = Acts()
         self.sessions = {v.name: self._new_session(v) for v in self.villagers}
         # each persona's prompt is prefilled in the background while nobody talks (the player is
         # still walking up), so a villager's first reply starts without it
         for v in self.villagers:
-            self.scheduler.warmup(v.persona, background=True, n_ctx=N_CTX, template=self.template)
+            self.scheduler.warmup(self.system_prompt(v), background=True, n_ctx=N_CTX,
+                                  template=self.template)
         self.bubbles: dict[str, Bubble] = {}
         self.transcript: list[dict] = []
         self.chatter_enabled = chatter
@@ -148,8 +160,12 @@ class Village:
         self._recent_prompts: list = []
         self.player_to: str | None = None  # who the player's bubble speaks to
 
+    @staticmethod
+    def system_prompt(v) -> str:
+        return v.persona + persona_rules(v.name)
+
     def _new_session(self, v):
-        return self.scheduler.session(system_prompt=v.persona, sampler=v.sampler, seed=v.seed,
+        return self.scheduler.session(system_prompt=self.system_prompt(v), sampler=v.sampler, seed=v.seed,
                                       priority=CHATTER_PRIORITY, n_ctx=N_CTX, name=v.name,
                                       template=self.template)
 
@@ -177,8 +193,10 @@ class Village:
             session.cancel()
         session.priority = PLAYER_PRIORITY
         self.transcript.append({"speaker": "Player", "text": text, "to": name})
-        reply = self._reply(session, text, self.reply_tokens)
-        self.bubbles[name] = Bubble(name)
+        # one JSON object (say, action, mood): a say of up to ~reply_tokens, plus its frame
+        reply = session.ask(text, max_tokens=hard_limit(self.reply_tokens) + JSON_TOKENS,
+                            grammar=self.grammar)
+        self.bubbles[name] = Bubble(name, json_reply=True)
         self.bubbles["Player"] = Bubble("Player", full=text, streaming=False)  # the player's line stays up
         self.player_to = name
         self.talk = {"name": name, "reply": reply}
@@ -252,7 +270,9 @@ class Village:
                         bubble.full = bubble.full[:end]
                         reply.cancel()
             if reply.done and not bubble.done:
-                if reply.finish_reason in ("length", "cancelled"):
+                if bubble.json_reply:
+                    self._finish_json(name, session, reply, bubble, now)
+                elif reply.finish_reason in ("length", "cancelled"):
                     bubble.full = trim_to_sentence(bubble.full)
                     if session.messages and session.messages[-1]["role"] == "assistant":
                         session.messages[-1]["content"] = bubble.full  # what the player read
@@ -264,7 +284,8 @@ class Village:
             del self.bubbles[name]
         for session in self.sessions.values():  # a failed reply (e.g. a GPU error) is reported once
             reply = session.reply
-            if reply is not None and reply.error is not None and reply not in self._reported:
+            if reply is not None and reply.error is not None and reply not in self._reported \
+                    and reply.finish_reason != "grammar":  # (a grammar stop is handled: no action)
                 self._reported.add(reply)
                 self.errors.append(f"{session.name}: {type(reply.error).__name__}: {reply.error}")
         if self.talk is not None and self.talk["reply"].done:
@@ -279,6 +300,25 @@ class Village:
             self._advance_chat(now)
         elif self.chatter_enabled and now >= self.chat_cooldown_until:
             self._start_chat(now)
+
+    def _finish_json(self, name, session, reply, bubble, now: float) -> None:
+        """A JSON reply is done: the bubble keeps what was said; a complete, valid reply's action
+        is performed and its mood shown. A cut or invalid one does nothing (and is kept in the
+        history as a valid reply with no action, so the villager does not learn broken JSON)."""
+        parsed = parse_reply(bubble.full) if reply.finish_reason == "eos" else None
+        if parsed is not None:
+            bubble.full = parsed["say"]
+            self.acts.moods[name] = parsed["mood"]
+            self.acts.perform(name, parsed["action"], now)
+        else:
+            say, closed = partial_say(bubble.full)
+            bubble.full = say if closed else trim_to_sentence(say)
+            bubble.full = bubble.full.strip() or "..."  # (speechless: still a line to show)
+            if session.messages and session.messages[-1]["role"] == "assistant":
+                session.messages[-1]["content"] = json.dumps(
+                    {"say": bubble.full, "action": "none", "mood": self.acts.moods.get(name, "calm")})
+        bubble.json_reply = False
+        bubble.full = bubble.full.strip()
 
     @property
     def generating(self) -> bool:

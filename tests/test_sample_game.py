@@ -19,6 +19,7 @@ from sample_game.controls import MAX_LINE, Controls, TextLine
 from sample_game.stats import FrameStats, percentile
 from sample_game import layout
 from sample_game.talk import Bubble, hard_limit, opening_prompt, sentence_end, trim_to_sentence
+from sample_game.actions import ACTIONS, Acts, parse_reply, partial_say
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_KEYS = ("frame_ms_p50", "frame_ms_p95", "frame_ms_p99", "frame_ms_max", "idle_frame_ms_p99",
@@ -216,6 +217,95 @@ def test_percentiles_and_report_kinds():
 
 
 # -----------------------------------------------------------------------------
+# structured replies and actions, no model
+
+def test_partial_say_streams_the_say_field_of_a_growing_reply():
+    doc = '{"say": "Hi \\"you\\",\\nfriend\\u0021", "action": "wave", "mood": "happy"}'
+    assert partial_say(doc) == ('Hi "you", friend!', True)
+    assert partial_say(doc[:3]) == ("", False)
+    assert partial_say('{"say": "Hi \\') == ("Hi ", False)  # a half-read escape is left out
+    assert partial_say('{ "say" :"Good day to') == ("Good day to", False)
+    assert parse_reply(doc) == {"say": 'Hi "you",\nfriend!', "action": "wave", "mood": "happy"}
+    for bad in ('{"say": "x", "action": "fly", "mood": "happy"}', '{"say": "x"', "[1]",
+                '{"say": 3, "action": "none", "mood": "calm"}'):
+        assert parse_reply(bad) is None
+
+
+class _Reply:
+    def __init__(self, text, finish_reason):
+        self.text, self.finish_reason, self._new = text, finish_reason, text
+        self.done, self.error, self.token_ids = True, None, [0] * 10
+
+    def poll(self):
+        new, self._new = self._new, ""
+        return new
+
+
+class _Session:
+    def __init__(self, name, reply):
+        self.name, self.reply, self.busy, self.priority = name, reply, False, 10
+        self.messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply.text}]
+
+
+def _village_with_reply(name, text, finish_reason):
+    """A Village whose one session has just finished ``text``, as the player's question."""
+    from sample_game.talk import Village
+    village = Village.__new__(Village)
+    reply = _Reply(text, finish_reason)
+    village.sessions = {name: _Session(name, reply)}
+    village.bubbles = {name: Bubble(name, json_reply=True), "Player": Bubble("Player", "Hi", streaming=False)}
+    village.acts, village.transcript, village.errors, village._reported = Acts(), [], [], set()
+    village.talk, village.chat, village.chatter_enabled, village.player_to = {"name": name, "reply": reply}, None, False, name
+    return village
+
+
+def test_a_canned_json_reply_is_shown_and_its_action_performed():
+    village = _village_with_reply("Mara", '{"say": "Here, a honey cake for you!", "action": "give_item", '
+                                          '"mood": "happy"}', "eos")
+    village.update(1.0)
+    assert village.bubbles["Mara"].shown == "Here, a honey cake for you!"
+    assert village.transcript[-1] == {"speaker": "Mara", "text": "Here, a honey cake for you!", "to": "Player"}
+    assert village.acts.performed == [{"npc": "Mara", "action": "give_item"}]
+    assert village.acts.inventory == ["honey cake"] and village.acts.moods == {"Mara": "happy"}
+    for action, check in (("open_door", lambda a: a.open_doors(2.0) == {"Forge"}),
+                          ("follow", lambda a: "Ines" in a.following),
+                          ("wave", lambda a: a.is_waving("Ines", 2.0))):
+        v = _village_with_reply("Ines", f'{{"say": "Sure.", "action": "{action}", "mood": "calm"}}', "eos")
+        v.update(1.0)
+        assert check(v.acts), action
+
+
+def test_a_cut_or_broken_reply_shows_what_was_said_and_does_nothing():
+    for text, reason, shown in (('{"say": "Take this bread. And also the', "length", "Take this bread."),
+                                ('{"say": "Well", "action": "give_item", "mo', "grammar", "Well"),
+                                ('{"say": "', "length", "..."),
+                                ("not json at all", "eos", "...")):
+        village = _village_with_reply("Mara", text, reason)
+        village.update(1.0)
+        assert village.bubbles["Mara"].shown == shown, text
+        assert village.acts.performed == [] and village.errors == []
+        assert json.loads(village.sessions["Mara"].messages[-1]["content"])["action"] == "none"
+
+
+def test_a_follower_walks_after_the_player_then_home_and_doors_close():
+    import dataclasses
+    acts = Acts()
+    mara = dataclasses.replace(world.VILLAGERS[0])
+    home = (mara.x, mara.y)
+    player = world.Player(x=mara.x + 200, y=80)
+    acts.perform("Mara", "follow", now=0.0)
+    acts.perform("Mara", "open_door", now=0.0)
+    for i in range(120):
+        acts.step([mara], player, 1 / 60, now=i / 60)
+    assert (mara.x - player.x) ** 2 + (mara.y - player.y) ** 2 < 60 ** 2  # caught up
+    for i in range(600):
+        acts.step([mara], player, 1 / 60, now=20.0 + i / 60)
+    assert (round(mara.x), round(mara.y)) == (round(home[0]), round(home[1]))  # back home
+    assert acts.open_doors(5.0) == {"Bakery"} and acts.open_doors(30.0) == set()
+    assert world.VILLAGERS[0].x == home[0]  # the module's villagers never move
+
+
+# -----------------------------------------------------------------------------
 # conversations on a real model (2 layers, fast)
 
 @pytest.fixture(scope="module")
@@ -257,7 +347,10 @@ def test_loader_then_conversation_save_and_load(small_model_path):
     reply = village.transcript[1]["text"]
     if village.sessions["Mara"].reply.finish_reason in ("length", "cancelled"):  # never cut mid-sentence
         assert reply[-1] in '.!?"\')*' or reply.endswith("..."), reply
-    assert village.sessions["Mara"].messages[-1]["content"] == reply
+    # the history keeps the reply as JSON (a cut one as a valid reply with no action)
+    assert json.loads(village.sessions["Mara"].messages[-1]["content"])["say"].strip() == reply
+    if village.sessions["Mara"].reply.finish_reason != "eos":
+        assert village.acts.performed == []  # a cut reply performs nothing
     data = village.save((123.0, 45.0), "m")
 
     other = Village(model, world.VILLAGERS, chatter=False, reply_tokens=6)
@@ -375,6 +468,8 @@ def _check_report_and_screenshot(r: dict) -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="EGL headless")
 def test_headless_autoplay_report_and_screenshot(tmp_path, small_model_path):
     r = _run_game(tmp_path, small_model_path, env_display=None)
+    assert isinstance(r["actions"], list)  # actions performed: {npc, action} each
+    assert all(a["action"] in ACTIONS and a["action"] != "none" for a in r["actions"])
     assert r["headless"] is True
     _check_report_and_screenshot(r)
 
