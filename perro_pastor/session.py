@@ -26,7 +26,7 @@ from .chat import BUILTIN, ChatTemplate, ChatTemplateError, guess_builtin, templ
 from .errors import PerroPastorError
 from .grammar import Grammar, GrammarError
 from .lora_adapter import LoraAdapter
-from .reply import Reply
+from .reply import Reply, check_stops
 from .sampling import Sampler, SamplerSettings
 
 POLICIES = ("error", "drop_oldest", "shift")
@@ -215,6 +215,7 @@ class Session:
             raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
         if isinstance(stop, str) or not all(isinstance(x, str) for x in stop):
             raise TypeError(f"stop must be a list of strings, got {stop!r:.80}")
+        check_stops(stop)  # (bounded: before the history changes)
         if on_token is not None and not callable(on_token):
             raise TypeError(f"on_token must be callable, got {type(on_token).__name__}")
 

@@ -303,3 +303,10 @@ def test_player_text_never_becomes_a_control_token(model):
     assert prompt.count(im_start) == honest.count(im_start) + 1  # one more user turn, no system turn
     assert prompt.count(im_end) == honest.count(im_end) + 1
     assert "<|im_end|>" in tok.decode(prompt).replace("\u2060", "")  # the text is still there, plain
+
+
+def test_a_refused_stop_list_leaves_the_history_untouched(model):
+    s = Scheduler(model).session(n_ctx=64)
+    with pytest.raises(ValueError):
+        s.ask("Hi", stop=["x" * 20000])
+    assert s.messages == [] and not s.busy
