@@ -84,12 +84,10 @@ def warm_grammar(tokenizer) -> int:
 def persona_rules(name: str) -> str:
     """What the system prompt adds to a villager's persona: the JSON, and what its actions mean."""
     item, home = ITEMS.get(name, "a small gift"), HOMES.get(name, "house")
-    return (f' When the player talks to you, answer with one JSON object: {{"say": what you say, '
-            f'one or two short sentences, "action": what you do, "mood": how you feel}}. '
-            f'Actions: "give_item" hands the player a {item}, "open_door" opens the door of the '
-            f'{home}, "follow" walks with the player for a while, "wave" waves, "none" does nothing. '
-            f'Moods: "happy", "calm", "sad", "angry". When another villager talks to you, answer '
-            f'in plain words.')
+    # short: every token here is prefilled for each villager (the grammar enforces the format)
+    return (f' To the player, answer in JSON with "say", "action" and "mood". Actions: give_item '
+            f'(give a {item}), open_door (open the {home}), follow (walk with the player), wave, '
+            f'none. To villagers, answer in plain words.')
 
 
 def partial_say(text: str) -> tuple[str, bool]:

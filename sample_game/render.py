@@ -6,6 +6,7 @@ when it changes (re-laying out text is the expensive part of a pyglet frame).
 from __future__ import annotations
 
 import math
+import time
 
 import pyglet
 from pyglet import shapes
@@ -403,7 +404,6 @@ class Scene:
              waving: set[str] = frozenset()) -> None:
         clear(GRASS)
         self.player.update(player.x, player.y, world.facing_name(*player.facing), player.stride, player.moving)
-        import time
         now = time.perf_counter()
         for name, fig in self.figures.items():
             v = self.villagers[name]
