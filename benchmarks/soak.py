@@ -69,7 +69,8 @@ def soak(backend: str, minutes: float, n_npcs: int, seed: int = 0) -> dict:
                              seed=i, n_ctx=256, name=f"npc{i}")
 
     npcs = [new_npc(i) for i in range(n_npcs)]
-    replies, errors, events = {}, [], {"asks": 0, "cancels": 0, "restores": 0, "forks": 0}
+    replies, errors, forks = {}, [], []
+    events = {"asks": 0, "cancels": 0, "restores": 0, "forks": 0}
     samples, start = [], time.perf_counter()
     next_sample, frame = start + 60.0, 0
     samples.append({"t_s": 0.0, "rss_mb": round(rss_mb(), 1), "gl_objects": ctx.live() if ctx else None})
@@ -96,13 +97,17 @@ def soak(backend: str, minutes: float, n_npcs: int, seed: int = 0) -> dict:
                 sched.remove(old)
                 npcs[npcs.index(old)] = restored
                 events["restores"] += 1
-        if frame % 420 == 210:  # every ~7 s: fork an idle NPC, let it answer, then remove it
+        if frame % 420 == 210:  # every ~7 s: fork an idle NPC and let it answer (removed below)
             idle = [n for n in npcs if not n.busy]
             if idle:
                 twin = rng.choice(idle).fork(seed=frame)
-                twin.ask("And then?", max_tokens=8).result()
-                sched.remove(twin)
+                forks.append((twin, twin.ask("And then?", max_tokens=8)))
                 events["forks"] += 1
+        for twin, reply in [f for f in forks if f[1].done]:
+            if reply.finish_reason == "error":
+                errors.append(f"fork of {twin.name}: {reply.error}")
+            sched.remove(twin)
+            forks.remove((twin, reply))
         frame += 1
         now = time.perf_counter()
         if now >= next_sample:

@@ -26,6 +26,7 @@ import numpy as np
 
 from .grammar_parse import BYTES, END, GrammarError, Program, parse_gbnf
 from .grammar_trie import TokenTrie
+from .json_schema import JSON_GBNF, schema_to_gbnf
 
 __all__ = ["Grammar", "GrammarMatcher", "GrammarError", "TokenTrie"]
 
@@ -61,13 +62,11 @@ class Grammar:
 
     @classmethod
     def from_json_schema(cls, schema: dict | bool) -> "Grammar":
-        from .json_schema import schema_to_gbnf
         return cls(schema_to_gbnf(schema))
 
     @classmethod
     def json(cls) -> "Grammar":
         """Any JSON value (the grammar behind ``--json``)."""
-        from .json_schema import JSON_GBNF
         return cls(JSON_GBNF)
 
     def matcher(self, tokenizer=None, eos_ids=None) -> "GrammarMatcher":
