@@ -20,6 +20,8 @@ Content-Encoding gzip), ``slow`` (the whole body in ``parts`` pieces ``interval`
 
 from __future__ import annotations
 
+import pytest
+
 import hashlib
 import json
 import re
@@ -238,3 +240,14 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A FakeHub on loopback that the downloader talks to (HF_ENDPOINT), with no token set."""
+    server = FakeHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "PERRO_PASTOR_MODELS"):
+        monkeypatch.delenv(var, raising=False)
+    yield server
+    server.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_server import FakeHub
+from hub_server import hub  # noqa: F401 -- the fixture: a FakeHub on loopback
 from perro_pastor.errors import DownloadError
 from perro_pastor.downloader import download as dl
 from perro_pastor.downloader import fetch as fetch_mod
@@ -30,16 +30,6 @@ FAST = Policy(attempts=4, backoff=0.01, backoff_max=0.05, connect_timeout=2.0, r
               stall_window=0.3, stall_min_bytes=4000)
 REPO, FILE = "owner/npc-model", "npc.gguf"
 SPEC = f"{REPO}/{FILE}"
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    server = FakeHub().start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "PERRO_PASTOR_MODELS"):
-        monkeypatch.delenv(var, raising=False)
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_server import FakeHub
+from hub_server import hub  # noqa: F401 -- the fixture: a FakeHub on loopback
 from perro_pastor.errors import DownloadError, ModelFormatError
 from perro_pastor.downloader import download as dl
 from perro_pastor.downloader.fetch import Policy
@@ -23,16 +23,6 @@ FAST = Policy(attempts=2, backoff=0.01, backoff_max=0.05, connect_timeout=2.0, r
 REPO, FILE = "owner/npc-model", "npc.gguf"
 SPEC = f"{REPO}/{FILE}"
 posix_only = pytest.mark.skipif(os.name == "nt", reason="symlinks / FIFOs / flock")
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    server = FakeHub().start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "PERRO_PASTOR_MODELS"):
-        monkeypatch.delenv(var, raising=False)
-    yield server
-    server.close()
 
 
 @pytest.fixture
