@@ -185,7 +185,7 @@ class Scheduler:
             self.prefix_cache.popitem(last=False)
 
     def wake(self, session: Session) -> None:
-        """``session`` has work (``Session.ask``): a removed session comes back."""
+        """``session`` has work (``Session.ask``)."""
         if session not in self.sessions:
             self.sessions.append(session)
 

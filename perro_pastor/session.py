@@ -21,7 +21,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from . import state
+from . import history, state
 from .chat import BUILTIN, ChatTemplate, ChatTemplateError, guess_builtin, template_for_model
 from .errors import PerroPastorError
 from .grammar import Grammar, GrammarError
@@ -60,6 +60,9 @@ class SessionHost(Protocol):
 
     def fork(self, session: "Session", seed: int | None = None, **overrides) -> "Session":
         """A new session on the same host, continuing ``session``'s dialogue."""
+
+    def remove(self, session: "Session") -> None:
+        """Stop ``session`` for good and free its KV cache."""
 
 
 class Session:
@@ -176,7 +179,7 @@ class Session:
         if text is not None:
             self.messages.append({"role": "user", "content": self.player_text(text)})
         try:
-            prompt = self._fit(lambda: self.encode(self.render(self.messages, True)))
+            prompt = self._fit(lambda messages: self.encode(self.render(messages, True)))
         except BaseException:
             self.messages[:] = before  # refused: the history stays as it was
             raise
@@ -209,6 +212,8 @@ class Session:
     def _check_reply_args(self, max_tokens, stop, on_token, grammar=None) -> None:
         if grammar is not None and not isinstance(grammar, Grammar):
             raise TypeError(f"grammar must be a perro_pastor.grammar.Grammar, got {type(grammar).__name__}")
+        if self.closed:
+            raise RuntimeError(f"session {self.name!r} was removed; make a new one (or restore a save)")
         if self.busy:
             raise RuntimeError(f"session {self.name!r} is generating; cancel or await the reply first")
         if not _is_int(max_tokens) or max_tokens < 1:
@@ -222,6 +227,17 @@ class Session:
     def cancel(self) -> None:
         if self.reply is not None:
             self.reply.cancel()
+
+    def close(self) -> None:
+        """This NPC is gone for good: its reply is cancelled and its KV cache freed now (GPU
+        buffers on gl), as ``Scheduler.remove`` does. Closing twice does nothing. A session
+        dropped without closing frees its GPU buffers when garbage-collected with its scheduler."""
+        if self.kv is not None:
+            self.host.remove(self)
+
+    @property
+    def closed(self) -> bool:
+        return self.kv is None
 
     def save(self, kv_dtype: str = "f16") -> bytes:
         """This NPC as bytes (state.py's layout): history, tokens, KV rows, sampler and RNG."""
@@ -292,20 +308,21 @@ class Session:
                 # template: its last row is recomputed all the same, for the logits)
                 self.n_past = min(len(self.prefix), len(new) - 1)
 
-    def _fit(self, make_prompt: Callable[[], list[int]], reserve: int = 0) -> list[int]:
-        """The prompt, dropping the oldest turns (never the system prompt) until it fits, per
-        policy. ``error`` refuses instead."""
-        prompt = make_prompt()
-        while len(prompt) + reserve > self.n_ctx:
-            first = 1 if self.system_prompt else 0
-            if self.context_policy == "error" or len(self.messages) - first <= 1:
-                raise ContextFullError(
-                    f"session {self.name!r}: prompt of {len(prompt) + reserve} tokens does not fit "
-                    f"n_ctx={self.n_ctx} (policy {self.context_policy})")
-            del self.messages[first]
-            if self.messages[first:first + 1] and self.messages[first]["role"] == "assistant":
-                del self.messages[first]  # keep turns whole: never start on an assistant line
-            prompt = make_prompt()
+    def _fit(self, make_prompt: Callable[[list[dict]], list[int]], reserve: int = 0) -> list[int]:
+        """The prompt of the history, dropping the oldest turns (never the system prompt) until
+        it fits, per policy (``history.drop_oldest_turns``). ``error`` refuses instead."""
+        prompt = make_prompt(self.messages)
+        fits = lambda p: len(p) + reserve <= self.n_ctx  # noqa: E731
+        if fits(prompt):
+            return prompt
+        trimmed = None
+        if self.context_policy != "error":
+            trimmed = history.drop_oldest_turns(self.messages, 1 if self.system_prompt else 0, make_prompt, fits)
+        if trimmed is None:
+            raise ContextFullError(
+                f"session {self.name!r}: prompt of {len(prompt) + reserve} tokens does not fit "
+                f"n_ctx={self.n_ctx} (policy {self.context_policy})")
+        self.messages[:], prompt = trimmed
         return prompt
 
     def choose_token(self, logits: np.ndarray) -> int | None:
@@ -344,7 +361,7 @@ class Session:
         if self.context_policy == "drop_oldest" and len(self.messages) - (1 if self.system_prompt else 0) > 1:
             try:
                 self._replace_tokens(self._fit(
-                    lambda: self.encode(self.render(self.messages, True)) + reply.token_ids))
+                    lambda messages: self.encode(self.render(messages, True)) + reply.token_ids))
                 return
             except ContextFullError:
                 pass

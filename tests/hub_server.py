@@ -44,6 +44,7 @@ class FakeHub(ThreadingHTTPServer):
         self.faults: list[dict] = []
         self.token: str | None = None  # when set, every Hub request needs "Bearer <token>"
         self.tree_api = True  # False: the tree API 404s, only X-Linked-Etag remains
+        self.tree_padding = 0  # extra made-up entries in every tree listing (a huge listing)
         self.cdn_content: dict[str, bytes] = {}  # sha256 path -> bytes actually served
         self.log: list[tuple[str, str, dict]] = []  # (method, path, headers)
         self.stop = threading.Event()
@@ -133,6 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
             if p in r["lfs"]:
                 item["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
             items.append(item)
+        items += [{"type": "file", "path": f"{folder}/pad{i}".lstrip("/"), "size": 1, "oid": "0" * 40}
+                  for i in range(self.server.tree_padding)]
         self._reply(200, json.dumps(items).encode(), {"Content-Type": "application/json"})
 
     def _resolve(self, repo: str, rev: str, path: str, head: bool) -> None:

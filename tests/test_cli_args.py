@@ -57,6 +57,9 @@ BAD = [  # (argv, what the one error line must mention)
     (["chat", "-n", "0"], "-n must be >= 1"),
     (["chat", "-c", "0"], "-c/--ctx must be >= 16"),
     (["chat", "--temp", "-1"], "temperature must be >= 0"),
+    (["download", "x", "--lock-timeout", "-1"], "must be a finite number of seconds >= 0, got -1"),
+    (["download", "x", "--lock-timeout", "inf"], "must be a finite number of seconds >= 0, got inf"),
+    (["download", "x", "--lock-timeout", "soon"], "not a number of seconds: 'soon'"),
 ]
 
 

@@ -145,3 +145,14 @@ def _in_thread(call, timeout: float = 5.0):
     t.join(timeout)
     assert not t.is_alive(), "hung (blocked on a FIFO?)"
     return out["v"]
+
+
+def test_a_huge_tree_listing_is_refused_without_reading_it_all(hub, blob, tmp_path, monkeypatch):
+    from perro_pastor.downloader import hub as hub_api
+    monkeypatch.setattr(hub_api, "MAX_TREE_LISTING_BYTES", 64 * 1024)
+    hub.tree_padding = 2000  # ~150 KB of listing
+    with pytest.raises(DownloadError, match="tree API sent more than 65,536 bytes"):
+        dl.download(SPEC, tmp_path, policy=FAST)
+    hub.tree_padding = 100  # a listing under the limit still finds the file among the others
+    [r] = dl.download(SPEC, tmp_path, policy=FAST)
+    assert Path(r.path).read_bytes() == blob

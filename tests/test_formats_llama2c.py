@@ -4,6 +4,7 @@ tokenizers (row 25) end in ModelFormatError."""
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -96,6 +97,17 @@ def test_explicit_tokenizer_path_and_missing(tmp_path):
         open_model_file(path)
     m = open_model_file(path, tokenizer_path=other / "tok32.bin")
     assert m.metadata["tokenizer.ggml.tokens"] == pieces
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_or_folder_as_tokenizer_bin_is_named_never_opened(tmp_path):
+    path, _, _, _ = make(tmp_path)
+    (tmp_path / "tokenizer.bin").unlink()
+    os.mkfifo(tmp_path / "tokenizer.bin")  # opening it for reading would block forever
+    with pytest.raises(ModelFormatError, match=r"tokenizer.bin: not a regular file \(a FIFO\)"):
+        open_model_file(path)
+    with pytest.raises(ModelFormatError, match=r"not a regular file \(a folder\)"):
+        open_model_file(path, tokenizer_path=tmp_path)
 
 
 def test_version_2_refused(tmp_path):

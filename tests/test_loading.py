@@ -250,3 +250,40 @@ def test_frequent_gil_handover_sets_and_restores_the_switch_interval():
         with frequent_gil_handover():
             raise KeyError("x")
     assert sys.getswitchinterval() == before
+
+
+def test_sessions_closed_or_dropped_free_their_gl_buffers(raw_ctx, slice_path):
+    """``Session.close`` frees an NPC's KV buffers at once; sessions garbage-collected with their
+    scheduler hand theirs to the context, freed at its next pass (issue 20's leak on churn)."""
+    import gc
+
+    from perro_pastor.sampling import GREEDY
+
+    ctx = CountingContext(raw_ctx)
+    model = load(slice_path, backend="gl", gl_context=ctx)
+    try:
+        per_cache = 2 * model.config.n_layers  # keys and values, one buffer per layer each
+        warm = Scheduler(model).session(sampler=GREEDY, n_ctx=32)
+        warm.ask("Hi", max_tokens=2).result()  # scratch buffers grow to their size here
+        warm.close()
+        warm.close()  # a second close does nothing
+        base = len(ctx.live())
+
+        sched = Scheduler(model)
+        a, b = (sched.session(sampler=GREEDY, n_ctx=32, name=n) for n in "ab")
+        for s in (a, b):
+            s.ask("Hello", max_tokens=2).result()
+        assert len(ctx.live()) == base + 2 * per_cache
+        b.close()
+        assert len(ctx.live()) == base + per_cache and b.closed
+        with pytest.raises(RuntimeError, match="'b' was removed"):
+            b.ask("Still there?")
+
+        del a, b, s, sched  # no close: the game just drops its scheduler
+        gc.collect()
+        other = Scheduler(model).session(sampler=GREEDY, n_ctx=32)  # the next GL call frees a's
+        assert len(ctx.live()) == base + per_cache
+        other.close()
+        assert len(ctx.live()) == base
+    finally:
+        model.close()

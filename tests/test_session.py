@@ -310,3 +310,34 @@ def test_a_refused_stop_list_leaves_the_history_untouched(model):
     with pytest.raises(ValueError):
         s.ask("Hi", stop=["x" * 20000])
     assert s.messages == [] and not s.busy
+
+
+def test_a_long_history_is_trimmed_in_few_renders_to_the_turns_a_one_by_one_trim_keeps(model):
+    """400 lines of history, then ask: the cut is found by bisection (a handful of renders, not
+    one per dropped turn) and keeps exactly the turns that dropping the oldest one at a time
+    until the prompt fits would keep, whole turns only."""
+    rng = np.random.default_rng(7)
+    words = ["sheep", "bridge", "smith", "river", "bread", "dragon", "hill", "lamp"]
+    s = Scheduler(model).session(system_prompt=SYSTEM, sampler=GREEDY, n_ctx=160, context_policy="drop_oldest")
+    for i in range(200):
+        s.say(" ".join(rng.choice(words, size=int(rng.integers(1, 12)))) + f" {i}?")
+        if i % 3:  # some turns have no reply: the cut must not start on an assistant line
+            s.say(f"Answer {i}.", role="assistant")
+    history = [dict(m) for m in s.messages] + [{"role": "user", "content": "Last question?"}]
+
+    def fits(messages):
+        return len(s.encode(s.render(messages, True))) <= s.n_ctx
+
+    kept = list(history)  # the reference: drop the oldest turn, one at a time
+    while not fits(kept):
+        del kept[1]
+        if kept[1]["role"] == "assistant":
+            del kept[1]
+
+    renders = []
+    real_render = s.render
+    s.render = lambda messages, add: renders.append(1) or real_render(messages, add)
+    r = s.ask("Last question?", max_tokens=2, ignore_eos=True)
+    assert s.messages == kept and len(kept) < len(history)
+    assert len(renders) <= 12, len(renders)
+    r.result()

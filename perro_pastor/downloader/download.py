@@ -14,6 +14,7 @@ import base64
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -186,6 +187,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--models-dir", help="model folder (default: $PERRO_PASTOR_MODELS or a per-user folder)")
     p.add_argument("--revision", help="branch, tag or commit (default: the catalog's, else main)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a progress bar")
+    p.add_argument("--lock-timeout", type=_seconds, default=Policy.lock_timeout, metavar="SECONDS",
+                   help="longest wait while another process downloads the same file "
+                        f"(default {Policy.lock_timeout:.0f})")
     p.set_defaults(func=cmd_download)
 
     p = subparsers.add_parser("models", help="list the catalog and the models in the model folder")
@@ -197,6 +201,17 @@ def add_cli(subparsers) -> None:
     p.add_argument("--models-dir")
     p.add_argument("--open", action="store_true", help="open it in the file manager")
     p.set_defaults(func=cmd_models_dir)
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return value
 
 
 def _fail(msg: str, code: int, json_for: str | None = None) -> int:
@@ -212,7 +227,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     bar = None if args.json else _TqdmProgress()
     as_json = args.spec if args.json else None
     try:
-        results = download(args.spec, args.models_dir, args.revision, progress=bar)
+        results = download(args.spec, args.models_dir, args.revision, progress=bar,
+                           policy=Policy(lock_timeout=args.lock_timeout))
     except UsageError as e:
         return _fail(str(e), EXIT_USAGE, as_json)
     except DownloadError as e:

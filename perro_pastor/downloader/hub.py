@@ -15,6 +15,7 @@ git blob id (SHA-1 of ``b"blob <size>\\0" + content``) is verified instead.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ import urllib3
 from ..errors import DownloadError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+# A folder's tree listing is a few hundred bytes per file; a body past this is not a listing we
+# can use, and parsing it whole would cost several times its size in memory.
+MAX_TREE_LISTING_BYTES = 16 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
@@ -170,14 +174,20 @@ def _tree_entry(session: requests.Session, repo: str, filename: str, commit: str
     folder = filename.rsplit("/", 1)[0] if "/" in filename else ""
     url = f"{endpoint()}/api/models/{repo}/tree/{commit}" + (f"/{quote(folder)}" if folder else "")
     try:
-        r = session.get(url, timeout=timeout)
+        with session.get(url, timeout=timeout, stream=True) as r:
+            if r.status_code == 404:
+                return None
+            check_status(r, f"{what} (tree API)")
+            body = bytearray()
+            for chunk in r.iter_content(1 << 16):
+                body += chunk
+                if len(body) > MAX_TREE_LISTING_BYTES:
+                    raise DownloadError(f"{what}: the tree API sent more than "
+                                        f"{MAX_TREE_LISTING_BYTES:,} bytes for one folder; refusing it")
     except requests.RequestException as e:
         raise Retryable(f"{what}: tree API unreachable: {type(e).__name__}") from e
-    if r.status_code == 404:
-        return None
-    check_status(r, f"{what} (tree API)")
     try:
-        listing = r.json()
+        listing = json.loads(body)
     except ValueError:
         return None
     if not isinstance(listing, list):

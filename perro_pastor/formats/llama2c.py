@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelFormatError
+from ..paths import check_regular
 from ..quant import GGMLType
 from .model_file import ByteReader, ModelFile, TensorInfo, close_quietly, map_file, parse_mapped
 
@@ -221,10 +222,11 @@ def read_tokenizer_bin(path: Path, vocab_size: int) -> tuple[dict[str, Any], dic
 
     Its exporter wrote SentencePiece pieces with '▁' turned into spaces and BOS/EOS as "\\n<s>\\n" /
     "\\n</s>\\n"; both are undone here so the pieces are SentencePiece pieces again."""
-    if not path.is_file():
+    if not path.exists():
         raise ModelFormatError(
             f"{path}: tokenizer.bin not found (llama2.c checkpoints need one; pass tokenizer_path)"
         )
+    check_regular(path)  # a FIFO or a folder is named as such, never opened
     mm, size = map_file(path)
     try:
         r = ByteReader(path, mm, size)

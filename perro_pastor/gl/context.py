@@ -149,6 +149,18 @@ class GLContext:
         # the largest buffer one weight part gets (weights split by whole rows above it)
         self.weight_part_bytes = (min(self.max_ssbo_bytes, SOFTWARE_PART_BYTES) if self.limits.software
                                   else self.max_ssbo_bytes)
+        # GL objects whose owner was garbage-collected: a finalizer may run on any thread, where
+        # GL calls are not allowed, so it only queues them here and the GL thread frees them
+        self._orphans: list = []
+
+    def release_later(self, objects: list) -> None:
+        """Queue GL objects for ``release_orphans`` (safe from any thread: one list append)."""
+        self._orphans.extend(objects)
+
+    def release_orphans(self) -> None:
+        """Free the queued GL objects; call on the GL thread (each pass and new cache does)."""
+        while self._orphans:
+            self._orphans.pop().release()
 
     def check_error(self, where: str = "") -> None:
         """Raise ``BackendError`` if GL recorded an error (reading it clears it)."""
@@ -157,6 +169,7 @@ class GLContext:
             raise BackendError(f"OpenGL error {err} {where}".strip())
 
     def release(self) -> None:
+        self.release_orphans()
         if self.owned:
             self.ctx.release()
 

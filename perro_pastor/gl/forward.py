@@ -117,6 +117,7 @@ class GlTransformer:
     def new_cache(self, n_ctx: int) -> GlKVCache:
         if n_ctx < 1:
             raise ValueError(f"KV cache size {n_ctx} must be at least 1")
+        self.glctx.release_orphans()
         return GlKVCache(self.glctx, self.cfg, n_ctx, self.kv_f16)
 
     def release_cache(self, kv: GlKVCache) -> None:
@@ -157,6 +158,7 @@ class GlTransformer:
         Batches of more than ``max_batch`` tokens (long prompts) run as successive passes; so do
         several segments when the driver cannot bind their rows as buffer ranges."""
         self._check(segments)
+        self.glctx.release_orphans()  # caches garbage-collected since the last pass
         total = sum(len(seg.tokens) for seg in segments)
         if total <= self.max_batch and (len(segments) == 1 or self.can_slice):
             return (yield from self._pass(segments, all_logits, trace))

@@ -7,6 +7,8 @@ and uses these pieces by llama2.c names (``x xb q k v hb hb2 logits``).
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from ..config import Config
@@ -67,6 +69,9 @@ class GlKVCache:
         nbytes = max(16, n_ctx * cfg.kv_dim * self.dtype.itemsize)
         self.key_cache = [glctx.ctx.buffer(reserve=nbytes) for _ in range(cfg.n_layers)]
         self.value_cache = [glctx.ctx.buffer(reserve=nbytes) for _ in range(cfg.n_layers)]
+        # a cache dropped without ``release`` (a session garbage-collected with its scheduler)
+        # hands its buffers to the context, which frees them at its next pass
+        self._on_collect = weakref.finalize(self, glctx.release_later, self.key_cache + self.value_cache)
 
     @property
     def n_layers(self) -> int:
@@ -99,6 +104,7 @@ class GlKVCache:
                 self.value_cache[l].write(data[1, l].tobytes())
 
     def release(self) -> None:
+        self._on_collect.detach()
         for buf in self.key_cache + self.value_cache:
             buf.release()
         self.key_cache, self.value_cache = [], []
