@@ -1,5 +1,5 @@
 """Soak: NPCs ticked every 16 ms with a 4 ms budget for minutes, with asks, cancels,
-save/restore, forks and removes, sampling RSS and (gl) live GL objects (issue 20's figure).
+save/restore, forks, removes and dropped schedulers, sampling RSS and (gl) live GL objects (issue 20's figure).
 
     .venv/bin/python benchmarks/soak.py --backend cpu --minutes 10 [--npcs 8] [--json out.json]
 
@@ -70,7 +70,7 @@ def soak(backend: str, minutes: float, n_npcs: int, seed: int = 0) -> dict:
 
     npcs = [new_npc(i) for i in range(n_npcs)]
     replies, errors, forks = {}, [], []
-    events = {"asks": 0, "cancels": 0, "restores": 0, "forks": 0}
+    events = {"asks": 0, "cancels": 0, "restores": 0, "forks": 0, "dropped": 0}
     samples, start = [], time.perf_counter()
     next_sample, frame = start + 60.0, 0
     samples.append({"t_s": 0.0, "rss_mb": round(rss_mb(), 1), "gl_objects": ctx.live() if ctx else None})
@@ -103,6 +103,9 @@ def soak(backend: str, minutes: float, n_npcs: int, seed: int = 0) -> dict:
                 twin = rng.choice(idle).fork(seed=frame)
                 forks.append((twin, twin.ask("And then?", max_tokens=8)))
                 events["forks"] += 1
+        if frame % 600 == 300:  # every ~10 s: a scheduler with an NPC, dropped without close
+            Scheduler(model).session(system_prompt="You are a passer-by.", n_ctx=256)
+            events["dropped"] += 1  # garbage collection must free its KV cache (GL buffers)
         for twin, reply in [f for f in forks if f[1].done]:
             if reply.finish_reason == "error":
                 errors.append(f"fork of {twin.name}: {reply.error}")
