@@ -6,11 +6,12 @@ The grammar accepts a *subset* of what the schema allows, chosen so that everyth
 validates: object properties come in the schema's order (required ones first, as llama.cpp's
 converter does), no additional properties, compact whitespace. What cannot be expressed exactly
 is refused with a one-line ``GrammarError`` naming the keyword, rather than silently loosened:
-bounds on ``number``, ``oneOf`` whose branches may overlap, ``uniqueItems``, ``not``, ...
+``oneOf`` whose branches may overlap, ``uniqueItems``, ``not``, ...
 
 Supported: ``type`` (one or a list), ``properties``/``required``/``additionalProperties: false``,
 ``enum``, ``const``, strings with ``minLength``/``maxLength`` and simple anchored ``pattern``,
-integers with ``minimum``/``maximum``/``exclusiveMinimum``/``exclusiveMaximum``, numbers,
+integers and numbers with ``minimum``/``maximum``/``exclusiveMinimum``/``exclusiveMaximum``
+(bounded numbers are written without an exponent, ``json_number.py``),
 booleans, null, arrays with ``items``/``minItems``/``maxItems``, ``anyOf``, disjoint ``oneOf``,
 local ``$ref`` into ``$defs``/``definitions``. Annotations (title, description, ...) are ignored.
 """
@@ -20,8 +21,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from decimal import Decimal
 
 from .grammar_parse import GrammarError
+from .json_number import Bound, int_range, decimal_range
 
 __all__ = ["JSON_GBNF", "schema_to_gbnf"]
 
@@ -184,10 +187,26 @@ class _Converter:
         return self.prim("boolean")
 
     def v_number(self, s, name, where):
+        if not any(k in s for k in NUMBER_BOUNDS):
+            return self.prim("number")
+        lower = upper = None
         for k in NUMBER_BOUNDS:
-            if k in s:
-                raise GrammarError(f"json schema at {where}: '{k}' on a number is not supported (use integer)")
-        return self.prim("number")
+            if k not in s:
+                continue
+            if isinstance(s[k], bool) or not isinstance(s[k], (int, float)) or not math.isfinite(s[k]):
+                raise GrammarError(f"json schema at {where}: '{k}' must be a finite number")
+            bound = Bound(Decimal(repr(s[k])), not k.startswith("exclusive"))
+            if k.endswith("inimum") and (lower is None or (bound.value, not bound.inclusive) > (lower.value, not lower.inclusive)):
+                lower = bound
+            if k.endswith("aximum") and (upper is None or (bound.value, bound.inclusive) < (upper.value, upper.inclusive)):
+                upper = bound
+        try:
+            body = decimal_range(lower, upper)
+        except GrammarError as e:
+            raise GrammarError(f"json schema at {where}: {e}") from None
+        if body is None:
+            raise GrammarError(f"json schema at {where}: no number lies between the bounds")
+        return self.rule(name, f"({body}) space")
 
     def v_integer(self, s, name, where):
         lo, hi = -math.inf, math.inf
@@ -206,7 +225,7 @@ class _Converter:
             return self.prim("integer")
         if lo > hi:
             raise GrammarError(f"json schema at {where}: no integer lies between the bounds")
-        return self.rule(name, "(" + _int_range(lo, hi) + ") space")
+        return self.rule(name, "(" + int_range(lo, hi) + ") space")
 
     def v_string(self, s, name, where):
         lo, hi = int(s.get("minLength", 0)), s.get("maxLength")
@@ -262,49 +281,6 @@ class _Converter:
         else:
             body = ""
         return self.rule(name, f'"{{" space {body} "}}" space')
-
-
-# -----------------------------------------------------------------------------
-# integer ranges as digit patterns
-
-def _same_len(lo: str, hi: str) -> str:
-    """Digit strings of equal length, lo..hi inclusive."""
-    if not lo:
-        return '""'
-    if lo[0] == hi[0]:
-        rest = _same_len(lo[1:], hi[1:]) if len(lo) > 1 else ""
-        return f'"{lo[0]}"' + (f" {rest}" if rest else "")
-    n = len(lo) - 1
-    if set(lo[1:]) <= {"0"} and set(hi[1:]) <= {"9"}:
-        return f"[{lo[0]}-{hi[0]}]" + (f" [0-9]{{{n}}}" if n else "")
-    alts = [f'"{lo[0]}" ' + _same_len(lo[1:], "9" * n)]
-    if int(hi[0]) - int(lo[0]) > 1:
-        alts.append(f"[{int(lo[0]) + 1}-{int(hi[0]) - 1}] [0-9]{{{n}}}")
-    alts.append(f'"{hi[0]}" ' + _same_len("0" * n, hi[1:]))
-    return "(" + " | ".join(alts) + ")"
-
-
-def _nonneg(lo: int, hi: float) -> str:
-    """Non-negative integers lo..hi (hi may be inf), without leading zeros."""
-    alts = []
-    a = str(lo)
-    top = len(str(int(hi))) if hi != math.inf else len(a)
-    for n in range(len(a), top + 1):
-        start = a if n == len(a) else "1" + "0" * (n - 1)
-        end = "9" * n if hi == math.inf or n < top else str(int(hi))
-        alts.append(_same_len(start, end))
-    if hi == math.inf:
-        alts.append(f"[1-9] [0-9]{{{len(a)},15}}")
-    return " | ".join(f"({x})" for x in alts)
-
-
-def _int_range(lo: float, hi: float) -> str:
-    parts = []
-    if lo < 0:  # negative part: "-" then |n| in -min(hi,-1)..-lo
-        parts.append('"-" (' + _nonneg(int(max(-hi, 1)), -lo) + ")")
-    if hi >= 0:
-        parts.append(_nonneg(int(max(lo, 0)), hi))
-    return " | ".join(parts)
 
 
 # -----------------------------------------------------------------------------

@@ -90,6 +90,10 @@ SCHEMAS = [
      "$defs": {"item": {"type": "object", "properties": {"id": {"type": "integer", "minimum": 1}}, "required": ["id"]}}},
     {"type": "string", "pattern": "^(yes|no|[A-Z]\\d{2,3})$"},
     {},
+    {"type": "object", "properties": {"mood": {"type": "number", "minimum": -1, "maximum": 1},
+                                      "price": {"type": "number", "exclusiveMinimum": 0.5, "maximum": 12.25},
+                                      "temp": {"type": "number", "exclusiveMaximum": -3.75}},
+     "required": ["mood", "price", "temp"]},
 ]
 
 
@@ -159,7 +163,7 @@ def test_llama_cpp_integer_vectors(bounds, good, bad):
     ({"type": "string", "format": "email"}, "format"),
     ({"not": {"type": "string"}}, "not"),
     ({"type": "array", "uniqueItems": True}, "uniqueItems"),
-    ({"type": "number", "minimum": 0}, "minimum"),
+    ({"type": "number", "minimum": float("inf")}, "minimum"),
     ({"type": "object", "additionalProperties": True}, "additionalProperties"),
     ({"type": "string", "pattern": "abc"}, "pattern"),
     ({"type": "string", "pattern": "^(?=a)b$"}, "pattern"),
@@ -171,3 +175,68 @@ def test_unsupported_refused_by_name(schema, keyword):
     with pytest.raises(GrammarError) as e:
         schema_to_gbnf(schema)
     assert f"'{keyword}'" in str(e.value) and "\n" not in str(e.value)
+
+
+# -----------------------------------------------------------------------------
+# bounded numbers: exact against Decimal comparison
+
+NUMBER_VECTORS = [  # (bounds, accepted, refused)
+    ({"minimum": 0, "maximum": 1}, ["0", "0.5", "1", "1.0", "1.000", "0.999"],
+     ["1.0001", "-0.1", "2", "-1", "01", "1.", "-0.0", "1e0"]),
+    ({"exclusiveMinimum": 0, "exclusiveMaximum": 1}, ["0.5", "0.0001", "0.99"], ["0", "0.0", "1", "1.0", "-0.5"]),
+    ({"minimum": -2.5, "maximum": 3.25}, ["-2.5", "-2.49", "-2", "0", "3.25", "3.2", "3.249"],
+     ["-2.51", "-3", "3.251", "3.3", "4"]),
+    ({"exclusiveMaximum": -3.75}, ["-3.76", "-4", "-100.5"], ["-3.75", "-3.7", "0", "3"]),
+    ({"minimum": 0.1}, ["0.1", "0.10", "0.2", "5", "123456.789"], ["0.09", "0.099999", "0", "-1"]),
+    ({"minimum": 7, "maximum": 7}, ["7", "7.0", "7.00"], ["7.01", "6.99", "8"]),
+]
+
+
+@pytest.mark.parametrize("bounds,good,bad", NUMBER_VECTORS)
+def test_number_bounds_vectors(bounds, good, bad):
+    g = Grammar.from_json_schema({"type": "number", **bounds})
+    assert [x for x in good if not g.accepts(x)] == []
+    assert [x for x in bad if g.accepts(x)] == []
+
+
+def _decimal_strings(rng, n):
+    """Decimals written as the bounded grammar writes them (no exponent, canonical integer part)."""
+    out = []
+    for _ in range(n):
+        whole = str(int(rng.choice([0, 1, 2, 3, 9, 10, 11, 99, 100, 101, 123, 1000])))
+        frac = "".join(str(int(d)) for d in rng.integers(0, 10, size=int(rng.integers(0, 5))))
+        out.append(("-" if rng.random() < 0.4 else "") + whole + ("." + frac if frac else ""))
+    return out
+
+
+def test_number_bounds_accept_exactly_the_decimals_inside():
+    from decimal import Decimal
+    rng = np.random.default_rng(11)
+    values = [0, 0.5, 1, 1.25, 2, 9.99, 10, 10.5, 100.125, 101]
+    for trial in range(60):
+        bounds, lo, hi = {}, None, None
+        if rng.random() < 0.8:
+            v = float(rng.choice(values)) * (-1 if rng.random() < 0.4 else 1)
+            key = "minimum" if rng.random() < 0.5 else "exclusiveMinimum"
+            bounds[key], lo = v, (Decimal(repr(v)), key == "minimum")
+        if rng.random() < 0.8:
+            v = float(rng.choice(values)) * (-1 if rng.random() < 0.3 else 1)
+            key = "maximum" if rng.random() < 0.5 else "exclusiveMaximum"
+            bounds[key], hi = v, (Decimal(repr(v)), key == "maximum")
+        if not bounds:
+            continue  # the unbounded number is the generic grammar's (tested above)
+        schema = {"type": "number", **bounds}
+        try:
+            g = Grammar.from_json_schema(schema)
+        except GrammarError as e:
+            assert "no number lies between" in str(e)
+            assert lo and hi and (lo[0] > hi[0] or (lo[0] == hi[0] and not (lo[1] and hi[1])))
+            continue
+        for text in _decimal_strings(rng, 60):
+            x = Decimal(text)
+            inside = (lo is None or x > lo[0] or (x == lo[0] and lo[1])) and \
+                     (hi is None or x < hi[0] or (x == hi[0] and hi[1]))
+            inside = inside and not (text.startswith("-") and x == 0)  # zero is written "0"
+            assert g.accepts(text) == inside, (schema, text)
+        for seed in range(10):
+            jsonschema.validate(json.loads(random_sentence(g, seed)), schema)
