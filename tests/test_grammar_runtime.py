@@ -57,6 +57,33 @@ def test_batched_npcs_each_follow_their_own_grammar(model):
     assert alone.ask("What is for dinner?", max_tokens=12, ignore_eos=True).result() == free_reply.text
 
 
+def test_gl_backend_npcs_follow_their_grammars_in_one_batch():
+    """The same on the gl backend (llvmpipe): masks are applied on the host to the logits the
+    pass reads back, per NPC of the batch."""
+    pytest.importorskip("moderngl")
+    from model_slices import model_slice
+    from perro_pastor.errors import BackendError
+    from perro_pastor.model import load
+
+    try:
+        gl_model = load(model_slice("Q4_1", n_layers=2), backend="gl")
+    except BackendError as exc:
+        pytest.skip(f"no GL 4.3: {exc}")
+    try:
+        sched = Scheduler(gl_model)
+        a = sched.session(system_prompt="You are a guard.", sampler=SAMPLED, seed=5, n_ctx=256)
+        b = sched.session(system_prompt="You are a bard.", sampler=SAMPLED, seed=6, n_ctx=192)
+        replies = [a.ask("Open the door!", max_tokens=160, grammar=Grammar.from_json_schema(NPC_ACTION)),
+                   b.ask("Count to three.", max_tokens=12, grammar=Grammar('root ::= [1-3] (", " [1-3]){2} "."'))]
+        while not all(r.done for r in replies):
+            sched.tick(50.0)
+        assert replies[0].finish_reason == "eos", replies[0].text
+        jsonschema.validate(json.loads(replies[0].text), NPC_ACTION)
+        assert replies[1].finish_reason == "eos" and len(replies[1].text) == 8, replies[1].text
+    finally:
+        gl_model.close()
+
+
 def test_generate_follows_a_grammar_and_eos_comes_only_where_it_accepts(model):
     grammar = Grammar.json()
     for seed in range(3):
