@@ -13,7 +13,34 @@ import numpy as np
 
 from .errors import ModelFormatError
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What an architecture changes in the Llama layer; each flag is a line of the forward pass
+    (cpu.py) and, for the tensors it needs, a row of the weight table (weights.py)."""
+    rope_neox: bool = False  # rotate the pairs (x[i], x[i + rope_dim/2]) of a head, not adjacent ones
+    qkv_bias: bool = False  # q, k and v projections add a bias (qwen2)
+    qk_norm: bool = False  # RMSNorm over each head of q and of k before rope (qwen3, gemma3)
+    post_norms: bool = False  # RMSNorm on the attention and FFN outputs before each residual add (gemma)
+    gelu: bool = False  # GeGLU (tanh-approximate GELU) instead of SwiGLU (gemma)
+    embed_scale: bool = False  # embeddings multiplied by sqrt(dim) (gemma)
+    swa_pattern: int = 0  # every n-th layer attends globally, the others through the sliding window (gemma3)
+
+    @property
+    def plain(self) -> bool:
+        """The Llama layer as it is (what the compiled decode and the gl backend implement)."""
+        return self == Family()
+
+
+FAMILIES = {
+    "llama": Family(),
+    "mistral": Family(),
+    "qwen2": Family(rope_neox=True, qkv_bias=True),
+    "qwen3": Family(rope_neox=True, qk_norm=True),
+    "gemma3": Family(rope_neox=True, qk_norm=True, post_norms=True, gelu=True, embed_scale=True, swa_pattern=6),
+}
+SUPPORTED_ARCHITECTURES = tuple(FAMILIES)
 
 # Sanity bounds: far above any real Llama-family model, far below what would overflow or exhaust
 # memory when sizing buffers from them (RELIABILITY.md row 18).
@@ -43,14 +70,34 @@ class Config:
     rope_low_freq_factor: float = 1.0  # llama3
     rope_high_freq_factor: float = 4.0  # llama3
     sliding_window: int = 0  # 0 = full attention (Mistral sets a window)
+    head_dim: int = 0  # per-head width when the file gives one (gemma3: 256 for a 640-wide model)
+    family: Family = Family()
+    rope_base_local: float = 10000.0  # rope base of the sliding-window layers (swa_pattern)
+    final_softcap: float = 0.0  # logits -> c * tanh(logits / c) when set (gemma)
 
     @property
     def head_size(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_dim or self.dim // self.n_heads
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the queries (and of the attention output): dim for Llama, not for gemma3."""
+        return self.n_heads * self.head_size
 
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * self.head_size
+
+    def is_local(self, layer: int) -> bool:
+        """Whether ``layer`` attends through the sliding window with the local rope base."""
+        n = self.family.swa_pattern
+        return bool(n) and layer % n < n - 1
+
+    def layer_window(self, layer: int) -> int:
+        """The sliding window of ``layer`` (0: full attention)."""
+        if self.family.swa_pattern:
+            return self.sliding_window if self.is_local(layer) else 0
+        return self.sliding_window
 
     @property
     def kv_mul(self) -> int:
@@ -88,7 +135,16 @@ class Config:
         n_kv_heads = bounded(
             "attention.head_count_kv", get("attention.head_count_kv", int, n_heads), 1, n_heads
         )
-        if dim % n_heads:
+        head_dim = get("attention.key_length", int, 0)
+        if head_dim:
+            bounded("attention.key_length", head_dim, 2, MAX_DIM)
+            value_dim = get("attention.value_length", int, head_dim)
+            if value_dim != head_dim:
+                raise ModelFormatError(f"{where}: attention.value_length {value_dim} differs from "
+                                       f"key_length {head_dim} (not supported)")
+            if head_dim * n_heads == dim:
+                head_dim = 0  # the usual split: nothing to remember
+        elif dim % n_heads:
             raise ModelFormatError(
                 f"{where}: embedding_length {dim} is not divisible by head_count {n_heads}"
             )
@@ -96,7 +152,7 @@ class Config:
             raise ModelFormatError(
                 f"{where}: head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}"
             )
-        head_size = dim // n_heads
+        head_size = head_dim or dim // n_heads
         if head_size % 2:
             raise ModelFormatError(f"{where}: head size {head_size} is odd; rope needs pairs")
         vocab = get("vocab_size", int, len(md.get("tokenizer.ggml.tokens") or ()))
@@ -129,16 +185,23 @@ class Config:
             rope_scale_factor=factor,
             rope_orig_ctx=get("rope.scaling.original_context_length", int, 8192),
             sliding_window=bounded("attention.sliding_window", get("attention.sliding_window", int, 0), 0, MAX_CONTEXT),
+            head_dim=head_dim,
+            family=FAMILIES[arch],
+            rope_base_local=get("rope.freq_base_swa", float, 10000.0),
+            final_softcap=get("final_logit_softcapping", float, 0.0),
         )
 
 
-def rope_inv_freq(cfg: Config, freq_factors: np.ndarray | None = None) -> np.ndarray:
+def rope_inv_freq(cfg: Config, freq_factors: np.ndarray | None = None, local: bool = False) -> np.ndarray:
     """Inverse rotation frequency of each rotated pair, (rope_dim // 2,) float64.
 
     ``freq_factors`` is the per-pair divisor a GGUF stores as ``rope_freqs.weight`` for Llama 3.x
     ("llama3" scaling baked in at conversion); without it, llama3 scaling is computed from metadata.
+    ``local``: the sliding-window layers' base (gemma3), unscaled.
     """
     pair = np.arange(0, cfg.rope_dim, 2, dtype=np.float64)
+    if local:
+        return cfg.rope_base_local ** (-pair / cfg.rope_dim)
     inv_freq = cfg.rope_base ** (-pair / cfg.rope_dim)
     if freq_factors is not None:
         return inv_freq / np.asarray(freq_factors, dtype=np.float64)

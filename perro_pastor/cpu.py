@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import sys
-from types import SimpleNamespace
 from typing import Iterator
 
 import numpy as np
 
-from . import quant
 from .backend import Segment, Trace, run_to_end
 from .config import Config, rope_inv_freq
+from .cpu_ops import (NUMPY_OPS, apply_rope, apply_rope_neox, attention, embedding, geglu, rmsnorm,  # noqa: F401
+                      rope, rope_rotation, softcap, swiglu)
 from .cpu_cache import KVCache
 from .threads import blas_controller, limit_kernel_threads, steps_on_blas_threads
 from .float_weights import DEFAULT_CACHE_BUDGET, CpuWeights
@@ -37,95 +37,7 @@ KERNELS = ("auto", "numba", "numpy")
 
 # Rows of the output layer per step of the forward generator (~1-2 ms each for a 576-wide model).
 OUTPUT_ROWS_PER_STEP = 8192
-
-
-# -----------------------------------------------------------------------------
-# ops (each the NumPy twin of shaders/<op>.comp)
-
-def embedding(w_raw: np.ndarray, qtype: quant.GGMLType, vocab: int, dim: int,
-              token_ids: np.ndarray) -> np.ndarray:
-    """Rows of the token embedding table for ``token_ids``: (T,) -> (T, dim) float32."""
-    row = quant.row_nbytes(qtype, dim)
-    for t in token_ids:
-        if not 0 <= t < vocab:
-            raise ValueError(f"token id {t} is outside the vocabulary (0..{vocab - 1})")
-    return np.stack([quant.dequantize(w_raw[int(t) * row:(int(t) + 1) * row], qtype, dim)
-                     for t in token_ids])
-
-
-def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """x / sqrt(mean(x^2) + eps) * weight, over the last axis."""
-    mean_square = np.einsum("...i,...i->...", x, x)[..., None] / x.shape[-1]
-    return x / np.sqrt(mean_square + eps) * weight
-
-
-def rope_rotation(positions: np.ndarray, inv_freq: np.ndarray, dtype) -> np.ndarray:
-    """exp(i * pos * inv_freq[j]) as complex numbers, (T, rope_dim // 2): what ``apply_rope``
-    multiplies each (x[2j], x[2j+1]) pair by. One forward pass computes it once for all layers."""
-    angle = positions.astype(np.float64)[:, None] * inv_freq[None, :]
-    complex_dtype = np.result_type(np.dtype(dtype), np.complex64)
-    return np.exp(1j * angle).astype(complex_dtype)
-
-
-def apply_rope(x: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """Rotate adjacent pairs (x[2i], x[2i+1]) of each head: read as the complex number
-    x[2i] + i x[2i+1], the pair is multiplied by ``rotation[t, i]``.
-
-    x: (T, n_heads, head_size); rotation: (T, rope_dim // 2) from ``rope_rotation``. Dimensions
-    past rope_dim pass through unrotated."""
-    out = x.copy()
-    pairs = out[..., :2 * rotation.shape[1]].view(rotation.dtype)  # (T, n_heads, rope_dim // 2)
-    pairs *= rotation[:, None, :]
-    return out
-
-
-def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
-    """RoPE for x: (T, n_heads, head_size) at ``positions`` (T,): ``apply_rope`` with the
-    rotation of those positions."""
-    return apply_rope(x, rope_rotation(positions, inv_freq, x.dtype))
-
-
-def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int,
-              sliding_window: int = 0) -> np.ndarray:
-    """Causal multi-head attention with grouped key/value heads.
-
-    q: (T, n_heads, hs) for positions pos0..pos0+T-1; k_cache, v_cache: (n_kv_heads, >= pos0+T, hs),
-    head-major so each head's keys are one contiguous matrix (BLAS reads it as it is).
-    Query head h reads key/value head h // (n_heads // n_kv_heads). Returns (T, n_heads, hs)."""
-    T, n_heads, hs = q.shape
-    n_kv_heads = k_cache.shape[0]
-    group = n_heads // n_kv_heads
-    S = pos0 + T
-    k = k_cache[:, :S].astype(q.dtype, copy=False)
-    v = v_cache[:, :S].astype(q.dtype, copy=False)
-
-    # (n_kv_heads, T*group, hs) @ (n_kv_heads, hs, S): every query row against every cached key
-    qg = q.reshape(T, n_kv_heads, group, hs).transpose(1, 0, 2, 3).reshape(n_kv_heads, T * group, hs)
-    scores = (qg * (1 / math.sqrt(hs))) @ k.transpose(0, 2, 1)  # a Python float keeps f32 in f32
-
-    # a query at position p sees keys j <= p (and, with a sliding window, p - j < window); a
-    # lone query at the end of the cache sees every key unless the window cuts some off
-    if T > 1 or (sliding_window and S > sliding_window):
-        query_pos = pos0 + np.arange(T)[:, None]
-        key_pos = np.arange(S)[None, :]
-        visible = key_pos <= query_pos
-        if sliding_window:
-            visible &= query_pos - key_pos < sliding_window
-        scores = np.where(np.repeat(visible, group, axis=0)[None], scores, -np.inf)
-
-    scores -= scores.max(axis=-1, keepdims=True)
-    probs = np.exp(scores, out=scores)
-    probs /= probs.sum(axis=-1, keepdims=True)
-    out = probs @ v  # (n_kv_heads, T*group, hs)
-    return out.reshape(n_kv_heads, T, group, hs).transpose(1, 0, 2, 3).reshape(T, n_heads, hs)
-
-
-def swiglu(h1: np.ndarray, h3: np.ndarray) -> np.ndarray:
-    """SiLU-gated linear unit: silu(h1) * h3, with silu(x) = x * sigmoid(x)."""
-    return h1 / (1 + np.exp(-h1)) * h3
-
-
-NUMPY_OPS = SimpleNamespace(rmsnorm=rmsnorm, apply_rope=apply_rope, attention=attention, swiglu=swiglu)
+FAMILY_VECTORS = ("bq", "bk", "bv", "q_norm", "k_norm", "rms_att_post", "rms_ffn_post")
 
 
 # -----------------------------------------------------------------------------
@@ -176,6 +88,10 @@ class CpuTransformer:
             self.store.fuse((layer.w1, layer.w3))
         freq_factors = self.store.vector(weights.rope_freqs) if weights.rope_freqs else None
         self.inv_freq = rope_inv_freq(cfg, freq_factors)
+        self.inv_freq_local = rope_inv_freq(cfg, local=True) if cfg.family.swa_pattern else None
+        # what other families add to a layer: biases and extra norms, by weight-table name
+        self.extra = [{name: self.store.vector(getattr(layer, name)) for name in FAMILY_VECTORS
+                       if getattr(layer, name) is not None} for layer in weights.layers]
         self.rms_att = [self.store.vector(l.rms_att_weight) for l in weights.layers]
         self.rms_ffn = [self.store.vector(l.rms_ffn_weight) for l in weights.layers]
         self.rms_final = self.store.vector(weights.rms_final_weight)
@@ -257,13 +173,19 @@ class CpuTransformer:
             raise ValueError(f"token id {outside[0]} is outside the vocabulary (0..{cfg.vocab_size - 1})")
         positions = np.concatenate([np.arange(seg.pos0, seg.pos0 + len(seg.tokens)) for seg in segments])
         bounds = np.cumsum([0] + [len(seg.tokens) for seg in segments])  # segment i = rows bounds[i]:bounds[i+1]
-        T, hs = len(tokens), cfg.head_size
+        T, hs, family = len(tokens), cfg.head_size, cfg.family
         ops = self.few_token_ops if T <= MATVEC_MAX_ROWS else NUMPY_OPS
+        apply_rope = apply_rope_neox if family.rope_neox else ops.apply_rope
+        gated = geglu if family.gelu else ops.swiglu
 
         # the residual stream starts as each token's embedding: (T,) -> (T, dim)
         x = store.rows(w.token_embedding_table, tokens)
+        if family.embed_scale:
+            x = x * math.sqrt(cfg.dim)  # (Gemma)
         trace("embedding", x)
         rotation = rope_rotation(positions, self.inv_freq, self.dtype)  # the same for every layer
+        if family.swa_pattern:  # (gemma3: the sliding-window layers rotate with their own base)
+            rotation_local = rope_rotation(positions, self.inv_freq_local, self.dtype)
 
         for l, layer in enumerate(w.layers):
             if compiled_layers is not None:
@@ -279,13 +201,20 @@ class CpuTransformer:
             # project to queries, keys and values: (T, dim) -> (T, heads, hs); one product, the
             # three matrices are stored as one block of stacked rows (the stores' fuse)
             q, k, v = self.project(xb, l, ("wq", "wk", "wv"), segments, bounds)
+            extra = self.extra[l]
+            if family.qkv_bias:  # (qwen2)
+                q, k, v = q + extra["bq"], k + extra["bk"], v + extra["bv"]
             q = q.reshape(T, cfg.n_heads, hs)
             k = k.reshape(T, cfg.n_kv_heads, hs)
             v = v.reshape(T, cfg.n_kv_heads, hs)
+            if family.qk_norm:  # each head of q and k RMS-normalized (qwen3, gemma3)
+                q = rmsnorm(q, extra["q_norm"], cfg.rms_eps)
+                k = rmsnorm(k, extra["k_norm"], cfg.rms_eps)
 
             # rotate q and k by their position (RoPE), so attention scores depend on distance
-            q = ops.apply_rope(q, rotation)
-            k = ops.apply_rope(k, rotation)
+            turn = rotation_local if cfg.is_local(l) else rotation
+            q = apply_rope(q, turn)
+            k = apply_rope(k, turn)
             trace(f"L{l}.q", q)
             trace(f"L{l}.k", k)
 
@@ -296,12 +225,14 @@ class CpuTransformer:
                 seg.kv.key_cache[l, :, seg.pos0:seg.pos0 + b - a] = k[a:b].transpose(1, 0, 2)
                 seg.kv.value_cache[l, :, seg.pos0:seg.pos0 + b - a] = v[a:b].transpose(1, 0, 2)
                 att[a:b] = ops.attention(q[a:b], seg.kv.key_cache[l], seg.kv.value_cache[l], seg.pos0,
-                                         cfg.sliding_window)
+                                         cfg.layer_window(l))
             trace(f"L{l}.att", att)
             yield
 
             # mix the heads back into the residual stream
-            (att_out,) = self.project(att.reshape(T, cfg.dim), l, ("wo",), segments, bounds)
+            (att_out,) = self.project(att.reshape(T, cfg.q_dim), l, ("wo",), segments, bounds)
+            if family.post_norms:  # (gemma)
+                att_out = ops.rmsnorm(att_out, extra["rms_att_post"], cfg.rms_eps)
             x = x + att_out
             trace(f"L{l}.att_out", x)
             yield
@@ -309,12 +240,14 @@ class CpuTransformer:
             # ---------------------------------------------------------------- feed-forward
             xb = ops.rmsnorm(x, self.rms_ffn[l], cfg.rms_eps)
 
-            # SwiGLU: a gated projection up to hidden_dim and back down
+            # SwiGLU (GeGLU for Gemma): a gated projection up to hidden_dim and back down
             gate, up = self.project(xb, l, ("w1", "w3"), segments, bounds)
-            hb = ops.swiglu(gate, up)
+            hb = gated(gate, up)
             trace(f"L{l}.ffn_hidden", hb)
             yield
             (ffn_out,) = self.project(hb, l, ("w2",), segments, bounds)
+            if family.post_norms:
+                ffn_out = ops.rmsnorm(ffn_out, extra["rms_ffn_post"], cfg.rms_eps)
             x = x + ffn_out
             trace(f"L{l}.ffn_out", x)
             yield
@@ -331,6 +264,8 @@ class CpuTransformer:
             stop = min(start + OUTPUT_ROWS_PER_STEP, cfg.vocab_size)
             logits[:, start:stop] = store.matmul(x, w.wcls, start, stop)
             yield
+        if cfg.final_softcap:
+            logits = softcap(logits, cfg.final_softcap)
         trace("final.logits", logits)
         if all_logits:
             return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -341,7 +276,7 @@ class CpuTransformer:
         """Each layer's kernel arguments when this pass is a lone decoding token on the compiled
         kernels with no LoRA and no trace (cpu_kernels.decode_attention / decode_ffn), else None."""
         if self.cpu_kernels != "numba" or trace is not None or len(segments) != 1 \
-                or len(segments[0].tokens) != 1 or segments[0].adapters:
+                or len(segments[0].tokens) != 1 or segments[0].adapters or not self.cfg.family.plain:
             return None
         layers = [self.store.decode_layer_args(layer) for layer in self.w.layers]
         return None if None in layers else layers

@@ -181,9 +181,23 @@ def draws_on_cpu(gl_context) -> bool:
     return is_software_renderer(str(gl_context.info.get("GL_RENDERER", "")))
 
 
+def gl_runs(cfg: Config, kind: str) -> bool:
+    """Whether the gl backend can run ``cfg``'s architecture. Its kernels implement the Llama
+    layer; other families (qwen, gemma) run on the cpu backend: "gl" is refused with one line
+    saying so, "auto" takes the cpu backend with one line."""
+    if cfg.family.plain or kind == "cpu":
+        return True
+    if kind == "gl":
+        raise BackendError(f"the gl backend runs Llama-layer models only; {cfg.arch} runs on the cpu "
+                           "backend (--backend cpu or auto)")
+    print(f"perro_pastor: {cfg.arch} runs on the cpu backend (the gl kernels cover the Llama layer)",
+          file=sys.stderr)
+    return False
+
+
 def make_backend(kind: str, file: ModelFile, cfg: Config, weights: Weights, gl_context=None,
                  dtype=np.float32, cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET, cpu_kernels: str = "auto"):
-    glctx = open_gl(kind, gl_context)
+    glctx = open_gl(kind, gl_context) if gl_runs(cfg, kind) else None
     if glctx is not None:
         try:
             from .gl.forward import GlTransformer  # only now: it loads moderngl and the shaders

@@ -31,15 +31,17 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def perplexity(model, text: str, n_ctx: int = 512, progress: bool = False,
-               adapters: tuple = ()) -> PerplexityResult:
+               adapters: tuple = (), max_chunks: int | None = None) -> PerplexityResult:
     """llama-perplexity's figure for ``text`` (see the module docstring), with LoRA ``adapters``
-    applied at run time."""
+    applied at run time; ``max_chunks``: only the first chunks (llama-perplexity's ``--chunks``)."""
     if n_ctx < 8:
         raise ValueError(f"perplexity needs a context of at least 8 tokens, got {n_ctx}")
     tok = model.tokenizer
     tokens = tok.encode(text)  # BOS as the metadata says, like llama.cpp
     add_bos = bool(tokens) and tok.add_bos
     n_chunks = len(tokens) // n_ctx
+    if max_chunks is not None:
+        n_chunks = min(n_chunks, max_chunks)
     if n_chunks < 1:
         raise ValueError(f"need at least {n_ctx} tokens for -c {n_ctx}; the text has {len(tokens)}")
     first = n_ctx // 2

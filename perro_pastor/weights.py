@@ -13,28 +13,41 @@ from .errors import ModelFormatError
 from .formats import ModelFile, TensorInfo
 
 def tensor(gguf_name: str, shape_of: Callable[[Config], tuple], *, projection: bool = False,
-           norm: bool = False, optional: bool = False):
+           norm: bool = False, needs: str | None = None):
     """A row of the weight table: where a tensor lives in the file and the shape (GGUF order) the
     config implies. ``projection``: a matrix a layer multiplies by (LoRA may adapt it); ``norm``:
-    must be F32; ``optional``: None when the file lacks it (an architecture's extra tensors)."""
-    spec = dict(gguf_name=gguf_name, shape_of=shape_of, projection=projection, norm=norm, optional=optional)
-    return field(default=None, metadata=spec) if optional else field(metadata=spec)
+    a vector that must be F32; ``needs``: the ``Family`` flag that requires it (None when the
+    family lacks the flag; a file of that family without it is refused, naming it)."""
+    spec = dict(gguf_name=gguf_name, shape_of=shape_of, projection=projection, norm=norm, needs=needs)
+    return field(default=None, metadata=spec) if needs else field(metadata=spec)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LayerWeights:
     """One layer's tensors, by llama2.c name: THE table of names (every other module derives its
     lists from it). An architecture with extra tensors (a q/k/v bias, more norms) adds rows here,
-    marked ``optional``, and the math that uses them."""
+    each naming the ``Family`` flag that needs it, and the math that uses them (cpu.py)."""
     rms_att_weight: TensorInfo = tensor("blk.{l}.attn_norm.weight", lambda c: (c.dim,), norm=True)
-    wq: TensorInfo = tensor("blk.{l}.attn_q.weight", lambda c: (c.dim, c.dim), projection=True)
+    wq: TensorInfo = tensor("blk.{l}.attn_q.weight", lambda c: (c.dim, c.q_dim), projection=True)
     wk: TensorInfo = tensor("blk.{l}.attn_k.weight", lambda c: (c.dim, c.kv_dim), projection=True)
     wv: TensorInfo = tensor("blk.{l}.attn_v.weight", lambda c: (c.dim, c.kv_dim), projection=True)
-    wo: TensorInfo = tensor("blk.{l}.attn_output.weight", lambda c: (c.dim, c.dim), projection=True)
+    wo: TensorInfo = tensor("blk.{l}.attn_output.weight", lambda c: (c.q_dim, c.dim), projection=True)
     rms_ffn_weight: TensorInfo = tensor("blk.{l}.ffn_norm.weight", lambda c: (c.dim,), norm=True)
     w1: TensorInfo = tensor("blk.{l}.ffn_gate.weight", lambda c: (c.dim, c.hidden_dim), projection=True)
     w2: TensorInfo = tensor("blk.{l}.ffn_down.weight", lambda c: (c.hidden_dim, c.dim), projection=True)
     w3: TensorInfo = tensor("blk.{l}.ffn_up.weight", lambda c: (c.dim, c.hidden_dim), projection=True)
+    # what other families add
+    bq: TensorInfo | None = tensor("blk.{l}.attn_q.bias", lambda c: (c.q_dim,), norm=True, needs="qkv_bias")
+    bk: TensorInfo | None = tensor("blk.{l}.attn_k.bias", lambda c: (c.kv_dim,), norm=True, needs="qkv_bias")
+    bv: TensorInfo | None = tensor("blk.{l}.attn_v.bias", lambda c: (c.kv_dim,), norm=True, needs="qkv_bias")
+    q_norm: TensorInfo | None = tensor("blk.{l}.attn_q_norm.weight", lambda c: (c.head_size,), norm=True,
+                                       needs="qk_norm")
+    k_norm: TensorInfo | None = tensor("blk.{l}.attn_k_norm.weight", lambda c: (c.head_size,), norm=True,
+                                       needs="qk_norm")
+    rms_att_post: TensorInfo | None = tensor("blk.{l}.post_attention_norm.weight", lambda c: (c.dim,), norm=True,
+                                             needs="post_norms")
+    rms_ffn_post: TensorInfo | None = tensor("blk.{l}.post_ffw_norm.weight", lambda c: (c.dim,), norm=True,
+                                             needs="post_norms")
 
 
 # llama2.c name -> (GGUF name pattern, shape in GGUF order as a function of the config)
@@ -69,12 +82,10 @@ def bind_weights(mf: ModelFile, cfg: Config) -> Weights:
     """Find every tensor the forward pass needs and check its shape against the config."""
     used: set[str] = set()
 
-    def take(gguf_name: str, shape_of, must_be_f32: bool = False, optional: bool = False) -> TensorInfo | None:
+    def take(gguf_name: str, shape_of, must_be_f32: bool = False) -> TensorInfo:
         info = mf.tensors.get(gguf_name)
-        if info is None and optional:
-            return None
         if info is None:
-            raise ModelFormatError(f"{mf.path.name}: missing tensor '{gguf_name}'")
+            raise ModelFormatError(f"{mf.path.name}: missing tensor '{gguf_name}' ({cfg.arch} needs it)")
         want = shape_of(cfg)
         if tuple(info.shape) != tuple(want):
             raise ModelFormatError(
@@ -82,15 +93,17 @@ def bind_weights(mf: ModelFile, cfg: Config) -> Weights:
                 f"the config implies {list(want)}"
             )
         if must_be_f32 and info.qtype.name != "F32":
-            raise ModelFormatError(f"{mf.path.name}: norm tensor '{gguf_name}' must be F32, is {info.qtype.name}")
+            raise ModelFormatError(f"{mf.path.name}: vector '{gguf_name}' must be F32, is {info.qtype.name}")
         used.add(gguf_name)
         return info
 
+    def wanted(f) -> bool:
+        return f.metadata["needs"] is None or getattr(cfg.family, f.metadata["needs"])
+
     layers = tuple(
         LayerWeights(**{
-            f.name: take(f.metadata["gguf_name"].format(l=l), f.metadata["shape_of"],
-                         must_be_f32=f.metadata["norm"], optional=f.metadata["optional"])
-            for f in fields(LayerWeights)
+            f.name: take(f.metadata["gguf_name"].format(l=l), f.metadata["shape_of"], must_be_f32=f.metadata["norm"])
+            for f in fields(LayerWeights) if wanted(f)
         })
         for l in range(cfg.n_layers)
     )

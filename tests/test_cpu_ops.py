@@ -103,3 +103,32 @@ def test_rope_freq_factors_tensor_divides():
     cfg = llama_config()
     factors = np.linspace(1, 8, cfg.rope_dim // 2)
     np.testing.assert_allclose(rope_inv_freq(cfg, factors), rope_inv_freq(cfg) / factors)
+
+
+@pytest.mark.parametrize("rope_dim", [64, 32])
+def test_neox_rope_rotates_each_half_with_its_partner(rng, rope_dim):
+    """GPT-NeoX's layout (qwen, gemma): x[i] turns with x[i + rope_dim/2]; the rest passes."""
+    from perro_pastor.cpu_ops import apply_rope_neox
+    T, H, hs = 4, 2, 64
+    x = rng.standard_normal((T, H, hs))
+    positions = rng.integers(0, 4000, T)
+    inv_freq = 1e6 ** (-np.arange(0, rope_dim, 2) / rope_dim)
+    out = apply_rope_neox(x, cpu.rope_rotation(positions, inv_freq, np.float64))
+    half = rope_dim // 2
+    for t in range(T):
+        for h in range(H):
+            for i in range(half):
+                angle = positions[t] * inv_freq[i]
+                a, b = x[t, h, i], x[t, h, i + half]
+                want = (a * math.cos(angle) - b * math.sin(angle), a * math.sin(angle) + b * math.cos(angle))
+                np.testing.assert_allclose((out[t, h, i], out[t, h, i + half]), want, rtol=1e-9, atol=1e-12,
+                                           err_msg=f"seed {SEED}")
+            np.testing.assert_array_equal(out[t, h, rope_dim:], x[t, h, rope_dim:])
+
+
+def test_geglu_and_softcap_match_their_formulas(rng):
+    from perro_pastor.cpu_ops import geglu, softcap
+    a, b = rng.standard_normal(50) * 3, rng.standard_normal(50)
+    gelu = [0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3))) for v in a]
+    np.testing.assert_allclose(geglu(a, b), np.array(gelu) * b, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(softcap(a * 20, 30.0), [30 * math.tanh(v * 20 / 30) for v in a], rtol=1e-12)

@@ -1,0 +1,91 @@
+"""Small synthetic models of other families (qwen2, qwen3), written with the ``gguf`` package's
+writer under llama.cpp's tensor names and keys, with a real vocabulary from one of llama.cpp's
+vocab GGUFs (tests/assets/vocab). The weights are seeded and scaled so the model is confident
+(peaked logits): a wrong line of the forward pass then moves perplexity by far more than the
+0.5% the comparison with llama.cpp allows.
+
+    python tests/family_models.py qwen3 /tmp/qwen3-tiny.gguf     # the file llama.cpp is run on
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+VOCAB = Path(__file__).parent / "assets" / "vocab"
+SHAPES = dict(dim=64, hidden=128, n_layers=2, n_heads=4, n_kv_heads=2)
+VOCAB_FILES = {"qwen2": "ggml-vocab-qwen2.gguf", "qwen3": "ggml-vocab-qwen2.gguf"}
+HEAD_DIM = {"qwen3": 32}  # qwen3's heads are wider than dim / n_heads (q_dim 128 on a 64-wide model)
+
+
+def write_family_model(arch: str, path: Path, seed: int = 0) -> Path:
+    import gguf
+
+    from perro_pastor.formats import open_model_file
+
+    vocab = open_model_file(VOCAB / VOCAB_FILES[arch])
+    rng = np.random.default_rng(seed)
+    d, hidden, n_layers, n_heads, n_kv = (SHAPES[k] for k in ("dim", "hidden", "n_layers", "n_heads", "n_kv_heads"))
+    head = HEAD_DIM.get(arch, d // n_heads)
+    n_vocab = len(vocab.metadata["tokenizer.ggml.tokens"])
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_context_length(256)
+    writer.add_embedding_length(d)
+    writer.add_block_count(n_layers)
+    writer.add_feed_forward_length(hidden)
+    writer.add_head_count(n_heads)
+    writer.add_head_count_kv(n_kv)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(1e6)
+    if arch in HEAD_DIM:
+        writer.add_key_length(head)
+        writer.add_value_length(head)
+    for key, value in vocab.metadata.items():
+        if key.startswith("tokenizer.") and key != "tokenizer.chat_template":
+            type_name = vocab.metadata_types[key]
+            if type_name.startswith("ARRAY["):
+                vtype, sub = gguf.GGUFValueType.ARRAY, gguf.GGUFValueType[type_name[6:-1]]
+            else:
+                vtype, sub = gguf.GGUFValueType[type_name], None
+            writer.add_key_value(key, value.tolist() if isinstance(value, np.ndarray) else value, vtype, sub_type=sub)
+    vocab.close()
+
+    def matrix(rows: int, cols: int, gain: float = 1.0) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) * gain / np.sqrt(cols)).astype(np.float32)
+
+    def vector(n: int, around: float = 1.0, spread: float = 0.1) -> np.ndarray:
+        return (around + spread * rng.standard_normal(n)).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", (rng.standard_normal((n_vocab, d)) * 0.25).astype(np.float32))
+    writer.add_tensor("output_norm.weight", vector(d))
+    for l in range(n_layers):
+        blk = f"blk.{l}."
+        writer.add_tensor(blk + "attn_norm.weight", vector(d))
+        writer.add_tensor(blk + "attn_q.weight", matrix(n_heads * head, d, 2.0))
+        writer.add_tensor(blk + "attn_k.weight", matrix(n_kv * head, d, 2.0))
+        writer.add_tensor(blk + "attn_v.weight", matrix(n_kv * head, d))
+        if arch == "qwen2":
+            writer.add_tensor(blk + "attn_q.bias", vector(n_heads * head, 0.0, 0.5))
+            writer.add_tensor(blk + "attn_k.bias", vector(n_kv * head, 0.0, 0.5))
+            writer.add_tensor(blk + "attn_v.bias", vector(n_kv * head, 0.0, 0.5))
+        if arch == "qwen3":
+            writer.add_tensor(blk + "attn_q_norm.weight", vector(head))
+            writer.add_tensor(blk + "attn_k_norm.weight", vector(head))
+        writer.add_tensor(blk + "attn_output.weight", matrix(d, n_heads * head))
+        writer.add_tensor(blk + "ffn_norm.weight", vector(d))
+        writer.add_tensor(blk + "ffn_gate.weight", matrix(hidden, d))
+        writer.add_tensor(blk + "ffn_up.weight", matrix(hidden, d))
+        writer.add_tensor(blk + "ffn_down.weight", matrix(d, hidden))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    print(write_family_model(sys.argv[1], Path(sys.argv[2])))
