@@ -81,6 +81,22 @@ def _zephyr(messages, gen):
     return out + ("<|assistant|>\n" if gen else "")
 
 
+def _gemma(messages, gen):
+    """Gemma's turns; it has no system role: the system prompt opens the first user turn, and
+    the assistant is called "model"."""
+    system = ""
+    if messages and messages[0]["role"] == "system":
+        system, messages = messages[0]["content"].strip() + "\n\n", messages[1:]
+    out = ""
+    for i, m in enumerate(messages):
+        role = "model" if m["role"] == "assistant" else m["role"]
+        prefix = system if i == 0 else ""
+        out += f"<start_of_turn>{role}\n{prefix}{m['content'].strip()}<end_of_turn>\n"
+    if not messages and system:
+        out = f"<start_of_turn>user\n{system}"
+    return out + ("<start_of_turn>model\n" if gen else "")
+
+
 def _llama2(messages, gen):
     """[INST] blocks; the system prompt is folded into the first user turn inside <<SYS>>."""
     system = ""
@@ -102,6 +118,7 @@ BUILTIN = {
     "llama2": ChatTemplate("llama2", _llama2),
     "llama3": ChatTemplate("llama3", _llama3),
     "zephyr": ChatTemplate("zephyr", _zephyr),
+    "gemma": ChatTemplate("gemma", _gemma),
 }
 
 
@@ -117,6 +134,8 @@ def guess_builtin(template_text: str | None, vocab: Sequence[str] = ()) -> ChatT
         return BUILTIN["llama2"]
     if "<|assistant|>" in text or "<|assistant|>" in markers:
         return BUILTIN["zephyr"]
+    if "<start_of_turn>" in text or "<start_of_turn>" in markers:
+        return BUILTIN["gemma"]
     return BUILTIN["chatml"]
 
 

@@ -163,3 +163,13 @@ def test_a_good_template_is_checked_once():
     source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     first = template_for_model({"tokenizer.chat_template": source})
     assert template_for_model({"tokenizer.chat_template": source}) is first and first.name == "gguf"
+
+
+def test_gemma_builtin_folds_the_system_prompt_into_the_first_user_turn():
+    from perro_pastor.chat import guess_builtin
+    gemma = guess_builtin(None, ["<pad>", "<start_of_turn>", "<end_of_turn>"])
+    assert gemma.name == "gemma"
+    text = gemma.render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}], True)
+    assert text == ("<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+                    "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
