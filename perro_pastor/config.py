@@ -25,7 +25,13 @@ class Family:
     post_norms: bool = False  # RMSNorm on the attention and FFN outputs before each residual add (gemma)
     gelu: bool = False  # GeGLU (tanh-approximate GELU) instead of SwiGLU (gemma)
     embed_scale: bool = False  # embeddings multiplied by sqrt(dim) (gemma)
-    swa_pattern: int = 0  # every n-th layer attends globally, the others through the sliding window (gemma3)
+    swa_pattern: int = 0  # every n-th layer attends globally, the others through the sliding window (gemma)
+    fused: bool = False  # q/k/v stored as one matrix, gate and up as one (phi3; split by weights.py)
+    # defaults where a file lacks the key (llama.cpp's, per family)
+    attn_softcap: float = 0.0  # attention scores -> c * tanh(scores / c) (gemma2: 50)
+    final_softcap: float = 0.0  # logits -> c * tanh(logits / c) (gemma2: 30)
+    window: int = 0  # sliding window of the local layers (gemma2: 4096)
+    local_rope_base: float = 0.0  # rope base of the local layers; 0: the global one (gemma3: 10000)
 
     @property
     def plain(self) -> bool:
@@ -38,7 +44,11 @@ FAMILIES = {
     "mistral": Family(),
     "qwen2": Family(rope_neox=True, qkv_bias=True),
     "qwen3": Family(rope_neox=True, qk_norm=True),
-    "gemma3": Family(rope_neox=True, qk_norm=True, post_norms=True, gelu=True, embed_scale=True, swa_pattern=6),
+    "phi3": Family(rope_neox=True, fused=True),
+    "gemma2": Family(rope_neox=True, post_norms=True, gelu=True, embed_scale=True, swa_pattern=2,
+                     attn_softcap=50.0, final_softcap=30.0, window=4096),
+    "gemma3": Family(rope_neox=True, qk_norm=True, post_norms=True, gelu=True, embed_scale=True, swa_pattern=6,
+                     local_rope_base=10000.0),
 }
 SUPPORTED_ARCHITECTURES = tuple(FAMILIES)
 
@@ -73,7 +83,8 @@ class Config:
     head_dim: int = 0  # per-head width when the file gives one (gemma3: 256 for a 640-wide model)
     family: Family = Family()
     rope_base_local: float = 10000.0  # rope base of the sliding-window layers (swa_pattern)
-    final_softcap: float = 0.0  # logits -> c * tanh(logits / c) when set (gemma)
+    final_softcap: float = 0.0  # logits -> c * tanh(logits / c) when set (gemma2)
+    attn_softcap: float = 0.0  # attention scores -> c * tanh(scores / c) when set (gemma2)
 
     @property
     def head_size(self) -> int:
@@ -125,6 +136,14 @@ class Config:
                 value = float(value)
             return value
 
+        family = FAMILIES[arch]
+
+        def softcap(key: str, default: float) -> float:
+            value = get(key, float, default)
+            if value < 0:
+                raise ModelFormatError(f"{where}: {arch}.{key} must be >= 0, got {value}")
+            return value
+
         def bounded(key: str, value: int, low: int, high: int) -> int:
             if not low <= value <= high:
                 raise ModelFormatError(f"{where}: {arch}.{key} = {value} is outside [{low}, {high}]")
@@ -160,6 +179,7 @@ class Config:
         if not (2 <= rope_dim <= head_size and rope_dim % 2 == 0):
             raise ModelFormatError(f"{where}: rope.dimension_count {rope_dim} does not fit head size {head_size}")
 
+        rope_base = get("rope.freq_base", float, 10000.0)
         scaling = md.get(f"{arch}.rope.scaling.type", "none")
         if scaling not in ("none", "linear", "llama3"):
             raise ModelFormatError(f"{where}: unsupported rope scaling type {scaling!r}")
@@ -179,16 +199,18 @@ class Config:
             vocab_size=bounded("vocab_size", vocab, 1, MAX_VOCAB),
             seq_len=bounded("context_length", get("context_length", int, 2048), 1, MAX_CONTEXT),
             rms_eps=get("attention.layer_norm_rms_epsilon", float, 1e-5),
-            rope_base=get("rope.freq_base", float, 10000.0),
+            rope_base=rope_base,
             rope_dim=rope_dim,
             rope_scaling=scaling,
             rope_scale_factor=factor,
             rope_orig_ctx=get("rope.scaling.original_context_length", int, 8192),
-            sliding_window=bounded("attention.sliding_window", get("attention.sliding_window", int, 0), 0, MAX_CONTEXT),
+            sliding_window=bounded("attention.sliding_window", get("attention.sliding_window", int, family.window),
+                                   0, MAX_CONTEXT),
             head_dim=head_dim,
-            family=FAMILIES[arch],
-            rope_base_local=get("rope.freq_base_swa", float, 10000.0),
-            final_softcap=get("final_logit_softcapping", float, 0.0),
+            family=family,
+            rope_base_local=get("rope.freq_base_swa", float, family.local_rope_base or rope_base),
+            final_softcap=softcap("final_logit_softcapping", family.final_softcap),
+            attn_softcap=softcap("attn_logit_softcapping", family.attn_softcap),
         )
 
 

@@ -224,8 +224,12 @@ class CpuTransformer:
             for seg, a, b in zip(segments, bounds[:-1], bounds[1:]):
                 seg.kv.key_cache[l, :, seg.pos0:seg.pos0 + b - a] = k[a:b].transpose(1, 0, 2)
                 seg.kv.value_cache[l, :, seg.pos0:seg.pos0 + b - a] = v[a:b].transpose(1, 0, 2)
-                att[a:b] = ops.attention(q[a:b], seg.kv.key_cache[l], seg.kv.value_cache[l], seg.pos0,
-                                         cfg.layer_window(l))
+                if cfg.attn_softcap:  # (gemma2; the NumPy op has the cap)
+                    att[a:b] = attention(q[a:b], seg.kv.key_cache[l], seg.kv.value_cache[l], seg.pos0,
+                                         cfg.layer_window(l), cfg.attn_softcap)
+                else:
+                    att[a:b] = ops.attention(q[a:b], seg.kv.key_cache[l], seg.kv.value_cache[l], seg.pos0,
+                                             cfg.layer_window(l))
             trace(f"L{l}.att", att)
             yield
 

@@ -69,7 +69,7 @@ def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarr
 
 
 def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int,
-              sliding_window: int = 0) -> np.ndarray:
+              sliding_window: int = 0, softcap_at: float = 0.0) -> np.ndarray:
     """Causal multi-head attention with grouped key/value heads.
 
     q: (T, n_heads, hs) for positions pos0..pos0+T-1; k_cache, v_cache: (n_kv_heads, >= pos0+T, hs),
@@ -85,6 +85,8 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int
     # (n_kv_heads, T*group, hs) @ (n_kv_heads, hs, S): every query row against every cached key
     qg = q.reshape(T, n_kv_heads, group, hs).transpose(1, 0, 2, 3).reshape(n_kv_heads, T * group, hs)
     scores = (qg * (1 / math.sqrt(hs))) @ k.transpose(0, 2, 1)  # a Python float keeps f32 in f32
+    if softcap_at:  # (gemma2: scores squashed into (-c, c) before the mask)
+        scores = softcap(scores, softcap_at)
 
     # a query at position p sees keys j <= p (and, with a sliding window, p - j < window); a
     # lone query at the end of the cache sees every key unless the window cuts some off

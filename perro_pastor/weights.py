@@ -78,9 +78,48 @@ class Weights:
         return [getattr(l, n) for l in self.layers for n in PROJECTIONS] + tables
 
 
+# Phi-3 stores q, k and v as one matrix and the gate and up projections as one (gate rows
+# first): file name -> the table's names with their row counts, in row order.
+FUSED = {
+    "blk.{l}.attn_qkv.weight": (("blk.{l}.attn_q.weight", lambda c: c.q_dim),
+                                ("blk.{l}.attn_k.weight", lambda c: c.kv_dim),
+                                ("blk.{l}.attn_v.weight", lambda c: c.kv_dim)),
+    "blk.{l}.ffn_up.weight": (("blk.{l}.ffn_gate.weight", lambda c: c.hidden_dim),
+                              ("blk.{l}.ffn_up.weight", lambda c: c.hidden_dim)),
+}
+
+
+def split_fused(mf: ModelFile, cfg: Config) -> None:
+    """Give the rows of a fused matrix the names the table reads: each part becomes a
+    ``TensorInfo`` over its own rows of the same bytes (a row of any GGML type is contiguous),
+    so nothing downstream knows it was fused and nothing is copied."""
+    for l in range(cfg.n_layers):
+        for fused, parts in FUSED.items():
+            info = mf.tensors.get(fused.format(l=l))
+            if info is None or parts[0][0].format(l=l) in mf.tensors:
+                continue  # stored apart (or split already)
+            sizes = [size(cfg) for _, size in parts]
+            if len(info.shape) != 2 or info.shape[1] != sum(sizes):
+                raise ModelFormatError(f"{mf.path.name}: fused tensor '{info.name}' has shape {list(info.shape)}, "
+                                       f"the config implies [{cfg.dim}, {sum(sizes)}]")
+            row_bytes = info.nbytes // info.shape[1]
+            del mf.tensors[info.name]
+            first = 0
+            for (name, _), rows in zip(parts, sizes):
+                name = name.format(l=l)
+                mf.tensors[name] = TensorInfo(name, info.qtype, (info.shape[0], rows),
+                                              info.offset + first * row_bytes, rows * row_bytes)
+                first += rows
+
+
 def bind_weights(mf: ModelFile, cfg: Config) -> Weights:
     """Find every tensor the forward pass needs and check its shape against the config."""
     used: set[str] = set()
+    if cfg.family.fused:
+        split_fused(mf, cfg)
+    if "rope_factors_long.weight" in mf.tensors or "rope_factors_short.weight" in mf.tensors:
+        raise ModelFormatError(f"{mf.path.name}: LongRoPE factors (rope_factors_long/short, the 128k-context "
+                               f"variants) are not supported yet")
 
     def take(gguf_name: str, shape_of, must_be_f32: bool = False) -> TensorInfo:
         info = mf.tensors.get(gguf_name)

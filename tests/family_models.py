@@ -1,4 +1,4 @@
-"""Small synthetic models of other families (qwen2, qwen3), written with the ``gguf`` package's
+"""Small synthetic models of other families (qwen2, qwen3, phi3, gemma2), written with the ``gguf`` package's
 writer under llama.cpp's tensor names and keys, with a real vocabulary from one of llama.cpp's
 vocab GGUFs (tests/assets/vocab). The weights are seeded and scaled so the model is confident
 (peaked logits): a wrong line of the forward pass then moves perplexity by far more than the
@@ -16,8 +16,10 @@ import numpy as np
 
 VOCAB = Path(__file__).parent / "assets" / "vocab"
 SHAPES = dict(dim=64, hidden=128, n_layers=2, n_heads=4, n_kv_heads=2)
-VOCAB_FILES = {"qwen2": "ggml-vocab-qwen2.gguf", "qwen3": "ggml-vocab-qwen2.gguf"}
-HEAD_DIM = {"qwen3": 32}  # qwen3's heads are wider than dim / n_heads (q_dim 128 on a 64-wide model)
+VOCAB_FILES = {"qwen2": "ggml-vocab-qwen2.gguf", "qwen3": "ggml-vocab-qwen2.gguf",
+               "phi3": "ggml-vocab-phi-3.gguf", "gemma2": "ggml-vocab-llama-spm.gguf"}
+HEAD_DIM = {"qwen3": 32, "gemma2": 32}  # heads wider than dim / n_heads (q_dim 128 on a 64-wide model)
+GEMMA2_WINDOW = 16  # so that the sliding window matters within a 64-token chunk
 
 
 def write_family_model(arch: str, path: Path, seed: int = 0) -> Path:
@@ -43,6 +45,10 @@ def write_family_model(arch: str, path: Path, seed: int = 0) -> Path:
     if arch in HEAD_DIM:
         writer.add_key_length(head)
         writer.add_value_length(head)
+    if arch == "gemma2":
+        writer.add_sliding_window(GEMMA2_WINDOW)
+        writer.add_attn_logit_softcapping(5.0)  # low caps, so that they bite on these weights
+        writer.add_final_logit_softcapping(3.0)
     for key, value in vocab.metadata.items():
         if key.startswith("tokenizer.") and key != "tokenizer.chat_template":
             type_name = vocab.metadata_types[key]
@@ -64,9 +70,13 @@ def write_family_model(arch: str, path: Path, seed: int = 0) -> Path:
     for l in range(n_layers):
         blk = f"blk.{l}."
         writer.add_tensor(blk + "attn_norm.weight", vector(d))
-        writer.add_tensor(blk + "attn_q.weight", matrix(n_heads * head, d, 2.0))
-        writer.add_tensor(blk + "attn_k.weight", matrix(n_kv * head, d, 2.0))
-        writer.add_tensor(blk + "attn_v.weight", matrix(n_kv * head, d))
+        q, k, v = matrix(n_heads * head, d, 2.0), matrix(n_kv * head, d, 2.0), matrix(n_kv * head, d)
+        if arch == "phi3":  # one fused matrix, q rows then k then v
+            writer.add_tensor(blk + "attn_qkv.weight", np.concatenate([q, k, v]))
+        else:
+            writer.add_tensor(blk + "attn_q.weight", q)
+            writer.add_tensor(blk + "attn_k.weight", k)
+            writer.add_tensor(blk + "attn_v.weight", v)
         if arch == "qwen2":
             writer.add_tensor(blk + "attn_q.bias", vector(n_heads * head, 0.0, 0.5))
             writer.add_tensor(blk + "attn_k.bias", vector(n_kv * head, 0.0, 0.5))
@@ -75,9 +85,16 @@ def write_family_model(arch: str, path: Path, seed: int = 0) -> Path:
             writer.add_tensor(blk + "attn_q_norm.weight", vector(head))
             writer.add_tensor(blk + "attn_k_norm.weight", vector(head))
         writer.add_tensor(blk + "attn_output.weight", matrix(d, n_heads * head))
+        if arch == "gemma2":
+            writer.add_tensor(blk + "post_attention_norm.weight", vector(d))
+            writer.add_tensor(blk + "post_ffw_norm.weight", vector(d))
         writer.add_tensor(blk + "ffn_norm.weight", vector(d))
-        writer.add_tensor(blk + "ffn_gate.weight", matrix(hidden, d))
-        writer.add_tensor(blk + "ffn_up.weight", matrix(hidden, d))
+        gate, up = matrix(hidden, d), matrix(hidden, d)
+        if arch == "phi3":  # gate rows, then up rows, in one matrix named ffn_up
+            writer.add_tensor(blk + "ffn_up.weight", np.concatenate([gate, up]))
+        else:
+            writer.add_tensor(blk + "ffn_gate.weight", gate)
+            writer.add_tensor(blk + "ffn_up.weight", up)
         writer.add_tensor(blk + "ffn_down.weight", matrix(d, hidden))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -79,6 +79,6 @@ def test_gl_matvec_on_real_blocks(model_file, kernels, glctx, qtype):
 
 def test_an_unsupported_architecture_names_the_supported_ones():
     from perro_pastor.config import Config
-    with pytest.raises(ModelFormatError, match=r"unsupported architecture 'phi3' \(supported: llama, mistral, "
-                                               r"qwen2, qwen3, gemma3\)"):
-        Config.from_metadata({"general.architecture": "phi3"}, "x.gguf")
+    with pytest.raises(ModelFormatError, match=r"unsupported architecture 'gpt2' \(supported: llama, mistral, "
+                                               r"qwen2, qwen3, phi3, gemma2, gemma3\)"):
+        Config.from_metadata({"general.architecture": "gpt2"}, "x.gguf")
