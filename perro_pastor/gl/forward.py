@@ -25,6 +25,7 @@ from ..formats import ModelFile
 from ..weights import Weights
 from .buffers import GLWeight, PreparedWeight
 from .context import GLContext
+from .fences import Fences
 from .kernels import Kernels
 from .lora_factors import FusedLora, LoraA
 from .lora_fusion import LoraCache, LoraFusion
@@ -73,6 +74,7 @@ class GlTransformer:
         self.cfg, self.kv_f16 = cfg, kv_f16
         self.max_batch = max_batch or (MAX_BATCH_SOFTWARE if glctx.limits.software else MAX_BATCH)
         self.kernels = Kernels(self.glctx)
+        self.fences = Fences(glctx.limits.software)
         self.attention_macs_per_dispatch = ATTENTION_MACS_PER_DISPATCH * self.kernels.gpu.dispatch_scale
         self.file = file
         self.weights: GlWeights | None = None
@@ -104,6 +106,8 @@ class GlTransformer:
         for obj in self._made:
             obj.release()
         self._made = []
+        if hasattr(self, "fences"):
+            self.fences.release()
         for part in ("s", "lora"):
             if hasattr(self, part):
                 getattr(self, part).release()
@@ -128,8 +132,9 @@ class GlTransformer:
         """Nothing to limit: the work runs on the GPU (on llvmpipe, Mesa's LP_NUM_THREADS decides)."""
 
     def poll(self) -> bool:
-        """True: every step waits for its dispatches today (the fences of issue 19 change this)."""
-        return True
+        """False while the fence after a pass's last dispatch has not signalled (the GPU is
+        still working on it): the scheduler then runs nothing this frame. Never waits."""
+        return self.fences.ready()
 
     def export_kv(self, kv: GlKVCache, n_tokens: int) -> np.ndarray:
         """Rows 0..n_tokens-1 of ``kv`` in the format of ``CpuTransformer.export_kv``."""
@@ -277,9 +282,13 @@ class GlTransformer:
         yield
         yield from self.matvec(s.logits, self.weights.wcls, s.xb, n_out)
 
-        # the only read-back of the pass: (n_out, vocab) logits (none when sampling on the GPU)
+        # the only read-back of the pass: (n_out, vocab) logits (none when sampling on the GPU);
+        # on a GPU, first a fence: the scheduler's poll() holds further steps until the work is
+        # done, so the read does not block the frame (fences.py)
         if not read_logits:
             return None
+        if self.fences.place():
+            yield
         logits = s.read("logits", n_out)
         if trace is not None:
             trace("final.logits", logits)
