@@ -115,3 +115,22 @@ def test_the_gl_backend_refuses_other_families_in_one_line_and_auto_takes_cpu(fa
         load(family_file("qwen2"), backend="gl")
     model = load(family_file("qwen2"), backend="auto")
     assert model.backend == "cpu"
+
+
+def test_load_async_takes_the_cpu_backend_for_other_families(family_file):
+    """The game's loader: auto loads a qwen3 file on the cpu backend; gl fails in one line."""
+    import time
+
+    from perro_pastor import load_async
+
+    for backend, want in (("auto", "ready"), ("gl", "failed")):
+        task = load_async(family_file("qwen3"), backend=backend)
+        deadline = time.monotonic() + 120
+        while not task.done and time.monotonic() < deadline:
+            task.poll(4.0)
+        assert task.phase == want, (backend, task.error)
+        if want == "ready":
+            assert task.model.backend == "cpu"
+            task.model.close()
+        else:
+            assert "runs Llama-layer models only" in str(task.error)
