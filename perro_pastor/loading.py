@@ -305,7 +305,7 @@ class LoadTask:
                 self._file, self._parts = file, parts
                 self._lock.notify_all()
             if self.backend == "gl":
-                self._prepare_gl(file, tensors)
+                self._prepare_gl(file, tensors, parts.config)
             else:
                 self._prepare_cpu(file, tensors)
         except LoadCancelled:
@@ -320,13 +320,13 @@ class LoadTask:
                     file.close()
                 self._lock.notify_all()
 
-    def _prepare_gl(self, file, tensors) -> None:
+    def _prepare_gl(self, file, tensors, cfg) -> None:
         from .gl.upload import prepare_matrix
         self._payloads.limit_bytes = max(MIN_IN_FLIGHT, max(t.nbytes for t in tensors))
         for t in tensors:
             if not self._payloads.wait_for_room(t.nbytes, self._cancel.is_set):
                 raise LoadCancelled
-            p = prepare_matrix(file, t, self._glctx.weight_part_bytes)
+            p = prepare_matrix(file, t, self._glctx.weight_part_bytes, cfg)
             file.release_pages(t.name)
             self._payloads.put(p, p.nbytes)
             del p

@@ -26,6 +26,7 @@ from ..weights import Weights
 from .buffers import GLWeight, PreparedWeight
 from .context import GLContext
 from .fences import Fences
+from .neox import key_layout
 from .kernels import Kernels
 from .lora_factors import FusedLora, LoraA
 from .lora_fusion import LoraCache, LoraFusion
@@ -53,7 +54,7 @@ class GlTransformer:
                  max_batch: int | None = None):
         self._begin(ctx if isinstance(ctx, GLContext) else GLContext(ctx), file, cfg, kv_f16, max_batch)  # BackendError without GL 4.3
         try:
-            prepared = (prepare_matrix(file, t, self.glctx.weight_part_bytes) for t in upload_order(weights))
+            prepared = (prepare_matrix(file, t, self.glctx.weight_part_bytes, cfg) for t in upload_order(weights))
             run_to_end(self.upload_steps(weights, prepared, chunk_bytes=1 << 62))
             run_to_end(self.warm_up_steps())
         except BaseException:
@@ -92,7 +93,7 @@ class GlTransformer:
         self.fusion = LoraFusion(cfg, self.kernels.gpu, self.lora)
         # Segments are bound as buffer ranges, whose offsets the driver wants aligned.
         align = buffer_offset_alignment(self.glctx.ctx)
-        self.can_slice = all(4 * n % align == 0 for n in (cfg.dim, cfg.kv_dim, cfg.hidden_dim))
+        self.can_slice = all(4 * n % align == 0 for n in (cfg.dim, cfg.q_dim, cfg.kv_dim, cfg.hidden_dim))
         self.glctx.check_error("uploading the model")
 
     def warm_up_steps(self) -> Iterator[None]:
@@ -137,11 +138,20 @@ class GlTransformer:
         return self.fences.ready()
 
     def export_kv(self, kv: GlKVCache, n_tokens: int) -> np.ndarray:
-        """Rows 0..n_tokens-1 of ``kv`` in the format of ``CpuTransformer.export_kv``."""
-        return kv.export(n_tokens)
+        """Rows 0..n_tokens-1 of ``kv`` in the format of ``CpuTransformer.export_kv`` (keys in the
+        file's feature order, also for NeoX-rope families: neox.py)."""
+        rows = kv.export(n_tokens)
+        layout = key_layout(self.cfg)
+        if layout is not None:
+            rows[0][..., layout] = rows[0].copy()
+        return rows
 
     def import_kv(self, kv: GlKVCache, array: np.ndarray) -> None:
         """Write rows 0..n-1 of ``kv`` from an ``export_kv`` array (any float dtype, any backend)."""
+        layout = key_layout(self.cfg)
+        if layout is not None and array.ndim == 5:
+            array = np.array(array)  # (not the caller's)
+            array[0] = array[0][..., layout]
         kv.import_rows(array)
 
     # -------------------------------------------------------------------------
@@ -204,7 +214,7 @@ class GlTransformer:
               read_logits: bool = True) -> Iterator[None]:
         """One batch of at most ``max_batch`` tokens, narrated like cpu.py's forward_steps."""
         cfg, k, s = self.cfg, self.kernels, self.s
-        hs, dim, kv_dim = cfg.head_size, cfg.dim, cfg.kv_dim
+        hs, dim, kv_dim, q_dim = cfg.head_size, cfg.dim, cfg.kv_dim, cfg.q_dim
         bounds = np.cumsum([0] + [len(seg.tokens) for seg in segments])  # segment i = rows bounds[i]:bounds[i+1]
         spans = list(zip(segments, bounds[:-1].tolist(), bounds[1:].tolist()))
         T = int(bounds[-1])
@@ -227,14 +237,22 @@ class GlTransformer:
             check(f"L{l}.att_norm", s.xb, (dim,))
             yield
 
-            # project to queries, keys and values: (T, dim) -> (T, dim), (T, kv_dim), (T, kv_dim)
+            # project to queries, keys and values: (T, dim) -> (T, q_dim), (T, kv_dim), (T, kv_dim)
             yield from self.project(s.q, l, "wq", s.xb, spans, fused=fused)
             yield from self.project(s.k, l, "wk", s.xb, spans, fused=fused)
             yield from self.project(s.v, l, "wv", s.xb, spans, fused=fused)
 
+            if cfg.family.qkv_bias:  # (qwen2) one bias row added to every token's q, k, v
+                for dst, bias, width in ((s.q, w.bq, q_dim), (s.k, w.bk, kv_dim), (s.v, w.bv, kv_dim)):
+                    k.add(dst, bias, n=T * width, width=width)
+            if cfg.family.qk_norm:  # (qwen3) each head of q and k RMS-normalized, in place
+                k.rmsnorm(s.q, s.q, w.q_norm, dim=hs, eps=cfg.rms_eps, n_tokens=T * cfg.n_heads)
+                k.rmsnorm(s.k, s.k, w.k_norm, dim=hs, eps=cfg.rms_eps, n_tokens=T * cfg.n_kv_heads)
+
             # rotate q and k by position (RoPE), and store each segment's k, v in its own cache
+            # (NeoX-rope families: wq and wk rows were reordered at upload so that this is theirs, neox.py)
             for seg, a, b in spans:
-                k.rope(_rows(s.q, dim, a, b), _rows(s.k, kv_dim, a, b), self.weights.inv_freq,
+                k.rope(_rows(s.q, q_dim, a, b), _rows(s.k, kv_dim, a, b), self.weights.inv_freq,
                        n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=hs, n_rot=self.weights.n_rot,
                        n_tokens=b - a, pos0=seg.pos0, v=_rows(s.v, kv_dim, a, b),
                        k_cache=seg.kv.key_cache[l], v_cache=seg.kv.value_cache[l],
@@ -342,7 +360,7 @@ class GlTransformer:
         group = max(1, self.attention_macs_per_dispatch // macs_per_token) if self.can_slice else b - a
         for t in range(a, b, group):
             u = min(b, t + group)
-            self.kernels.attention(_rows(s.xb, cfg.dim, t, u), _rows(s.q, cfg.dim, t, u),
+            self.kernels.attention(_rows(s.xb, cfg.q_dim, t, u), _rows(s.q, cfg.q_dim, t, u),
                                    seg.kv.key_cache[l], seg.kv.value_cache[l],
                                    n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=cfg.head_size,
                                    pos0=seg.pos0 + t - a, seq_len=seg.kv.n_ctx, n_tokens=u - t,

@@ -67,12 +67,13 @@ class LayerOps:
         self.gpu.run(prog, n_groups(n, chunk), n=n, chunk=chunk, **lora)
         self.gpu.barrier()
 
-    def add(self, dst, src, n: int) -> None:
-        """dst += src over n elements (the residual connection)."""
-        prog = self.gpu.program("add.comp", WG_SIZE=ADD_WG)
+    def add(self, dst, src, n: int, width: int = 0) -> None:
+        """dst += src over n elements (the residual connection); with ``width``, src is one row
+        of that width added to every row of dst (a bias)."""
+        prog = self.gpu.program("add.comp", WG_SIZE=ADD_WG, BROADCAST=int(bool(width)))
         src.bind_to_storage_buffer(0)
         dst.bind_to_storage_buffer(1)
-        self.gpu.run(prog, n_groups(n, ADD_WG), n=n)
+        self.gpu.run(prog, n_groups(n, ADD_WG), n=n, **({"width": width} if width else {}))
         self.gpu.barrier()
 
     # -- rope -----------------------------------------------------------------------------------

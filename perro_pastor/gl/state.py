@@ -123,7 +123,8 @@ class Scratch:
 
     def __init__(self, glctx: GLContext, cfg: Config):
         self.glctx, self.cfg, self.capacity = glctx, cfg, 0
-        self.widths = dict(x=cfg.dim, xb=cfg.dim, q=cfg.dim, k=cfg.kv_dim, v=cfg.kv_dim,
+        # xb holds the normed input (dim) and the attention output (q_dim: wider for some qwen3)
+        self.widths = dict(x=cfg.dim, xb=max(cfg.dim, cfg.q_dim), q=cfg.q_dim, k=cfg.kv_dim, v=cfg.kv_dim,
                            hb=cfg.hidden_dim, hb2=cfg.hidden_dim, xl=cfg.dim, logits=cfg.vocab_size,
                            tokens=1, next_token=1)
         self.buffers: dict[str, object] = {}

@@ -20,6 +20,7 @@ from ..quant import dequantize
 from ..weights import PROJECTIONS, Weights
 from .buffers import GLWeight, PreparedWeight, f32_buffer, prepare_weight, upload_prepared_steps
 from .context import GLContext
+from .neox import row_order
 
 
 @dataclass
@@ -34,6 +35,15 @@ class GlLayer:
     w1: GLWeight
     w2: GLWeight
     w3: GLWeight
+    # what other families add (config.Family), f32 buffers: q/k/v biases (qwen2), q/k norms (qwen3)
+    bq: object = None
+    bk: object = None
+    bv: object = None
+    q_norm: object = None
+    k_norm: object = None
+
+
+GL_FAMILY_VECTORS = ("bq", "bk", "bv", "q_norm", "k_norm")
 
 
 @dataclass
@@ -55,10 +65,15 @@ def upload_order(weights: Weights) -> list[TensorInfo]:
     return order + [getattr(l, n) for l in weights.layers for n in PROJECTIONS]
 
 
-def prepare_matrix(file: ModelFile, t: TensorInfo, max_ssbo_bytes: int) -> PreparedWeight:
-    """Host side of one matrix upload (validate + repack); no GL, so any thread may run it."""
+def prepare_matrix(file: ModelFile, t: TensorInfo, max_ssbo_bytes: int, cfg: Config | None = None) -> PreparedWeight:
+    """Host side of one matrix upload (validate + repack); no GL, so any thread may run it.
+    With ``cfg`` of a NeoX-rope family, wq and wk rows are reordered (``neox.py``)."""
     cols, rows = t.shape
-    return prepare_weight(file.tensor_bytes(t.name), t.qtype, rows, cols, max_ssbo_bytes, t.name)
+    raw = file.tensor_bytes(t.name)
+    order = row_order(cfg, t.name) if cfg is not None else None
+    if order is not None:  # every GGML row is its own run of bytes
+        raw = np.ascontiguousarray(raw.reshape(rows, -1)[order]).reshape(-1)
+    return prepare_weight(raw, t.qtype, rows, cols, max_ssbo_bytes, t.name)
 
 
 def upload_steps(glctx: GLContext, file: ModelFile, cfg: Config, weights: Weights,
@@ -71,7 +86,9 @@ def upload_steps(glctx: GLContext, file: ModelFile, cfg: Config, weights: Weight
     then yields ``IDLE``). ``on_bytes(n)`` hears about every chunk written. Every GL object made
     is appended to ``made`` at once, so a cancelled upload leaves nothing unreleasable."""
     def vector(t: TensorInfo) -> np.ndarray:
-        return dequantize(file.tensor_bytes(t.name), t.qtype, t.n_elements).astype(np.float32)
+        values = dequantize(file.tensor_bytes(t.name), t.qtype, t.n_elements).astype(np.float32)
+        order = row_order(cfg, t.name)
+        return values if order is None else values[order]
 
     def f32(data: np.ndarray):
         buf = f32_buffer(glctx, data)
@@ -92,9 +109,10 @@ def upload_steps(glctx: GLContext, file: ModelFile, cfg: Config, weights: Weight
     # norms and rope as f32
     layers = []
     for l in weights.layers:  # a step per layer: two small buffers are ~1.5 ms on llvmpipe
+        extra = {n: f32(vector(getattr(l, n))) for n in GL_FAMILY_VECTORS if getattr(l, n) is not None}
         layers.append(GlLayer(rms_att_weight=f32(vector(l.rms_att_weight)),
                               rms_ffn_weight=f32(vector(l.rms_ffn_weight)),
-                              **{n: uploaded[getattr(l, n).name] for n in PROJECTIONS}))
+                              **{n: uploaded[getattr(l, n).name] for n in PROJECTIONS}, **extra))
         yield
     freq_factors = vector(weights.rope_freqs) if weights.rope_freqs else None
     inv_freq = rope_inv_freq(cfg, freq_factors)
