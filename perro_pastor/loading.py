@@ -32,7 +32,7 @@ from .backend import IDLE
 from .float_weights import DEFAULT_CACHE_BUDGET
 from .formats import open_model_file  # (imports every reader here, not on the worker, where each
 # import held the GIL, and so the frame, ~10 ms)
-from .model import BACKENDS, Model, ModelParts, gl_runs, make_backend, open_gl
+from .model import BACKENDS, Model, ModelParts, make_backend, open_gl
 from .paths import resolve_model
 from .payload_queue import PayloadQueue
 from .scheduler import Scheduler
@@ -61,7 +61,6 @@ class LoadTask:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
         self.name, self.backend, self.gl_context = str(name_or_path), backend, gl_context
-        self.requested = backend
         self.tokenizer_path, self.budget_ms, self.on_progress = tokenizer_path, budget_ms, on_progress
         self.dtype, self.cpu_cache_bytes, self.chunk_bytes, self.clock = dtype, cpu_cache_bytes, chunk_bytes, clock
         self.phase = "opening"
@@ -177,9 +176,6 @@ class LoadTask:
             yield self._idle()
         parts = self._parts
         if self.backend == "cpu":
-            if self._glctx is not None:  # a family the gl kernels do not cover: the worker chose cpu
-                self._glctx.release()
-                self._glctx = None
             while not self._worker_done:
                 self._check()
                 yield self._idle()
@@ -288,8 +284,6 @@ class LoadTask:
                 pass
             if self._cancel.is_set():
                 raise LoadCancelled
-            if self.backend == "gl" and not gl_runs(parts.config, self.requested):
-                self.backend = "cpu"  # (the GL thread releases its context when it sees this)
             if self.backend == "gl":
                 from .gl.upload import upload_order  # (imported by _import_gl above)
                 tensors = upload_order(parts.weights)

@@ -181,28 +181,9 @@ def draws_on_cpu(gl_context) -> bool:
     return is_software_renderer(str(gl_context.info.get("GL_RENDERER", "")))
 
 
-# What the gl backend implements beyond the Llama layer (config.Family flags).
-GL_FAMILY_FLAGS = {"rope_neox", "qkv_bias", "qk_norm", "fused"}
-
-
-def gl_runs(cfg: Config, kind: str) -> bool:
-    """Whether the gl backend can run ``cfg``'s architecture: the Llama layer, and the qwen and
-    phi families (``GL_FAMILY_FLAGS``). Gemma runs on the cpu backend: "gl" is refused with one
-    line saying so, "auto" takes the cpu backend with one line."""
-    wanted = {f for f, v in vars(cfg.family).items() if isinstance(v, bool) and v}
-    if wanted <= GL_FAMILY_FLAGS or kind == "cpu":
-        return True
-    if kind == "gl":
-        raise BackendError(f"the gl backend does not run {cfg.arch} yet; it runs on the cpu backend "
-                           "(--backend cpu or auto)")
-    print(f"perro_pastor: {cfg.arch} runs on the cpu backend (the gl kernels do not cover it yet)",
-          file=sys.stderr)
-    return False
-
-
 def make_backend(kind: str, file: ModelFile, cfg: Config, weights: Weights, gl_context=None,
                  dtype=np.float32, cpu_cache_bytes: int = DEFAULT_CACHE_BUDGET, cpu_kernels: str = "auto"):
-    glctx = open_gl(kind, gl_context) if gl_runs(cfg, kind) else None
+    glctx = open_gl(kind, gl_context)
     if glctx is not None:
         try:
             from .gl.forward import GlTransformer  # only now: it loads moderngl and the shaders

@@ -48,6 +48,12 @@ uniform uint pos0;
 uniform uint seq_len;
 uniform uint cache_base;
 uniform uint sliding_window;  // 0 = attend to every earlier position
+#ifndef SOFTCAP
+#define SOFTCAP 0
+#endif
+#if SOFTCAP
+uniform float softcap;  // (Gemma 2) scores -> softcap * tanh(score / softcap)
+#endif
 
 shared vec2 q_s[MAX_HEAD_SIZE / 2];
 shared float red[WG_SIZE];
@@ -88,6 +94,9 @@ void main() {
         uint kj = kv0 + j * kv_row;
         for (uint i = 0u; i < half_hs; i++) s += dot(q_s[i], LOAD2(k_cache, kj + i));
         s *= scale;
+#if SOFTCAP
+        s = softcap * tanh(clamp(s / softcap, -15.0, 15.0));
+#endif
         att[att_row + j] = s;
         m = max(m, s);
     }

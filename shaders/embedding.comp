@@ -9,7 +9,7 @@
 // A table split across buffers is one dispatch per part: each writes only the tokens whose row
 // it holds, so the ids never visit the CPU. Ids outside 0..vocab-1 are clamped, so a bad id
 // reads a real row instead of out of bounds.
-// Twin:    cpu.embedding
+// Twin:    cpu_ops.embedding (times scale)
 #ifndef WG_SIZE
 #error WG_SIZE is set by its launcher (gl/matvec_ops.EMBEDDING_WG)
 #endif
@@ -22,6 +22,7 @@ uniform uint vocab;
 uniform uint token_offset;
 uniform uint part_row0;
 uniform uint part_rows;
+uniform float scale;  // 1, or sqrt(dim) for Gemma
 #include "common/dequant.glsl"
 
 void main() {
@@ -35,6 +36,6 @@ void main() {
     vec4 lo, hi;
     dequant8(blk, dq_head(blk), (i % QK) / 8u, lo, hi);
     uint o = (t * dim + i) / 4u;
-    out4[o] = lo;
-    out4[o + 1u] = hi;
+    out4[o] = lo * scale;
+    out4[o + 1u] = hi * scale;
 }

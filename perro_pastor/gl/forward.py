@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import math
+
 import numpy as np
 
 from ..backend import Segment, Trace, run_to_end
@@ -223,7 +225,8 @@ class GlTransformer:
         s.tokens.write(np.concatenate([np.asarray(seg.tokens, np.int32) for seg in segments]).tobytes())
 
         # the residual stream starts as each token's embedding, looked up on the GPU: (T,) -> (T, dim)
-        k.embedding(s.x, self.weights.token_embedding_table, s.tokens, n_tokens=T)
+        k.embedding(s.x, self.weights.token_embedding_table, s.tokens, n_tokens=T,
+                    scale=math.sqrt(dim) if cfg.family.embed_scale else 1.0)  # (Gemma: times sqrt(dim))
         check("embedding", s.x, (dim,))
         yield
 
@@ -252,7 +255,8 @@ class GlTransformer:
             # rotate q and k by position (RoPE), and store each segment's k, v in its own cache
             # (NeoX-rope families: wq and wk rows were reordered at upload so that this is theirs, neox.py)
             for seg, a, b in spans:
-                k.rope(_rows(s.q, q_dim, a, b), _rows(s.k, kv_dim, a, b), self.weights.inv_freq,
+                inv_freq = self.weights.inv_freq_local if cfg.is_local(l) else self.weights.inv_freq
+                k.rope(_rows(s.q, q_dim, a, b), _rows(s.k, kv_dim, a, b), inv_freq,
                        n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=hs, n_rot=self.weights.n_rot,
                        n_tokens=b - a, pos0=seg.pos0, v=_rows(s.v, kv_dim, a, b),
                        k_cache=seg.kv.key_cache[l], v_cache=seg.kv.value_cache[l],
@@ -269,7 +273,8 @@ class GlTransformer:
             check(f"L{l}.att", s.xb, (cfg.n_heads, hs))
 
             # mix the heads back into the residual stream: x += wo @ xb
-            yield from self.project(s.x, l, "wo", s.xb, spans, accumulate=True, fused=fused)
+            # (Gemma: x += rmsnorm(wo @ xb), through hb2, free until the FFN)
+            yield from self.residual(l, "wo", s.xb, w.rms_att_post, spans, fused, T)
             check(f"L{l}.att_out", s.x, (dim,))
 
             # ---------------------------------------------------------------- feed-forward
@@ -281,10 +286,10 @@ class GlTransformer:
             yield from self.project(s.hb, l, "w1", s.xb, spans, fused=fused)
             yield from self.project(s.hb2, l, "w3", s.xb, spans, fused=fused)
             lora_a, fused = self.fusion.fuse(l, ("w2",), spans)  # swiglu also computes A hb for w2
-            k.swiglu(s.hb, s.hb, s.hb2, n=T * cfg.hidden_dim, lora_a=lora_a)
+            k.swiglu(s.hb, s.hb, s.hb2, n=T * cfg.hidden_dim, lora_a=lora_a, gelu=cfg.family.gelu)
             check(f"L{l}.ffn_hidden", s.hb, (cfg.hidden_dim,))
             yield
-            yield from self.project(s.x, l, "w2", s.hb, spans, accumulate=True, fused=fused)
+            yield from self.residual(l, "w2", s.hb, w.rms_ffn_post, spans, fused, T)
             check(f"L{l}.ffn_out", s.x, (dim,))
 
         # ---------------------------------------------------------------- output
@@ -308,6 +313,8 @@ class GlTransformer:
         if self.fences.place():
             yield
         logits = s.read("logits", n_out)
+        if cfg.final_softcap:  # (Gemma 2) on the host: the logits are read back here anyway
+            logits = cfg.final_softcap * np.tanh(logits / cfg.final_softcap)
         if trace is not None:
             trace("final.logits", logits)
         if all_logits:
@@ -316,6 +323,16 @@ class GlTransformer:
 
     # -------------------------------------------------------------------------
     # the steps the narration calls
+
+    def residual(self, l: int, name: str, x, post_norm, spans: list, fused: dict, T: int) -> Iterator[None]:
+        """x_stream += W x for weight ``name`` (the mat-vec adds it in place), or, with a Gemma
+        ``post_norm``, x_stream += rmsnorm(W x): the product goes to hb2 first."""
+        s, cfg = self.s, self.cfg
+        if post_norm is None:
+            return (yield from self.project(s.x, l, name, x, spans, accumulate=True, fused=fused))
+        yield from self.project(s.hb2, l, name, x, spans, fused=fused)
+        self.kernels.rmsnorm(s.hb2, s.hb2, post_norm, dim=cfg.dim, eps=cfg.rms_eps, n_tokens=T)
+        self.kernels.add(s.x, s.hb2, n=T * cfg.dim)
 
     def project(self, dst, l: int, name: str, x, spans: list, accumulate: bool = False,
                 fused: dict | None = None) -> Iterator[None]:
@@ -364,7 +381,8 @@ class GlTransformer:
                                    seg.kv.key_cache[l], seg.kv.value_cache[l],
                                    n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=cfg.head_size,
                                    pos0=seg.pos0 + t - a, seq_len=seg.kv.n_ctx, n_tokens=u - t,
-                                   sliding_window=cfg.sliding_window, kv_f16=seg.kv.f16, lora_a=lora_a)
+                                   sliding_window=cfg.layer_window(l), kv_f16=seg.kv.f16, lora_a=lora_a,
+                                   softcap=cfg.attn_softcap)
             yield
 
     def _checkpoint(self, trace: Trace | None, T: int) -> Callable:

@@ -53,10 +53,11 @@ class LayerOps:
 
     # -- elementwise ----------------------------------------------------------------------------
 
-    def swiglu(self, out, h1, h3, n: int, lora_a: LoraA | None = None) -> None:
-        """out = silu(h1) * h3 over n elements (the FFN gate: hb = silu(w1 x) * w3 x); with
-        ``lora_a`` (one token's n elements) also A out, for a fused LoRA delta on w2."""
-        prog = self.gpu.program("swiglu.comp", WG_SIZE=SWIGLU_WG, LORA_CHUNK=SWIGLU_LORA_CHUNK)
+    def swiglu(self, out, h1, h3, n: int, lora_a: LoraA | None = None, gelu: bool = False) -> None:
+        """out = silu(h1) * h3 over n elements (the FFN gate: hb = silu(w1 x) * w3 x), or
+        gelu(h1) * h3 with ``gelu`` (GeGLU, Gemma); with ``lora_a`` (one token's n elements)
+        also A out, for a fused LoRA delta on w2."""
+        prog = self.gpu.program("swiglu.comp", WG_SIZE=SWIGLU_WG, LORA_CHUNK=SWIGLU_LORA_CHUNK, GELU=int(gelu))
         h1.bind_to_storage_buffer(0)
         h3.bind_to_storage_buffer(1)
         out.bind_to_storage_buffer(2)
@@ -120,8 +121,10 @@ class LayerOps:
 
     def attention(self, out, q, k_cache, v_cache, *, n_heads: int, n_kv_heads: int, head_size: int,
                   pos0: int, seq_len: int, n_tokens: int = 1, cache_base: int = 0,
-                  sliding_window: int = 0, kv_f16: bool = False, att=None, lora_a: LoraA | None = None) -> None:
-        """out[t, h] = softmax(q[t, h] . K / sqrt(hs)) V over cache rows 0..pos0+t (causal, GQA).
+                  sliding_window: int = 0, kv_f16: bool = False, att=None, lora_a: LoraA | None = None,
+                  softcap: float = 0.0) -> None:
+        """out[t, h] = softmax(q[t, h] . K / sqrt(hs)) V over cache rows 0..pos0+t (causal, GQA);
+        with ``softcap`` (Gemma 2) the scores become softcap * tanh(score / softcap) first.
 
         ``att`` is scratch of at least n_heads * n_tokens * seq_len floats; one is kept per
         size when not given. With ``lora_a`` (one token, head_size a multiple of 16) also A out,
@@ -140,7 +143,7 @@ class LayerOps:
         if lora_a is not None and (n_tokens != 1 or head_size % 16 or lora_a.cols != n_heads * head_size):
             raise BackendError(f"attention: a LoRA A of width {lora_a.cols} takes one token of {n_heads} heads "
                                f"of {head_size} (a multiple of 16), got {n_tokens}")
-        prog = self.gpu.program("attention.comp", KV_F16=int(kv_f16))
+        prog = self.gpu.program("attention.comp", KV_F16=int(kv_f16), SOFTCAP=int(bool(softcap)))
         q.bind_to_storage_buffer(0)
         k_cache.bind_to_storage_buffer(1)
         v_cache.bind_to_storage_buffer(2)
@@ -148,5 +151,6 @@ class LayerOps:
         out.bind_to_storage_buffer(4)
         lora = bind_lora_a(lora_a, 5, n_heads)
         self.gpu.run(prog, n_heads, n_tokens, head_size=head_size, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                     pos0=pos0, seq_len=seq_len, cache_base=cache_base, sliding_window=sliding_window, **lora)
+                     pos0=pos0, seq_len=seq_len, cache_base=cache_base, sliding_window=sliding_window, **lora,
+                     **({"softcap": softcap} if softcap else {}))
         self.gpu.barrier()

@@ -100,8 +100,10 @@ class MatvecOps:
 
     # -- embedding ------------------------------------------------------------------------------
 
-    def embedding(self, out, weight: GLWeight, tokens, n_tokens: int = 1, token_offset: int = 0) -> None:
-        """out[t, :] = row ``tokens[token_offset + t]`` of the embedding table, dequantized.
+    def embedding(self, out, weight: GLWeight, tokens, n_tokens: int = 1, token_offset: int = 0,
+                  scale: float = 1.0) -> None:
+        """out[t, :] = row ``tokens[token_offset + t]`` of the embedding table, dequantized (times
+        ``scale``: Gemma's sqrt(dim)).
 
         The ids are read on the GPU, so a token sampled by the previous step never visits the CPU.
         A table split across buffers takes one dispatch per part; each writes the tokens it holds.
@@ -112,7 +114,7 @@ class MatvecOps:
         for part in weight.parts:
             part.buffer.bind_to_storage_buffer(0)
             self.gpu.run(prog, n_groups(weight.cols // 8, EMBEDDING_WG), n_tokens, dim=weight.cols, vocab=weight.rows,
-                         token_offset=token_offset, part_row0=part.row0, part_rows=part.n_rows)
+                         token_offset=token_offset, part_row0=part.row0, part_rows=part.n_rows, scale=scale)
         self.gpu.barrier()
 
     # -- matvec ---------------------------------------------------------------------------------

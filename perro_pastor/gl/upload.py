@@ -41,9 +41,11 @@ class GlLayer:
     bv: object = None
     q_norm: object = None
     k_norm: object = None
+    rms_att_post: object = None  # (Gemma) norms of the attention and FFN outputs
+    rms_ffn_post: object = None
 
 
-GL_FAMILY_VECTORS = ("bq", "bk", "bv", "q_norm", "k_norm")
+GL_FAMILY_VECTORS = ("bq", "bk", "bv", "q_norm", "k_norm", "rms_att_post", "rms_ffn_post")
 
 
 @dataclass
@@ -55,6 +57,7 @@ class GlWeights:
     rms_final_weight: object  # (dim,) f32 buffer
     inv_freq: object  # (n_rot,) f32 buffer: the rotation frequency of each pair of a head's features
     n_rot: int
+    inv_freq_local: object = None  # (Gemma) the sliding-window layers' frequencies (their own base)
 
 
 def upload_order(weights: Weights) -> list[TensorInfo]:
@@ -116,7 +119,8 @@ def upload_steps(glctx: GLContext, file: ModelFile, cfg: Config, weights: Weight
         yield
     freq_factors = vector(weights.rope_freqs) if weights.rope_freqs else None
     inv_freq = rope_inv_freq(cfg, freq_factors)
+    local = f32(rope_inv_freq(cfg, local=True).astype(np.float32)) if cfg.family.swa_pattern else None
     return GlWeights(token_embedding_table=uploaded[weights.token_embedding_table.name],
                      wcls=uploaded[weights.wcls.name], layers=layers,
                      rms_final_weight=f32(vector(weights.rms_final_weight)),
-                     inv_freq=f32(inv_freq.astype(np.float32)), n_rot=len(inv_freq))
+                     inv_freq=f32(inv_freq.astype(np.float32)), n_rot=len(inv_freq), inv_freq_local=local)
