@@ -1,5 +1,6 @@
 """Greedy continuations against llama.cpp's own (its examples/simple, built from the vendored
-llama.cpp in llama-cpp-python 0.3.36, on the embedded default model; recorded below).
+llama.cpp in llama-cpp-python 0.3.36, on the embedded default model and on Gemma 3 270M;
+recorded below).
 
 llama.cpp multiplies Q4_1 weights by activations quantized to 8 bits, we multiply by float
 activations, so where the two best logits are within that noise the engines may legitimately pick
@@ -7,6 +8,8 @@ different tokens. The test therefore walks llama.cpp's path token by token (teac
 every step llama.cpp's token must be our argmax, or within MARGIN of it; and our argmax must agree
 on most steps.
 """
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,9 +36,28 @@ LLAMA_CPP = {
 }
 
 
+# Gemma 3 270M Q4_K_M (tests/assets), the same llama-simple -n 24 (it prints <bos> first)
+GEMMA3 = Path(__file__).parent / "assets" / "gemma-3-270m-q4_k_m.gguf"
+LLAMA_CPP_GEMMA3 = {
+    "Once upon a time, in a small village,":
+        "Once upon a time, in a small village, there lived a family of four. They were very happy. "
+        "They had a lot of money, and they had a lot",
+    "The capital of France is":
+        "The capital of France is the capital of the country of France. It is the largest city in "
+        "France. It is the capital of the country of",
+    "def fibonacci(n):":
+        "def fibonacci(n):\n    if n == 0:\n        return 0\n    elif n == 1:\n        return",
+}
+
+
 @pytest.fixture(scope="module", params=["cpu", "gl"])
 def model(request):
     return load("default", backend=request.param)
+
+
+@pytest.fixture(scope="module", params=["cpu", "gl"])
+def gemma3(request):
+    return load(GEMMA3, backend=request.param)
 
 
 def next_llama_token(tokenizer, logits, remaining: bytes) -> int:
@@ -53,7 +75,17 @@ def next_llama_token(tokenizer, logits, remaining: bytes) -> int:
 
 @pytest.mark.parametrize("prompt", LLAMA_CPP)
 def test_greedy_tokens_match_llama_cpp(model, prompt):
-    remaining = LLAMA_CPP[prompt][len(prompt):].encode()
+    walk_llama_cpp_path(model, prompt, LLAMA_CPP[prompt])
+
+
+@pytest.mark.parametrize("prompt", LLAMA_CPP_GEMMA3)
+def test_gemma3_greedy_tokens_match_llama_cpp(gemma3, prompt):
+    walk_llama_cpp_path(gemma3, prompt, LLAMA_CPP_GEMMA3[prompt])
+
+
+def walk_llama_cpp_path(model, prompt: str, continuation: str) -> None:
+    """Teacher-force llama.cpp's continuation; count the steps where it is our argmax too."""
+    remaining = continuation[len(prompt):].encode()
     tokens = model.tokenizer.encode(prompt)
     kv = model.transformer.new_cache(len(tokens) + 32)
     logits = model.transformer.forward(np.array(tokens), 0, kv)
