@@ -7,6 +7,8 @@ Hugging Face names and lays out weights differently from GGUF, so loading maps b
   pairs (2i, 2i+1). llama.cpp's converter therefore permutes the rows of q_proj and k_proj, per
   head: GGUF row 2i+c of a head is HF row c*head_size/2 + i. The output rows of a LoRA's B are rows
   of the same weight, so B of q and k gets the same permutation (A, on the input side, does not).
+  Families that rotate halves themselves (NeoX rope: qwen, phi, gemma) are converted without it,
+  and their B keeps HF's order.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def read_peft(path: Path, model, user_scale: float) -> LoraAdapter:
         if r != rank:
             raise ModelFormatError(f"{where}: rank mismatch: '{a_name}' has rank {r}, "
                                    f"{CONFIG_NAME} says r = {rank}")
-        if proj in ("wq", "wk"):
+        if proj in ("wq", "wk") and not cfg.family.rope_neox:  # (NeoX files keep HF's row order)
             b = permute_rows_for_rope(b, cfg.n_heads if proj == "wq" else cfg.n_kv_heads)
         pairs[(l, proj)] = (a, b, r)
     return build_adapter(where, pairs, alpha, config["rslora"], user_scale)

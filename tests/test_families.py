@@ -182,3 +182,40 @@ def test_gemma3_270m_on_gl_gives_the_cpu_backend_s_logits_and_tokens():
     finally:
         model.close()
         cpu.close()
+
+
+def test_lora_on_a_neox_family(family_file, tmp_path):
+    """A PEFT adapter on a qwen3 model keeps HF's q/k row order (NeoX files are converted
+    without llama's permutation): it equals the GGUF adapter with the same rows. On gl, an
+    adapter on v works as on cpu; one on q/k is refused in one line (gl reorders those rows)."""
+    from lora_fixtures import gguf_tensors, peft_tensors, random_factors, write_gguf_lora, write_peft
+    from perro_pastor.backend import Segment, run_to_end
+    from perro_pastor.lora import load_adapter
+
+    cpu = load(family_file("qwen3"), backend="cpu")
+    factors = random_factors(cpu.config, 4, np.random.default_rng(3), size=0.2)
+    peft = load_adapter(write_peft(tmp_path / "peft", peft_tensors(factors), r=4, alpha=8,
+                                   target_modules="all-linear"), cpu, 1.0)
+    gguf = load_adapter(write_gguf_lora(tmp_path / "same.gguf", gguf_tensors(factors), alpha=8, arch="qwen3"), cpu, 1.0)
+    tokens = np.array(cpu.tokenizer.encode("The miller's daughter"))
+
+    def logits(model, adapter):
+        tr = model.transformer
+        return run_to_end(tr.forward_steps([Segment(tokens, 0, tr.new_cache(32), (adapter,))], all_logits=True))[0]
+
+    plain = cpu.transformer.forward(tokens, 0, cpu.transformer.new_cache(32), all_logits=True)
+    with_peft = logits(cpu, peft)
+    assert np.abs(with_peft - plain).max() > 0.1  # the adapter moves the logits
+    np.testing.assert_allclose(with_peft, logits(cpu, gguf), atol=1e-5, rtol=0)
+
+    gl = gl_model(family_file("qwen3"))
+    try:
+        v_only = {k: f for k, f in factors.items() if k[1] == "wv"}
+        v_path = write_gguf_lora(tmp_path / "v.gguf", gguf_tensors(v_only), alpha=8, arch="qwen3")
+        want = logits(cpu, load_adapter(v_path, cpu, 1.0))
+        np.testing.assert_allclose(logits(gl, load_adapter(v_path, gl, 1.0)), want, atol=0.02 * np.abs(want).max())
+        with pytest.raises(BackendError, match="a LoRA on wq/wk of a qwen3 model runs on the cpu backend only"):
+            logits(gl, load_adapter(tmp_path / "same.gguf", gl, 1.0))
+    finally:
+        gl.close()
+        cpu.close()

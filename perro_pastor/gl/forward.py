@@ -15,23 +15,23 @@ per segment, on that segment's rows (bound as buffer ranges) and its own KV cach
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
-
 import math
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ..backend import Segment, Trace, run_to_end
 from ..config import Config
+from ..errors import BackendError
 from ..formats import ModelFile
 from ..weights import Weights
 from .buffers import GLWeight, PreparedWeight
 from .context import GLContext
 from .fences import Fences
-from .neox import key_layout
 from .kernels import Kernels
 from .lora_factors import FusedLora, LoraA
 from .lora_fusion import LoraCache, LoraFusion
+from .neox import key_layout
 from .state import BufferSlice, GlKVCache, Scratch, buffer_offset_alignment
 from .upload import GlWeights, prepare_matrix, upload_order, upload_steps
 from .warm_up import warm_up_steps
@@ -188,14 +188,18 @@ class GlTransformer:
             results.append(np.concatenate(pieces) if all_logits else pieces[-1])
         return results
 
-    @staticmethod
-    def _check(segments: list[Segment]) -> None:
+    def _check(self, segments: list[Segment]) -> None:
+        cfg = self.cfg
         for seg in segments:
             if not isinstance(seg.kv, GlKVCache):
                 raise ValueError(f"segment cache is a {type(seg.kv).__name__}; use GlTransformer.new_cache")
             if seg.pos0 < 0 or seg.pos0 + len(seg.tokens) > seg.kv.n_ctx:
                 raise ValueError(f"positions {seg.pos0}..{seg.pos0 + len(seg.tokens) - 1} "
                                  f"do not fit a context of {seg.kv.n_ctx}")
+            if key_layout(cfg) is not None and any(a.factors(l, n) is not None for a in seg.adapters
+                                                   for l in range(cfg.n_layers) for n in ("wq", "wk")):
+                raise BackendError(f"a LoRA on wq/wk of a {cfg.arch} model runs on the cpu backend only for now "
+                                   "(the gl backend reorders those rows, neox.py)")
 
     def decode_greedy(self, tokens: np.ndarray, pos0: int, kv: GlKVCache) -> int:
         """Run ``tokens`` like ``forward`` and pick the most likely next token on the GPU: only the
