@@ -85,6 +85,8 @@ class Config:
     rope_base_local: float = 10000.0  # rope base of the sliding-window layers (swa_pattern)
     final_softcap: float = 0.0  # logits -> c * tanh(logits / c) when set (gemma2)
     attn_softcap: float = 0.0  # attention scores -> c * tanh(scores / c) when set (gemma2)
+    query_scale: float = 1.0  # scores times this beyond 1/sqrt(head_size): Phi-3 LongRoPE's attention
+    #                           factor (squared: llama.cpp scales q and k), Gemma 27B's query scaling
 
     @property
     def head_size(self) -> int:
@@ -143,6 +145,15 @@ class Config:
             if value < 0:
                 raise ModelFormatError(f"{where}: {arch}.{key} must be >= 0, got {value}")
             return value
+
+        def query_scale() -> float:
+            attn_factor = get("rope.scaling.attn_factor", float, 1.0)  # (LongRoPE: q and k times it)
+            if not 0 < attn_factor < 100:
+                raise ModelFormatError(f"{where}: {arch}.rope.scaling.attn_factor must be in (0, 100), got {attn_factor}")
+            scale = attn_factor * attn_factor
+            if arch in ("gemma2", "gemma3") and md.get(f"{arch}.block_count") in (46, 62):
+                scale *= math.sqrt(head_size / (dim / n_heads))  # the 27B models: 1/sqrt(dim/n_heads)
+            return scale
 
         def bounded(key: str, value: int, low: int, high: int) -> int:
             if not low <= value <= high:
@@ -211,6 +222,7 @@ class Config:
             rope_base_local=get("rope.freq_base_swa", float, family.local_rope_base or rope_base),
             final_softcap=softcap("final_logit_softcapping", family.final_softcap),
             attn_softcap=softcap("attn_logit_softcapping", family.attn_softcap),
+            query_scale=query_scale(),
         )
 
 

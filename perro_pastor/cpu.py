@@ -215,6 +215,8 @@ class CpuTransformer:
             turn = rotation_local if cfg.is_local(l) else rotation
             q = apply_rope(q, turn)
             k = apply_rope(k, turn)
+            if cfg.query_scale != 1.0:  # (Phi-3 LongRoPE's attention factor, Gemma 27B)
+                q = q * cfg.query_scale
             trace(f"L{l}.q", q)
             trace(f"L{l}.k", k)
 
@@ -280,7 +282,8 @@ class CpuTransformer:
         """Each layer's kernel arguments when this pass is a lone decoding token on the compiled
         kernels with no LoRA and no trace (cpu_kernels.decode_attention / decode_ffn), else None."""
         if self.cpu_kernels != "numba" or trace is not None or len(segments) != 1 \
-                or len(segments[0].tokens) != 1 or segments[0].adapters or not self.cfg.family.plain:
+                or len(segments[0].tokens) != 1 or segments[0].adapters or not self.cfg.family.plain \
+                or self.cfg.query_scale != 1.0:
             return None
         layers = [self.store.decode_layer_args(layer) for layer in self.w.layers]
         return None if None in layers else layers

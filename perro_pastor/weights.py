@@ -61,6 +61,7 @@ GLOBAL_TENSORS = {
 }
 CLASSIFIER = ("output.weight", lambda c: (c.dim, c.vocab_size))  # absent = tied to the embedding
 ROPE_FREQS = "rope_freqs.weight"  # Llama 3.x: per-pair frequency divisors
+LONGROPE_SHORT, LONGROPE_LONG = "rope_factors_short.weight", "rope_factors_long.weight"  # Phi-3
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,6 @@ def bind_weights(mf: ModelFile, cfg: Config) -> Weights:
     used: set[str] = set()
     if cfg.family.fused:
         split_fused(mf, cfg)
-    if "rope_factors_long.weight" in mf.tensors or "rope_factors_short.weight" in mf.tensors:
-        raise ModelFormatError(f"{mf.path.name}: LongRoPE factors (rope_factors_long/short, the 128k-context "
-                               f"variants) are not supported yet")
 
     def take(gguf_name: str, shape_of, must_be_f32: bool = False) -> TensorInfo:
         info = mf.tensors.get(gguf_name)
@@ -152,6 +150,11 @@ def bind_weights(mf: ModelFile, cfg: Config) -> Weights:
     rope_freqs = None
     if ROPE_FREQS in mf.tensors:
         rope_freqs = take(ROPE_FREQS, lambda c: (c.rope_dim // 2,), must_be_f32=True)
+    elif LONGROPE_SHORT in mf.tensors:
+        # Phi-3 LongRoPE: per-pair divisors for contexts up to original_context_length (the short
+        # ones, what a game's contexts are); the long ones serve 128k contexts and are not read
+        rope_freqs = take(LONGROPE_SHORT, lambda c: (c.rope_dim // 2,), must_be_f32=True)
+        take(LONGROPE_LONG, lambda c: (c.rope_dim // 2,), must_be_f32=True)
 
     extras = sorted(set(mf.tensors) - used)
     if extras:

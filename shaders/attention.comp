@@ -48,6 +48,7 @@ uniform uint pos0;
 uniform uint seq_len;
 uniform uint cache_base;
 uniform uint sliding_window;  // 0 = attend to every earlier position
+uniform float score_scale;  // 1/sqrt(head_size), times the model's query scale (Phi-3 LongRoPE, Gemma 27B)
 #ifndef SOFTCAP
 #define SOFTCAP 0
 #endif
@@ -87,7 +88,7 @@ void main() {
     barrier();
 
     // scores s_j, and their maximum
-    float scale = inversesqrt(float(head_size));
+    float scale = score_scale;
     float m = -3.0e38;
     for (uint j = first + tid; j <= pos; j += WG_SIZE) {
         float s = 0.0;

@@ -17,19 +17,27 @@ import numpy as np
 VOCAB = Path(__file__).parent / "assets" / "vocab"
 SHAPES = dict(dim=64, hidden=128, n_layers=2, n_heads=4, n_kv_heads=2)
 VOCAB_FILES = {"qwen2": "ggml-vocab-qwen2.gguf", "qwen3": "ggml-vocab-qwen2.gguf",
-               "phi3": "ggml-vocab-phi-3.gguf", "gemma2": "ggml-vocab-llama-spm.gguf"}
+               "phi3": "ggml-vocab-phi-3.gguf", "phi3-longrope": "ggml-vocab-phi-3.gguf",
+               "gemma2": "ggml-vocab-llama-spm.gguf", "gemma2-27b": "ggml-vocab-llama-spm.gguf"}
 HEAD_DIM = {"qwen3": 32, "gemma2": 32}  # heads wider than dim / n_heads (q_dim 128 on a 64-wide model)
 GEMMA2_WINDOW = 16  # so that the sliding window matters within a 64-token chunk
 
 
-def write_family_model(arch: str, path: Path, seed: int = 0) -> Path:
+def write_family_model(name: str, path: Path, seed: int = 0) -> Path:
+    """``name``: an architecture, or "phi3-longrope" (Phi-3.5's LongRoPE: short and long
+    per-pair rope divisors and an attention factor), or "gemma2-27b" (46 layers: llama.cpp then
+    scales queries by 1/sqrt(dim / n_heads), as Gemma 2 27B does)."""
     import gguf
+
+    arch = name.split("-")[0]
 
     from perro_pastor.formats import open_model_file
 
-    vocab = open_model_file(VOCAB / VOCAB_FILES[arch])
+    vocab = open_model_file(VOCAB / VOCAB_FILES[name])
     rng = np.random.default_rng(seed)
     d, hidden, n_layers, n_heads, n_kv = (SHAPES[k] for k in ("dim", "hidden", "n_layers", "n_heads", "n_kv_heads"))
+    if name == "gemma2-27b":
+        n_layers = 46
     head = HEAD_DIM.get(arch, d // n_heads)
     n_vocab = len(vocab.metadata["tokenizer.ggml.tokens"])
 
@@ -42,7 +50,7 @@ def write_family_model(arch: str, path: Path, seed: int = 0) -> Path:
     writer.add_head_count_kv(n_kv)
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_rope_freq_base(1e6)
-    if arch in HEAD_DIM:
+    if arch in HEAD_DIM:  # (gemma2-27b: heads of 32 on a 64-wide model, so the two scales differ)
         writer.add_key_length(head)
         writer.add_value_length(head)
     if arch == "gemma2":
@@ -65,6 +73,10 @@ def write_family_model(arch: str, path: Path, seed: int = 0) -> Path:
     def vector(n: int, around: float = 1.0, spread: float = 0.1) -> np.ndarray:
         return (around + spread * rng.standard_normal(n)).astype(np.float32)
 
+    if name == "phi3-longrope":  # the long divisors would be wrong here: a 256-token context is short
+        writer.add_rope_scaling_attn_factors(1.19)
+        writer.add_tensor("rope_factors_short.weight", (1.0 + rng.random(head // 2) * 3).astype(np.float32))
+        writer.add_tensor("rope_factors_long.weight", (10.0 + rng.random(head // 2) * 50).astype(np.float32))
     writer.add_tensor("token_embd.weight", (rng.standard_normal((n_vocab, d)) * 0.25).astype(np.float32))
     writer.add_tensor("output_norm.weight", vector(d))
     for l in range(n_layers):

@@ -31,8 +31,11 @@ LLAMA_CPP_GEMMA3_4_CHUNKS = 15.1945
 # llama-perplexity -c 64 -b 64 -t 2 on `python tests/family_models.py ARCH FILE`, all 39 chunks
 # (Gemma 2's file has a 16-token window and low soft-caps: switching either off here moves
 # perplexity by 1-2%, and the final cap by 4x)
+# phi3-longrope: Phi-3.5's short rope divisors and attention factor; gemma2-27b: 46 layers, so
+# queries scale by 1/sqrt(dim / n_heads) (sqrt(2) apart from 1/sqrt(head_dim) in this file)
 LLAMA_CPP_SYNTHETIC = {"qwen2": (1083269.3621, 39), "qwen3": (1062665.1517, 39),
-                       "phi3": (229415.8983, 45), "gemma2": (82937.6688, 45)}
+                       "phi3": (229415.8983, 45), "gemma2": (82937.6688, 45),
+                       "phi3-longrope": (250386.1843, 45), "gemma2-27b": (73408.1598, 45)}
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +113,17 @@ def test_a_missing_family_tensor_is_named(family_file, tmp_path):
         load(dst, backend="cpu")
 
 
+def same_or_tie(cpu, session, got: list, want: list, tie: float = 0.02) -> None:
+    """Greedy tokens equal, or equal up to a step where the cpu backend's two candidates are
+    within ``tie`` of each other (gl keeps the KV cache in f16: a near-tie may go either way)."""
+    if got == want:
+        return
+    i = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+    prompt = session.encode(session.render(session.messages[:-1], True))
+    logits = cpu.transformer.forward(np.array(prompt + want[:i]), 0, cpu.transformer.new_cache(128))
+    assert abs(logits[got[i]] - logits[want[i]]) < tie, (i, got, want, logits[got[i]], logits[want[i]])
+
+
 def gl_model(path):
     try:
         return load(path, backend="gl")
@@ -117,7 +131,7 @@ def gl_model(path):
         pytest.skip(f"no GL 4.3: {exc}")
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "phi3", "gemma2"])
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "phi3", "gemma2", "phi3-longrope", "gemma2-27b"])
 def test_gl_backend_runs_each_family_as_the_cpu_backend_does(arch, family_file, text):
     """On gl, NeoX rope is the adjacent-pair kernel over reordered wq/wk rows (gl/neox.py); biases,
     q/k norms, post-norms, GeGLU, soft-caps and per-layer windows are kernels or defines of their
@@ -129,11 +143,12 @@ def test_gl_backend_runs_each_family_as_the_cpu_backend_does(arch, family_file, 
         result = perplexity(model, text, n_ctx=64, max_chunks=12)
         cpu_result = perplexity(cpu, text, n_ctx=64, max_chunks=12)
         assert abs(result.ppl / cpu_result.ppl - 1) < 0.001, (result, cpu_result)
-        replies = [Scheduler(m).session(system_prompt="You are terse.", sampler=GREEDY, n_ctx=96)
-                   .ask("Tell me about the river", max_tokens=12, ignore_eos=True) for m in (model, cpu)]
+        sessions = [Scheduler(m).session(system_prompt="You are terse.", sampler=GREEDY, n_ctx=96)
+                    for m in (model, cpu)]
+        replies = [x.ask("Tell me about the river", max_tokens=12, ignore_eos=True) for x in sessions]
         for r in replies:
             r.result()
-        assert replies[0].token_ids == replies[1].token_ids
+        same_or_tie(cpu, sessions[1], replies[0].token_ids, replies[1].token_ids)
         tokens = np.array(cpu.tokenizer.encode("The miller's daughter"))
         caches = [m.transformer.new_cache(32) for m in (model, cpu)]
         for m, kv in zip((model, cpu), caches):

@@ -386,7 +386,7 @@ class GlTransformer:
                                    n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=cfg.head_size,
                                    pos0=seg.pos0 + t - a, seq_len=seg.kv.n_ctx, n_tokens=u - t,
                                    sliding_window=cfg.layer_window(l), kv_f16=seg.kv.f16, lora_a=lora_a,
-                                   softcap=cfg.attn_softcap)
+                                   softcap=cfg.attn_softcap, query_scale=cfg.query_scale)
             yield
 
     def _checkpoint(self, trace: Trace | None, T: int) -> Callable:

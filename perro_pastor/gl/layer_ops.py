@@ -6,6 +6,8 @@ Buffers are moderngl buffers (or ``BufferSlice``s); shapes are explicit.
 
 from __future__ import annotations
 
+import math
+
 from ..errors import BackendError
 from .dispatcher import Dispatcher, n_groups
 from .lora_factors import LoraA, bind_lora_a
@@ -122,9 +124,10 @@ class LayerOps:
     def attention(self, out, q, k_cache, v_cache, *, n_heads: int, n_kv_heads: int, head_size: int,
                   pos0: int, seq_len: int, n_tokens: int = 1, cache_base: int = 0,
                   sliding_window: int = 0, kv_f16: bool = False, att=None, lora_a: LoraA | None = None,
-                  softcap: float = 0.0) -> None:
+                  softcap: float = 0.0, query_scale: float = 1.0) -> None:
         """out[t, h] = softmax(q[t, h] . K / sqrt(hs)) V over cache rows 0..pos0+t (causal, GQA);
-        with ``softcap`` (Gemma 2) the scores become softcap * tanh(score / softcap) first.
+        with ``softcap`` (Gemma 2) the scores become softcap * tanh(score / softcap) first;
+        ``query_scale`` multiplies the scores too (Phi-3 LongRoPE, Gemma 27B).
 
         ``att`` is scratch of at least n_heads * n_tokens * seq_len floats; one is kept per
         size when not given. With ``lora_a`` (one token, head_size a multiple of 16) also A out,
@@ -151,6 +154,7 @@ class LayerOps:
         out.bind_to_storage_buffer(4)
         lora = bind_lora_a(lora_a, 5, n_heads)
         self.gpu.run(prog, n_heads, n_tokens, head_size=head_size, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                     pos0=pos0, seq_len=seq_len, cache_base=cache_base, sliding_window=sliding_window, **lora,
+                     pos0=pos0, seq_len=seq_len, cache_base=cache_base, sliding_window=sliding_window,
+                     score_scale=query_scale / math.sqrt(head_size), **lora,
                      **({"softcap": softcap} if softcap else {}))
         self.gpu.barrier()
