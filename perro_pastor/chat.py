@@ -76,9 +76,12 @@ def _llama3(messages, gen):
     return out + ("<|start_header_id|>assistant<|end_header_id|>\n\n" if gen else "")
 
 
-def _zephyr(messages, gen):
-    out = "".join(f"<|{m['role']}|>\n{m['content']}</s>\n" for m in messages)
-    return out + ("<|assistant|>\n" if gen else "")
+def _tagged(end: str):
+    """<|role|> turns closed by ``end``: Zephyr's (</s>) and Phi-3's (<|end|>)."""
+    def render(messages, gen):
+        out = "".join(f"<|{m['role']}|>\n{m['content']}{end}\n" for m in messages)
+        return out + ("<|assistant|>\n" if gen else "")
+    return render
 
 
 def _gemma(messages, gen):
@@ -87,11 +90,8 @@ def _gemma(messages, gen):
     system = ""
     if messages and messages[0]["role"] == "system":
         system, messages = messages[0]["content"].strip() + "\n\n", messages[1:]
-    out = ""
-    for i, m in enumerate(messages):
-        role = "model" if m["role"] == "assistant" else m["role"]
-        prefix = system if i == 0 else ""
-        out += f"<start_of_turn>{role}\n{prefix}{m['content'].strip()}<end_of_turn>\n"
+    out = "".join(f"<start_of_turn>{'model' if m['role'] == 'assistant' else m['role']}\n"
+                  f"{system if i == 0 else ''}{m['content'].strip()}<end_of_turn>\n" for i, m in enumerate(messages))
     if not messages and system:
         out = f"<start_of_turn>user\n{system}"
     return out + ("<start_of_turn>model\n" if gen else "")
@@ -117,8 +117,9 @@ BUILTIN = {
     "chatml": ChatTemplate("chatml", _chatml),
     "llama2": ChatTemplate("llama2", _llama2),
     "llama3": ChatTemplate("llama3", _llama3),
-    "zephyr": ChatTemplate("zephyr", _zephyr),
+    "zephyr": ChatTemplate("zephyr", _tagged("</s>")),
     "gemma": ChatTemplate("gemma", _gemma),
+    "phi3": ChatTemplate("phi3", _tagged("<|end|>")),
 }
 
 
@@ -132,6 +133,8 @@ def guess_builtin(template_text: str | None, vocab: Sequence[str] = ()) -> ChatT
         return BUILTIN["chatml"]
     if "[INST]" in text:
         return BUILTIN["llama2"]
+    if "<|end|>" in text or ("<|end|>" in markers and "<|assistant|>" in markers):
+        return BUILTIN["phi3"]
     if "<|assistant|>" in text or "<|assistant|>" in markers:
         return BUILTIN["zephyr"]
     if "<start_of_turn>" in text or "<start_of_turn>" in markers:

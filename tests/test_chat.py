@@ -173,3 +173,12 @@ def test_gemma_builtin_folds_the_system_prompt_into_the_first_user_turn():
                          {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}], True)
     assert text == ("<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
                     "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_phi3_builtin_is_guessed_from_its_end_marker():
+    from perro_pastor.chat import guess_builtin
+    phi3 = guess_builtin(None, ["<s>", "<|assistant|>", "<|end|>", "<|user|>"])
+    assert phi3.name == "phi3"
+    assert phi3.render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], True) == \
+        "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
+    assert guess_builtin(None, ["<|assistant|>", "</s>"]).name == "zephyr"

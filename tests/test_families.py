@@ -201,8 +201,9 @@ def test_gemma3_270m_on_gl_gives_the_cpu_backend_s_logits_and_tokens():
 
 def test_lora_on_a_neox_family(family_file, tmp_path):
     """A PEFT adapter on a qwen3 model keeps HF's q/k row order (NeoX files are converted
-    without llama's permutation): it equals the GGUF adapter with the same rows. On gl, an
-    adapter on v works as on cpu; one on q/k is refused in one line (gl reorders those rows)."""
+    without llama's permutation): it equals the GGUF adapter with the same rows. On gl (where wq
+    and wk rows are reordered, and their LoRA B rows with them: neox.LoraViews) it gives the cpu
+    backend's logits, also on a decoding token (the fused LoRA mat-vec)."""
     from lora_fixtures import gguf_tensors, peft_tensors, random_factors, write_gguf_lora, write_peft
     from perro_pastor.backend import Segment, run_to_end
     from perro_pastor.lora import load_adapter
@@ -225,12 +226,44 @@ def test_lora_on_a_neox_family(family_file, tmp_path):
 
     gl = gl_model(family_file("qwen3"))
     try:
-        v_only = {k: f for k, f in factors.items() if k[1] == "wv"}
-        v_path = write_gguf_lora(tmp_path / "v.gguf", gguf_tensors(v_only), alpha=8, arch="qwen3")
-        want = logits(cpu, load_adapter(v_path, cpu, 1.0))
-        np.testing.assert_allclose(logits(gl, load_adapter(v_path, gl, 1.0)), want, atol=0.02 * np.abs(want).max())
-        with pytest.raises(BackendError, match="a LoRA on wq/wk of a qwen3 model runs on the cpu backend only"):
-            logits(gl, load_adapter(tmp_path / "same.gguf", gl, 1.0))
+        on_gl = load_adapter(tmp_path / "same.gguf", gl, 1.0)
+        np.testing.assert_allclose(logits(gl, on_gl), with_peft, atol=0.02 * np.abs(with_peft).max())
+        steps = []  # then one decoding token each, with the adapter (gl fuses its delta there)
+        for model, adapter in ((gl, on_gl), (cpu, gguf)):
+            tr = model.transformer
+            kv = tr.new_cache(32)
+            run_to_end(tr.forward_steps([Segment(tokens, 0, kv, (adapter,))]))
+            steps.append(run_to_end(tr.forward_steps([Segment(np.array([42]), len(tokens), kv, (adapter,))]))[0])
+        np.testing.assert_allclose(steps[0], steps[1], atol=0.02 * np.abs(steps[1]).max())
     finally:
         gl.close()
         cpu.close()
+
+
+# llama.cpp's tokenization of the Gemma 3 file's vocabulary (llama_tokenize through llama-cpp-python's
+# bindings, add_bos=True, special=True): the 262k SentencePiece vocabulary, byte fallback, turn markers
+LLAMA_CPP_GEMMA3_TOKENS = [
+    ('Hello world', [2, 9259, 1902]),
+    (' Hello  world ', [2, 26352, 138, 12392, 236743]),
+    ('The miller\'s daughter, aged 17, sang: "¡Olé!"', [2, 818, 161533, 236789, 236751, 8709, 236764, 18124, 236743, 236770, 236832, 236764, 10661, 236787, 623, 238631, 236806, 32433, 9332]),
+    ('日本語のテキストと emoji 🐑🐕', [2, 94951, 236945, 95830, 237032, 64334, 236743, 248799, 246855]),
+    ('tabs\tand\nnewlines\n\n  indented', [2, 39218, 255968, 624, 107, 208697, 108, 138, 724, 16764]),
+    ('def f(x):\n    return x**2  # squared', [2, 2063, 517, 236769, 236781, 1473, 107, 140, 2060, 1123, 1018, 236778, 138, 236865, 20218]),
+    ('<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n', [2, 105, 2364, 107, 10979, 106, 107, 105, 4368, 107]),
+    ('3.14159 and 1,000,000 and 2026-12-04', [2, 236800, 236761, 236770, 236812, 236770, 236810, 236819, 532, 236743, 236770, 236764, 236771, 236771, 236771, 236764, 236771, 236771, 236771, 532, 236743, 236778, 236771, 236778, 236825, 236772, 236770, 236778, 236772, 236771, 236812]),
+    ('ÀÉÎÕÜ ñ ç ß ø', [2, 238974, 237642, 239259, 241985, 238194, 131079, 5436, 114881, 32465]),
+    ('', [2]),
+]
+
+
+def test_gemma3_tokenizer_matches_llama_cpp():
+    from perro_pastor.formats import open_model_file
+    from perro_pastor.model import ModelParts
+
+    file = open_model_file(GEMMA3)
+    try:
+        tok = ModelParts.read(file).tokenizer
+        for text, ids in LLAMA_CPP_GEMMA3_TOKENS:
+            assert tok.encode(text, add_bos=True, parse_special=True) == ids, text
+    finally:
+        file.close()

@@ -22,7 +22,6 @@ import numpy as np
 
 from ..backend import Segment, Trace, run_to_end
 from ..config import Config
-from ..errors import BackendError
 from ..formats import ModelFile
 from ..weights import Weights
 from .buffers import GLWeight, PreparedWeight
@@ -31,7 +30,7 @@ from .fences import Fences
 from .kernels import Kernels
 from .lora_factors import FusedLora, LoraA
 from .lora_fusion import LoraCache, LoraFusion
-from .neox import key_layout
+from .neox import LoraViews, key_layout
 from .state import BufferSlice, GlKVCache, Scratch, buffer_offset_alignment
 from .upload import GlWeights, prepare_matrix, upload_order, upload_steps
 from .warm_up import warm_up_steps
@@ -78,6 +77,7 @@ class GlTransformer:
         self.max_batch = max_batch or (MAX_BATCH_SOFTWARE if glctx.limits.software else MAX_BATCH)
         self.kernels = Kernels(self.glctx)
         self.fences = Fences(glctx.limits.software)
+        self.lora_views = LoraViews(cfg) if key_layout(cfg) is not None else None
         self.attention_macs_per_dispatch = ATTENTION_MACS_PER_DISPATCH * self.kernels.gpu.dispatch_scale
         self.file = file
         self.weights: GlWeights | None = None
@@ -176,6 +176,9 @@ class GlTransformer:
         several segments when the driver cannot bind their rows as buffer ranges."""
         self._check(segments)
         self.glctx.release_orphans()  # caches garbage-collected since the last pass
+        if self.lora_views is not None and any(seg.adapters for seg in segments):
+            # (NeoX rope: wq/wk rows are reordered on the GPU, so are their LoRA B rows)
+            segments = [Segment(seg.tokens, seg.pos0, seg.kv, self.lora_views(seg.adapters)) for seg in segments]
         total = sum(len(seg.tokens) for seg in segments)
         if total <= self.max_batch and (len(segments) == 1 or self.can_slice):
             return (yield from self._pass(segments, all_logits, trace))
@@ -188,18 +191,14 @@ class GlTransformer:
             results.append(np.concatenate(pieces) if all_logits else pieces[-1])
         return results
 
-    def _check(self, segments: list[Segment]) -> None:
-        cfg = self.cfg
+    @staticmethod
+    def _check(segments: list[Segment]) -> None:
         for seg in segments:
             if not isinstance(seg.kv, GlKVCache):
                 raise ValueError(f"segment cache is a {type(seg.kv).__name__}; use GlTransformer.new_cache")
             if seg.pos0 < 0 or seg.pos0 + len(seg.tokens) > seg.kv.n_ctx:
                 raise ValueError(f"positions {seg.pos0}..{seg.pos0 + len(seg.tokens) - 1} "
                                  f"do not fit a context of {seg.kv.n_ctx}")
-            if key_layout(cfg) is not None and any(a.factors(l, n) is not None for a in seg.adapters
-                                                   for l in range(cfg.n_layers) for n in ("wq", "wk")):
-                raise BackendError(f"a LoRA on wq/wk of a {cfg.arch} model runs on the cpu backend only for now "
-                                   "(the gl backend reorders those rows, neox.py)")
 
     def decode_greedy(self, tokens: np.ndarray, pos0: int, kv: GlKVCache) -> int:
         """Run ``tokens`` like ``forward`` and pick the most likely next token on the GPU: only the

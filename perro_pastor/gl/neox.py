@@ -7,9 +7,13 @@ and q/k norm weights alike, makes the one rotation the other. Attention only tak
 of a query with keys, which the same reordering of both leaves unchanged, and v is not
 reordered, so the layer's output is the same. The keys in the KV cache are in the reordered
 layout; ``GlTransformer.export_kv`` / ``import_kv`` put them back, so a save moves between backends.
+A LoRA on wq or wk changes those rows too: ``LoraViews`` gives the gl pass each adapter with its
+B rows of wq and wk reordered alike.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 
@@ -41,3 +45,46 @@ def row_order(cfg: Config, name: str) -> np.ndarray | None:
 def key_layout(cfg: Config) -> np.ndarray | None:
     """The feature order of a cached key head (None: the file's own)."""
     return head_order(cfg.head_size, cfg.rope_dim) if cfg.family.rope_neox else None
+
+
+class LoraViews:
+    """Each LoRA adapter as the gl pass must see it on a NeoX-rope model: B of wq and wk with
+    their rows reordered like the weights. One view per adapter, kept while the adapter lives,
+    so the factors' GPU uploads (cached per array) are reused from token to token."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._views: dict[int, tuple[weakref.ref, _Reordered]] = {}
+
+    def __call__(self, adapters: tuple) -> tuple:
+        return tuple(self._view(a) for a in adapters)
+
+    def _view(self, adapter) -> "_Reordered":
+        entry = self._views.get(id(adapter))
+        if entry is not None and entry[0]() is adapter:
+            return entry[1]
+        view = _Reordered(adapter, self.cfg)
+        self._views = {k: v for k, v in self._views.items() if v[0]() is not None}  # drop the dead
+        self._views[id(adapter)] = (weakref.ref(adapter), view)
+        return view
+
+
+class _Reordered:
+    """An adapter whose wq/wk B rows come reordered (computed once each); the rest as it is."""
+
+    def __init__(self, adapter, cfg: Config) -> None:
+        self._adapter, self._cfg = adapter, cfg
+        self._b: dict[tuple[int, str], tuple] = {}
+
+    def factors(self, layer: int, name: str):
+        f = self._adapter.factors(layer, name)
+        if f is None or name not in ("wq", "wk"):
+            return f
+        if (layer, name) not in self._b:
+            a, b = f
+            order = row_order(self._cfg, f"blk.{layer}.attn_{name[1]}.weight")
+            self._b[(layer, name)] = (a, np.ascontiguousarray(b[order]))
+        return self._b[(layer, name)]
+
+    def __getattr__(self, name: str):
+        return getattr(self._adapter, name)  # scale, name, rank, ...

@@ -15,7 +15,6 @@ import numpy as np
 from ..backend import Segment
 from ..weights import PROJECTIONS
 from .lora_factors import LoraPair
-from .neox import key_layout
 
 
 class _ZeroAdapter:
@@ -23,10 +22,9 @@ class _ZeroAdapter:
     compiles the fused LoRA mat-vec of each weight type before a real adapter needs it."""
     scale = 0.0
 
-    def __init__(self, layer, skip: tuple = ()):
+    def __init__(self, layer):
         self._factors = {name: (np.zeros((8, getattr(layer, name).cols), np.float32),
-                                np.zeros((getattr(layer, name).rows, 8), np.float32))
-                         for name in PROJECTIONS if name not in skip}
+                                np.zeros((getattr(layer, name).rows, 8), np.float32)) for name in PROJECTIONS}
 
     def factors(self, l: int, name: str):
         return self._factors.get(name)
@@ -58,8 +56,7 @@ def warm_up_steps(tr) -> Iterator[None]:
             yield from tr.forward_steps([Segment(np.zeros(2, np.int64), 0, kv)], all_logits=True)
             yield from tr.forward_steps([Segment(np.zeros(5, np.int64), 2, kv)], all_logits=True)
             yield from tr.greedy_steps(Segment(np.zeros(1, np.int64), 7, kv))
-            # the fused LoRA mat-vecs (decode); not on q/k of NeoX families (refused there, neox.py)
-            zero_adapter = _ZeroAdapter(tr.weights.layers[0], () if key_layout(tr.cfg) is None else ("wq", "wk"))
+            zero_adapter = _ZeroAdapter(tr.weights.layers[0])  # the fused LoRA mat-vecs (decode)
             yield from tr.greedy_steps(Segment(np.zeros(1, np.int64), 7, kv, (zero_adapter,)))
             yield
             for n_tokens in (1, 2):
