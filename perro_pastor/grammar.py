@@ -33,6 +33,10 @@ __all__ = ["Grammar", "GrammarMatcher", "GrammarError", "TokenTrie"]
 _TEXT_TYPES = (1, 6)  # NORMAL, BYTE (tokenizer_spm): tokens that add text
 _DEAD = -1
 _UNKNOWN = -2
+# Automaton states a grammar may grow to (each: a row of 256 transitions, 1 KB, and its stacks).
+# A game keeps one Grammar for hours; a recursive grammar fed ever deeper nesting ("[[[[...")
+# would otherwise grow without end. Past it, the reply ends with a GrammarError.
+MAX_STATES = 1 << 16
 
 
 # -----------------------------------------------------------------------------
@@ -116,6 +120,9 @@ class Grammar:
     def _intern(self, stacks: frozenset) -> int:
         sid = self._ids.get(stacks)
         if sid is None:
+            if len(self._stacks) >= MAX_STATES:
+                raise GrammarError(f"the grammar's automaton grew past {MAX_STATES} states (a recursive rule "
+                                   f"nested too deep?); refusing to grow further")
             sid = self._ids[stacks] = len(self._stacks)
             self._stacks.append(stacks)
             self._accepting.append(() in stacks)

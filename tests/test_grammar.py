@@ -338,3 +338,15 @@ def test_only_byte_tokens_fit_an_odd_byte_and_why_stopped(tokenizer):
     m.advance(int(allowed[0]))
     m.advance(tokenizer.eos_id)
     assert m.is_dead() and "complete" in m.why_stopped()
+
+
+def test_the_automaton_stops_growing_at_its_state_limit(monkeypatch):
+    """A recursive grammar fed ever deeper nesting makes a new state per level; past the limit
+    the matcher refuses with a GrammarError instead of growing for as long as a game runs."""
+    from perro_pastor import grammar as grammar_module
+    monkeypatch.setattr(grammar_module, "MAX_STATES", 40)
+    g = Grammar('root ::= "[" root "]" | "x"')
+    assert g.accepts("[[[x]]]")
+    m = g.matcher()
+    with pytest.raises(GrammarError, match="grew past 40 states"):
+        m.advance_bytes(b"[" * 100)
