@@ -35,7 +35,7 @@ class Family:
 
     @property
     def plain(self) -> bool:
-        """The Llama layer as it is (what the compiled decode and the gl backend implement)."""
+        """The Llama layer as it is (what the compiled one-call cpu decode layer implements)."""
         return self == Family()
 
 

@@ -22,7 +22,7 @@ from .cpu_cache import KVCache
 from .threads import blas_controller, limit_kernel_threads, steps_on_blas_threads
 from .float_weights import DEFAULT_CACHE_BUDGET, CpuWeights
 from .formats import ModelFile
-from .weights import Weights
+from .weights import FAMILY_VECTORS, Weights
 
 try:  # the compiled kernels (numba); without them the NumPy path below runs everything
     from . import cpu_kernels
@@ -37,7 +37,6 @@ KERNELS = ("auto", "numba", "numpy")
 
 # Rows of the output layer per step of the forward generator (~1-2 ms each for a 576-wide model).
 OUTPUT_ROWS_PER_STEP = 8192
-FAMILY_VECTORS = ("bq", "bk", "bv", "q_norm", "k_norm", "rms_att_post", "rms_ffn_post")
 
 
 # -----------------------------------------------------------------------------

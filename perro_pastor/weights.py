@@ -54,6 +54,8 @@ class LayerWeights:
 LAYER_TENSORS = {f.name: (f.metadata["gguf_name"], f.metadata["shape_of"]) for f in fields(LayerWeights)}
 # the matrices of a layer, in table order: wq wk wv wo w1 w2 w3
 PROJECTIONS = tuple(f.name for f in fields(LayerWeights) if f.metadata["projection"])
+# what other families add to a layer (biases, extra norms), None where the family lacks them
+FAMILY_VECTORS = tuple(f.name for f in fields(LayerWeights) if f.metadata["needs"])
 
 GLOBAL_TENSORS = {
     "token_embedding_table": ("token_embd.weight", lambda c: (c.dim, c.vocab_size)),

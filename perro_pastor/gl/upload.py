@@ -17,7 +17,7 @@ from ..backend import IDLE
 from ..config import Config, rope_inv_freq
 from ..formats import ModelFile, TensorInfo
 from ..quant import dequantize
-from ..weights import PROJECTIONS, Weights
+from ..weights import FAMILY_VECTORS, PROJECTIONS, Weights
 from .buffers import GLWeight, PreparedWeight, f32_buffer, prepare_weight, upload_prepared_steps
 from .context import GLContext
 from .neox import row_order
@@ -43,9 +43,6 @@ class GlLayer:
     k_norm: object = None
     rms_att_post: object = None  # (Gemma) norms of the attention and FFN outputs
     rms_ffn_post: object = None
-
-
-GL_FAMILY_VECTORS = ("bq", "bk", "bv", "q_norm", "k_norm", "rms_att_post", "rms_ffn_post")
 
 
 @dataclass
@@ -112,7 +109,7 @@ def upload_steps(glctx: GLContext, file: ModelFile, cfg: Config, weights: Weight
     # norms and rope as f32
     layers = []
     for l in weights.layers:  # a step per layer: two small buffers are ~1.5 ms on llvmpipe
-        extra = {n: f32(vector(getattr(l, n))) for n in GL_FAMILY_VECTORS if getattr(l, n) is not None}
+        extra = {n: f32(vector(getattr(l, n))) for n in FAMILY_VECTORS if getattr(l, n) is not None}
         layers.append(GlLayer(rms_att_weight=f32(vector(l.rms_att_weight)),
                               rms_ffn_weight=f32(vector(l.rms_ffn_weight)),
                               **{n: uploaded[getattr(l, n).name] for n in PROJECTIONS}, **extra))
