@@ -109,11 +109,13 @@ class DecodeFigures:
         return result
 
     def _per_layer(self, names: list[str]) -> float:
-        """Dispatches per layer of one decode pass: those between its embedding lookup and its
-        final norm (the last rmsnorm, which only the classifier's mat-vecs follow)."""
-        first = len(names) - names[::-1].index("embedding.comp") if "embedding.comp" in names else 0
-        last = len(names) - 1 - names[::-1].index("rmsnorm.comp") if "rmsnorm.comp" in names else len(names)
-        return (last - first) / max(1, len(self.tr.weights.layers))
+        """Dispatches per layer of one decode pass: those from the first layer's attention to the
+        last layer's, over the layers between (each layer of a one-token pass attends once)."""
+        at = [i for i, name in enumerate(names) if name == "attention.comp"]
+        n_layers = len(self.tr.weights.layers)
+        if len(at) != n_layers or n_layers < 2:
+            return len(names) / max(1, n_layers)  # (an upper bound: embedding and classifier too)
+        return (at[-1] - at[0]) / (n_layers - 1)
 
     def detach(self) -> None:
         """Stop measuring: the transformer's own ``forward_steps`` and dispatches again."""

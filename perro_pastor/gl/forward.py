@@ -8,6 +8,14 @@ named checkpoints) are read back. A decode step is 12 dispatches per layer:
     rmsnorm, wq, wk, wv, rope (+ KV store), attention, wo (+ residual),
     rmsnorm, w1, w3, swiglu, w2 (+ residual)
 
+or, on a GPU (``fused_decode``: one token, no adapters, no trace), 6 (``gl/fused_ops.py``):
+
+    rmsnorm + wq + wk + wv, rope (+ KV store), attention, wo (+ residual),
+    rmsnorm + w1 + w3 + swiglu, w2 (+ residual)
+
+and the final rmsnorm rides in the classifier's dispatch. On a CPU rasterizer the 12 are faster
+(matvec.comp suits its SIMD lanes; the fused kernel is checked there all the same).
+
 Several sequences (segments) run as one batch: each mat-vec reads its weights once for every
 token of every segment (``n_tokens`` = all of them); only rope's cache store and attention run
 per segment, on that segment's rows (bound as buffer ranges) and its own KV cache.
@@ -24,14 +32,14 @@ from ..backend import Segment, Trace, run_to_end
 from ..config import Config
 from ..formats import ModelFile
 from ..weights import Weights
-from .buffers import GLWeight, PreparedWeight
+from .buffers import PreparedWeight
 from .context import GLContext
 from .fences import Fences
 from .kernels import Kernels
-from .lora_factors import FusedLora, LoraA
 from .lora_fusion import LoraCache, LoraFusion
 from .neox import LoraViews, key_layout
-from .state import BufferSlice, GlKVCache, Scratch, buffer_offset_alignment
+from .pass_steps import PassSteps, rows_of as _rows
+from .state import GlKVCache, Scratch, buffer_offset_alignment
 from .upload import GlWeights, prepare_matrix, upload_order, upload_steps
 from .warm_up import warm_up_steps
 
@@ -43,17 +51,13 @@ MAX_BATCH_SOFTWARE, MAX_BATCH = 48, 128
 ATTENTION_MACS_PER_DISPATCH = 1 << 18  # ~1 ms of prefill attention on 2-core llvmpipe (~3-4 ms per M)
 
 
-def _rows(buf, width: int, a: int, b: int) -> BufferSlice:
-    """Token rows a..b-1 of a (T, width) f32 buffer."""
-    return BufferSlice(buf, a * width * 4, max(4, (b - a) * width * 4))
-
-
-class GlTransformer:
+class GlTransformer(PassSteps):
     name = "gl"
 
     def __init__(self, file: ModelFile, cfg: Config, weights: Weights, ctx=None, kv_f16: bool = True,
-                 max_batch: int | None = None):
-        self._begin(ctx if isinstance(ctx, GLContext) else GLContext(ctx), file, cfg, kv_f16, max_batch)  # BackendError without GL 4.3
+                 max_batch: int | None = None, fused_decode: bool | None = None):
+        self._begin(ctx if isinstance(ctx, GLContext) else GLContext(ctx), file, cfg, kv_f16, max_batch,
+                    fused_decode)  # BackendError without GL 4.3
         try:
             prepared = (prepare_matrix(file, t, self.glctx.weight_part_bytes, cfg) for t in upload_order(weights))
             run_to_end(self.upload_steps(weights, prepared, chunk_bytes=1 << 62))
@@ -64,15 +68,18 @@ class GlTransformer:
 
     @classmethod
     def for_loading(cls, glctx: GLContext, file: ModelFile, cfg: Config, kv_f16: bool = True,
-                    max_batch: int | None = None) -> "GlTransformer":
+                    max_batch: int | None = None, fused_decode: bool | None = None) -> "GlTransformer":
         """An empty backend on ``glctx`` that ``upload_steps`` then ``warm_up_steps`` complete a
         step at a time (``loading.load_async``); ``release`` frees whatever exists at any point."""
         self = cls.__new__(cls)
-        self._begin(glctx, file, cfg, kv_f16, max_batch)
+        self._begin(glctx, file, cfg, kv_f16, max_batch, fused_decode)
         return self
 
-    def _begin(self, glctx: GLContext, file: ModelFile, cfg: Config, kv_f16: bool, max_batch: int | None) -> None:
+    def _begin(self, glctx: GLContext, file: ModelFile, cfg: Config, kv_f16: bool, max_batch: int | None,
+               fused_decode: bool | None) -> None:
         self.glctx = glctx
+        # decode steps through gl/fused_ops (6 dispatches a layer): the default on a GPU
+        self.fused_decode = not glctx.limits.software if fused_decode is None else fused_decode
         self.cfg, self.kv_f16 = cfg, kv_f16
         self.max_batch = max_batch or (MAX_BATCH_SOFTWARE if glctx.limits.software else MAX_BATCH)
         self.kernels = Kernels(self.glctx)
@@ -224,7 +231,8 @@ class GlTransformer:
         spans = list(zip(segments, bounds[:-1].tolist(), bounds[1:].tolist()))
         T = int(bounds[-1])
         s.ensure(T)
-        check = self._checkpoint(trace, T)
+        check = self.checkpoint(trace, T)
+        fast = self.fused_decode and T == 1 and trace is None and not segments[0].adapters
         s.tokens.write(np.concatenate([np.asarray(seg.tokens, np.int32) for seg in segments]).tobytes())
 
         # the residual stream starts as each token's embedding, looked up on the GPU: (T,) -> (T, dim)
@@ -238,15 +246,18 @@ class GlTransformer:
             # pre-norm: RMSNorm the block's input, scaled per feature by a learned weight
             # (a lone decode token's LoRA: the norm also computes A xb for q, k and v, and each
             # projection's mat-vec adds its B (A xb); LoraFusion.fuse says what to fuse)
-            lora_a, fused = self.fusion.fuse(l, ("wq", "wk", "wv"), spans)
-            k.rmsnorm(s.xb, s.x, w.rms_att_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T, lora_a=lora_a)
-            check(f"L{l}.att_norm", s.xb, (dim,))
-            yield
+            if fast:  # (a decode token on a GPU: the norm and q, k, v in one dispatch)
+                yield from self.norm_project((s.q, s.k, s.v), (w.wq, w.wk, w.wv), w.rms_att_weight)
+            else:
+                lora_a, fused = self.fusion.fuse(l, ("wq", "wk", "wv"), spans)
+                k.rmsnorm(s.xb, s.x, w.rms_att_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T, lora_a=lora_a)
+                check(f"L{l}.att_norm", s.xb, (dim,))
+                yield
 
-            # project to queries, keys and values: (T, dim) -> (T, q_dim), (T, kv_dim), (T, kv_dim)
-            yield from self.project(s.q, l, "wq", s.xb, spans, fused=fused)
-            yield from self.project(s.k, l, "wk", s.xb, spans, fused=fused)
-            yield from self.project(s.v, l, "wv", s.xb, spans, fused=fused)
+                # project to queries, keys and values: (T, dim) -> (T, q_dim), (T, kv_dim), (T, kv_dim)
+                yield from self.project(s.q, l, "wq", s.xb, spans, fused=fused)
+                yield from self.project(s.k, l, "wk", s.xb, spans, fused=fused)
+                yield from self.project(s.v, l, "wv", s.xb, spans, fused=fused)
 
             if cfg.family.qkv_bias:  # (qwen2) one bias row added to every token's q, k, v
                 for dst, bias, width in ((s.q, w.bq, q_dim), (s.k, w.bk, kv_dim), (s.v, w.bv, kv_dim)):
@@ -277,36 +288,43 @@ class GlTransformer:
 
             # mix the heads back into the residual stream: x += wo @ xb
             # (Gemma: x += rmsnorm(wo @ xb), through hb2, free until the FFN)
-            yield from self.residual(l, "wo", s.xb, w.rms_att_post, spans, fused, T)
+            yield from self.residual(l, "wo", s.xb, w.rms_att_post, spans, fused, T, fast)
             check(f"L{l}.att_out", s.x, (dim,))
 
             # ---------------------------------------------------------------- feed-forward
-            lora_a, fused = self.fusion.fuse(l, ("w1", "w3"), spans)
-            k.rmsnorm(s.xb, s.x, w.rms_ffn_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T, lora_a=lora_a)
-            yield
-
             # SwiGLU: a gated projection up to hidden_dim, hb = silu(w1 xb) * (w3 xb), and back down
-            yield from self.project(s.hb, l, "w1", s.xb, spans, fused=fused)
-            yield from self.project(s.hb2, l, "w3", s.xb, spans, fused=fused)
-            lora_a, fused = self.fusion.fuse(l, ("w2",), spans)  # swiglu also computes A hb for w2
-            k.swiglu(s.hb, s.hb, s.hb2, n=T * cfg.hidden_dim, lora_a=lora_a, gelu=cfg.family.gelu)
+            if fast:  # (the norm, w1, w3 and the gate in one dispatch)
+                yield from self.norm_project((s.hb,), (w.w1, w.w3), w.rms_ffn_weight, gate=True)
+                fused = {}
+            else:
+                lora_a, fused = self.fusion.fuse(l, ("w1", "w3"), spans)
+                k.rmsnorm(s.xb, s.x, w.rms_ffn_weight, dim=dim, eps=cfg.rms_eps, n_tokens=T, lora_a=lora_a)
+                yield
+                yield from self.project(s.hb, l, "w1", s.xb, spans, fused=fused)
+                yield from self.project(s.hb2, l, "w3", s.xb, spans, fused=fused)
+                lora_a, fused = self.fusion.fuse(l, ("w2",), spans)  # swiglu also computes A hb for w2
+                k.swiglu(s.hb, s.hb, s.hb2, n=T * cfg.hidden_dim, lora_a=lora_a, gelu=cfg.family.gelu)
             check(f"L{l}.ffn_hidden", s.hb, (cfg.hidden_dim,))
             yield
-            yield from self.residual(l, "w2", s.hb, w.rms_ffn_post, spans, fused, T)
+            yield from self.residual(l, "w2", s.hb, w.rms_ffn_post, spans, fused, T, fast)
             check(f"L{l}.ffn_out", s.x, (dim,))
 
         # ---------------------------------------------------------------- output
         # the classifier needs only each segment's last token, unless every position is scored
-        if all_logits:
-            n_out, last = T, s.x
+        if fast:  # (the final norm inside the classifier's dispatch)
+            n_out = 1
+            yield from self.norm_project((s.logits,), (self.weights.wcls,), self.weights.rms_final_weight)
         else:
-            for i, (seg, a, b) in enumerate(spans):
-                self.glctx.ctx.copy_buffer(s.xl, s.x, size=dim * 4, read_offset=(b - 1) * dim * 4,
-                                           write_offset=i * dim * 4)
-            n_out, last = len(spans), s.xl
-        k.rmsnorm(s.xb, last, self.weights.rms_final_weight, dim=dim, eps=cfg.rms_eps, n_tokens=n_out)
-        yield
-        yield from self.matvec(s.logits, self.weights.wcls, s.xb, n_out)
+            if all_logits:
+                n_out, last = T, s.x
+            else:
+                for i, (seg, a, b) in enumerate(spans):
+                    self.glctx.ctx.copy_buffer(s.xl, s.x, size=dim * 4, read_offset=(b - 1) * dim * 4,
+                                               write_offset=i * dim * 4)
+                n_out, last = len(spans), s.xl
+            k.rmsnorm(s.xb, last, self.weights.rms_final_weight, dim=dim, eps=cfg.rms_eps, n_tokens=n_out)
+            yield
+            yield from self.matvec(s.logits, self.weights.wcls, s.xb, n_out)
 
         # the only read-back of the pass: (n_out, vocab) logits (none when sampling on the GPU);
         # on a GPU, first a fence: the scheduler's poll() holds further steps until the work is
@@ -323,77 +341,3 @@ class GlTransformer:
         if all_logits:
             return [logits[a:b] for _, a, b in spans]
         return list(logits)
-
-    # -------------------------------------------------------------------------
-    # the steps the narration calls
-
-    def residual(self, l: int, name: str, x, post_norm, spans: list, fused: dict, T: int) -> Iterator[None]:
-        """x_stream += W x for weight ``name`` (the mat-vec adds it in place), or, with a Gemma
-        ``post_norm``, x_stream += rmsnorm(W x): the product goes to hb2 first."""
-        s, cfg = self.s, self.cfg
-        if post_norm is None:
-            return (yield from self.project(s.x, l, name, x, spans, accumulate=True, fused=fused))
-        yield from self.project(s.hb2, l, name, x, spans, fused=fused)
-        self.kernels.rmsnorm(s.hb2, s.hb2, post_norm, dim=cfg.dim, eps=cfg.rms_eps, n_tokens=T)
-        self.kernels.add(s.x, s.hb2, n=T * cfg.dim)
-
-    def project(self, dst, l: int, name: str, x, spans: list, accumulate: bool = False,
-                fused: dict | None = None) -> Iterator[None]:
-        """dst (+)= W x for weight ``name`` of layer ``l`` over every token, then each segment's
-        LoRA deltas on its own rows: dst[a:b] += scale * B (A x[a:b]). Base weights never change.
-        A delta in ``fused`` (from ``LoraFusion.fuse``) is added inside the mat-vec instead."""
-        w = getattr(self.weights.layers[l], name)
-        adapter, lora = (fused or {}).get(name, (None, None))
-        yield from self.matvec(dst, w, x, spans[-1][2], accumulate, lora=lora)
-        for seg, a, b in spans:
-            for other in seg.adapters:
-                if other is adapter:
-                    continue  # added by the mat-vec above
-                factors = other.factors(l, name)
-                if factors is not None:
-                    pair = self.lora.pair(factors[0], factors[1], f"L{l}.{name}")
-                    self.kernels.lora(_rows(dst, w.rows, a, b), pair, _rows(x, w.cols, a, b),
-                                      other.scale, n_tokens=b - a)
-
-    def matvec(self, dst, w: GLWeight, x, n_tokens: int, accumulate: bool = False,
-               lora: FusedLora | None = None) -> Iterator[None]:
-        """dst (+)= W x, one dispatch per step: the launcher's own slices of rows and, for a
-        long batch, of tokens (``Kernels.dispatch_shape``), so a scheduler can stop between any
-        two of them."""
-        group, step = self.kernels.dispatch_shape(w, n_tokens)  # tokens, rows
-        group = group if self.can_slice else n_tokens
-        for t in range(0, n_tokens, group):
-            u = min(n_tokens, t + group)
-            xs, ds = (x, dst) if u - t == n_tokens else (_rows(x, w.cols, t, u), _rows(dst, w.rows, t, u))
-            for r in range(0, w.rows, step):
-                n = min(step, w.rows - r)
-                self.kernels.matvec(ds, w, xs, n_tokens=u - t, accumulate=accumulate, row_offset=r, n_rows=n,
-                                    lora=lora)
-                yield
-
-    def attend(self, seg: Segment, l: int, a: int, b: int, lora_a: LoraA | None = None) -> Iterator[None]:
-        """Attention of segment rows a..b-1 (q -> xb), split into groups of query tokens so that
-        one dispatch stays short however long the prompt is; ``lora_a``: a lone decode token's
-        A xb for wo's fused LoRA delta (``LoraFusion.fuse``)."""
-        cfg, s = self.cfg, self.s
-        macs_per_token = cfg.n_heads * (seg.pos0 + b - a) * cfg.head_size * 2
-        group = max(1, self.attention_macs_per_dispatch // macs_per_token) if self.can_slice else b - a
-        for t in range(a, b, group):
-            u = min(b, t + group)
-            self.kernels.attention(_rows(s.xb, cfg.q_dim, t, u), _rows(s.q, cfg.q_dim, t, u),
-                                   seg.kv.key_cache[l], seg.kv.value_cache[l],
-                                   n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=cfg.head_size,
-                                   pos0=seg.pos0 + t - a, seq_len=seg.kv.n_ctx, n_tokens=u - t,
-                                   sliding_window=cfg.layer_window(l), kv_f16=seg.kv.f16, lora_a=lora_a,
-                                   softcap=cfg.attn_softcap, query_scale=cfg.query_scale)
-            yield
-
-    def _checkpoint(self, trace: Trace | None, T: int) -> Callable:
-        """trace(name, rows of a buffer) when tracing; a no-op (no read-back) otherwise."""
-        if trace is None:
-            return lambda name, buf, shape: None
-
-        def check(name: str, buf, shape: tuple) -> None:
-            n = int(np.prod(shape))
-            trace(name, np.frombuffer(buf.read(size=T * n * 4), np.float32).reshape((T,) + shape).copy())
-        return check

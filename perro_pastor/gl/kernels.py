@@ -7,13 +7,14 @@ dispatches. Shapes are passed explicitly so a narrated forward pass reads like l
     kernels.matvec(s.q, w.wq, s.xb)
 
 ``Kernels`` is plain composition: one ``Dispatcher`` (programs, scratch, the dispatch call) shared
-by three groups of launchers, whose launchers it offers under their op names.
+by four groups of launchers (``fused``: the decode mat-vec with its norm, gate and stacking), whose launchers it offers under their op names.
 """
 
 from __future__ import annotations
 
 from .context import GLContext
 from .dispatcher import Dispatcher
+from .fused_ops import FusedOps
 from .layer_ops import LayerOps
 from .matvec_ops import MATMUL_MIN_TOKENS, MatvecOps
 from .sampling_ops import SamplingOps
@@ -33,6 +34,7 @@ class Kernels:
                                  matvec_x_ubo=matvec_x_ubo, max_macs_per_dispatch=max_macs_per_dispatch,
                                  matmul_min_tokens=matmul_min_tokens)
         self.layer_ops = LayerOps(self.gpu)
+        self.fused = FusedOps(self.gpu, self.matvecs.max_weights_per_dispatch)  # decode: norm + projections
         self.sampling = SamplingOps(self.gpu)
 
         # the launchers, by op name
@@ -53,6 +55,7 @@ class Kernels:
     def release(self) -> None:
         """Free the compiled programs and launcher scratch (they are made on demand again)."""
         self.matvecs.release()
+        self.fused.release()
         self.gpu.release()
 
 
