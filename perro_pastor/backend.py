@@ -29,6 +29,16 @@ class KVCache(Protocol):
     n_ctx: int
 
 
+@dataclass(frozen=True)
+class SampleRequest:
+    """Draw a segment's next token inside the backend, from its last logits: a backend whose
+    ``can_sample(settings)`` is True (gl: ``sample.comp`` on the GPU, only the 4-byte id read
+    back) returns the id instead of the logits row."""
+    settings: object  # sampling.SamplerSettings
+    seed: int  # this draw's 32-bit seed (the session's Sampler drew it from its own RNG)
+    recent: tuple = ()  # the penalty window: the last repeat_last_n ids of the sequence
+
+
 @dataclass
 class Segment:
     """One sequence's share of a batched forward: its tokens, first position and KV cache."""
@@ -36,6 +46,7 @@ class Segment:
     pos0: int
     kv: KVCache
     adapters: tuple = ()  # LoRA adapters: objects with .scale and .factors(layer, name) -> (A, B) | None
+    sample: SampleRequest | None = None  # the next token drawn by the backend (see SampleRequest)
 
 
 class Transformer(Protocol):
@@ -50,7 +61,8 @@ class Transformer(Protocol):
 
     def forward_steps(self, segments: list[Segment], all_logits: bool = False,
                       trace: Trace | None = None) -> Generator[None, None, list[np.ndarray]]:
-        """The forward pass of a batch as a step generator; returns one logits array per segment."""
+        """The forward pass of a batch as a step generator; returns one logits array per segment
+        (or, for a segment with a ``sample`` request the backend can serve, the drawn id)."""
 
     def export_kv(self, kv: KVCache, n_tokens: int) -> np.ndarray:
         """Rows 0..n_tokens-1 as (2, n_layers, n_tokens, n_kv_heads, head_size): keys, values."""

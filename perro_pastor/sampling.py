@@ -16,6 +16,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .backend import SampleRequest
+
 # A hook sees the (biased, penalized) logits, the recent tokens and the sampler's RNG, and returns
 # new logits (the chain goes on with them) or a token id (taken as the answer).
 SamplerHook = Callable[[np.ndarray, Sequence[int], np.random.Generator], "np.ndarray | int"]
@@ -164,6 +166,14 @@ class Sampler:
         other = Sampler(self.settings, self.seed)
         other.set_state(self.get_state())
         return other
+
+    def request(self, recent: Sequence[int] = ()) -> SampleRequest:
+        """The next draw for a backend that samples itself (``backend.SampleRequest``): these
+        settings, the penalty window of ``recent``, and a seed drawn from this sampler's RNG (so
+        saving, restoring and cloning a sampler keep meaning the same future draws)."""
+        n = self.settings.repeat_last_n
+        window = tuple(int(t) for t in list(recent)[-n:]) if n else ()
+        return SampleRequest(self.settings, int(self.rng.integers(1 << 32)), window)
 
     def sample(self, logits: np.ndarray, recent: Sequence[int] = ()) -> int:
         s = self.settings

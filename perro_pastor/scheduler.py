@@ -32,7 +32,7 @@ from typing import Callable, Generator, Iterator
 import numpy as np
 
 from . import state
-from .backend import IDLE, Segment, run_to_end
+from .backend import IDLE, SampleRequest, Segment, run_to_end
 from .chat import BUILTIN
 from .sampling import Sampler, SamplerSettings
 from .session import Session
@@ -292,7 +292,7 @@ class Scheduler:
             n = min(len(pending), self.prefill_chunk)
             if s.n_past < len(s.prefix) and tuple(s.prefix) not in self.prefix_cache:
                 n = min(n, len(s.prefix) - s.n_past)  # stop at the system prompt to cache it
-            plan.append((s, s.epoch, s.n_past, pending[:n]))
+            plan.append((s, s.epoch, s.n_past, pending[:n], self._draw_request(s, n)))
         self._batch_members = members
         self._batch_key = ("batch", sum(len(p[3]) for p in plan))
         self._batch_step = 0
@@ -300,9 +300,9 @@ class Scheduler:
 
     def _run_batch(self, plan) -> Generator:
         """Forward every member's tokens as one batch, then sample for each member in turn."""
-        segments = [Segment(tokens, pos0, s.kv, s.adapters) for s, _, pos0, tokens in plan]
+        segments = [Segment(tokens, pos0, s.kv, s.adapters, draw) for s, _, pos0, tokens, draw in plan]
         logits = yield from self.model.transformer.forward_steps(segments)
-        for (s, epoch, pos0, tokens), row in zip(plan, logits):
+        for (s, epoch, pos0, tokens, _), row in zip(plan, logits):
             if s.epoch != epoch or s.n_past != pos0:
                 continue  # cancelled or replaced while in flight: its rows are simply rewritten later
             s.n_past = pos0 + len(tokens)
@@ -314,12 +314,23 @@ class Scheduler:
                 if s.epoch == epoch:
                     self._sample(s, row)
 
-    def _sample(self, s: Session, row: np.ndarray) -> None:
-        """Sample and hand over ``s``'s next token. Game code runs here (a sampler hook, the
-        reply's on_token): whatever it raises ends this NPC's reply only, with the exception
-        attached; a KeyboardInterrupt ends it as cancelled and goes on up."""
+    def _draw_request(self, s: Session, n_tokens: int) -> SampleRequest | None:
+        """The backend draws ``s``'s next token itself (gl: on the GPU, only the id read back)
+        when this batch ends its pending tokens, its reply has no grammar and the backend covers
+        its sampler's settings (``can_sample``); else None: logits come back, sampled here."""
+        can_sample = getattr(self.model.transformer, "can_sample", None)
+        if can_sample is None or not s.busy or s.n_past + n_tokens != len(s.tokens) \
+                or s.reply.grammar is not None or not can_sample(s.sampler.settings):
+            return None
+        return s.sampler.request(s.tokens)
+
+    def _sample(self, s: Session, row: np.ndarray | int) -> None:
+        """Sample and hand over ``s``'s next token (``row``: logits, or the id the backend drew).
+        Game code runs here (a sampler hook, the reply's on_token): whatever it raises ends this
+        NPC's reply only, with the exception attached; a KeyboardInterrupt ends it as cancelled
+        and goes on up."""
         try:
-            token = s.choose_token(row)
+            token = int(row) if isinstance(row, (int, np.integer)) else s.choose_token(row)
             if token is not None:
                 s.accept_token(token)
                 self.tokens_generated += 1

@@ -2,6 +2,7 @@
 // sample.comp: draw the next token on the GPU; only its id is ever read back.
 //
 // Same chain and meaning as sampling.Sampler (llama.cpp's order):
+//   0. logit bias: logits[id] += bias for the n_bias (id, bias) pairs (ids distinct; -inf bans)
 //   1. repetition penalty on ids tokens[recent_begin .. +recent_count) (each id once):
 //      l > 0 ? l / penalty : l * penalty           (applied to `logits` in place)
 //   2. temperature == 0: greedy argmax (lowest id on ties)
@@ -14,7 +15,7 @@
 // candidates when at most MAX_CAND pass top-k and min-p. Exact, no sort, no float atomics.
 // Threads: ONE work group; invocation tid owns the contiguous id range [tid*chunk, (tid+1)*chunk).
 // Buffers: 0 logits (n,) f32 (penalised in place), 1 tokens int32 (recent ids; the result is
-//          written at out_index), 2 probs (n,) f32 scratch
+//          written at out_index), 2 probs (n,) f32 scratch, 3 bias: n_bias (id, f32 bits) pairs
 // Twin:    sampling.Sampler.sample (same filters; a different RNG stream)
 #ifndef WG_SIZE
 #define WG_SIZE 256
@@ -23,6 +24,7 @@ layout(local_size_x = WG_SIZE) in;
 layout(std430, binding = 0) coherent buffer LogitBuf { float logits[]; };
 layout(std430, binding = 1) coherent buffer TokBuf { int tokens[]; };
 layout(std430, binding = 2) buffer ProbBuf { float probs[]; };
+layout(std430, binding = 3) readonly buffer BiasBuf { uint bias[]; };
 uniform uint n;
 uniform float temperature;
 uniform uint top_k;     // 0 = off
@@ -34,6 +36,7 @@ uniform uint recent_count;
 uniform uint out_index;
 uniform uint seed;
 uniform uint step;
+uniform uint n_bias;
 
 shared float red_f[WG_SIZE];
 shared uint red_u[WG_SIZE];
@@ -90,6 +93,14 @@ void main() {
     uint tid = gl_LocalInvocationID.x;
     uint chunk = (n + WG_SIZE - 1u) / WG_SIZE;
     uint begin = min(n, tid * chunk), end = min(n, begin + chunk);
+
+    // 0. logit bias (distinct ids: one invocation each)
+    for (uint b = tid; b < n_bias; b += WG_SIZE) {
+        uint id = bias[2u * b];
+        if (id < n) logits[id] += uintBitsToFloat(bias[2u * b + 1u]);
+    }
+    memoryBarrierBuffer();
+    barrier();
 
     // 1. repetition penalty, once per distinct recent id
     for (uint w = tid; w < recent_count; w += WG_SIZE) {

@@ -32,7 +32,10 @@ def test_argmax(glctx, kernels, n):  # noqa: F811
 
 def expected_probs(logits: np.ndarray, s: SamplerSettings, recent: list[int]) -> np.ndarray:
     """The distribution cpu Sampler.sample draws from (its filters, without the draw)."""
-    logits = apply_repetition_penalty(logits.astype(np.float64), recent, s.repeat_penalty)
+    logits = logits.astype(np.float64)
+    for token, bias in s.logit_bias:
+        logits[token] += bias
+    logits = apply_repetition_penalty(logits, recent, s.repeat_penalty)
     order = np.argsort(-logits, kind="stable")
     if s.top_k:
         order = order[: s.top_k]
@@ -56,6 +59,9 @@ SETTINGS = [
     SamplerSettings(temperature=1.3, top_k=0, top_p=1.0, min_p=0.0),
     SamplerSettings(temperature=1.0, top_k=0, top_p=0.8, min_p=0.0),
     SamplerSettings(temperature=0.9, top_k=6, top_p=1.0, min_p=0.2, repeat_penalty=1.5),
+    # a bias before the penalty: a banned token, a raised one, the penalized top one lowered
+    SamplerSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.3,
+                    logit_bias={5: 2.0, 7: -np.inf, 17: -0.5}),
 ]
 
 
@@ -72,7 +78,8 @@ def test_sample_distribution_matches_cpu_sampler(glctx, kernels, s):  # noqa: F8
         lb.write(logits.tobytes())  # the penalty edits logits in place
         kernels.sample(tokens, lb, n, out_index=len(recent) + step, seed=1234, step=step,
                        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-                       repeat_penalty=s.repeat_penalty, recent_begin=0, recent_count=len(recent))
+                       repeat_penalty=s.repeat_penalty, recent_begin=0, recent_count=len(recent),
+                       logit_bias=s.logit_bias)
     got = np.bincount(read_i32(tokens)[len(recent):], minlength=n) / draws
     assert set(np.flatnonzero(got)) <= set(np.flatnonzero(want)), "drew a token the cpu sampler filters out"
     tol = 5 * np.sqrt(want * (1 - want) / draws) + 0.005

@@ -24,6 +24,7 @@ per segment, on that segment's rows (bound as buffer ranges) and its own KV cach
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -78,8 +79,11 @@ class GlTransformer(PassSteps):
     def _begin(self, glctx: GLContext, file: ModelFile, cfg: Config, kv_f16: bool, max_batch: int | None,
                fused_decode: bool | None) -> None:
         self.glctx = glctx
-        # decode steps through gl/fused_ops (6 dispatches a layer): the default on a GPU
+        # decode steps through gl/fused_ops (6 dispatches a layer), and segments' next tokens drawn
+        # by sample.comp (``can_sample``): the default on a GPU; on a CPU rasterizer the plain
+        # kernels and the cpu sampler are faster
         self.fused_decode = not glctx.limits.software if fused_decode is None else fused_decode
+        self.gpu_sampling = not glctx.limits.software
         self.cfg, self.kv_f16 = cfg, kv_f16
         self.max_batch = max_batch or (MAX_BATCH_SOFTWARE if glctx.limits.software else MAX_BATCH)
         self.kernels = Kernels(self.glctx)
@@ -101,7 +105,7 @@ class GlTransformer(PassSteps):
         self.lora = LoraCache(self.glctx)
         self.fusion = LoraFusion(cfg, self.kernels.gpu, self.lora)
         # Segments are bound as buffer ranges, whose offsets the driver wants aligned.
-        align = buffer_offset_alignment(self.glctx.ctx)
+        align = self.offset_align = buffer_offset_alignment(self.glctx.ctx)
         self.can_slice = all(4 * n % align == 0 for n in (cfg.dim, cfg.q_dim, cfg.kv_dim, cfg.hidden_dim))
         self.glctx.check_error("uploading the model")
 
@@ -185,7 +189,7 @@ class GlTransformer(PassSteps):
         self.glctx.release_orphans()  # caches garbage-collected since the last pass
         if self.lora_views is not None and any(seg.adapters for seg in segments):
             # (NeoX rope: wq/wk rows are reordered on the GPU, so are their LoRA B rows)
-            segments = [Segment(seg.tokens, seg.pos0, seg.kv, self.lora_views(seg.adapters)) for seg in segments]
+            segments = [replace(seg, adapters=self.lora_views(seg.adapters)) for seg in segments]
         total = sum(len(seg.tokens) for seg in segments)
         if total <= self.max_batch and (len(segments) == 1 or self.can_slice):
             return (yield from self._pass(segments, all_logits, trace))
@@ -193,7 +197,9 @@ class GlTransformer(PassSteps):
         for seg in segments:
             pieces = []
             for a in range(0, len(seg.tokens), self.max_batch):
-                piece = Segment(seg.tokens[a:a + self.max_batch], seg.pos0 + a, seg.kv, seg.adapters)
+                last = a + self.max_batch >= len(seg.tokens)  # (only the last piece draws a token)
+                piece = Segment(seg.tokens[a:a + self.max_batch], seg.pos0 + a, seg.kv, seg.adapters,
+                                seg.sample if last else None)
                 pieces.append((yield from self._pass([piece], all_logits, trace))[0])
             results.append(np.concatenate(pieces) if all_logits else pieces[-1])
         return results
@@ -326,13 +332,20 @@ class GlTransformer(PassSteps):
             yield
             yield from self.matvec(s.logits, self.weights.wcls, s.xb, n_out)
 
-        # the only read-back of the pass: (n_out, vocab) logits (none when sampling on the GPU);
-        # on a GPU, first a fence: the scheduler's poll() holds further steps until the work is
-        # done, so the read does not block the frame (fences.py)
+        # segments that asked for it draw their next token on the GPU (sample.comp), so only its
+        # id comes back (``draw_tokens``)
+        slots = {} if all_logits else self.draw_tokens(spans)
+
+        # the only read-back of the pass: (n_out, vocab) logits, or the drawn ids; on a GPU,
+        # first a fence: the scheduler's poll() holds further steps until the work is done, so
+        # the read does not block the frame (fences.py)
         if not read_logits:
             return None
         if self.fences.place():
             yield
+        if slots and len(slots) == len(spans):
+            ids = np.frombuffer(self.kernels.gpu.scratch("sample_ids", 4).read(), np.int32)
+            return [int(ids[slots[i]]) for i in range(len(spans))]
         logits = s.read("logits", n_out)
         if cfg.final_softcap:  # (Gemma 2) on the host: the logits are read back here anyway
             logits = cfg.final_softcap * np.tanh(logits / cfg.final_softcap)
@@ -340,4 +353,17 @@ class GlTransformer(PassSteps):
             trace("final.logits", logits)
         if all_logits:
             return [logits[a:b] for _, a, b in spans]
+        if slots:
+            ids = np.frombuffer(self.kernels.gpu.scratch("sample_ids", 4).read(), np.int32)
+            return [int(ids[slots[i]]) if i in slots else row for i, row in enumerate(logits)]
         return list(logits)
+
+    def can_sample(self, settings) -> bool:
+        """Whether sample.comp draws like ``sampling.Sampler`` with these ``SamplerSettings``:
+        temperature, top-k, top-p, min-p, the repetition penalty and its window, logit bias and
+        a seed, yes; a Python hook, typical-p, frequency and presence penalties, a forced (+inf)
+        token or a model whose logits are soft-capped on the host, no (the session then reads
+        the logits back and samples on the CPU)."""
+        return (self.gpu_sampling and not self.cfg.final_softcap and settings.hook is None
+                and settings.typical_p == 1.0 and settings.frequency_penalty == 0.0
+                and settings.presence_penalty == 0.0 and all(b < np.inf for _, b in settings.logit_bias))

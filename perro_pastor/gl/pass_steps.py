@@ -128,3 +128,31 @@ class PassSteps:
             n = int(np.prod(shape))
             trace(name, np.frombuffer(buf.read(size=T * n * 4), np.float32).reshape((T,) + shape).copy())
         return check
+
+    def draw_tokens(self, spans: list) -> dict[int, int]:
+        """Run sample.comp for each segment whose ``sample`` request this backend can serve, on
+        its row of the logits (bound as a range); returns {segment index: slot of its id in the
+        "sample_ids" scratch}. Each request's penalty window is written there first, its id
+        right after it."""
+        k, s, vocab = self.kernels, self.s, self.cfg.vocab_size
+        chosen = [(i, seg.sample) for i, (seg, _, _) in enumerate(spans)
+                  if seg.sample is not None and self.can_sample(seg.sample.settings)
+                  and (i * vocab * 4) % self.offset_align == 0]
+        if not chosen:
+            return {}
+        ids, slots, begins = [], {}, {}
+        for i, request in chosen:
+            begins[i] = len(ids)
+            ids += [int(t) for t in request.recent]
+            slots[i] = len(ids)
+            ids.append(-1)
+        buf = k.gpu.scratch("sample_ids", 4 * len(ids))
+        buf.write(np.array(ids, np.int32).tobytes())
+        for i, request in chosen:
+            st = request.settings
+            row = s.logits if i == 0 else BufferSlice(s.logits, i * vocab * 4, vocab * 4)
+            k.sample(buf, row, vocab, out_index=slots[i], seed=request.seed, step=0,
+                     temperature=st.temperature, top_k=st.top_k, top_p=st.top_p, min_p=st.min_p,
+                     repeat_penalty=st.repeat_penalty, recent_begin=begins[i],
+                     recent_count=slots[i] - begins[i], logit_bias=st.logit_bias)
+        return slots

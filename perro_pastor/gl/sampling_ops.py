@@ -6,6 +6,8 @@ lookup reads), so a decode step never waits for the CPU; the host reads the id b
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import BackendError
 from .dispatcher import Dispatcher, n_groups
 
@@ -34,12 +36,14 @@ class SamplingOps:
 
     def sample(self, tokens, logits, n: int, *, out_index: int, seed: int, step: int,
                temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-               repeat_penalty: float = 1.0, recent_begin: int = 0, recent_count: int = 0) -> None:
+               repeat_penalty: float = 1.0, recent_begin: int = 0, recent_count: int = 0,
+               logit_bias: tuple = ()) -> None:
         """tokens[out_index] = a token drawn from logits[:n] (settings as sampling.SamplerSettings).
 
         The penalty looks at ids tokens[recent_begin : recent_begin + recent_count] and is applied
         to ``logits`` in place. The draw uses a PCG hash of (seed, step): the same seed and step
-        give the same token. temperature 0 is greedy.
+        give the same token. temperature 0 is greedy. ``logit_bias``: (id, bias) pairs added
+        first (as ``SamplerSettings.logit_bias``; +inf, a forced token, is the host's to handle).
         """
         if repeat_penalty <= 0 or temperature < 0 or not 0 < top_p <= 1 or not 0 <= min_p <= 1 or top_k < 0:
             raise BackendError(f"sample: bad settings temperature={temperature} top_k={top_k} top_p={top_p} "
@@ -48,8 +52,18 @@ class SamplingOps:
         logits.bind_to_storage_buffer(0)
         tokens.bind_to_storage_buffer(1)
         probs.bind_to_storage_buffer(2)
+        merged: dict[int, float] = {}
+        for token, value in logit_bias:  # one pair per id: invocations add them in parallel
+            merged[int(token)] = merged.get(int(token), 0.0) + float(value)
+        pairs = np.zeros((max(1, len(merged)), 2), np.uint32)
+        if merged:
+            pairs[:, 0] = list(merged)
+            pairs[:, 1] = np.array(list(merged.values()), np.float32).view(np.uint32)
+        bias = self.gpu.scratch("sample_bias", pairs.nbytes)
+        bias.write(pairs.tobytes())
+        bias.bind_to_storage_buffer(3)
         self.gpu.run(self.gpu.program("sample.comp"), 1, n=n, temperature=float(temperature), top_k=int(top_k),
                      top_p=float(top_p), min_p=float(min_p), penalty=float(repeat_penalty),
                      recent_begin=recent_begin, recent_count=recent_count, out_index=out_index,
-                     seed=seed & 0xFFFFFFFF, step=step & 0xFFFFFFFF)
+                     seed=seed & 0xFFFFFFFF, step=step & 0xFFFFFFFF, n_bias=len(merged))
         self.gpu.barrier()

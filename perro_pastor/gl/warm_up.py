@@ -12,9 +12,12 @@ from typing import Iterator
 
 import numpy as np
 
-from ..backend import Segment
+from ..backend import SampleRequest, Segment
+from ..sampling import SamplerSettings
 from ..weights import PROJECTIONS
 from .lora_factors import LoraPair
+
+WARM_UP_DRAW = SampleRequest(SamplerSettings(repeat_penalty=1.1, logit_bias={0: -1.0}), seed=0, recent=(0,))
 
 
 class _ZeroAdapter:
@@ -56,6 +59,8 @@ def warm_up_steps(tr) -> Iterator[None]:
             yield from tr.forward_steps([Segment(np.zeros(2, np.int64), 0, kv)], all_logits=True)
             yield from tr.forward_steps([Segment(np.zeros(5, np.int64), 2, kv)], all_logits=True)
             yield from tr.greedy_steps(Segment(np.zeros(1, np.int64), 7, kv))
+            if tr.gpu_sampling:  # a session's token drawn on the GPU (sample.comp)
+                yield from tr.forward_steps([Segment(np.zeros(1, np.int64), 7, kv, sample=WARM_UP_DRAW)])
             zero_adapter = _ZeroAdapter(tr.weights.layers[0])  # the fused LoRA mat-vecs (decode)
             yield from tr.greedy_steps(Segment(np.zeros(1, np.int64), 7, kv, (zero_adapter,)))
             yield
