@@ -40,8 +40,12 @@ def run_runtime_bench(model, sessions: int, budget_ms: float, n_tokens: int, ada
     wall = time.perf_counter() - start
     ticks = np.array(sched.tick_ms or [0.0])
     generated = sum(len(r.token_ids) for r in replies) - start_tokens
+    can_sample = getattr(model.transformer, "can_sample", None)
     return {
         "sessions": sessions, "budget_ms": budget_ms, "backend": model.backend, "ticks": len(ticks),
+        # where each next token was drawn: by the backend (gl: on the GPU, the id read back) or
+        # from logits read back to the host
+        "sampling": "gpu" if can_sample is not None and can_sample(settings) else "host",
         "tick_ms_p50": round(float(np.percentile(ticks, 50)), 3),
         "tick_ms_p99": round(float(np.percentile(ticks, 99)), 3),
         "tick_ms_max": round(float(ticks.max()), 3),
