@@ -93,7 +93,7 @@ class DecodeFigures:
         if any(len(seg.tokens) != 1 for seg in segments):
             return (yield from self._inner(segments, *args, **kwargs))
         t = self.timer.stats
-        count0, seconds0, mv0, start = t.count, t.seconds, t.by_program.get("matvec.comp", 0.0), time.perf_counter()
+        count0, seconds0, mv0, start = t.count, t.seconds, self._matvec_seconds(), time.perf_counter()
         self.timer.names = names = []
         try:
             result = yield from self._inner(segments, *args, **kwargs)
@@ -104,9 +104,14 @@ class DecodeFigures:
         self.passes += 1
         self.dispatches += t.count - count0
         self.dispatch_s += t.seconds - seconds0
-        self.matvec_s += t.by_program.get("matvec.comp", 0.0) - mv0
+        self.matvec_s += self._matvec_seconds() - mv0
         self.layer_dispatches = self._per_layer(names)
         return result
+
+    def _matvec_seconds(self) -> float:
+        """Time in the decode mat-vecs so far: matvec.comp's, or the fused kernel's (gl/fused_ops)."""
+        by = self.timer.stats.by_program
+        return by.get("matvec.comp", 0.0) + by.get("matvec_fused.comp", 0.0)
 
     def _per_layer(self, names: list[str]) -> float:
         """Dispatches per layer of one decode pass: those from the first layer's attention to the

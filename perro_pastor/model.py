@@ -117,9 +117,7 @@ class Model:
                 stats.decode_s = time.perf_counter() - start
             stats.generated_tokens += reply.finish_reason == "eos"  # sampled, not shown
         finally:
-            session.cancel()
-            scheduler.remove(session)
-            self.transformer.release_cache(session.kv)
+            session.close()  # cancelled, off the scheduler, its KV cache freed now
 
     def close(self) -> None:
         self.file.close()

@@ -21,7 +21,7 @@ from perro_pastor.errors import BackendError
 from perro_pastor.gl_figures import DecodeFigures
 from perro_pastor.grammar import Grammar
 from perro_pastor.model import load
-from perro_pastor.sampling import GREEDY, SamplerSettings
+from perro_pastor.sampling import GREEDY, Sampler, SamplerSettings
 from perro_pastor.scheduler import Scheduler
 
 from family_models import write_family_model
@@ -213,5 +213,20 @@ def test_settings_the_gpu_sampler_lacks_fall_back_per_session():
         assert [len(c) for c in counts[:2]] == [0, 6] and len(counts[2]) >= 1
         assert replies[0].token_ids == replies[1].token_ids  # the hook changes nothing
         assert replies[2].text in ("yes", "no")
+    finally:
+        model.close()
+
+
+def test_generate_on_gl_draws_on_the_gpu_and_ends_cleanly():
+    """`Model.generate` (the CLI's generate) on gl: a session on its own scheduler, its tokens drawn
+    on the GPU, its cache freed at the end (it once tried to free it twice)."""
+    model = gl_model(model_slice("Q8_0", 2))
+    try:
+        model.transformer.gpu_sampling = model.transformer.fused_decode = True
+        tokens = list(model.generate("Hello there", max_tokens=5, sampler=Sampler(GREEDY), stop_at_eos=False))
+        assert len(tokens) == 5
+        model.transformer.gpu_sampling = False
+        assert [t.id for t in model.generate("Hello there", max_tokens=5, sampler=Sampler(GREEDY),
+                                             stop_at_eos=False)] == [t.id for t in tokens]
     finally:
         model.close()
