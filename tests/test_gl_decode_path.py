@@ -230,3 +230,24 @@ def test_generate_on_gl_draws_on_the_gpu_and_ends_cleanly():
                                              stop_at_eos=False)] == [t.id for t in tokens]
     finally:
         model.close()
+
+
+# -----------------------------------------------------------------------------
+# batches on a GPU: matmul_lanes.comp
+
+@pytest.mark.parametrize("arch", ["default", "qwen2", "gemma2"])
+def test_prefill_through_matmul_lanes_gives_the_same_logits(arch, family_path):
+    """Every position's logits of a prompt with the GPU mat-mat (the default on GPUs) and with
+    matmul.comp, on llvmpipe."""
+    model = gl_model("default" if arch == "default" else family_path(arch))
+    try:
+        tr = model.transformer
+        prompt = np.array(model.tokenizer.encode(PROMPT)[:20])
+        runs = []
+        for lanes in (False, True):
+            tr.kernels.matvecs.matmul_lanes = lanes
+            runs.append(tr.forward(prompt, 0, tr.new_cache(32), all_logits=True))
+        np.testing.assert_allclose(runs[1], runs[0], atol=2e-3 * np.abs(runs[0]).max())
+        assert (runs[1].argmax(-1) == runs[0].argmax(-1)).all()
+    finally:
+        model.close()

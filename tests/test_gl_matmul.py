@@ -1,4 +1,5 @@
-"""matmul.comp (the batched-prefill mat-mat) against its NumPy twin ``quant.matmul``.
+"""matmul.comp (the batched-prefill mat-mat) and matmul_lanes.comp (the same on GPUs) against
+their NumPy twin ``quant.matmul``.
 
 Tolerance: as for the mat-vec (tests/test_gl_matvec.py), the kernel decodes exactly the weights the
 twin decodes and only sums in another f32 order: |err| <= 2e-5 * sum|w*x| + 1e-6. Repacked Q4_0
@@ -33,6 +34,12 @@ def shape(qtype: GGMLType, odd: bool) -> tuple[int, int]:
     return (37, 3 * bs) if odd else (256, 4 * bs)
 
 
+@pytest.fixture(scope="module", params=["matmul", "lanes"])
+def matmul_kernels(request, glctx):  # noqa: F811
+    """Kernels whose mat-mat is matmul.comp (a CPU rasterizer's) or matmul_lanes.comp (a GPU's)."""
+    return Kernels(glctx, matmul_lanes=request.param == "lanes")
+
+
 def run_matmul(glctx, k: Kernels, raw, qtype, rows, cols, x, repack, **kw) -> np.ndarray:  # noqa: F811
     T = x.shape[0]
     w = upload_weight(glctx, raw, qtype, rows, cols, repack=repack)
@@ -48,23 +55,24 @@ def run_matmul(glctx, k: Kernels, raw, qtype, rows, cols, x, repack, **kw) -> np
 @pytest.mark.parametrize("qtype,repack", LAYOUTS, ids=lambda v: v.name if isinstance(v, GGMLType) else
                          ("repacked" if v else "raw"))
 @pytest.mark.parametrize("odd", [True, False], ids=["odd", "even"])
-def test_matmul_every_type(glctx, kernels, qtype, repack, odd):  # noqa: F811
+def test_matmul_every_type(glctx, matmul_kernels, qtype, repack, odd):  # noqa: F811
     rng = np.random.default_rng([int(qtype), repack, odd])
     rows, cols = shape(qtype, odd)
     raw = random_weight(qtype, rows, cols, rng)
     W = dequantize(raw, qtype, rows, cols)
     for T in TOKENS:
         x = rng.standard_normal((T, cols)).astype(np.float32)
-        got = run_matmul(glctx, kernels, raw, qtype, rows, cols, x, repack)
+        got = run_matmul(glctx, matmul_kernels, raw, qtype, rows, cols, x, repack)
         want = quant.matmul(x.astype(np.float64), raw, qtype, rows, cols)  # the twin
         check_close(got, want, np.abs(x) @ np.abs(W).T, f"matmul {qtype.name} repack={repack} {rows}x{cols} T={T}")
         assert_no_gl_error(glctx)
 
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q6_K], ids=lambda t: t.name)
-def test_matmul_accumulate_row_range_stride_scale(glctx, kernels, qtype):  # noqa: F811
+def test_matmul_accumulate_row_range_stride_scale(glctx, matmul_kernels, qtype):  # noqa: F811
     """dst[t, 3 + r] += 0.5 * W x over a row range split in two calls, in a wider dst (a LoRA B
     half writes with a scale; a scheduler spreads one mat-mat over two ticks)."""
+    kernels = matmul_kernels
     rng = np.random.default_rng(5)
     rows, cols, T, stride = 101, 2 * TYPE_INFO[qtype].block_size, 33, 110
     raw = random_weight(qtype, rows, cols, rng)
@@ -73,7 +81,7 @@ def test_matmul_accumulate_row_range_stride_scale(glctx, kernels, qtype):  # noq
     base = rng.standard_normal((T, stride)).astype(np.float32)
     dst = f32_buffer(glctx, base)
     xb = f32_buffer(glctx, x)
-    for a, n in [(0, 50), (50, 51)]:
+    for a, n in [(0, 48), (48, 53)]:  # (48: a whole number of matmul_lanes.comp's row tiles)
         kernels.matmul(dst, w, xb, T, accumulate=True, row_offset=a, n_rows=n, dst_stride=stride, scale=0.5)
     W = dequantize(raw, qtype, rows, cols)
     want = base.astype(np.float64)

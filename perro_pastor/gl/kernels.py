@@ -26,13 +26,13 @@ class Kernels:
     def __init__(self, glctx: GLContext, *, max_weights_per_dispatch: int | None = None,
                  matvec_rows_per_invocation: int = 8, matvec_x_ubo: bool = True,
                  max_macs_per_dispatch: int | None = None,
-                 matmul_min_tokens: int = MATMUL_MIN_TOKENS) -> None:
+                 matmul_min_tokens: int = MATMUL_MIN_TOKENS, matmul_lanes: bool | None = None) -> None:
         self.glctx = glctx
         self.gpu = Dispatcher(glctx)
         self.matvecs = MatvecOps(self.gpu, max_weights_per_dispatch=max_weights_per_dispatch,
                                  matvec_rows_per_invocation=matvec_rows_per_invocation,
                                  matvec_x_ubo=matvec_x_ubo, max_macs_per_dispatch=max_macs_per_dispatch,
-                                 matmul_min_tokens=matmul_min_tokens)
+                                 matmul_min_tokens=matmul_min_tokens, matmul_lanes=matmul_lanes)
         self.layer_ops = LayerOps(self.gpu)
         self.fused = FusedOps(self.gpu, self.matvecs.max_weights_per_dispatch)  # decode: norm + projections
         self.sampling = SamplingOps(self.gpu)

@@ -32,6 +32,8 @@ MATMUL_TT = 16
 MATMUL_SMALL_TT = 4  # the token tile of batches of 2-4 tokens (NPCs decoding together)
 DEFAULT_MAX_MACS_PER_DISPATCH = 2 << 20
 MATMUL_MIN_TOKENS = 2  # matvec routes n_tokens >= this to matmul
+# matmul_lanes.comp (the mat-mat on GPUs): ROWS rows x LANES invocations a work group, TT tokens
+LANES_WG, LANES_ROWS, LANES_TT = 64, 8, 16
 MAX_X_UBO_BYTES = 65536  # llvmpipe's GL_MAX_UNIFORM_BLOCK_SIZE; capped by the context's own
 MIN_UNIFORM_BLOCK_BYTES = 16384  # GL_MAX_UNIFORM_BLOCK_SIZE is at least this everywhere
 
@@ -84,8 +86,11 @@ class MatvecOps:
 
     def __init__(self, gpu: Dispatcher, *, max_weights_per_dispatch: int | None = None,
                  matvec_rows_per_invocation: int = 8, matvec_x_ubo: bool = True,
-                 max_macs_per_dispatch: int | None = None, matmul_min_tokens: int = MATMUL_MIN_TOKENS) -> None:
+                 max_macs_per_dispatch: int | None = None, matmul_min_tokens: int = MATMUL_MIN_TOKENS,
+                 matmul_lanes: bool | None = None) -> None:
         self.gpu = gpu
+        # batches on a GPU: matmul_lanes.comp, a whole mat-mat per dispatch (None: on a GPU only)
+        self.matmul_lanes = not gpu.software if matmul_lanes is None else matmul_lanes
         self.max_weights_per_dispatch = max_weights_per_dispatch or DEFAULT_MAX_WEIGHTS_PER_DISPATCH * gpu.dispatch_scale
         self.matvec_nr = matvec_rows_per_invocation
         self.matvec_x_ubo = matvec_x_ubo  # off: x always from an SSBO (for benchmarks)
@@ -202,6 +207,8 @@ class MatvecOps:
             raise BackendError(f"matmul {weight.name}: rows {row_offset}..{row_offset + n_rows} outside 0..{weight.rows}")
         if n_tokens < 1:
             raise BackendError(f"matmul {weight.name}: n_tokens must be at least 1, got {n_tokens}")
+        if self._lanes_fit(weight) and row_offset % LANES_ROWS == 0:
+            return self._matmul_lanes(dst, weight, x, n_tokens, accumulate, row_offset, n_rows, dst_stride, scale)
         tt, tok_step, row_step, x_ubo = self._matmul_plan(weight, n_tokens)
         x_bytes = weight.cols * 4  # one token's x
         nr = _matmul_nr(tt, self.gpu.software)
@@ -230,6 +237,24 @@ class MatvecOps:
                              accumulate=int(accumulate), scale=float(scale))
         self.gpu.barrier()
 
+    def _lanes_fit(self, weight: GLWeight) -> bool:
+        """Whether a mat-mat of ``weight`` runs as matmul_lanes.comp (on GPUs; one buffer part)."""
+        return self.matmul_lanes and len(weight.parts) == 1 and weight.cols % 8 == 0
+
+    def _matmul_lanes(self, dst, weight: GLWeight, x, n_tokens: int, accumulate: bool, row_offset: int,
+                      n_rows: int, dst_stride: int | None, scale: float) -> None:
+        """``matmul`` through matmul_lanes.comp: rows row_offset .. + n_rows, every token, one dispatch."""
+        prog = self.gpu.program("matmul_lanes.comp", **weight.defines, WG_SIZE=LANES_WG, ROWS=LANES_ROWS,
+                                TT=LANES_TT)
+        weight.parts[0].buffer.bind_to_storage_buffer(0)
+        x.bind_to_storage_buffer(1)
+        dst.bind_to_storage_buffer(2)
+        self.gpu.run(prog, n_groups(n_rows, LANES_ROWS), n_groups(n_tokens, LANES_TT),
+                     rows=row_offset + n_rows, cols=weight.cols, n_tokens=n_tokens,
+                     dst_stride=dst_stride or weight.rows, accumulate=int(accumulate), scale=float(scale),
+                     tile0=row_offset // LANES_ROWS, tok_tile0=0)
+        self.gpu.barrier()
+
     def _matmul_plan(self, weight: GLWeight, n_tokens: int) -> tuple[int, int, int, bool]:
         """(token tile TT, tokens per dispatch, rows per dispatch, x as a uniform block?) for matmul.
 
@@ -255,6 +280,8 @@ class MatvecOps:
         """(tokens, rows) of ``weight`` that one dispatch covers at this batch size, so a caller
         spreading a mat-vec over several ticks can slice it into single dispatches."""
         if n_tokens >= self.matmul_min_tokens:
+            if self._lanes_fit(weight):
+                return n_tokens, weight.rows  # (a GPU: one dispatch)
             _, tokens, rows, _ = self._matmul_plan(weight, n_tokens)
             return min(tokens, n_tokens), rows
         tile = self.matvec_nr * MATVEC_WG
