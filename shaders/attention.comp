@@ -15,12 +15,16 @@
 //          4 out     (T, n_heads, hs) f32                                  writeonly
 //          5, 6      with lora_rows > 0 (one token: a fused LoRA delta on wo): A and its work
 //                    buffer; each head's group adds its part of A out (common/lora_a.glsl)
+//          7 positions (T,) int32 with POS_BUFFER = 1: query t's position, in place of pos0 + t
 // Twin:    cpu.attention
 #ifndef WG_SIZE
 #define WG_SIZE 64
 #endif
 #ifndef KV_F16
 #define KV_F16 0
+#endif
+#ifndef POS_BUFFER
+#define POS_BUFFER 0
 #endif
 #ifndef MAX_HEAD_SIZE
 #error MAX_HEAD_SIZE is defined by the loader (gl/shader_loader.SHARED_DEFINES)
@@ -44,7 +48,11 @@ layout(std430, binding = 4) writeonly buffer OutBuf { vec2 outv[]; };
 uniform uint head_size;
 uniform uint n_heads;
 uniform uint n_kv_heads;
-uniform uint pos0;
+#if POS_BUFFER  // query t sits at positions[t] (a decode plan writes it once per step)
+layout(std430, binding = 7) readonly buffer PosBuf { int positions[]; };
+#else
+uniform uint pos0;  // query t sits at pos0 + t
+#endif
 uniform uint seq_len;
 uniform uint cache_base;
 uniform uint sliding_window;  // 0 = attend to every earlier position
@@ -78,7 +86,11 @@ void main() {
     uint h = gl_WorkGroupID.x, t = gl_WorkGroupID.y, tid = gl_LocalInvocationID.x;
     uint half_hs = head_size / 2u;
     uint g = h / (n_heads / n_kv_heads);
+#if POS_BUFFER
+    uint pos = uint(positions[t]);
+#else
     uint pos = pos0 + t;
+#endif
     uint first = (sliding_window > 0u && pos + 1u > sliding_window) ? pos + 1u - sliding_window : 0u;
     uint att_row = (t * n_heads + h) * seq_len;
     uint kv_row = n_kv_heads * half_hs;  // pairs per cache position

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from perro_pastor.backend import SampleRequest, Segment, run_to_end
 from perro_pastor.errors import BackendError
-from perro_pastor.gl_figures import DecodeFigures
+from perro_pastor.gl_figures import DecodeFigures, DispatchTimer
 from perro_pastor.grammar import Grammar
 from perro_pastor.model import load
 from perro_pastor.sampling import GREEDY, Sampler, SamplerSettings
@@ -249,5 +249,45 @@ def test_prefill_through_matmul_lanes_gives_the_same_logits(arch, family_path):
             runs.append(tr.forward(prompt, 0, tr.new_cache(32), all_logits=True))
         np.testing.assert_allclose(runs[1], runs[0], atol=2e-3 * np.abs(runs[0]).max())
         assert (runs[1].argmax(-1) == runs[0].argmax(-1)).all()
+    finally:
+        model.close()
+
+
+# -----------------------------------------------------------------------------
+# the decode plan (gl/decode_plan.py): a one-token pass recorded once per cache, then replayed
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+def test_replayed_steps_give_the_narrated_pass_s_logits_bit_for_bit(fused):
+    """Eight decode steps replayed from the plan against the same steps narrated (the plan dropped
+    before each), with another session's batch and a bigger batch (scratch regrown: the plan is
+    recorded again) in between, and a profiler attached after recording (it sees the replays)."""
+    model = gl_model(model_slice("Q8_0", 2))
+    try:
+        tr = model.transformer
+        tr.fused_decode = fused
+        prompt = np.array(model.tokenizer.encode(PROMPT)[:10])
+        runs = []
+        for replay in (True, False):
+            kv, other = tr.new_cache(64), tr.new_cache(64)
+            tr.forward(prompt, 0, kv)
+            tr.forward(prompt[:3], 0, other)
+            token, rows = int(prompt[-1]), []
+            for i in range(8):
+                if not replay:
+                    kv.plan = None
+                if i == 3:  # another session's step in between: its own binds and uniforms
+                    tr.forward(prompt[3:5], 3, other)
+                if i == 5:  # a batch bigger than any before: the scratch buffers are replaced
+                    tr.forward(np.zeros(40, np.int64), 0, tr.new_cache(48))
+                rows.append(tr.forward(np.array([token]), len(prompt) + i, kv))
+                token = int(np.argmax(rows[-1]))
+                if replay:
+                    assert kv.plan is not None
+            runs.append(np.array(rows))
+        np.testing.assert_array_equal(runs[0], runs[1])
+        timer = DispatchTimer(tr.kernels)
+        tr.forward(np.array([1]), len(prompt) + 8, kv)  # replayed: kv's plan was recorded above
+        assert timer.dispatches > 2 * len(tr.weights.layers)
+        timer.detach()
     finally:
         model.close()

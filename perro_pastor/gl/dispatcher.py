@@ -8,6 +8,8 @@ look it up on every call.
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..errors import BackendError
 from .context import GLContext
 from .shader_loader import compile_compute
@@ -24,6 +26,11 @@ def n_groups(n: int, size: int) -> int:
     return (n + size - 1) // size
 
 
+def _run_again(gpu: "Dispatcher", prog, gx: int, gy: int, gz: int, uniforms: dict) -> None:
+    """A recorded dispatch: through ``gpu.run`` as it is when replayed (a profiler may wrap it)."""
+    gpu.run(prog, gx, gy, gz, **uniforms)
+
+
 class Dispatcher:
     """Compiled programs (cached per shader + defines), scratch buffers and dispatches for one
     GL context."""
@@ -38,6 +45,10 @@ class Dispatcher:
         self._programs: dict[tuple, object] = {}
         self._scratch: dict[str, object] = {}
         self._uniforms: dict[int, dict[str, object]] = {}  # id(program) -> the values last written
+        # while a list: every bind, dispatch and barrier made through this dispatcher is also
+        # appended to it, as a call that repeats it (gl/decode_plan.py replays them)
+        self.recording: list | None = None
+        self.generation = 0  # counts scratch buffers replaced: a recorded call may hold an old one
 
     def program(self, name: str, **defines: object):
         """``shaders/<name>`` compiled with ``defines`` (once per set of defines)."""
@@ -56,9 +67,29 @@ class Dispatcher:
         if buf is None or buf.size < nbytes:
             if buf is not None:
                 buf.release()
+                self.generation += 1
             buf = self.ctx.buffer(bytes(nbytes)) if zeroed else self.ctx.buffer(reserve=max(16, nbytes))
             self._scratch[name] = buf
         return buf
+
+    def bind(self, buf, binding: int) -> None:
+        """Bind ``buf`` (a buffer or a ``BufferSlice``) as shader storage block ``binding``. Every
+        launcher binds through here (or ``bind_ubo``, ``call``), so a recording sees it."""
+        buf.bind_to_storage_buffer(binding)
+        if self.recording is not None:
+            self.recording.append(partial(buf.bind_to_storage_buffer, binding))
+
+    def bind_ubo(self, buf, binding: int, **range_: int) -> None:
+        """Bind ``buf`` as uniform block ``binding`` (``offset``/``size`` as moderngl takes them)."""
+        buf.bind_to_uniform_block(binding, **range_)
+        if self.recording is not None:
+            self.recording.append(partial(buf.bind_to_uniform_block, binding, **range_))
+
+    def call(self, bind) -> None:
+        """Run a prepared bind (a launcher's kept launch), recorded like ``bind``."""
+        bind()
+        if self.recording is not None:
+            self.recording.append(bind)
 
     def run(self, prog, gx: int, gy: int = 1, gz: int = 1, **uniforms: object) -> None:
         """Set ``uniforms`` on ``prog`` and dispatch (gx, gy, gz) work groups (none in a dry run,
@@ -75,6 +106,8 @@ class Dispatcher:
             raise BackendError(f"dispatch ({gx}, {gy}, {gz}) exceeds GL_MAX_COMPUTE_WORK_GROUP_COUNT {limit}")
         if gx and gy and gz and not self.dry_run:
             prog.run(gx, gy, gz)
+        if self.recording is not None:
+            self.recording.append(partial(_run_again, self, prog, gx, gy, gz, uniforms))
 
     def barrier(self) -> None:
         """Make SSBO writes of earlier dispatches visible to later ones.
@@ -85,6 +118,8 @@ class Dispatcher:
         to 150 ms, measured in the sample game)."""
         if not self.software:
             self.ctx.memory_barrier()
+            if self.recording is not None:
+                self.recording.append(self.ctx.memory_barrier)
 
     def release(self) -> None:
         """Free the compiled programs and scratch buffers (they are made on demand again)."""

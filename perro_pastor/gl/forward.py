@@ -38,6 +38,7 @@ from .context import GLContext
 from .fences import Fences
 from .kernels import Kernels
 from .lora_fusion import LoraCache, LoraFusion
+from .decode_plan import DecodePlan
 from .neox import LoraViews, key_layout
 from .pass_steps import PassSteps, rows_of as _rows
 from .state import GlKVCache, Scratch, buffer_offset_alignment
@@ -231,15 +232,67 @@ class GlTransformer(PassSteps):
     def _pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None,
               read_logits: bool = True) -> Iterator[None]:
         """One batch of at most ``max_batch`` tokens, narrated like cpu.py's forward_steps."""
-        cfg, k, s = self.cfg, self.kernels, self.s
-        hs, dim, kv_dim, q_dim = cfg.head_size, cfg.dim, cfg.kv_dim, cfg.q_dim
+        cfg, s = self.cfg, self.s
         bounds = np.cumsum([0] + [len(seg.tokens) for seg in segments])  # segment i = rows bounds[i]:bounds[i+1]
         spans = list(zip(segments, bounds[:-1].tolist(), bounds[1:].tolist()))
         T = int(bounds[-1])
         s.ensure(T)
-        check = self.checkpoint(trace, T)
-        fast = self.fused_decode and T == 1 and trace is None and not segments[0].adapters
         s.tokens.write(np.concatenate([np.asarray(seg.tokens, np.int32) for seg in segments]).tobytes())
+        # one session's decode token: the same launches every token (only the token and its
+        # position change, read from buffers), recorded once per cache and replayed (decode_plan.py)
+        one_token = T == 1 and trace is None and not all_logits and not segments[0].adapters
+        fast = self.fused_decode and one_token
+        if one_token:
+            seg = segments[0]
+            s.positions.write(np.array([seg.pos0], np.int32).tobytes())
+            stamp = (fast, self.kernels.gpu.generation, s.capacity)
+            plan = seg.kv.plan if seg.kv.plan is not None and seg.kv.plan.stamp == stamp else None
+            if plan is not None:
+                yield from plan.replay()
+            elif self.kernels.gpu.dry_run:  # (warm-up: compiles the same programs)
+                yield from self._layers(spans, T, False, fast, self.checkpoint(None, T), s.positions)
+            else:
+                plan = DecodePlan(stamp)
+                yield from plan.record(self.kernels.gpu, self._layers(spans, T, False, fast,
+                                                                       self.checkpoint(None, T), s.positions))
+                if stamp == (fast, self.kernels.gpu.generation, s.capacity):  # (else a scratch grew meanwhile)
+                    seg.kv.plan = plan
+        else:
+            yield from self._layers(spans, T, all_logits, fast, self.checkpoint(trace, T))
+        n_out = T if all_logits else len(spans)
+
+        # segments that asked for it draw their next token on the GPU (sample.comp), so only its
+        # id comes back (``draw_tokens``)
+        slots = {} if all_logits else self.draw_tokens(spans)
+
+        # the only read-back of the pass: (n_out, vocab) logits, or the drawn ids; on a GPU,
+        # first a fence: the scheduler's poll() holds further steps until the work is done, so
+        # the read does not block the frame (fences.py)
+        if not read_logits:
+            return None
+        if self.fences.place():
+            yield
+        if slots and len(slots) == len(spans):
+            ids = np.frombuffer(self.kernels.gpu.scratch("sample_ids", 4).read(), np.int32)
+            return [int(ids[slots[i]]) for i in range(len(spans))]
+        logits = s.read("logits", n_out)
+        if cfg.final_softcap:  # (Gemma 2) on the host: the logits are read back here anyway
+            logits = cfg.final_softcap * np.tanh(logits / cfg.final_softcap)
+        if trace is not None:
+            trace("final.logits", logits)
+        if all_logits:
+            return [logits[a:b] for _, a, b in spans]
+        if slots:
+            ids = np.frombuffer(self.kernels.gpu.scratch("sample_ids", 4).read(), np.int32)
+            return [int(ids[slots[i]]) if i in slots else row for i, row in enumerate(logits)]
+        return list(logits)
+
+    def _layers(self, spans: list, T: int, all_logits: bool, fast: bool, check: Callable,
+                positions=None) -> Iterator[None]:
+        """The pass from the tokens' embeddings to the logits (``s.logits``), narrated like cpu.py's
+        forward_steps; ``positions``: a one-token pass reads its position from this buffer."""
+        cfg, k, s = self.cfg, self.kernels, self.s
+        hs, dim, kv_dim, q_dim = cfg.head_size, cfg.dim, cfg.kv_dim, cfg.q_dim
 
         # the residual stream starts as each token's embedding, looked up on the GPU: (T,) -> (T, dim)
         k.embedding(s.x, self.weights.token_embedding_table, s.tokens, n_tokens=T,
@@ -280,7 +333,7 @@ class GlTransformer(PassSteps):
                        n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=hs, n_rot=self.weights.n_rot,
                        n_tokens=b - a, pos0=seg.pos0, v=_rows(s.v, kv_dim, a, b),
                        k_cache=seg.kv.key_cache[l], v_cache=seg.kv.value_cache[l],
-                       seq_len=seg.kv.n_ctx, kv_f16=seg.kv.f16)
+                       seq_len=seg.kv.n_ctx, kv_f16=seg.kv.f16, positions=positions)
             check(f"L{l}.q", s.q, (cfg.n_heads, hs))
             check(f"L{l}.k", s.k, (cfg.n_kv_heads, hs))
             yield
@@ -289,7 +342,7 @@ class GlTransformer(PassSteps):
             # (a lone decode token's LoRA on wo: attention also computes A xb)
             lora_a, fused = self.fusion.fuse(l, ("wo",), spans)
             for seg, a, b in spans:
-                yield from self.attend(seg, l, a, b, lora_a)
+                yield from self.attend(seg, l, a, b, lora_a, positions)
             check(f"L{l}.att", s.xb, (cfg.n_heads, hs))
 
             # mix the heads back into the residual stream: x += wo @ xb
@@ -318,10 +371,9 @@ class GlTransformer(PassSteps):
         # ---------------------------------------------------------------- output
         # the classifier needs only each segment's last token, unless every position is scored
         if fast:  # (the final norm inside the classifier's dispatch)
-            n_out = 1
             yield from self.norm_project((s.logits,), (self.weights.wcls,), self.weights.rms_final_weight)
         else:
-            if all_logits:
+            if all_logits or T == 1:
                 n_out, last = T, s.x
             else:
                 for i, (seg, a, b) in enumerate(spans):
@@ -331,32 +383,6 @@ class GlTransformer(PassSteps):
             k.rmsnorm(s.xb, last, self.weights.rms_final_weight, dim=dim, eps=cfg.rms_eps, n_tokens=n_out)
             yield
             yield from self.matvec(s.logits, self.weights.wcls, s.xb, n_out)
-
-        # segments that asked for it draw their next token on the GPU (sample.comp), so only its
-        # id comes back (``draw_tokens``)
-        slots = {} if all_logits else self.draw_tokens(spans)
-
-        # the only read-back of the pass: (n_out, vocab) logits, or the drawn ids; on a GPU,
-        # first a fence: the scheduler's poll() holds further steps until the work is done, so
-        # the read does not block the frame (fences.py)
-        if not read_logits:
-            return None
-        if self.fences.place():
-            yield
-        if slots and len(slots) == len(spans):
-            ids = np.frombuffer(self.kernels.gpu.scratch("sample_ids", 4).read(), np.int32)
-            return [int(ids[slots[i]]) for i in range(len(spans))]
-        logits = s.read("logits", n_out)
-        if cfg.final_softcap:  # (Gemma 2) on the host: the logits are read back here anyway
-            logits = cfg.final_softcap * np.tanh(logits / cfg.final_softcap)
-        if trace is not None:
-            trace("final.logits", logits)
-        if all_logits:
-            return [logits[a:b] for _, a, b in spans]
-        if slots:
-            ids = np.frombuffer(self.kernels.gpu.scratch("sample_ids", 4).read(), np.int32)
-            return [int(ids[slots[i]]) if i in slots else row for i, row in enumerate(logits)]
-        return list(logits)
 
     def can_sample(self, settings) -> bool:
         """Whether sample.comp draws like ``sampling.Sampler`` with these ``SamplerSettings``:

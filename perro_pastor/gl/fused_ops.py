@@ -101,7 +101,7 @@ class FusedOps:
             launch = self._resolve(dsts, weights, x, norm, eps, accumulate, gate, gelu)
             self._launches[key] = launch
         for bind in launch.binds:
-            bind()
+            self.gpu.call(bind)
         a, b = tiles or (0, launch.n_tiles)
         self.gpu.run(launch.prog, b - a, tile0=a, **launch.uniforms)
         self.gpu.barrier()

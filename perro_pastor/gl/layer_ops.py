@@ -42,14 +42,14 @@ class LayerOps:
         mat-vecs that read out: the row is then cut into chunks of at most RMSNORM_LORA_CHUNK
         columns, one work group each, and each adds its chunk's part (common/lora_a.glsl)."""
         prog = self.gpu.program("rmsnorm.comp", WG_SIZE=RMSNORM_WG, LORA_CHUNK=RMSNORM_LORA_CHUNK)
-        x.bind_to_storage_buffer(0)
-        weight.bind_to_storage_buffer(1)
-        out.bind_to_storage_buffer(2)
+        self.gpu.bind(x, 0)
+        self.gpu.bind(weight, 1)
+        self.gpu.bind(out, 2)
         chunk = dim if lora_a is None else lora_chunk(dim, RMSNORM_LORA_CHUNK)
         n_chunks = n_groups(dim, chunk)
         if lora_a is not None and (n_tokens != 1 or lora_a.cols != dim):
             raise BackendError(f"rmsnorm: a LoRA A of width {lora_a.cols} takes one token of {dim}, got {n_tokens}")
-        lora = bind_lora_a(lora_a, 3, n_chunks)
+        lora = bind_lora_a(self.gpu, lora_a, 3, n_chunks)
         self.gpu.run(prog, n_chunks, n_tokens, dim=dim, chunk=chunk, eps=eps, **lora)
         self.gpu.barrier()
 
@@ -60,13 +60,13 @@ class LayerOps:
         gelu(h1) * h3 with ``gelu`` (GeGLU, Gemma); with ``lora_a`` (one token's n elements)
         also A out, for a fused LoRA delta on w2."""
         prog = self.gpu.program("swiglu.comp", WG_SIZE=SWIGLU_WG, LORA_CHUNK=SWIGLU_LORA_CHUNK, GELU=int(gelu))
-        h1.bind_to_storage_buffer(0)
-        h3.bind_to_storage_buffer(1)
-        out.bind_to_storage_buffer(2)
+        self.gpu.bind(h1, 0)
+        self.gpu.bind(h3, 1)
+        self.gpu.bind(out, 2)
         if lora_a is not None and lora_a.cols != n:
             raise BackendError(f"swiglu: a LoRA A of width {lora_a.cols} does not fit {n} elements")
         chunk = SWIGLU_WG if lora_a is None else lora_chunk(n, SWIGLU_LORA_CHUNK)
-        lora = bind_lora_a(lora_a, 3, n_groups(n, chunk))
+        lora = bind_lora_a(self.gpu, lora_a, 3, n_groups(n, chunk))
         self.gpu.run(prog, n_groups(n, chunk), n=n, chunk=chunk, **lora)
         self.gpu.barrier()
 
@@ -74,8 +74,8 @@ class LayerOps:
         """dst += src over n elements (the residual connection); with ``width``, src is one row
         of that width added to every row of dst (a bias)."""
         prog = self.gpu.program("add.comp", WG_SIZE=ADD_WG, BROADCAST=int(bool(width)))
-        src.bind_to_storage_buffer(0)
-        dst.bind_to_storage_buffer(1)
+        self.gpu.bind(src, 0)
+        self.gpu.bind(dst, 1)
         self.gpu.run(prog, n_groups(n, ADD_WG), n=n, **({"width": width} if width else {}))
         self.gpu.barrier()
 
@@ -97,12 +97,12 @@ class LayerOps:
         write_cache = k_cache is not None
         prog = self.gpu.program("rope.comp", POS_BUFFER=int(positions is not None), WRITE_CACHE=int(write_cache),
                                 KV_F16=int(kv_f16), WG_SIZE=ROPE_WG)
-        q.bind_to_storage_buffer(0)
-        k.bind_to_storage_buffer(1)
-        inv_freq.bind_to_storage_buffer(3)
+        self.gpu.bind(q, 0)
+        self.gpu.bind(k, 1)
+        self.gpu.bind(inv_freq, 3)
         uniforms: dict[str, object] = dict(head_size=head_size, n_heads=n_heads, n_kv_heads=n_kv_heads, n_rot=n_rot)
         if positions is not None:
-            positions.bind_to_storage_buffer(4)
+            self.gpu.bind(positions, 4)
         else:
             uniforms["pos0"] = pos0
         slots = n_heads + n_kv_heads
@@ -111,9 +111,9 @@ class LayerOps:
                 raise BackendError("rope: writing the KV cache needs v, k_cache and v_cache")
             if cache_base % 2:
                 raise BackendError(f"rope: cache_base {cache_base} must be even")
-            v.bind_to_storage_buffer(2)
-            k_cache.bind_to_storage_buffer(5)
-            v_cache.bind_to_storage_buffer(6)
+            self.gpu.bind(v, 2)
+            self.gpu.bind(k_cache, 5)
+            self.gpu.bind(v_cache, 6)
             uniforms.update(cache_base=cache_base, seq_len=seq_len)
             slots += n_kv_heads
         self.gpu.run(prog, n_groups(head_size // 2, ROPE_WG), slots, n_tokens, **uniforms)
@@ -124,10 +124,11 @@ class LayerOps:
     def attention(self, out, q, k_cache, v_cache, *, n_heads: int, n_kv_heads: int, head_size: int,
                   pos0: int, seq_len: int, n_tokens: int = 1, cache_base: int = 0,
                   sliding_window: int = 0, kv_f16: bool = False, att=None, lora_a: LoraA | None = None,
-                  softcap: float = 0.0, query_scale: float = 1.0) -> None:
+                  softcap: float = 0.0, query_scale: float = 1.0, positions=None) -> None:
         """out[t, h] = softmax(q[t, h] . K / sqrt(hs)) V over cache rows 0..pos0+t (causal, GQA);
         with ``softcap`` (Gemma 2) the scores become softcap * tanh(score / softcap) first;
-        ``query_scale`` multiplies the scores too (Phi-3 LongRoPE, Gemma 27B).
+        ``query_scale`` multiplies the scores too (Phi-3 LongRoPE, Gemma 27B). ``positions``: an
+        int32 buffer of the queries' positions read on the GPU (then ``pos0`` is only checked).
 
         ``att`` is scratch of at least n_heads * n_tokens * seq_len floats; one is kept per
         size when not given. With ``lora_a`` (one token, head_size a multiple of 16) also A out,
@@ -146,15 +147,20 @@ class LayerOps:
         if lora_a is not None and (n_tokens != 1 or head_size % 16 or lora_a.cols != n_heads * head_size):
             raise BackendError(f"attention: a LoRA A of width {lora_a.cols} takes one token of {n_heads} heads "
                                f"of {head_size} (a multiple of 16), got {n_tokens}")
-        prog = self.gpu.program("attention.comp", KV_F16=int(kv_f16), SOFTCAP=int(bool(softcap)))
-        q.bind_to_storage_buffer(0)
-        k_cache.bind_to_storage_buffer(1)
-        v_cache.bind_to_storage_buffer(2)
-        att.bind_to_storage_buffer(3)
-        out.bind_to_storage_buffer(4)
-        lora = bind_lora_a(lora_a, 5, n_heads)
+        prog = self.gpu.program("attention.comp", KV_F16=int(kv_f16), SOFTCAP=int(bool(softcap)),
+                                POS_BUFFER=int(positions is not None))
+        self.gpu.bind(q, 0)
+        self.gpu.bind(k_cache, 1)
+        self.gpu.bind(v_cache, 2)
+        self.gpu.bind(att, 3)
+        self.gpu.bind(out, 4)
+        lora = bind_lora_a(self.gpu, lora_a, 5, n_heads)
+        where = {"pos0": pos0}
+        if positions is not None:
+            self.gpu.bind(positions, 7)
+            where = {}
         self.gpu.run(prog, n_heads, n_tokens, head_size=head_size, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                     pos0=pos0, seq_len=seq_len, cache_base=cache_base, sliding_window=sliding_window,
+                     **where, seq_len=seq_len, cache_base=cache_base, sliding_window=sliding_window,
                      score_scale=query_scale / math.sqrt(head_size), **lora,
                      **({"softcap": softcap} if softcap else {}))
         self.gpu.barrier()

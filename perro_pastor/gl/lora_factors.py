@@ -108,7 +108,7 @@ def lora_work(gpu: Dispatcher, n_parts: int):
     return gpu.scratch("lora_work", (LORA_PARTS_WORD + n_parts) * 4, zeroed=True)
 
 
-def bind_lora_a(lora_a: LoraA | None, binding: int, n_groups: int) -> dict[str, int]:
+def bind_lora_a(gpu: Dispatcher, lora_a: LoraA | None, binding: int, n_groups: int) -> dict[str, int]:
     """Bind a producer kernel's LoRA A and work buffer (common/lora_a.glsl) at ``binding`` and
     ``binding + 1``; returns the uniforms (lora_rows 0: none)."""
     if lora_a is None:
@@ -116,6 +116,6 @@ def bind_lora_a(lora_a: LoraA | None, binding: int, n_groups: int) -> dict[str, 
     if (LORA_PARTS_WORD + n_groups * lora_a.rows) * 4 > lora_a.work.size:
         raise BackendError(f"LoRA A x: a work buffer of {lora_a.work.size} bytes has no room for "
                            f"{n_groups} parts of {lora_a.rows} rows")
-    lora_a.rows_int8.bind_to_storage_buffer(binding)
-    lora_a.work.bind_to_storage_buffer(binding + 1)
+    gpu.bind(lora_a.rows_int8, binding)
+    gpu.bind(lora_a.work, binding + 1)
     return {"lora_rows": lora_a.rows, "lora_cols": lora_a.cols}

@@ -114,10 +114,10 @@ class MatvecOps:
         A table split across buffers takes one dispatch per part; each writes the tokens it holds.
         """
         prog = self.gpu.program("embedding.comp", WG_SIZE=EMBEDDING_WG, **weight.defines)
-        tokens.bind_to_storage_buffer(1)
-        out.bind_to_storage_buffer(2)
+        self.gpu.bind(tokens, 1)
+        self.gpu.bind(out, 2)
         for part in weight.parts:
-            part.buffer.bind_to_storage_buffer(0)
+            self.gpu.bind(part.buffer, 0)
             self.gpu.run(prog, n_groups(weight.cols // 8, EMBEDDING_WG), n_tokens, dim=weight.cols, vocab=weight.rows,
                          token_offset=token_offset, part_row0=part.row0, part_rows=part.n_rows, scale=scale)
         self.gpu.barrier()
@@ -148,9 +148,9 @@ class MatvecOps:
                 self._matvec_launches.clear()
             self._matvec_launches[key] = launch
         for bind in launch.binds:
-            bind()
+            self.gpu.call(bind)
         for part_buffer, prog, groups, uniforms in launch.dispatches:
-            part_buffer.bind_to_storage_buffer(0)
+            self.gpu.bind(part_buffer, 0)
             self.gpu.run(prog, *groups, **uniforms)
         self.gpu.barrier()
 
@@ -219,18 +219,18 @@ class MatvecOps:
             # declared at the block's full size, so every width shares one program per TT
             defines["X_VEC4S"] = self.x_ubo_bytes // 16
         else:
-            x.bind_to_storage_buffer(1)
+            self.gpu.bind(x, 1)
         prog = self.gpu.program("matmul.comp", **defines)
-        dst.bind_to_storage_buffer(2)
+        self.gpu.bind(dst, 2)
         row_tile = nr * MATMUL_WG
         for part, start, end in _row_slices(weight, row_offset, n_rows, row_step):
-            part.buffer.bind_to_storage_buffer(0)
+            self.gpu.bind(part.buffer, 0)
             for t0 in range(0, n_tokens, tok_step):
                 t1 = min(n_tokens, t0 + tok_step)
                 if x_ubo:
                     # a BufferSlice (a segment's rows) binds from its own offset
                     buf, base = getattr(x, "buffer", x), getattr(x, "offset", 0)
-                    buf.bind_to_uniform_block(1, offset=base + t0 * x_bytes, size=(t1 - t0) * x_bytes)
+                    self.gpu.bind_ubo(buf, 1, offset=base + t0 * x_bytes, size=(t1 - t0) * x_bytes)
                 self.gpu.run(prog, n_groups(end - start, row_tile), n_groups(t1 - t0, tt),
                              row_begin=start - part.row0, row_end=end - part.row0, part_row0=part.row0,
                              tok_begin=t0, tok_end=t1, cols=weight.cols, dst_stride=dst_stride or weight.rows,
@@ -246,9 +246,9 @@ class MatvecOps:
         """``matmul`` through matmul_lanes.comp: rows row_offset .. + n_rows, every token, one dispatch."""
         prog = self.gpu.program("matmul_lanes.comp", **weight.defines, WG_SIZE=LANES_WG, ROWS=LANES_ROWS,
                                 TT=LANES_TT)
-        weight.parts[0].buffer.bind_to_storage_buffer(0)
-        x.bind_to_storage_buffer(1)
-        dst.bind_to_storage_buffer(2)
+        self.gpu.bind(weight.parts[0].buffer, 0)
+        self.gpu.bind(x, 1)
+        self.gpu.bind(dst, 2)
         self.gpu.run(prog, n_groups(n_rows, LANES_ROWS), n_groups(n_tokens, LANES_TT),
                      rows=row_offset + n_rows, cols=weight.cols, n_tokens=n_tokens,
                      dst_stride=dst_stride or weight.rows, accumulate=int(accumulate), scale=float(scale),

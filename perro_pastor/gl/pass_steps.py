@@ -102,7 +102,8 @@ class PassSteps:
                                     lora=lora)
                 yield
 
-    def attend(self, seg: Segment, l: int, a: int, b: int, lora_a: LoraA | None = None) -> Iterator[None]:
+    def attend(self, seg: Segment, l: int, a: int, b: int, lora_a: LoraA | None = None,
+               positions=None) -> Iterator[None]:
         """Attention of segment rows a..b-1 (q -> xb), split into groups of query tokens so that
         one dispatch stays short however long the prompt is; ``lora_a``: a lone decode token's
         A xb for wo's fused LoRA delta (``LoraFusion.fuse``)."""
@@ -116,7 +117,7 @@ class PassSteps:
                                    n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=cfg.head_size,
                                    pos0=seg.pos0 + t - a, seq_len=seg.kv.n_ctx, n_tokens=u - t,
                                    sliding_window=cfg.layer_window(l), kv_f16=seg.kv.f16, lora_a=lora_a,
-                                   softcap=cfg.attn_softcap, query_scale=cfg.query_scale)
+                                   softcap=cfg.attn_softcap, query_scale=cfg.query_scale, positions=positions)
             yield
 
     def checkpoint(self, trace: Trace | None, T: int) -> Callable:

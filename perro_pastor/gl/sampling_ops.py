@@ -25,9 +25,9 @@ class SamplingOps:
         """tokens[out_index] = argmax(logits[:n]) (lowest id on ties), two dispatches."""
         groups = n_groups(n, ARGMAX_CHUNK)
         partial = self.gpu.scratch("argmax_partial", groups * 8)
-        logits.bind_to_storage_buffer(0)
-        partial.bind_to_storage_buffer(1)
-        tokens.bind_to_storage_buffer(2)
+        self.gpu.bind(logits, 0)
+        self.gpu.bind(partial, 1)
+        self.gpu.bind(tokens, 2)
         self.gpu.run(self.gpu.program("argmax.comp", PASS=1, WG_SIZE=ARGMAX_WG, CHUNK=ARGMAX_CHUNK), groups, n=n)
         self.gpu.barrier()
         self.gpu.run(self.gpu.program("argmax.comp", PASS=2, WG_SIZE=ARGMAX_WG, CHUNK=ARGMAX_CHUNK), 1, n=groups,
@@ -49,9 +49,9 @@ class SamplingOps:
             raise BackendError(f"sample: bad settings temperature={temperature} top_k={top_k} top_p={top_p} "
                                f"min_p={min_p} repeat_penalty={repeat_penalty}")
         probs = self.gpu.scratch("sample_probs", n * 4)
-        logits.bind_to_storage_buffer(0)
-        tokens.bind_to_storage_buffer(1)
-        probs.bind_to_storage_buffer(2)
+        self.gpu.bind(logits, 0)
+        self.gpu.bind(tokens, 1)
+        self.gpu.bind(probs, 2)
         merged: dict[int, float] = {}
         for token, value in logit_bias:  # one pair per id: invocations add them in parallel
             merged[int(token)] = merged.get(int(token), 0.0) + float(value)
@@ -61,7 +61,7 @@ class SamplingOps:
             pairs[:, 1] = np.array(list(merged.values()), np.float32).view(np.uint32)
         bias = self.gpu.scratch("sample_bias", pairs.nbytes)
         bias.write(pairs.tobytes())
-        bias.bind_to_storage_buffer(3)
+        self.gpu.bind(bias, 3)
         self.gpu.run(self.gpu.program("sample.comp"), 1, n=n, temperature=float(temperature), top_k=int(top_k),
                      top_p=float(top_p), min_p=float(min_p), penalty=float(repeat_penalty),
                      recent_begin=recent_begin, recent_count=recent_count, out_index=out_index,

@@ -72,6 +72,7 @@ class GlKVCache:
         # a cache dropped without ``release`` (a session garbage-collected with its scheduler)
         # hands its buffers to the context, which frees them at its next pass
         self._on_collect = weakref.finalize(self, glctx.release_later, self.key_cache + self.value_cache)
+        self.plan = None  # this cache's recorded decode step (gl/decode_plan.py), replayed each token
 
     @property
     def n_layers(self) -> int:
@@ -105,6 +106,7 @@ class GlKVCache:
 
     def release(self) -> None:
         self._on_collect.detach()
+        self.plan = None
         for buf in self.key_cache + self.value_cache:
             buf.release()
         self.key_cache, self.value_cache = [], []
@@ -118,7 +120,8 @@ class Scratch:
 
     x (T, dim) residual stream; xb (T, dim) normed input / attention output; q (T, dim);
     k, v (T, kv_dim); hb, hb2 (T, hidden_dim); xl (S, dim) last rows; logits (S or T, vocab);
-    tokens (T,) int32 ids the embedding reads; next_token, the id the GPU argmax picks.
+    tokens (T,) int32 ids the embedding reads; next_token, the id the GPU argmax picks;
+    positions (T,) int32, a one-token pass's position (rope and attention read it).
     Grown (never shrunk) when a bigger batch comes."""
 
     def __init__(self, glctx: GLContext, cfg: Config):
@@ -126,7 +129,7 @@ class Scratch:
         # xb holds the normed input (dim) and the attention output (q_dim: wider for some qwen3)
         self.widths = dict(x=cfg.dim, xb=max(cfg.dim, cfg.q_dim), q=cfg.q_dim, k=cfg.kv_dim, v=cfg.kv_dim,
                            hb=cfg.hidden_dim, hb2=cfg.hidden_dim, xl=cfg.dim, logits=cfg.vocab_size,
-                           tokens=1, next_token=1)
+                           tokens=1, next_token=1, positions=1)
         self.buffers: dict[str, object] = {}
 
     def ensure(self, n_tokens: int) -> None:
@@ -155,7 +158,7 @@ class Scratch:
         """The first ``n_rows`` rows, read back (blocks: traces and logits only)."""
         width = self.widths[name]
         raw = self.buffers[name].read(size=n_rows * width * 4)
-        dtype = np.int32 if name in ("tokens", "next_token") else np.float32
+        dtype = np.int32 if name in ("tokens", "next_token", "positions") else np.float32
         return np.frombuffer(raw, dtype=dtype).reshape((n_rows,) + (shape or (width,))).copy()
 
     def release(self) -> None:

@@ -1,0 +1,49 @@
+"""A one-token pass recorded once and replayed: the launch plan of a session's decode steps.
+
+The narrated pass (``GlTransformer._layers``) works out every launch in Python each time: which
+program, which buffers at which bindings, which uniforms. A session's decode steps repeat exactly
+the same launches token after token, except for the token and its position, and those the kernels
+read from buffers (``Scratch.tokens`` and ``Scratch.positions``, written once per step). So the
+first such pass on a cache runs while the dispatcher records every bind, dispatch and barrier it
+makes (``Dispatcher.recording``), and the later ones replay the recorded calls, yielding where the
+pass yielded: no resolving, no object churn per dispatch.
+
+A recorded call holds the buffers it binds. The ``stamp`` names what would make one stale: the
+path (fused or not), the dispatcher's scratch buffers (``Dispatcher.generation`` counts
+replacements) and the activations' capacity (``Scratch`` replaces its buffers when it grows); a
+plan whose stamp no longer matches is recorded again.
+"""
+
+from __future__ import annotations
+
+from typing import Generator, Iterator
+
+YIELD = None  # where the recorded pass yielded (a step boundary for the scheduler)
+
+
+class DecodePlan:
+    def __init__(self, stamp: tuple) -> None:
+        self.stamp = stamp
+        self.calls: list = []
+
+    def record(self, gpu, steps: Generator) -> Generator:
+        """Run ``steps`` (a pass) to its end while ``gpu`` records into this plan, yielding where it
+        yields (recording only while the pass runs: other work between two steps is not recorded);
+        returns its value."""
+        while True:
+            gpu.recording = self.calls
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            finally:
+                gpu.recording = None
+            self.calls.append(YIELD)
+            yield
+
+    def replay(self) -> Iterator[None]:
+        for call in self.calls:
+            if call is YIELD:
+                yield
+            else:
+                call()
