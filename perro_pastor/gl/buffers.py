@@ -233,16 +233,17 @@ def upload_weight(
 
 
 def f32_buffer(glctx: GLContext, data: np.ndarray | int):
-    """An SSBO of float32: from an array, or zero-filled with ``data`` elements."""
+    """An SSBO of float32: from an array, or zero-filled with ``data`` elements (zeroed here: a
+    reserved buffer's contents are undefined, and on NVIDIA they are whatever was there before)."""
     if isinstance(data, (int, np.integer)):
-        return glctx.ctx.buffer(reserve=max(4, int(data) * 4))
+        return glctx.ctx.buffer(bytes(max(4, int(data) * 4)))
     return glctx.ctx.buffer(np.ascontiguousarray(data, dtype=np.float32).tobytes())
 
 
 def i32_buffer(glctx: GLContext, data: np.ndarray | int):
-    """An SSBO of int32 (token ids, positions)."""
+    """An SSBO of int32 (token ids, positions): from an array, or zero-filled."""
     if isinstance(data, (int, np.integer)):
-        return glctx.ctx.buffer(reserve=max(4, int(data) * 4))
+        return glctx.ctx.buffer(bytes(max(4, int(data) * 4)))
     return glctx.ctx.buffer(np.ascontiguousarray(data, dtype=np.int32).tobytes())
 
 
