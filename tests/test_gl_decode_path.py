@@ -291,3 +291,25 @@ def test_replayed_steps_give_the_narrated_pass_s_logits_bit_for_bit(fused):
         timer.detach()
     finally:
         model.close()
+
+
+def test_a_fused_decode_step_matches_the_cpu_backend_at_every_checkpoint():
+    """The named checkpoints of one fused decode step (after a prompt) against the cpu backend's,
+    with test_gl_forward's tolerances (att_norm has no checkpoint: it happens inside q/k/v)."""
+    from test_gl_forward import first_divergence
+
+    model, cpu = gl_model(model_slice("Q8_0", 2)), load(model_slice("Q8_0", 2), backend="cpu", dtype=np.float64)
+    try:
+        model.transformer.fused_decode = True
+        prompt = model.tokenizer.encode(PROMPT)[:9]
+        records = []
+        for m in (model, cpu):
+            kv, rec = m.transformer.new_cache(16), {}
+            m.transformer.forward(np.array(prompt[:-1]), 0, kv)
+            m.transformer.forward(np.array(prompt[-1:]), len(prompt) - 1, kv, trace=rec.__setitem__)
+            records.append(rec)
+        want = {name: v for name, v in records[1].items() if not name.endswith("att_norm")}
+        assert len(want) > 10 and first_divergence(records[0], want) is None, first_divergence(records[0], want)
+    finally:
+        model.close()
+        cpu.close()

@@ -8,7 +8,8 @@ named checkpoints) are read back. A decode step is 12 dispatches per layer:
     rmsnorm, wq, wk, wv, rope (+ KV store), attention, wo (+ residual),
     rmsnorm, w1, w3, swiglu, w2 (+ residual)
 
-or, on a GPU (``fused_decode``: one token, no adapters, no trace), 6 (``gl/fused_ops.py``):
+or, on a GPU (``fused_decode``: one token, no adapters), 6 (``gl/fused_ops.py``; a trace then has
+no ``att_norm`` checkpoint: that norm happens inside the q/k/v dispatch):
 
     rmsnorm + wq + wk + wv, rope (+ KV store), attention, wo (+ residual),
     rmsnorm + w1 + w3 + swiglu, w2 (+ residual)
@@ -241,7 +242,7 @@ class GlTransformer(PassSteps):
         # one session's decode token: the same launches every token (only the token and its
         # position change, read from buffers), recorded once per cache and replayed (decode_plan.py)
         one_token = T == 1 and trace is None and not all_logits and not segments[0].adapters
-        fast = self.fused_decode and one_token
+        fast = self.fused_decode and T == 1 and not segments[0].adapters  # (traced: no att_norm checkpoint)
         if one_token:
             seg = segments[0]
             s.positions.write(np.array([seg.pos0], np.int32).tobytes())

@@ -83,6 +83,8 @@ class FusedOps:
         gate = len(weights) == 2  # (both read with the same rows)
         rows = weights[0].rows if gate else sum(w.rows for w in weights)
         n_tiles = n_groups(rows, FUSED_ROWS)
+        if not self.gpu.software:  # (a GPU runs it asynchronously: a frame never waits on it)
+            return [(0, n_tiles)]
         step = max(1, self.max_weights_per_dispatch // (weights[0].cols * FUSED_ROWS * (2 if gate else 1)))
         return [(a, min(n_tiles, a + step)) for a in range(0, n_tiles, step)]
 
