@@ -24,7 +24,7 @@ from perro_pastor.model import load
 from perro_pastor.sampling import GREEDY, Sampler, SamplerSettings
 from perro_pastor.scheduler import Scheduler
 
-from family_models import write_family_model
+from test_families import family_file  # noqa: F401 (the synthetic family files, a fixture)
 from model_slices import model_slice
 
 GEMMA3 = Path(__file__).parent / "assets" / "gemma-3-270m-q4_k_m.gguf"
@@ -88,20 +88,9 @@ def test_a_fused_decode_step_makes_at_most_7_dispatches_a_layer():
         model.close()
 
 
-@pytest.fixture(scope="module")
-def family_path(tmp_path_factory):
-    made = {}
-
-    def get(arch: str) -> Path:
-        if arch not in made:
-            made[arch] = write_family_model(arch, tmp_path_factory.mktemp(arch) / f"{arch}-tiny.gguf")
-        return made[arch]
-    return get
-
-
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "phi3", "gemma2", "phi3-longrope"])
-def test_each_family_decodes_the_same_fused_and_unfused(arch, family_path):
-    model = gl_model(family_path(arch))
+def test_each_family_decodes_the_same_fused_and_unfused(arch, family_file):
+    model = gl_model(family_file(arch))
     try:
         tr = model.transformer
         prompt = model.tokenizer.encode("The miller's daughter")[:12]
@@ -236,10 +225,10 @@ def test_generate_on_gl_draws_on_the_gpu_and_ends_cleanly():
 # batches on a GPU: matmul_lanes.comp
 
 @pytest.mark.parametrize("arch", ["default", "qwen2", "gemma2"])
-def test_prefill_through_matmul_lanes_gives_the_same_logits(arch, family_path):
+def test_prefill_through_matmul_lanes_gives_the_same_logits(arch, family_file):
     """Every position's logits of a prompt with the GPU mat-mat (the default on GPUs) and with
     matmul.comp, on llvmpipe."""
-    model = gl_model("default" if arch == "default" else family_path(arch))
+    model = gl_model("default" if arch == "default" else family_file(arch))
     try:
         tr = model.transformer
         prompt = np.array(model.tokenizer.encode(PROMPT)[:20])
