@@ -302,3 +302,30 @@ def test_a_fused_decode_step_matches_the_cpu_backend_at_every_checkpoint():
     finally:
         model.close()
         cpu.close()
+
+
+def test_a_replay_on_a_gpu_yields_by_time_not_per_dispatch():
+    """plan_yield_s (a GPU's default: 0.5 ms) makes a replayed step yield to the scheduler once
+    per that much host time instead of after every dispatch; the logits do not change."""
+    model = gl_model(model_slice("Q8_0", 2))
+    try:
+        tr = model.transformer
+        kv = tr.new_cache(16)
+        tr.forward(np.array([1, 2, 3]), 0, kv)
+        tr.forward(np.array([4]), 3, kv)  # records the plan
+
+        def step(yield_every_s: float) -> tuple[int, np.ndarray]:
+            tr.plan_yield_s = yield_every_s
+            steps, n = tr.forward_steps([Segment(np.array([5]), 4, kv)]), 0
+            while True:
+                try:
+                    next(steps)
+                    n += 1
+                except StopIteration as done:
+                    return n, done.value[0]
+        per_dispatch, logits = step(0.0)
+        rare, same = step(60.0)
+        assert per_dispatch > 20 * len(tr.weights.layers) // 2 and rare <= 2
+        np.testing.assert_array_equal(same, logits)
+    finally:
+        model.close()

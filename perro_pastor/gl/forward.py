@@ -51,6 +51,9 @@ from .warm_up import warm_up_steps
 # took up to 6 ms on llvmpipe, at 48 under 3 ms. 48 still holds a scheduler batch (8 decoding
 # NPCs + a 32-token prefill chunk) in one pass. A hardware GPU takes 128.
 MAX_BATCH_SOFTWARE, MAX_BATCH = 48, 128
+# A replayed decode step on a GPU yields to the scheduler about this often (seconds of host
+# work), not after every dispatch (decode_plan.py)
+PLAN_YIELD_S = 0.0005
 ATTENTION_MACS_PER_DISPATCH = 1 << 18  # ~1 ms of prefill attention on 2-core llvmpipe (~3-4 ms per M)
 
 
@@ -86,6 +89,7 @@ class GlTransformer(PassSteps):
         # kernels and the cpu sampler are faster
         self.fused_decode = not glctx.limits.software if fused_decode is None else fused_decode
         self.gpu_sampling = not glctx.limits.software
+        self.plan_yield_s = 0.0 if glctx.limits.software else PLAN_YIELD_S  # (DecodePlan.replay)
         self.cfg, self.kv_f16 = cfg, kv_f16
         self.max_batch = max_batch or (MAX_BATCH_SOFTWARE if glctx.limits.software else MAX_BATCH)
         self.kernels = Kernels(self.glctx)
@@ -249,7 +253,7 @@ class GlTransformer(PassSteps):
             stamp = (fast, self.kernels.gpu.generation, s.capacity)
             plan = seg.kv.plan if seg.kv.plan is not None and seg.kv.plan.stamp == stamp else None
             if plan is not None:
-                yield from plan.replay()
+                yield from plan.replay(self.plan_yield_s)
             elif self.kernels.gpu.dry_run:  # (warm-up: compiles the same programs)
                 yield from self._layers(spans, T, False, fast, self.checkpoint(None, T), s.positions)
             else:
