@@ -169,11 +169,19 @@ class Sampler:
 
     def request(self, recent: Sequence[int] = ()) -> SampleRequest:
         """The next draw for a backend that samples itself (``backend.SampleRequest``): these
-        settings, the penalty window of ``recent``, and a seed drawn from this sampler's RNG (so
-        saving, restoring and cloning a sampler keep meaning the same future draws)."""
+        settings, the penalty window of ``recent``, and the seed this sampler's RNG would draw
+        next, peeked: ``drew()`` moves the RNG past it once the drawn token is used, so a request
+        whose batch is abandoned leaves the stream as it was (saving, restoring and cloning a
+        sampler keep meaning the same future draws)."""
         n = self.settings.repeat_last_n
         window = tuple(int(t) for t in list(recent)[-n:]) if n else ()
-        return SampleRequest(self.settings, int(self.rng.integers(1 << 32)), window)
+        peek = np.random.Generator(type(self.rng.bit_generator)())
+        peek.bit_generator.state = self.rng.bit_generator.state
+        return SampleRequest(self.settings, int(peek.integers(1 << 32)), window)
+
+    def drew(self) -> None:
+        """A backend's draw from the latest ``request`` was used: the RNG moves past its seed."""
+        self.rng.integers(1 << 32)
 
     def sample(self, logits: np.ndarray, recent: Sequence[int] = ()) -> int:
         s = self.settings

@@ -330,7 +330,11 @@ class Scheduler:
         NPC's reply only, with the exception attached; a KeyboardInterrupt ends it as cancelled
         and goes on up."""
         try:
-            token = int(row) if isinstance(row, (int, np.integer)) else s.choose_token(row)
+            if isinstance(row, (int, np.integer)):  # drawn by the backend from s's request
+                token = int(row)
+                s.sampler.drew()
+            else:
+                token = s.choose_token(row)
             if token is not None:
                 s.accept_token(token)
                 self.tokens_generated += 1

@@ -24,6 +24,7 @@ from perro_pastor.model import load
 from perro_pastor.sampling import GREEDY, Sampler, SamplerSettings
 from perro_pastor.scheduler import Scheduler
 
+from gl_helpers import glctx  # noqa: F401 (a fixture)
 from test_families import family_file  # noqa: F401 (the synthetic family files, a fixture)
 from model_slices import model_slice
 
@@ -333,3 +334,43 @@ def test_a_replay_on_a_gpu_yields_by_time_not_per_dispatch():
         np.testing.assert_array_equal(same, logits)
     finally:
         model.close()
+
+
+def test_a_replay_whose_buffers_are_replaced_midway_runs_the_pass_again():
+    """Work between two steps of a replay that replaces a scratch buffer the recording binds (a
+    bigger attention scratch): the replay stops and the pass runs again, narrated, same logits."""
+    model = gl_model(model_slice("Q8_0", 2))
+    try:
+        tr = model.transformer
+        tr.plan_yield_s = 0.0
+        kv = tr.new_cache(16)
+        tr.forward(np.array([1, 2, 3]), 0, kv)
+        tr.forward(np.array([4]), 3, kv)  # records the plan
+        want = tr.forward(np.array([5]), 4, kv)  # replayed
+        steps = tr.forward_steps([Segment(np.array([5]), 4, kv)])
+        next(steps)
+        before = tr.kernels.gpu.generation
+        tr.kernels.gpu.scratch("att", 1 << 22)  # grown: the recorded binding is released
+        assert tr.kernels.gpu.generation == before + 1
+        np.testing.assert_array_equal(run_to_end(steps)[0], want)
+    finally:
+        model.close()
+
+
+def test_fused_dispatches_stay_within_the_work_group_count_limit(glctx, monkeypatch):  # noqa: F811
+    """On a GPU a fused mat-vec is one dispatch, unless its row tiles exceed
+    GL_MAX_COMPUTE_WORK_GROUP_COUNT (65535 on some drivers; a 256k vocabulary is 128k tiles)."""
+    from perro_pastor.gl.buffers import upload_weight
+    from perro_pastor.gl.kernels import Kernels
+    from perro_pastor.quant import GGMLType
+
+    from gl_helpers import random_weight
+
+    monkeypatch.setattr(glctx, "limits", replace(glctx.limits, max_group_count=(5, 65535, 65535)))
+    kernels = Kernels(glctx)
+    kernels.gpu.software = False
+    w = upload_weight(glctx, random_weight(GGMLType.Q8_0, 23, 64, np.random.default_rng(0)), GGMLType.Q8_0, 23, 64)
+    slices = kernels.fused.tile_slices((w,))
+    assert slices == [(0, 5), (5, 10), (10, 12)]
+    w.release()
+    kernels.release()

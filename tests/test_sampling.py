@@ -108,3 +108,16 @@ def test_rng_state_round_trip(logits):
     b = Sampler(settings)
     b.set_state(a.get_state())
     assert [a.sample(logits) for _ in range(10)] == [b.sample(logits) for _ in range(10)]
+
+
+def test_a_backend_draw_request_peeks_the_seed_and_drew_moves_past_it():
+    """A request for a backend's draw (gl: sample.comp) names the seed the RNG would draw next
+    without taking it: a request whose batch is abandoned changes nothing; ``drew`` takes it."""
+    s = Sampler(SamplerSettings(repeat_last_n=3), seed=3)
+    first = s.request([5, 6, 7, 8])
+    assert first.recent == (6, 7, 8) and s.request([1]).seed == first.seed  # peeked twice: the same
+    s.drew()
+    second = s.request([1])
+    assert second.seed != first.seed
+    again = Sampler(SamplerSettings(), seed=3)
+    assert int(again.rng.integers(1 << 32)) == first.seed and again.request().seed == second.seed

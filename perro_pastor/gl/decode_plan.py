@@ -17,7 +17,7 @@ plan whose stamp no longer matches is recorded again.
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Generator, Iterator
+from typing import Callable, Generator
 
 YIELD = None  # where the recorded pass yielded (a step boundary for the scheduler)
 
@@ -42,18 +42,23 @@ class DecodePlan:
             self.calls.append(YIELD)
             yield
 
-    def replay(self, yield_every_s: float = 0.0) -> Iterator[None]:
+    def replay(self, yield_every_s: float = 0.0, still_valid: Callable[[], bool] = lambda: True) -> Generator:
         """Make the recorded calls again. ``yield_every_s`` 0: yield wherever the pass yielded (a
         CPU rasterizer runs each dispatch inside the call, so each is a frame's worth of work);
         above 0 (a GPU, where a dispatch is queued in microseconds): yield at the first such
         place after that much time since the last yield. Every yield is a scheduler step, ~10 us
-        of bookkeeping: per dispatch, that was as much as the dispatch itself."""
+        of bookkeeping: per dispatch, that was as much as the dispatch itself. Returns False, having
+        stopped, when ``still_valid()`` says after a yield that work in between replaced a buffer the
+        recording binds (the caller then runs the whole pass again, narrated); True at the end."""
         last = perf_counter()
         for call in self.calls:
             if call is not YIELD:
                 call()
-            elif not yield_every_s:
-                yield
-            elif perf_counter() - last >= yield_every_s:
-                yield
-                last = perf_counter()
+                continue
+            if yield_every_s and perf_counter() - last < yield_every_s:
+                continue
+            yield
+            if not still_valid():
+                return False
+            last = perf_counter()
+        return True

@@ -1,9 +1,11 @@
 """What every launcher shares: compiled programs, launcher scratch buffers, and the dispatch call.
 
-The launchers (``matvec_ops``, ``layer_ops``, ``sampling_ops``) each hold the one ``Dispatcher``
-of their ``Kernels``; every dispatch of the gl backend goes through ``Dispatcher.run``. A profiler
-outside the engine (``perro_pastor.gl_figures``) may wrap ``run`` on the instance: the launchers
-look it up on every call.
+The launchers (``matvec_ops``, ``layer_ops``, ``sampling_ops``, ``fused_ops``) each hold the one
+``Dispatcher`` of their ``Kernels``; every bind and every dispatch of the gl backend goes through
+it (``bind``, ``bind_ubo``, ``call``, ``run``, ``barrier``), so that while ``recording`` is a list
+it holds the calls that repeat them (``decode_plan.py``). A profiler outside the engine
+(``perro_pastor.gl_figures``) may wrap ``run`` on the instance: the launchers, and a replayed
+recording, look it up on every call.
 """
 
 from __future__ import annotations

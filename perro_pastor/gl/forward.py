@@ -41,7 +41,7 @@ from .kernels import Kernels
 from .lora_fusion import LoraCache, LoraFusion
 from .decode_plan import DecodePlan
 from .neox import LoraViews, key_layout
-from .pass_steps import PassSteps, rows_of as _rows
+from .pass_steps import PassSteps, rows_of
 from .state import GlKVCache, Scratch, buffer_offset_alignment
 from .upload import GlWeights, prepare_matrix, upload_order, upload_steps
 from .warm_up import warm_up_steps
@@ -236,7 +236,8 @@ class GlTransformer(PassSteps):
 
     def _pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None,
               read_logits: bool = True) -> Iterator[None]:
-        """One batch of at most ``max_batch`` tokens, narrated like cpu.py's forward_steps."""
+        """One batch of at most ``max_batch`` tokens: the tokens written, the pass (``_layers``, or a
+        one-token step's recorded plan), tokens drawn on the GPU, then the one read-back."""
         cfg, s = self.cfg, self.s
         bounds = np.cumsum([0] + [len(seg.tokens) for seg in segments])  # segment i = rows bounds[i]:bounds[i+1]
         spans = list(zip(segments, bounds[:-1].tolist(), bounds[1:].tolist()))
@@ -253,7 +254,10 @@ class GlTransformer(PassSteps):
             stamp = (fast, self.kernels.gpu.generation, s.capacity)
             plan = seg.kv.plan if seg.kv.plan is not None and seg.kv.plan.stamp == stamp else None
             if plan is not None:
-                yield from plan.replay(self.plan_yield_s)
+                replayed = yield from plan.replay(
+                    self.plan_yield_s, lambda: (fast, self.kernels.gpu.generation, s.capacity) == stamp)
+                if not replayed:  # other work between two steps replaced a buffer it binds: again
+                    yield from self._layers(spans, T, False, fast, self.checkpoint(None, T), s.positions)
             elif self.kernels.gpu.dry_run:  # (warm-up: compiles the same programs)
                 yield from self._layers(spans, T, False, fast, self.checkpoint(None, T), s.positions)
             else:
@@ -278,7 +282,7 @@ class GlTransformer(PassSteps):
         if self.fences.place():
             yield
         if slots and len(slots) == len(spans):
-            ids = np.frombuffer(self.kernels.gpu.scratch("sample_ids", 4).read(), np.int32)
+            ids = self.drawn_ids(slots)
             return [int(ids[slots[i]]) for i in range(len(spans))]
         logits = s.read("logits", n_out)
         if cfg.final_softcap:  # (Gemma 2) on the host: the logits are read back here anyway
@@ -288,7 +292,7 @@ class GlTransformer(PassSteps):
         if all_logits:
             return [logits[a:b] for _, a, b in spans]
         if slots:
-            ids = np.frombuffer(self.kernels.gpu.scratch("sample_ids", 4).read(), np.int32)
+            ids = self.drawn_ids(slots)
             return [int(ids[slots[i]]) if i in slots else row for i, row in enumerate(logits)]
         return list(logits)
 
@@ -334,9 +338,9 @@ class GlTransformer(PassSteps):
             # (NeoX-rope families: wq and wk rows were reordered at upload so that this is theirs, neox.py)
             for seg, a, b in spans:
                 inv_freq = self.weights.inv_freq_local if cfg.is_local(l) else self.weights.inv_freq
-                k.rope(_rows(s.q, q_dim, a, b), _rows(s.k, kv_dim, a, b), inv_freq,
+                k.rope(rows_of(s.q, q_dim, a, b), rows_of(s.k, kv_dim, a, b), inv_freq,
                        n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_size=hs, n_rot=self.weights.n_rot,
-                       n_tokens=b - a, pos0=seg.pos0, v=_rows(s.v, kv_dim, a, b),
+                       n_tokens=b - a, pos0=seg.pos0, v=rows_of(s.v, kv_dim, a, b),
                        k_cache=seg.kv.key_cache[l], v_cache=seg.kv.value_cache[l],
                        seq_len=seg.kv.n_ctx, kv_f16=seg.kv.f16, positions=positions)
             check(f"L{l}.q", s.q, (cfg.n_heads, hs))
@@ -378,7 +382,7 @@ class GlTransformer(PassSteps):
         if fast:  # (the final norm inside the classifier's dispatch)
             yield from self.norm_project((s.logits,), (self.weights.wcls,), self.weights.rms_final_weight)
         else:
-            if all_logits or T == 1:
+            if all_logits or T == 1:  # (T == 1: no copy, which a plan would not record)
                 n_out, last = T, s.x
             else:
                 for i, (seg, a, b) in enumerate(spans):
@@ -388,13 +392,3 @@ class GlTransformer(PassSteps):
             k.rmsnorm(s.xb, last, self.weights.rms_final_weight, dim=dim, eps=cfg.rms_eps, n_tokens=n_out)
             yield
             yield from self.matvec(s.logits, self.weights.wcls, s.xb, n_out)
-
-    def can_sample(self, settings) -> bool:
-        """Whether sample.comp draws like ``sampling.Sampler`` with these ``SamplerSettings``:
-        temperature, top-k, top-p, min-p, the repetition penalty and its window, logit bias and
-        a seed, yes; a Python hook, typical-p, frequency and presence penalties, a forced (+inf)
-        token or a model whose logits are soft-capped on the host, no (the session then reads
-        the logits back and samples on the CPU)."""
-        return (self.gpu_sampling and not self.cfg.final_softcap and settings.hook is None
-                and settings.typical_p == 1.0 and settings.frequency_penalty == 0.0
-                and settings.presence_penalty == 0.0 and all(b < np.inf for _, b in settings.logit_bias))

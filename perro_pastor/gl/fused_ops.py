@@ -72,8 +72,9 @@ class FusedOps:
         return cols_fit and same and all(w.rows % FUSED_ROWS == 0 for w in weights[:-1])
 
     def tile_slices(self, weights: tuple[GLWeight, ...]) -> list[tuple[int, int]]:
-        """Tiles (first, end) per dispatch: all in one on a GPU; slices of at most
-        ``max_weights_per_dispatch`` on a CPU rasterizer (a dispatch's length is a frame's)."""
+        """Tiles (first, end) per dispatch: all in one on a GPU (up to the driver's work-group
+        count limit); slices of at most ``max_weights_per_dispatch`` on a CPU rasterizer (a
+        dispatch's length is a frame's)."""
         known = self._slices.get(tuple(id(w) for w in weights))
         if known is None:
             known = self._slices[tuple(id(w) for w in weights)] = (weights, self._slices_now(weights))
@@ -83,9 +84,11 @@ class FusedOps:
         gate = len(weights) == 2  # (both read with the same rows)
         rows = weights[0].rows if gate else sum(w.rows for w in weights)
         n_tiles = n_groups(rows, FUSED_ROWS)
-        if not self.gpu.software:  # (a GPU runs it asynchronously: a frame never waits on it)
-            return [(0, n_tiles)]
-        step = max(1, self.max_weights_per_dispatch // (weights[0].cols * FUSED_ROWS * (2 if gate else 1)))
+        if self.gpu.software:  # (a CPU rasterizer: a dispatch's length is what a frame pays)
+            step = max(1, self.max_weights_per_dispatch // (weights[0].cols * FUSED_ROWS * (2 if gate else 1)))
+        else:  # a GPU runs it asynchronously: one dispatch, up to the work-group count limit
+            step = n_tiles
+        step = min(step, self.gpu.glctx.limits.max_group_count[0])  # (65535 on some drivers; a 256k vocab is 128k tiles)
         return [(a, min(n_tiles, a + step)) for a in range(0, n_tiles, step)]
 
     def matvec(self, dsts: tuple, weights: tuple[GLWeight, ...], x, norm=None, eps: float = 0.0,

@@ -15,6 +15,9 @@ from .lora_factors import FusedLora, LoraA
 from .state import BufferSlice
 
 
+SAMPLE_SCRATCH_BYTES = 4096  # 8 segments' penalty windows of 64 ids, and their drawn ids
+
+
 def rows_of(buf, width: int, a: int, b: int) -> BufferSlice:
     """Token rows a..b-1 of a (T, width) f32 buffer."""
     return BufferSlice(buf, a * width * 4, max(4, (b - a) * width * 4))
@@ -130,6 +133,21 @@ class PassSteps:
             trace(name, np.frombuffer(buf.read(size=T * n * 4), np.float32).reshape((T,) + shape).copy())
         return check
 
+    def drawn_ids(self, slots: dict[int, int]) -> np.ndarray:
+        """The ids ``draw_tokens`` had drawn, read back (up to the last slot)."""
+        size = 4 * (max(slots.values()) + 1)
+        return np.frombuffer(self.kernels.gpu.scratch("sample_ids", size).read(size=size), np.int32)
+
+    def can_sample(self, settings) -> bool:
+        """Whether sample.comp draws like ``sampling.Sampler`` with these ``SamplerSettings``:
+        temperature, top-k, top-p, min-p, the repetition penalty and its window, logit bias and
+        a seed, yes; a Python hook, typical-p, frequency and presence penalties, a forced (+inf)
+        token or a model whose logits are soft-capped on the host, no (the session then reads
+        the logits back and samples on the CPU)."""
+        return (self.gpu_sampling and not self.cfg.final_softcap and settings.hook is None
+                and settings.typical_p == 1.0 and settings.frequency_penalty == 0.0
+                and settings.presence_penalty == 0.0 and all(b < np.inf for _, b in settings.logit_bias))
+
     def draw_tokens(self, spans: list) -> dict[int, int]:
         """Run sample.comp for each segment whose ``sample`` request this backend can serve, on
         its row of the logits (bound as a range); returns {segment index: slot of its id in the
@@ -147,7 +165,8 @@ class PassSteps:
             ids += [int(t) for t in request.recent]
             slots[i] = len(ids)
             ids.append(-1)
-        buf = k.gpu.scratch("sample_ids", 4 * len(ids))
+        # (with room to spare: a scratch buffer that grows makes every cache's plan stale)
+        buf = k.gpu.scratch("sample_ids", max(SAMPLE_SCRATCH_BYTES, 4 * len(ids)))
         buf.write(np.array(ids, np.int32).tobytes())
         for i, request in chosen:
             st = request.settings

@@ -59,7 +59,7 @@ class SamplingOps:
         if merged:
             pairs[:, 0] = list(merged)
             pairs[:, 1] = np.array(list(merged.values()), np.float32).view(np.uint32)
-        bias = self.gpu.scratch("sample_bias", pairs.nbytes)
+        bias = self.gpu.scratch("sample_bias", max(4096, pairs.nbytes))  # (room to spare: growing it stales plans)
         bias.write(pairs.tobytes())
         self.gpu.bind(bias, 3)
         self.gpu.run(self.gpu.program("sample.comp"), 1, n=n, temperature=float(temperature), top_k=int(top_k),
