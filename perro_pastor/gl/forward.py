@@ -249,22 +249,24 @@ class GlTransformer(PassSteps):
         one_token = T == 1 and trace is None and not all_logits and not segments[0].adapters
         fast = self.fused_decode and T == 1 and not segments[0].adapters  # (traced: no att_norm checkpoint)
         if one_token:
-            seg = segments[0]
+            seg, gpu = segments[0], self.kernels.gpu
             s.positions.write(np.array([seg.pos0], np.int32).tobytes())
-            stamp = (fast, self.kernels.gpu.generation, s.capacity)
+            narrated = self._layers(spans, T, False, fast, self.checkpoint(None, T), s.positions)
+
+            def current() -> tuple:  # what a recording depends on (decode_plan.py)
+                return fast, gpu.generation, s.capacity
+            stamp = current()
             plan = seg.kv.plan if seg.kv.plan is not None and seg.kv.plan.stamp == stamp else None
             if plan is not None:
-                replayed = yield from plan.replay(
-                    self.plan_yield_s, lambda: (fast, self.kernels.gpu.generation, s.capacity) == stamp)
+                replayed = yield from plan.replay(self.plan_yield_s, lambda: current() == stamp)
                 if not replayed:  # other work between two steps replaced a buffer it binds: again
-                    yield from self._layers(spans, T, False, fast, self.checkpoint(None, T), s.positions)
-            elif self.kernels.gpu.dry_run:  # (warm-up: compiles the same programs)
-                yield from self._layers(spans, T, False, fast, self.checkpoint(None, T), s.positions)
+                    yield from narrated
+            elif gpu.dry_run:  # (warm-up: compiles the same programs)
+                yield from narrated
             else:
                 plan = DecodePlan(stamp)
-                yield from plan.record(self.kernels.gpu, self._layers(spans, T, False, fast,
-                                                                       self.checkpoint(None, T), s.positions))
-                if stamp == (fast, self.kernels.gpu.generation, s.capacity):  # (else a scratch grew meanwhile)
+                yield from plan.record(gpu, narrated)
+                if current() == stamp:  # (else a scratch buffer grew meanwhile)
                     seg.kv.plan = plan
         else:
             yield from self._layers(spans, T, all_logits, fast, self.checkpoint(trace, T))
