@@ -9,6 +9,7 @@ weights allow (one buffer part each, the same type for stacked weights, x in sha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -40,28 +41,17 @@ class FusedOps:
         self.gpu = gpu
         self.max_weights_per_dispatch = max_weights_per_dispatch
         self.shared_bytes = gpu.glctx.limits.max_shared_memory or 32768
-        # what the launcher works out once per set of weights or arguments (a decode step asks
-        # again each token: working it out each time was ~2 ms of Python per token)
+        # each argument set's resolved launch (a pass that is not replayed from a decode plan
+        # asks again each token)
         self._launches: dict[tuple, FusedLaunch] = {}
-        self._fits: dict[tuple, tuple] = {}
-        self._slices: dict[tuple, tuple] = {}
 
     def release(self) -> None:
         self._launches.clear()
-        self._fits.clear()
-        self._slices.clear()
 
     def fits(self, *weights: GLWeight | None, gate: bool = False) -> bool:
         """Whether ``weights`` can share one fused dispatch: each in one buffer part, one type and
         width, rows stacking on whole tiles (``gate``: the same rows), x (cols floats) in shared
         memory."""
-        key = (tuple(id(w) for w in weights), gate)
-        known = self._fits.get(key)
-        if known is None:
-            known = self._fits[key] = (weights, self._fits_now(weights, gate))  # (keeps the ids taken)
-        return known[1]
-
-    def _fits_now(self, weights: tuple, gate: bool) -> bool:
         if any(w is None or len(w.parts) != 1 for w in weights):
             return False
         first = weights[0]
@@ -75,12 +65,6 @@ class FusedOps:
         """Tiles (first, end) per dispatch: all in one on a GPU (up to the driver's work-group
         count limit); slices of at most ``max_weights_per_dispatch`` on a CPU rasterizer (a
         dispatch's length is a frame's)."""
-        known = self._slices.get(tuple(id(w) for w in weights))
-        if known is None:
-            known = self._slices[tuple(id(w) for w in weights)] = (weights, self._slices_now(weights))
-        return known[1]
-
-    def _slices_now(self, weights: tuple[GLWeight, ...]) -> list[tuple[int, int]]:
         gate = len(weights) == 2  # (both read with the same rows)
         rows = weights[0].rows if gate else sum(w.rows for w in weights)
         n_tiles = n_groups(rows, FUSED_ROWS)
@@ -121,12 +105,11 @@ class FusedOps:
         defines = dict(weights[0].defines, WG_SIZE=FUSED_WG, ROWS=FUSED_ROWS, XS_VEC4S=cols // 4, N_W=n_w,
                        NORM=int(norm is not None), GATE=int(gate), GELU=int(gelu))
         prog = self.gpu.program("matvec_fused.comp", **defines)
-        binds = [w.parts[0].buffer.bind_to_storage_buffer for w in weights]
-        binds = [lambda f=f, i=i: f(i) for i, f in enumerate(binds)]
-        binds.append(lambda: x.bind_to_storage_buffer(3))
+        binds = [partial(w.parts[0].buffer.bind_to_storage_buffer, i) for i, w in enumerate(weights)]
+        binds.append(partial(x.bind_to_storage_buffer, 3))
         if norm is not None:
-            binds.append(lambda: norm.bind_to_storage_buffer(4))
-        binds += [lambda d=d, i=i: d.bind_to_storage_buffer(5 + i) for i, d in enumerate(dsts)]
+            binds.append(partial(norm.bind_to_storage_buffer, 4))
+        binds += [partial(d.bind_to_storage_buffer, 5 + i) for i, d in enumerate(dsts)]
         rows = [w.rows for w in weights]
         rows_total = rows[0] if gate else sum(rows)
         uniforms = dict(rows0=rows[0], rows1=rows[1] if n_w > 1 else 0, rows_total=rows_total, cols=cols,
