@@ -138,7 +138,8 @@ def cmd_bench(args) -> int:
     model, adapters = load_model(args)
     if args.sessions:
         progress(f"{args.sessions} sessions, {args.n} tokens each, {args.budget_ms:g} ms tick budget")
-        row = runtime_report(model, args.sessions, args.budget_ms, args.n, args.restore, adapters=adapters)
+        row = runtime_report(model, args.sessions, args.budget_ms, args.n, args.restore, adapters=adapters,
+                             frame_ms=args.frame_ms)
     else:
         row = run_bench(model, n_prompt=args.p, n_gen=args.n, repeats=args.repeats, adapters=adapters,
                         progress=progress)
@@ -198,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=int_at_least(0), default=0,
                    help="NPC sessions generating at once under the scheduler (runtime figures)")
     p.add_argument("--budget-ms", type=float_above(0), default=4.0, help="with --sessions: tick budget")
+    p.add_argument("--frame-ms", type=float_above(0), default=None,
+                   help="with --sessions: one tick per frame of this many ms, the rest slept (a game's frame "
+                        "loop); default: ticks back to back")
     p.add_argument("--restore", action="store_true", help="with --sessions: restore vs re-prefill")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)

@@ -1,8 +1,9 @@
 """`perro-pastor bench --sessions N --budget-ms B`: NPCs generating under a per-frame budget, and
 save/restore speed.
 
-Ticks are called back to back (a game would render between them); the tick time is what the
-frame pays. Prefill is done before measuring, so the figures are for the decode phase.
+Ticks are called back to back (a game would render between them), or once per ``frame_ms``
+frame with the rest of the frame slept, as a game at that frame rate would; the tick time is what
+the frame pays. Prefill is done before measuring, so the figures are for the decode phase.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ PROMPTS = ["Tell me about the old mill.", "Where is the blacksmith?", "Any news 
            "Who rules this town?", "Sing me a song."]
 
 
-def run_runtime_bench(model, sessions: int, budget_ms: float, n_tokens: int, adapters: tuple = ()) -> dict:
+def run_runtime_bench(model, sessions: int, budget_ms: float, n_tokens: int, adapters: tuple = (),
+                      frame_ms: float = 0.0) -> dict:
     """``sessions`` NPCs (each with the LoRA ``adapters``) each generate ``n_tokens`` while
-    ``tick(budget_ms)`` is called back to back. Returns tick-time percentiles and tokens per
-    second (aggregate and per NPC)."""
+    ``tick(budget_ms)`` is called back to back, or once per frame of ``frame_ms``. Returns
+    tick-time percentiles and tokens per second (aggregate and per NPC)."""
     sched = Scheduler(model)
     settings = SamplerSettings(temperature=0.8, top_k=40, repeat_penalty=1.1)
     npcs = [sched.session(system_prompt="You are a villager in a small town.", sampler=settings,
@@ -36,13 +38,17 @@ def run_runtime_bench(model, sessions: int, budget_ms: float, n_tokens: int, ada
     start_tokens = sum(len(r.token_ids) for r in replies)
     start = time.perf_counter()
     while not all(r.done for r in replies):
+        frame_start = time.perf_counter()
         sched.tick(budget_ms)
+        if frame_ms:  # the game draws in the rest of the frame
+            time.sleep(max(0.0, frame_ms / 1000.0 - (time.perf_counter() - frame_start)))
     wall = time.perf_counter() - start
     ticks = np.array(sched.tick_ms or [0.0])
     generated = sum(len(r.token_ids) for r in replies) - start_tokens
     can_sample = getattr(model.transformer, "can_sample", None)
     return {
-        "sessions": sessions, "budget_ms": budget_ms, "backend": model.backend, "ticks": len(ticks),
+        "sessions": sessions, "budget_ms": budget_ms, "frame_ms": frame_ms or None,
+        "backend": model.backend, "ticks": len(ticks),
         # where each next token was drawn: by the backend (gl: on the GPU, the id read back) or
         # from logits read back to the host
         "sampling": "gpu" if can_sample is not None and can_sample(settings) else "host",
@@ -86,7 +92,7 @@ def run_restore_bench(model, history_tokens: int = 200) -> dict:
 
 
 def runtime_report(model, sessions: int, budget_ms: float, n_tokens: int, restore: bool = False,
-                   rounds: int = 3, adapters: tuple = ()) -> dict:
+                   rounds: int = 3, adapters: tuple = (), frame_ms: float = 0.0) -> dict:
     """What `perro-pastor bench --sessions` prints: a warm-up, then ``rounds`` rounds of the N-NPC
     run and the same run with one NPC, interleaved so drift in the machine's load hits both. Ticks:
     the median p50 and the worst p99 and max of the N-NPC rounds; throughput: the round with the
@@ -95,9 +101,9 @@ def runtime_report(model, sessions: int, budget_ms: float, n_tokens: int, restor
     run_runtime_bench(model, 1, 1000, 2)  # warm-up: dequantize/upload weights, compile programs
     many, single = [], []
     for _ in range(rounds):
-        many.append(run_runtime_bench(model, sessions, budget_ms, n_tokens, adapters))
+        many.append(run_runtime_bench(model, sessions, budget_ms, n_tokens, adapters, frame_ms))
         if sessions != 1:
-            single.append(run_runtime_bench(model, 1, budget_ms, n_tokens, adapters)["aggregate_tok_s"])
+            single.append(run_runtime_bench(model, 1, budget_ms, n_tokens, adapters, frame_ms)["aggregate_tok_s"])
     many.sort(key=lambda r: r["aggregate_tok_s"])
     row = dict(many[len(many) // 2], rounds=rounds,
                tick_ms_p50=statistics.median(r["tick_ms_p50"] for r in many),

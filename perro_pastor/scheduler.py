@@ -17,8 +17,10 @@ a session of higher priority than all of its members needs work. Abandoning is s
 only count tokens when their batch completes.
 
 On synchronous drivers (cpu, llvmpipe) a step's wall time is its cost. An asynchronous GPU backend
-exposes ``transformer.poll() -> bool`` (fences with a zero timeout): while it returns False the
-tick ends at once instead of waiting.
+exposes ``transformer.poll(wait_s) -> bool`` (a fence after each pass): while the GPU finishes a
+pass, the tick waits for it when the recent waits say it will be done within what is left of the
+budget (so a fast GPU serves several tokens a frame), and otherwise ends at once and looks again
+next frame. Either way no tick waits past its budget.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ PREFIX_CACHE_SIZE = 8
 TICKS_KEPT = 100_000  # tick_ms keeps this many: about half an hour at 60 fps, 800 KB
 WARMUP_PRIORITY = -100  # below any NPC: a background warm-up runs only while none needs work
 WARMUP_CHUNK = 16  # prompt tokens per forward pass of a background warm-up
+GPU_WAIT = ("gpu wait",)  # step_cost's key for the wait on a pass's fence (asynchronous GPUs)
 
 
 class Job:
@@ -217,7 +220,19 @@ class Scheduler:
             job.resting = False
         while True:
             if poll is not None and not poll():
-                break  # async GPU backend: a fence is still pending; look again next frame
+                # an asynchronous GPU is still running the last pass: wait for it if it should
+                # finish within the budget (as its recent waits did), else look again next frame
+                left = budget - (now - start)
+                expected = self.step_cost.get(GPU_WAIT, 0.0)
+                if expected > left:
+                    self.step_cost[GPU_WAIT] = 0.9 * expected  # (so one long wait is forgotten)
+                    break
+                done = poll(left)
+                waited = self.clock() - now
+                now += waited
+                self.step_cost[GPU_WAIT] = waited if not expected else 0.7 * expected + 0.3 * waited
+                if not done:
+                    break
             work = self._pick()
             if work is None:
                 break

@@ -2,6 +2,8 @@
 
 import asyncio
 
+import time
+
 import pytest
 
 from perro_pastor.sampling import GREEDY
@@ -177,6 +179,15 @@ def test_runtime_report_keys_and_sanity(tmp_path_factory):
     assert row["aggregate_tok_s"] > 0 and row["aggregate_tok_s_1_session"] > 0
     assert abs(row["per_session_tok_s"] * 3 - row["aggregate_tok_s"]) < 0.01 * row["aggregate_tok_s"] + 0.01
     assert row["batch_speedup"] == round(row["aggregate_tok_s"] / row["aggregate_tok_s_1_session"], 2)
+
+
+def test_a_frame_paced_runtime_run_ticks_once_a_frame(tmp_path_factory):
+    """--frame-ms: one tick per frame, the rest of the frame slept, as a game's loop would."""
+    from perro_pastor.runtime_bench import run_runtime_bench
+    start = time.perf_counter()
+    row = run_runtime_bench(small_model(tmp_path_factory), 1, 4.0, 3, frame_ms=20.0)
+    assert row["frame_ms"] == 20.0 and row["ticks"] >= 3
+    assert time.perf_counter() - start >= row["ticks"] * 0.020
 
 
 def test_remove_frees_the_cache_and_twice_is_refused(model):
