@@ -221,10 +221,11 @@ class Scheduler:
         while True:
             if poll is not None and not poll():
                 # an asynchronous GPU is still running the last pass: wait for it if it should
-                # finish within the budget (as its recent waits did), else look again next frame
+                # finish (as its recent waits did) with time left for the step that reads it,
+                # else look again next frame
                 left = budget - (now - start)
                 expected = self.step_cost.get(GPU_WAIT, 0.0)
-                if expected > left:
+                if expected + self._next_batch_step_cost() > left:
                     self.step_cost[GPU_WAIT] = 0.9 * expected  # (so one long wait is forgotten)
                     break
                 done = poll(left)
@@ -255,6 +256,13 @@ class Scheduler:
         if len(self.tick_ms) > 2 * TICKS_KEPT:  # a game runs for hours: keep the latest only
             del self.tick_ms[:-TICKS_KEPT]
         return steps
+
+    def _next_batch_step_cost(self) -> float:
+        """The predicted cost of the running batch's next step (0 when none runs)."""
+        if self._batch is None:
+            return 0.0
+        key = (*self._batch_key, self._batch_step)
+        return self.step_cost.get(key, self._worst.get(key[0], 0.0))
 
     def idle(self) -> bool:
         return self._batch is None and not self.jobs and not any(self._wants_work(s) for s in self.sessions)

