@@ -77,10 +77,9 @@ class Transformer(Protocol):
         """At most ``n_threads`` CPU threads for work started from the calling thread (None: the
         defaults); a backend that computes elsewhere ignores it."""
 
-    def poll(self, wait_s: float = 0.0) -> bool:
+    def poll(self) -> bool:
         """True when the backend can take the next step without waiting (its GPU fences have
-        signalled), after waiting at most ``wait_s`` seconds for that; a synchronous backend
-        always returns True at once."""
+        signalled); a synchronous backend always returns True."""
 
     def release(self) -> None:
         """Free everything the backend holds; it cannot run afterwards."""

@@ -116,7 +116,7 @@ class CpuTransformer:
     def release_cache(self, kv: KVCache) -> None:
         """Nothing to do: a cpu cache is NumPy memory, freed with its last reference."""
 
-    def poll(self, wait_s: float = 0.0) -> bool:
+    def poll(self) -> bool:
         """Always ready: every step runs to completion before it returns."""
         return True
 

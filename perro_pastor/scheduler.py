@@ -17,10 +17,8 @@ a session of higher priority than all of its members needs work. Abandoning is s
 only count tokens when their batch completes.
 
 On synchronous drivers (cpu, llvmpipe) a step's wall time is its cost. An asynchronous GPU backend
-exposes ``transformer.poll(wait_s) -> bool`` (a fence after each pass): while the GPU finishes a
-pass, the tick waits for it when the recent waits say it will be done within what is left of the
-budget (so a fast GPU serves several tokens a frame), and otherwise ends at once and looks again
-next frame. Either way no tick waits past its budget.
+exposes ``transformer.poll() -> bool`` (fences with a zero timeout): while it returns False the
+tick ends at once instead of waiting.
 """
 
 from __future__ import annotations
@@ -43,7 +41,6 @@ PREFIX_CACHE_SIZE = 8
 TICKS_KEPT = 100_000  # tick_ms keeps this many: about half an hour at 60 fps, 800 KB
 WARMUP_PRIORITY = -100  # below any NPC: a background warm-up runs only while none needs work
 WARMUP_CHUNK = 16  # prompt tokens per forward pass of a background warm-up
-GPU_WAIT = ("gpu wait",)  # step_cost's key for the wait on a pass's fence (asynchronous GPUs)
 
 
 class Job:
@@ -220,20 +217,7 @@ class Scheduler:
             job.resting = False
         while True:
             if poll is not None and not poll():
-                # an asynchronous GPU is still running the last pass: wait for it if it should
-                # finish (as its recent waits did) with time left for the step that reads it,
-                # else look again next frame
-                left = budget - (now - start)
-                expected = self.step_cost.get(GPU_WAIT, 0.0)
-                if expected + self._next_batch_step_cost() > left:
-                    self.step_cost[GPU_WAIT] = 0.9 * expected  # (so one long wait is forgotten)
-                    break
-                done = poll(left)
-                waited = self.clock() - now
-                now += waited
-                self.step_cost[GPU_WAIT] = waited if not expected else 0.7 * expected + 0.3 * waited
-                if not done:
-                    break
+                break  # async GPU backend: a fence is still pending; look again next frame
             work = self._pick()
             if work is None:
                 break
@@ -256,13 +240,6 @@ class Scheduler:
         if len(self.tick_ms) > 2 * TICKS_KEPT:  # a game runs for hours: keep the latest only
             del self.tick_ms[:-TICKS_KEPT]
         return steps
-
-    def _next_batch_step_cost(self) -> float:
-        """The predicted cost of the running batch's next step (0 when none runs)."""
-        if self._batch is None:
-            return 0.0
-        key = (*self._batch_key, self._batch_step)
-        return self.step_cost.get(key, self._worst.get(key[0], 0.0))
 
     def idle(self) -> bool:
         return self._batch is None and not self.jobs and not any(self._wants_work(s) for s in self.sessions)

@@ -3,10 +3,9 @@
 On a GPU, ``glDispatchCompute`` only queues work. The pass's one read-back (the logits) would
 then block the game's thread until the queue drains: a frame hitch as long as the whole pass.
 So the pass places a fence after its last dispatch and yields; the scheduler asks ``poll``
-before every step (``glClientWaitSync``, with a zero timeout or one that fits what is left of
-the tick's budget) and runs no step of this backend until the fence has signalled, and the read
-that follows costs only the copy. moderngl has no sync objects, so this goes through PyOpenGL
-on the same (current) context.
+before every step (``glClientWaitSync`` with a zero timeout) and runs no step of this backend
+until the fence has signalled, and the read that follows costs only the copy. moderngl has no
+sync objects, so this goes through PyOpenGL on the same (current) context.
 
 On a CPU renderer (llvmpipe) a dispatch has finished when the call returns: no fence is placed
 and ``ready`` is always True.
@@ -35,13 +34,12 @@ class Fences:
         GL.glFlush()  # a fence that is never submitted never signals
         return True
 
-    def ready(self, wait_s: float = 0.0) -> bool:
-        """True when no fence is pending or the pending one has signalled; waits at most
-        ``wait_s`` seconds for it (0: not at all)."""
+    def ready(self) -> bool:
+        """True when no fence is pending or the pending one has signalled; never waits."""
         if self._sync is None:
             return True
         from OpenGL import GL  # noqa: PLC0415
-        status = GL.glClientWaitSync(self._sync, 0, max(0, int(wait_s * 1e9)))
+        status = GL.glClientWaitSync(self._sync, 0, 0)
         if status == GL.GL_TIMEOUT_EXPIRED:
             return False
         if status == GL.GL_WAIT_FAILED:

@@ -151,10 +151,10 @@ class GlTransformer(PassSteps):
     def limit_threads(self, n_threads: int | None) -> None:
         """Nothing to limit: the work runs on the GPU (on llvmpipe, Mesa's LP_NUM_THREADS decides)."""
 
-    def poll(self, wait_s: float = 0.0) -> bool:
+    def poll(self) -> bool:
         """False while the fence after a pass's last dispatch has not signalled (the GPU is
-        still working on it), after waiting at most ``wait_s`` seconds for it."""
-        return self.fences.ready(wait_s)
+        still working on it): the scheduler then runs nothing this frame. Never waits."""
+        return self.fences.ready()
 
     def export_kv(self, kv: GlKVCache, n_tokens: int) -> np.ndarray:
         """Rows 0..n_tokens-1 of ``kv`` in the format of ``CpuTransformer.export_kv`` (keys in the
