@@ -167,17 +167,20 @@ class Sampler:
         other.set_state(self.get_state())
         return other
 
-    def request(self, recent: Sequence[int] = ()) -> SampleRequest:
+    def request(self, recent: Sequence[int] = (), ahead: int = 0) -> SampleRequest:
         """The next draw for a backend that samples itself (``backend.SampleRequest``): these
         settings, the penalty window of ``recent``, and the seed this sampler's RNG would draw
         next, peeked: ``drew()`` moves the RNG past it once the drawn token is used, so a request
         whose batch is abandoned leaves the stream as it was (saving, restoring and cloning a
-        sampler keep meaning the same future draws)."""
+        sampler keep meaning the same future draws). ``ahead``: the draw after that many more
+        (a pass run ahead of the one whose token is not yet known)."""
         n = self.settings.repeat_last_n
         window = tuple(int(t) for t in list(recent)[-n:]) if n else ()
         peek = np.random.Generator(type(self.rng.bit_generator)())
         peek.bit_generator.state = self.rng.bit_generator.state
-        return SampleRequest(self.settings, int(peek.integers(1 << 32)), window)
+        for _ in range(ahead + 1):
+            seed = int(peek.integers(1 << 32))
+        return SampleRequest(self.settings, seed, window)
 
     def drew(self) -> None:
         """A backend's draw from the latest ``request`` was used: the RNG moves past its seed."""

@@ -69,6 +69,7 @@ class Scheduler:
         self._batch_key: tuple = ()
         self._batch_step = 0
         self._batch_steps_run = 0  # ever, by any batch (a background warm-up watches it)
+        self._batch_resting = False  # the batch's last step found nothing to do until the GPU is done
         self._driver: asyncio.Task | None = None
         self._ticking = False  # a tick is running (a callback that ticks again is refused)
 
@@ -234,8 +235,8 @@ class Scheduler:
             self.step_cost[key] = cost if old is None else 0.7 * old + 0.3 * cost
             self._worst[key[0]] = max(cost, 0.9 * self._worst.get(key[0], 0.0))
             steps += 1
-            if now - start >= budget:
-                break
+            if now - start >= budget or (key[0] == "ahead" and self._batch_resting):
+                break  # (a run-ahead batch waits for the GPU: look again next frame)
         self.tick_ms.append((now - start) * 1000.0)
         if len(self.tick_ms) > 2 * TICKS_KEPT:  # a game runs for hours: keep the latest only
             del self.tick_ms[:-TICKS_KEPT]
@@ -294,6 +295,12 @@ class Scheduler:
                 n = min(n, len(s.prefix) - s.n_past)  # stop at the system prompt to cache it
             plan.append((s, s.epoch, s.n_past, pending[:n], self._draw_request(s, n)))
         self._batch_members = members
+        self._batch_resting = False
+        if len(plan) == 1 and len(plan[0][3]) == 1 and plan[0][4] is not None and self._runs_ahead(plan[0][0]):
+            s, epoch, pos0, _, draw = plan[0]
+            self._batch_key, self._batch_step = ("ahead", 1), "pass"
+            self._batch = self._run_ahead(s, epoch, pos0, draw)
+            return
         self._batch_key = ("batch", sum(len(p[3]) for p in plan))
         self._batch_step = 0
         self._batch = self._run_batch(plan)
@@ -313,6 +320,65 @@ class Scheduler:
                 yield  # sampling is a step of its own (it costs a few ms on a 50k vocabulary)
                 if s.epoch == epoch:
                     self._sample(s, row)
+
+    def _runs_ahead(self, s: Session) -> bool:
+        """Whether ``s``'s decode, alone in its batch, runs ahead on the backend (gl on a GPU)."""
+        tr = self.model.transformer
+        return getattr(tr, "run_ahead", False) and hasattr(tr, "draw_ahead_steps") and not s.adapters
+
+    def _run_ahead(self, s: Session, epoch: int, pos: int, request: SampleRequest) -> Generator:
+        """A lone session's decode with each pass started before the CPU has read the token the
+        pass before it drew (the GPU copies it: gl/run_ahead.py). Submitting the next pass then
+        overlaps the GPU's work on this one, and an id is read only once its fence has signalled
+        (until then the batch yields IDLE: nothing to do this frame). Tokens are accepted in
+        order. A pass started for a token the reply then does not take (it ended, was cancelled
+        or replaced, or another session needs a batch) is dropped: its KV row is written again
+        later and its seed was only peeked. Steps are named ("pass", "wait") for their costs."""
+        tr = self.model.transformer
+        drawn = ahead = None
+        try:
+            drawn = yield from self._named(tr.draw_ahead_steps(Segment(s.tokens[pos:pos + 1], pos, s.kv, (), request)), "pass")
+            while True:
+                if self._may_run_ahead(s, epoch, pos):
+                    request = s.sampler.request(s.tokens + [-1], ahead=1)  # (-1: the id still on the GPU)
+                    segment = Segment([-1], pos + 1, s.kv, (), request)
+                    ahead = yield from self._named(tr.draw_ahead_steps(segment, after=drawn), "pass")
+                while not drawn.ready():
+                    yield IDLE
+                token = drawn.read()
+                if s.epoch != epoch or s.n_past != pos:
+                    return  # cancelled or replaced while in flight
+                s.n_past = pos + 1
+                self._sample(s, token)
+                if ahead is None or s.epoch != epoch or not s.busy or s.pending() != [token]:
+                    return
+                drawn, ahead, pos = ahead, None, pos + 1
+        finally:
+            for token in (drawn, ahead):
+                if token is not None:
+                    token.release()
+
+    def _may_run_ahead(self, s: Session, epoch: int, pos: int) -> bool:
+        """Whether to start ``s``'s next pass before its current token is known: the reply will
+        want it (it is not at its token limit, and has no grammar), it fits the cache, and no
+        other session waits for a batch of its own."""
+        reply = s.reply
+        return (s.busy and s.epoch == epoch and reply.grammar is None
+                and len(reply.token_ids) + 1 < reply.max_tokens and pos + 1 < s.kv.n_ctx
+                and not any(self._wants_work(o) for o in self.sessions if o is not s))
+
+    @staticmethod
+    def _named(steps: Generator, name: str) -> Generator:
+        """``steps`` with its plain yields named ``name`` (a run-ahead batch's step keys)."""
+        try:
+            while True:
+                try:
+                    out = next(steps)
+                except StopIteration as done:
+                    return done.value
+                yield name if out is None else out
+        finally:
+            steps.close()
 
     def _draw_request(self, s: Session, n_tokens: int) -> SampleRequest | None:
         """The backend draws ``s``'s next token itself (gl: on the GPU, only the id read back)
@@ -347,8 +413,12 @@ class Scheduler:
     def _advance_batch(self) -> None:
         try:
             self._batch_steps_run += 1
-            next(self._batch)
-            self._batch_step += 1
+            out = next(self._batch)
+            self._batch_resting = out is IDLE  # (a run-ahead batch waits for the GPU)
+            if self._batch_resting or isinstance(out, str):
+                self._batch_step = "wait" if self._batch_resting else out
+            else:
+                self._batch_step += 1
         except StopIteration:
             self._batch, self._batch_members = None, []
         except Exception as exc:  # e.g. a backend error: fail these replies, keep the game running

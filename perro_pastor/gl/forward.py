@@ -37,6 +37,7 @@ from ..weights import Weights
 from .buffers import PreparedWeight
 from .context import GLContext
 from .fences import Fences
+from .run_ahead import DrawnRing, DrawnToken
 from .kernels import Kernels
 from .lora_fusion import LoraCache, LoraFusion
 from .decode_plan import DecodePlan
@@ -89,11 +90,13 @@ class GlTransformer(PassSteps):
         # kernels and the cpu sampler are faster
         self.fused_decode = not glctx.limits.software if fused_decode is None else fused_decode
         self.gpu_sampling = not glctx.limits.software
+        self.run_ahead = not glctx.limits.software  # (draw_ahead_steps; the scheduler's choice)
         self.plan_yield_s = 0.0 if glctx.limits.software else PLAN_YIELD_S  # (DecodePlan.replay)
         self.cfg, self.kv_f16 = cfg, kv_f16
         self.max_batch = max_batch or (MAX_BATCH_SOFTWARE if glctx.limits.software else MAX_BATCH)
         self.kernels = Kernels(self.glctx)
         self.fences = Fences(glctx.limits.software)
+        self.drawn_ring = DrawnRing(glctx.ctx, glctx.limits.software)
         self.lora_views = LoraViews(cfg) if key_layout(cfg) is not None else None
         self.attention_macs_per_dispatch = ATTENTION_MACS_PER_DISPATCH * self.kernels.gpu.dispatch_scale
         self.file = file
@@ -128,6 +131,7 @@ class GlTransformer(PassSteps):
         self._made = []
         if hasattr(self, "fences"):
             self.fences.release()
+            self.drawn_ring.release()
         for part in ("s", "lora"):
             if hasattr(self, part):
                 getattr(self, part).release()
@@ -234,16 +238,34 @@ class GlTransformer(PassSteps):
         self.kernels.argmax(self.s.next_token, self.s.logits, self.cfg.vocab_size)
         return int(np.frombuffer(self.s.next_token.read(size=4), np.int32)[0])
 
+    def draw_ahead_steps(self, segment: Segment, after: DrawnToken | None = None) -> Iterator[None]:
+        """One session's decode pass whose next token is drawn on the GPU (``segment.sample``,
+        which ``can_sample`` must accept), as steps that never wait for the GPU: returns (via
+        StopIteration) a ``DrawnToken``, its id read once it is ``ready``. With ``after`` (a
+        token drawn by the previous such pass, maybe not finished), the input token is that id,
+        copied on the GPU (``segment.tokens`` holds a placeholder), and so is the last entry of
+        the penalty window (``segment.sample.recent``, a placeholder there too). run_ahead.py."""
+        self._check([segment])
+        if len(segment.tokens) != 1 or segment.adapters or segment.sample is None \
+                or not self.can_sample(segment.sample.settings):
+            raise ValueError("draw_ahead_steps runs one token, no adapters, a sample request it can serve")
+        self.glctx.release_orphans()
+        return (yield from self._pass([segment], False, None, after=after, keep_drawn=True))
+
     def _pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None,
-              read_logits: bool = True) -> Iterator[None]:
+              read_logits: bool = True, after: DrawnToken | None = None, keep_drawn: bool = False) -> Iterator[None]:
         """One batch of at most ``max_batch`` tokens: the tokens written, the pass (``_layers``, or a
-        one-token step's recorded plan), tokens drawn on the GPU, then the one read-back."""
+        one-token step's recorded plan), tokens drawn on the GPU, then the one read-back (or, with
+        ``keep_drawn``, the drawn id kept on the GPU for ``draw_ahead_steps``)."""
         cfg, s = self.cfg, self.s
         bounds = np.cumsum([0] + [len(seg.tokens) for seg in segments])  # segment i = rows bounds[i]:bounds[i+1]
         spans = list(zip(segments, bounds[:-1].tolist(), bounds[1:].tolist()))
         T = int(bounds[-1])
         s.ensure(T)
-        s.tokens.write(np.concatenate([np.asarray(seg.tokens, np.int32) for seg in segments]).tobytes())
+        if after is None:
+            s.tokens.write(np.concatenate([np.asarray(seg.tokens, np.int32) for seg in segments]).tobytes())
+        else:  # (the id the previous pass drew, still on the GPU)
+            self.drawn_ring.copy_to(after, s.tokens, 0)
         # one session's decode token: the same launches every token (only the token and its
         # position change, read from buffers), recorded once per cache and replayed (decode_plan.py)
         one_token = T == 1 and trace is None and not all_logits and not segments[0].adapters
@@ -274,7 +296,9 @@ class GlTransformer(PassSteps):
 
         # segments that asked for it draw their next token on the GPU (sample.comp), so only its
         # id comes back (``draw_tokens``)
-        slots = {} if all_logits else self.draw_tokens(spans)
+        slots = {} if all_logits else self.draw_tokens(spans, after)
+        if keep_drawn:
+            return self.drawn_ring.keep(self.kernels.gpu.scratch("sample_ids", 0), slots[0])
 
         # the only read-back of the pass: (n_out, vocab) logits, or the drawn ids; on a GPU,
         # first a fence: the scheduler's poll() holds further steps until the work is done, so

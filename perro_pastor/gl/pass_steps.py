@@ -148,11 +148,12 @@ class PassSteps:
                 and settings.typical_p == 1.0 and settings.frequency_penalty == 0.0
                 and settings.presence_penalty == 0.0 and all(b < np.inf for _, b in settings.logit_bias))
 
-    def draw_tokens(self, spans: list) -> dict[int, int]:
+    def draw_tokens(self, spans: list, after=None) -> dict[int, int]:
         """Run sample.comp for each segment whose ``sample`` request this backend can serve, on
         its row of the logits (bound as a range); returns {segment index: slot of its id in the
         "sample_ids" scratch}. Each request's penalty window is written there first, its id
-        right after it."""
+        right after it. ``after`` (a lone segment run ahead, run_ahead.py): the window's last
+        entry is the id that draw produced, copied on the GPU."""
         k, s, vocab = self.kernels, self.s, self.cfg.vocab_size
         chosen = [(i, seg.sample) for i, (seg, _, _) in enumerate(spans)
                   if seg.sample is not None and self.can_sample(seg.sample.settings)
@@ -168,6 +169,8 @@ class PassSteps:
         # (with room to spare: a scratch buffer that grows makes every cache's plan stale)
         buf = k.gpu.scratch("sample_ids", max(SAMPLE_SCRATCH_BYTES, 4 * len(ids)))
         buf.write(np.array(ids, np.int32).tobytes())
+        if after is not None and slots[0] > begins[0]:
+            self.drawn_ring.copy_to(after, buf, slots[0] - 1)
         for i, request in chosen:
             st = request.settings
             row = s.logits if i == 0 else BufferSlice(s.logits, i * vocab * 4, vocab * 4)

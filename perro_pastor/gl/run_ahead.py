@@ -1,0 +1,87 @@
+"""Decode passes that run ahead of the CPU: a session's next pass starts on the GPU before the
+CPU has read the token the last pass drew.
+
+With the token drawn on the GPU (``sample.comp``), the only thing a decode pass needs from the
+CPU is the id of its input token. Without run-ahead the CPU reads that id after the pass's fence
+signals and writes it back for the next pass, so in a game's frame loop each token costs a
+pass's submission *and* the wait for the GPU to finish it: one token a 60 Hz frame on an H200 at
+a 4 ms budget (docs/figures/gl_h200_frame_loop.jsonl). Here the next pass copies the id on the
+GPU instead (``glCopyBufferSubData``: into the token buffer the embedding reads, and into the last
+entry of its sampling penalty window), and the CPU learns each id one pass later, from a ring of
+drawn ids, without waiting (each pass has its own fence).
+
+A drawn id lives in the ring until it is read: ``RING`` ids, more than the scheduler ever keeps
+in flight (two).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BackendError
+
+RING = 8
+GL_BUFFER_UPDATE_BARRIER_BIT = 0x200  # copies read what shaders wrote
+
+
+class DrawnToken:
+    """A token drawn on the GPU that the CPU may not have read yet: its slot in the ring of
+    drawn ids and the fence after the pass that drew it (None on a CPU renderer, where a pass has
+    finished when its calls return)."""
+
+    def __init__(self, ring, slot: int, sync) -> None:
+        self.ring, self.slot, self._sync = ring, slot, sync
+
+    def ready(self) -> bool:
+        """Whether the id can be read without waiting; never waits."""
+        if self._sync is None:
+            return True
+        from OpenGL import GL  # noqa: PLC0415 -- PyOpenGL: moderngl has no sync objects
+        status = GL.glClientWaitSync(self._sync, 0, 0)
+        if status == GL.GL_TIMEOUT_EXPIRED:
+            return False
+        if status == GL.GL_WAIT_FAILED:
+            raise BackendError("glClientWaitSync failed (the GL context was lost?)")
+        self.release()
+        return True
+
+    def read(self) -> int:
+        """The id (call when ``ready``; earlier, the read waits for the GPU)."""
+        return int(np.frombuffer(self.ring.read(size=4, offset=4 * self.slot), np.int32)[0])
+
+    def release(self) -> None:
+        """Forget the fence (a dropped pass: nobody will read its id)."""
+        if self._sync is not None:
+            from OpenGL import GL  # noqa: PLC0415
+            GL.glDeleteSync(self._sync)
+            self._sync = None
+
+
+class DrawnRing:
+    """Where drawn ids wait for the CPU: each pass that runs ahead copies its id to the next slot."""
+
+    def __init__(self, ctx, software: bool) -> None:
+        self.ctx, self.software = ctx, software
+        self.buffer = ctx.buffer(bytes(4 * RING))
+        self.next_slot = 0
+
+    def keep(self, source, source_index: int) -> DrawnToken:
+        """Copy the id at ``source[source_index]`` (just written by sample.comp) into the ring
+        and fence the work submitted so far."""
+        slot, self.next_slot = self.next_slot, (self.next_slot + 1) % RING
+        self.ctx.memory_barrier(GL_BUFFER_UPDATE_BARRIER_BIT)
+        self.ctx.copy_buffer(self.buffer, source, size=4, read_offset=4 * source_index, write_offset=4 * slot)
+        sync = None
+        if not self.software:
+            from OpenGL import GL  # noqa: PLC0415
+            sync = GL.glFenceSync(GL.GL_SYNC_GPU_COMMANDS_COMPLETE, 0)
+            GL.glFlush()  # a fence that is never submitted never signals
+        return DrawnToken(self.buffer, slot, sync)
+
+    def copy_to(self, drawn: DrawnToken, target, target_index: int) -> None:
+        """Write ``drawn``'s id into ``target[target_index]`` on the GPU (in command order: after
+        the pass that drew it, before the dispatches that follow)."""
+        self.ctx.copy_buffer(target, self.buffer, size=4, read_offset=4 * drawn.slot, write_offset=4 * target_index)
+
+    def release(self) -> None:
+        self.buffer.release()
