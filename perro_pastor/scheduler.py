@@ -18,7 +18,9 @@ only count tokens when their batch completes.
 
 On synchronous drivers (cpu, llvmpipe) a step's wall time is its cost. An asynchronous GPU backend
 exposes ``transformer.poll() -> bool`` (fences with a zero timeout): while it returns False the
-tick ends at once instead of waiting.
+tick ends at once instead of waiting. A backend that can run decode passes ahead of the CPU
+(``run_ahead``: the GPU copies each drawn id into the next pass) gets a lone decoding session's
+batch as ``_run_ahead``, which yields IDLE (the tick ends) while no drawn id is ready.
 """
 
 from __future__ import annotations

@@ -90,7 +90,9 @@ class GlTransformer(PassSteps):
         # kernels and the cpu sampler are faster
         self.fused_decode = not glctx.limits.software if fused_decode is None else fused_decode
         self.gpu_sampling = not glctx.limits.software
-        self.run_ahead = not glctx.limits.software  # (draw_ahead_steps; the scheduler's choice)
+        # decode passes that start before the CPU has read the last drawn id (run_ahead.py): off
+        # until a GPU run confirms the version with one buffer per ring slot (docs/gl_backend.md)
+        self.run_ahead = False
         self.plan_yield_s = 0.0 if glctx.limits.software else PLAN_YIELD_S  # (DecodePlan.replay)
         self.cfg, self.kv_f16 = cfg, kv_f16
         self.max_batch = max_batch or (MAX_BATCH_SOFTWARE if glctx.limits.software else MAX_BATCH)

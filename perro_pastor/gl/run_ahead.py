@@ -10,8 +10,10 @@ GPU instead (``glCopyBufferSubData``: into the token buffer the embedding reads,
 entry of its sampling penalty window), and the CPU learns each id one pass later, from a ring of
 drawn ids, without waiting (each pass has its own fence).
 
-A drawn id lives in the ring until it is read: ``RING`` ids, more than the scheduler ever keeps
-in flight (two).
+A drawn id lives in the ring until it is read: ``RING`` slots, more than the scheduler ever
+keeps in flight (two). Each slot is a buffer of its own: reading a buffer waits for every GPU
+write queued to it, and with one shared buffer the read of pass t's id would wait for pass t+1
+to finish too.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ GL_BUFFER_UPDATE_BARRIER_BIT = 0x200  # copies read what shaders wrote
 
 class DrawnToken:
     """A token drawn on the GPU that the CPU may not have read yet: its slot in the ring of
-    drawn ids and the fence after the pass that drew it (None on a CPU renderer, where a pass has
+    drawn ids (a 4-byte buffer) and the fence after the pass that drew it (None on a CPU renderer, where a pass has
     finished when its calls return)."""
 
-    def __init__(self, ring, slot: int, sync) -> None:
-        self.ring, self.slot, self._sync = ring, slot, sync
+    def __init__(self, buffer, sync) -> None:
+        self.buffer, self._sync = buffer, sync
 
     def ready(self) -> bool:
         """Whether the id can be read without waiting; never waits."""
@@ -47,7 +49,7 @@ class DrawnToken:
 
     def read(self) -> int:
         """The id (call when ``ready``; earlier, the read waits for the GPU)."""
-        return int(np.frombuffer(self.ring.read(size=4, offset=4 * self.slot), np.int32)[0])
+        return int(np.frombuffer(self.buffer.read(size=4), np.int32)[0])
 
     def release(self) -> None:
         """Forget the fence (a dropped pass: nobody will read its id)."""
@@ -62,26 +64,28 @@ class DrawnRing:
 
     def __init__(self, ctx, software: bool) -> None:
         self.ctx, self.software = ctx, software
-        self.buffer = ctx.buffer(bytes(4 * RING))
+        self.slots = [ctx.buffer(bytes(4)) for _ in range(RING)]
         self.next_slot = 0
 
     def keep(self, source, source_index: int) -> DrawnToken:
-        """Copy the id at ``source[source_index]`` (just written by sample.comp) into the ring
-        and fence the work submitted so far."""
-        slot, self.next_slot = self.next_slot, (self.next_slot + 1) % RING
+        """Copy the id at ``source[source_index]`` (just written by sample.comp) into the ring's
+        next slot and fence the work submitted so far."""
+        slot = self.slots[self.next_slot]
+        self.next_slot = (self.next_slot + 1) % RING
         self.ctx.memory_barrier(GL_BUFFER_UPDATE_BARRIER_BIT)
-        self.ctx.copy_buffer(self.buffer, source, size=4, read_offset=4 * source_index, write_offset=4 * slot)
+        self.ctx.copy_buffer(slot, source, size=4, read_offset=4 * source_index)
         sync = None
         if not self.software:
             from OpenGL import GL  # noqa: PLC0415
             sync = GL.glFenceSync(GL.GL_SYNC_GPU_COMMANDS_COMPLETE, 0)
             GL.glFlush()  # a fence that is never submitted never signals
-        return DrawnToken(self.buffer, slot, sync)
+        return DrawnToken(slot, sync)
 
     def copy_to(self, drawn: DrawnToken, target, target_index: int) -> None:
         """Write ``drawn``'s id into ``target[target_index]`` on the GPU (in command order: after
         the pass that drew it, before the dispatches that follow)."""
-        self.ctx.copy_buffer(target, self.buffer, size=4, read_offset=4 * drawn.slot, write_offset=4 * target_index)
+        self.ctx.copy_buffer(target, drawn.buffer, size=4, write_offset=4 * target_index)
 
     def release(self) -> None:
-        self.buffer.release()
+        for slot in self.slots:
+            slot.release()
