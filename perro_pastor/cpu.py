@@ -101,6 +101,20 @@ class CpuTransformer:
         thread, so no frame pays for it."""
         self.store.matrix(t)
 
+    @property
+    def q8_activations(self) -> bool:
+        """Opt-in: 4-bit matrices multiply activations rounded to 8 bits per 32 as llama.cpp does
+        (faster integer sums, llama.cpp's rounding; ``cpu_kernels.matvec_nibbles_q8``). Only with
+        the compiled kernels; prefill (BLAS on dequantized tiles) stays float."""
+        return getattr(self.store, "q8_activations", False)
+
+    @q8_activations.setter
+    def q8_activations(self, on: bool) -> None:
+        if on and self.cpu_kernels != "numba":
+            raise ValueError("q8 activations need the compiled cpu kernels (cpu_kernels='numba')")
+        if self.cpu_kernels == "numba":
+            self.store.q8_activations = bool(on)
+
     def limit_threads(self, n_threads: int | None) -> None:
         """At most ``n_threads`` for the compiled kernels called from this thread (numba's count is
         per thread) and for BLAS in the steps of a pass that prefills; None: the defaults. A game
@@ -293,11 +307,12 @@ class CpuTransformer:
         (attention, then feed-forward), each half one call."""
         cfg = self.cfg
         wqkv, wo, w13, w2 = args
+        q8 = self.store.q8_activations
         cpu_kernels.decode_attention(x, self.rms_att[l], cfg.rms_eps, wqkv, wo, rotation,
                                      seg.kv.key_cache[l], seg.kv.value_cache[l], seg.pos0,
-                                     cfg.n_heads, cfg.n_kv_heads, cfg.sliding_window)
+                                     cfg.n_heads, cfg.n_kv_heads, cfg.sliding_window, q8)
         yield
-        cpu_kernels.decode_ffn(x, self.rms_ffn[l], cfg.rms_eps, w13, w2, cfg.hidden_dim)
+        cpu_kernels.decode_ffn(x, self.rms_ffn[l], cfg.rms_eps, w13, w2, cfg.hidden_dim, q8)
         yield
 
     def project(self, x: np.ndarray, l: int, names: tuple[str, ...], segments: list[Segment],

@@ -7,9 +7,10 @@ step computes, and spread row tiles over the cores (``prange``).
 Why the tiles: a tile holds ``R`` rows side by side, ``[tile, group, j, row]``, so the innermost
 loop walks ``row`` over contiguous bytes and LLVM turns it into SIMD across rows, reading the
 4-bit or 8-bit weights directly (no float32 copy of the model). Loops over one row's 32-weight
-groups vectorize badly, and float accumulation beat quantizing x to int8 (numba's integer dot
-products do not use the byte-multiply instructions); float is also the more accurate of the two
-(measurements in docs/cpu_backend.md; benchmarks/bench_cpu_kernels.py re-checks kernel speed).
+groups vectorize badly. Activations stay float by default (exact up to float32 rounding); 4-bit
+weights can instead take them rounded to 8 bits, as llama.cpp does (``matvec_nibbles_q8``,
+int16 lanes, faster; measurements in docs/cpu_backend.md; benchmarks/bench_cpu_kernels.py
+re-checks kernel speed).
 
 The NumPy twins are ``packed_weights.PackedMatrix.dequantize`` followed by a product in float64.
 """
@@ -83,6 +84,64 @@ def matvec_nibbles(data, scales, x, out):
                 s = x_sum[t, g]
                 for r in range(R):
                     acc[t, r] += so[0, r] * part[r] + so[1, r] * s
+        out[:, tile * R:(tile + 1) * R] = acc
+
+
+# The same product with the activations rounded to 8 bits first, as llama.cpp does (its Q8_0/Q8_1
+# blocks): q_x = rint(x * 127 / max|x|) per 32-group, with d = max|x| / 127 and s = d * sum(q_x).
+# Then sum_j (scale q_j + offset) x_j ~= scale d sum_j q_j q_x,j + offset s, and the integer sum
+# runs in int16 lanes (16 products of 4-bit q and 8-bit q_x stay below 2^15: 16 * 15 * 127),
+# 1.3-1.4x faster than the float kernel on the default model's matrices (docs/cpu_backend.md).
+# Opt-in (``CpuTransformer.q8_activations``): it rounds like llama.cpp, the float kernel is exact.
+
+@njit(**_SMALL)
+def quantize_q8_groups(x):
+    """x: (T, n_groups * 32) float32 -> (q (T, n_groups, 32) int8, d (T, n_groups), s (T, n_groups))."""
+    T, cols = x.shape
+    n_groups = cols // 32
+    q = np.empty((T, n_groups, 32), np.int8)
+    d = np.empty((T, n_groups), np.float32)
+    s = np.empty((T, n_groups), np.float32)
+    for t in range(T):
+        for g in range(n_groups):
+            amax = np.float32(0)
+            for j in range(32):
+                amax = max(amax, abs(x[t, g * 32 + j]))
+            inv = np.float32(127) / amax if amax > 0 else np.float32(0)
+            total = 0
+            for j in range(32):
+                v = np.int32(np.rint(x[t, g * 32 + j] * inv))
+                q[t, g, j] = v
+                total += v
+            d[t, g] = amax / np.float32(127)
+            s[t, g] = d[t, g] * np.float32(total)
+    return q, d, s
+
+
+@njit(**_KERNEL)
+def matvec_nibbles_q8(data, scales, xq, xd, xs, out):
+    """``matvec_nibbles`` over activations from ``quantize_q8_groups``: out (T, n_tiles * R)."""
+    n_tiles, n_groups, half, R = data.shape
+    T = xq.shape[0]
+    for tile in prange(n_tiles):
+        acc = np.zeros((T, R), np.float32)
+        low = np.empty(R, np.int16)
+        high = np.empty(R, np.int16)
+        for g in range(n_groups):
+            so = scales[tile, g]
+            for t in range(T):
+                low[:] = 0
+                high[:] = 0
+                for j in range(half):
+                    a = np.int16(xq[t, g, j])
+                    b = np.int16(xq[t, g, j + half])
+                    for r in range(R):
+                        q = data[tile, g, j, r]
+                        low[r] += np.int16(q & np.uint8(0x0F)) * a
+                        high[r] += np.int16(q >> np.uint8(4)) * b
+                d, s = xd[t, g], xs[t, g]
+                for r in range(R):
+                    acc[t, r] += so[0, r] * d * np.float32(np.int32(low[r]) + np.int32(high[r])) + so[1, r] * s
         out[:, tile * R:(tile + 1) * R] = acc
 
 
@@ -227,10 +286,14 @@ def swiglu(h1, h3):
 # a whole layer for one decoding token
 
 @njit(nogil=True, cache=True)
-def _matvec(matrix, x, out):
-    """The mat-vec of a packed matrix given as (data, scales, nibbles)."""
+def _matvec(matrix, x, out, q8):
+    """The mat-vec of a packed matrix given as (data, scales, nibbles); ``q8``: 4-bit weights
+    take activations rounded to 8 bits (``matvec_nibbles_q8``)."""
     data, scales, nibbles = matrix
-    if nibbles:
+    if nibbles and q8:
+        xq, xd, xs = quantize_q8_groups(x)
+        matvec_nibbles_q8(data, scales, xq, xd, xs, out)
+    elif nibbles:
         matvec_nibbles(data, scales, x, out)
     else:
         matvec_bytes(data, scales, x, out)
@@ -243,7 +306,7 @@ def _matvec(matrix, x, out):
 
 @njit(nogil=True, cache=True)
 def decode_attention(x, att_norm, eps, wqkv, wo, rotation, k_cache, v_cache, pos,
-                     n_heads, n_kv_heads, sliding_window):
+                     n_heads, n_kv_heads, sliding_window, q8):
     """x += wo(attention(rope(q), rope(k), v)) for x: (1, dim), in place. wqkv: the stacked
     rows of wq, wk, wv; k_cache, v_cache: this layer's (n_kv_heads, n_ctx, hs)."""
     dim = x.shape[1]
@@ -254,30 +317,30 @@ def decode_attention(x, att_norm, eps, wqkv, wo, rotation, k_cache, v_cache, pos
     # attention: pre-norm, q k v in one product, RoPE, remember k v, attend, mix the heads back
     xb = rmsnorm(x, att_norm, eps)
     qkv = np.empty((1, wqkv[0].shape[0] * R), np.float32)
-    _matvec(wqkv, xb, qkv)
+    _matvec(wqkv, xb, qkv, q8)
     q = apply_rope(qkv[:, :dim].copy().reshape(1, n_heads, hs), rotation)
     k = apply_rope(qkv[:, dim:dim + kv_dim].copy().reshape(1, n_kv_heads, hs), rotation)
     k_cache[:, pos] = k[0]
     v_cache[:, pos] = qkv[0, dim + kv_dim:dim + 2 * kv_dim].reshape(n_kv_heads, hs)
     att = attention(q, k_cache, v_cache, pos, sliding_window)
     att_out = np.empty((1, wo[0].shape[0] * R), np.float32)
-    _matvec(wo, att.reshape(1, dim), att_out)
+    _matvec(wo, att.reshape(1, dim), att_out, q8)
     x += att_out[:, :dim]
     return x
 
 
 @njit(nogil=True, cache=True)
-def decode_ffn(x, ffn_norm, eps, w13, w2, hidden):
+def decode_ffn(x, ffn_norm, eps, w13, w2, hidden, q8):
     """The feed-forward half of a layer for a lone decoding token: pre-norm, w1 and w3 in one
     product, SwiGLU, w2, residual. x: (1, dim), updated in place."""
     dim = x.shape[1]
     R = w13[0].shape[3]
     xb = rmsnorm(x, ffn_norm, eps)
     gate_up = np.empty((1, w13[0].shape[0] * R), np.float32)
-    _matvec(w13, xb, gate_up)
+    _matvec(w13, xb, gate_up, q8)
     hb = swiglu(gate_up[:, :hidden], gate_up[:, hidden:2 * hidden])
     ffn_out = np.empty((1, w2[0].shape[0] * R), np.float32)
-    _matvec(w2, hb, ffn_out)
+    _matvec(w2, hb, ffn_out, q8)
     x += ffn_out[:, :dim]
     return x
 
@@ -314,8 +377,8 @@ def warm_up() -> None:
                     np.ones((rows // 2, cols // 32, 2, 2), f32), nibbles)
         x1, cache = np.ones((1, 32), f32), np.zeros((1, 4, 16), f32)  # dim 32: 2 heads, 1 kv head
         decode_attention(x1, x1[0], 1e-5, matrix(64, 32), matrix(32, 32), np.ones((1, 8), np.complex64),
-                         cache, cache, 0, 2, 1, 0)
-        decode_ffn(x1, x1[0], 1e-5, matrix(64, 32), matrix(32, 32), 32)
+                         cache, cache, 0, 2, 1, 0, False)
+        decode_ffn(x1, x1[0], 1e-5, matrix(64, 32), matrix(32, 32), 32, False)
     q = np.ones((1, 2, 16), f32)
     apply_rope(q, np.ones((1, 8), np.complex64))
     attention(q, np.ones((1, 4, 16), f32), np.ones((1, 4, 16), f32), 0, 0)

@@ -63,19 +63,29 @@ class PackedMatrix:
         """(data, scales, nibbles): the whole matrix as the compiled layer takes it."""
         return self.data, self.scales, self.nibbles
 
-    def matmul(self, x: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """x @ W[start:stop].T in float32: (T, cols) -> (T, stop - start)."""
+    def matmul(self, x: np.ndarray, start: int = 0, stop: int | None = None, q8: bool = False) -> np.ndarray:
+        """x @ W[start:stop].T in float32: (T, cols) -> (T, stop - start). ``q8``: a 4-bit
+        matrix takes x rounded to 8 bits per 32 (the mat-vec: ``cpu_kernels.matvec_nibbles_q8``;
+        more tokens: the rounded x through BLAS, the same values)."""
         stop = self.rows if stop is None else stop
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.dense is not None:
             return x @ self.dense[start:stop].T
         tile0, tile1 = start // TILE_ROWS, -(-stop // TILE_ROWS)
         if len(x) <= MATVEC_MAX_ROWS:
-            matvec = cpu_kernels.matvec_nibbles if self.nibbles else cpu_kernels.matvec_bytes
             out = np.empty((len(x), (tile1 - tile0) * TILE_ROWS), np.float32)
-            matvec(self.data[tile0:tile1], self.scales[tile0:tile1], x, out)
+            data, scales = self.data[tile0:tile1], self.scales[tile0:tile1]
+            if self.nibbles and q8:
+                cpu_kernels.matvec_nibbles_q8(data, scales, *cpu_kernels.quantize_q8_groups(x), out)
+            elif self.nibbles:
+                cpu_kernels.matvec_nibbles(data, scales, x, out)
+            else:
+                cpu_kernels.matvec_bytes(data, scales, x, out)
             skip = start - tile0 * TILE_ROWS
             return out[:, skip:skip + stop - start]
+        if self.nibbles and q8:  # the same rounding as the mat-vec's, then float products
+            xq, xd, _ = cpu_kernels.quantize_q8_groups(x)
+            x = (xq * xd[:, :, None]).astype(np.float32).reshape(x.shape)
         out = np.empty((len(x), stop - start), np.float32)
         chunk_tiles = max(1, DEQUANT_CHUNK_BYTES // (4 * self.cols * TILE_ROWS))
         buf = np.empty((chunk_tiles * TILE_ROWS, self.cols), np.float32)
@@ -185,6 +195,7 @@ class PackedWeights:
         self.stacked: dict[tuple[str, ...], PackedMatrix] = {}
         self.group_of: dict[str, tuple] = {}
         self._layer_args: dict[str, tuple | None] = {}  # decode_layer_args, by the layer's wq
+        self.q8_activations = False  # 4-bit mat-vecs on activations rounded to 8 bits (opt-in)
 
     def fuse(self, tensors: tuple) -> None:
         for t in tensors:
@@ -210,7 +221,7 @@ class PackedWeights:
         return self.packed[t.name]
 
     def matmul(self, x: np.ndarray, t, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self.matrix(t).matmul(x, start, stop)
+        return self.matrix(t).matmul(x, start, stop, self.q8_activations)
 
     def matmul_fused(self, x: np.ndarray, tensors: tuple) -> list[np.ndarray]:
         stacked = self.stacked.get(tuple(t.name for t in tensors))
@@ -220,7 +231,7 @@ class PackedWeights:
             stacked = self.stacked.get(tuple(t.name for t in tensors))
         if stacked is None:
             return [self.matmul(x, t) for t in tensors]
-        out, outs, first = stacked.matmul(x), [], 0
+        out, outs, first = stacked.matmul(x, q8=self.q8_activations), [], 0
         for t in tensors:
             outs.append(out[:, first:first + t.shape[1]])
             first += t.shape[1]

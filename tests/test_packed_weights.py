@@ -227,3 +227,87 @@ def test_a_token_outside_the_vocabulary_is_refused_in_one_line(kernels):
     for bad in (vocab, -1):
         with pytest.raises(ValueError, match=f"token id {bad} is outside the vocabulary"):
             model.transformer.forward(np.array([1, bad]), 0, model.transformer.new_cache(4))
+
+
+# -----------------------------------------------------------------------------
+# activations rounded to 8 bits (opt-in: CpuTransformer.q8_activations)
+
+def q8_reference(x: np.ndarray) -> np.ndarray:
+    """x rounded as llama.cpp's Q8 activation blocks hold it, in float64: per 32 values,
+    d = max|x| / 127 and q = round-half-even(x * 127 / max|x|); returns q * d."""
+    groups = x.astype(np.float64).reshape(len(x), -1, 32)
+    amax = np.abs(groups).max(axis=2, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax.astype(np.float32), 0).astype(np.float32)
+    q = np.rint((groups.astype(np.float32) * inv)).astype(np.float64)
+    return (q * (amax / 127).astype(np.float32)).reshape(x.shape)
+
+
+def test_q8_groups_round_as_llama_cpp_s_activation_blocks():
+    from perro_pastor import cpu_kernels
+    rng, seed = fresh_rng()
+    x = (rng.standard_normal((3, 192)) * rng.uniform(0.01, 30, (3, 1))).astype(np.float32)
+    x[1, 32:64] = 0  # an all-zero group
+    q, d, s = cpu_kernels.quantize_q8_groups(x)
+    assert q.dtype == np.int8 and np.abs(q.astype(int)).max() == 127
+    np.testing.assert_allclose(q * d[:, :, None].astype(np.float64), q8_reference(x).reshape(q.shape),
+                               rtol=1e-6, atol=0, err_msg=f"seed={seed}")
+    np.testing.assert_allclose(s, d * q.astype(np.int64).sum(axis=2), rtol=1e-6, err_msg=f"seed={seed}")
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("tokens", [1, 3, packed_weights.MATVEC_MAX_ROWS + 5])
+def test_q8_activation_products_are_the_float64_product_of_the_rounded_activations(qtype, tokens):
+    """The integer sums (int16 lanes) are exact: the product equals float64 on the rounded x,
+    for the mat-vec and for the prefill path (BLAS on the rounded x)."""
+    rng, seed = fresh_rng()
+    cols = 512 if qtype in K_QUANTS else 160
+    rows = 2 * TILE_ROWS + 13
+    raw = random_matrix(rng, qtype, rows, cols)
+    w64 = oracle(raw, qtype).reshape(rows, cols).astype(np.float64)
+    m = pack(raw, qtype, rows, cols)
+    x = rng.standard_normal((tokens, cols)).astype(np.float32)
+    check_product(m.matmul(x, q8=True), q8_reference(x), w64, f"{qtype.name} seed={seed}")
+    plain = m.matmul(x)
+    assert not np.array_equal(plain, m.matmul(x, q8=True))  # (it did round)
+
+
+def test_q8_activations_decode_close_to_float_and_keep_the_perplexity():
+    """The whole model with q8 activations: the first decoded tokens' logits within a few
+    percent of the float path, and perplexity within 0.5% of llama.cpp's (DESIGN.md §5) and
+    within 0.2% of the float path's."""
+    from pathlib import Path
+    from perro_pastor.model import load
+    from perro_pastor.perplexity import perplexity
+    gpl3 = Path("/usr/share/common-licenses/GPL-3")
+    if not gpl3.exists():
+        pytest.skip("Debian's base-files GPL-3 text is not on this machine")
+    text = gpl3.read_bytes()[:12000].decode("utf-8")
+    model = load("default", backend="cpu")
+    try:
+        tr = model.transformer
+        prompt = np.array(model.tokenizer.encode("The old miller said"))
+        logits = {}
+        for on in (False, True):
+            tr.q8_activations = on
+            kv = tr.new_cache(64)
+            tr.forward(prompt[:-1], 0, kv)
+            logits[on] = tr.forward(prompt[-1:], len(prompt) - 1, kv)
+        assert np.abs(logits[True] - logits[False]).max() < 0.05 * np.abs(logits[False]).max()
+        assert np.argmax(logits[True]) == np.argmax(logits[False])
+        ppl = perplexity(model, text, n_ctx=256).ppl
+        tr.q8_activations = False
+        float_ppl = perplexity(model, text, n_ctx=256).ppl
+        assert abs(ppl / 22.24 - 1) < 0.005 and abs(ppl / float_ppl - 1) < 0.002, (ppl, float_ppl)
+    finally:
+        model.close()
+
+
+def test_q8_activations_need_the_compiled_kernels():
+    model = cpu_model("numpy", np.float32)
+    try:
+        with pytest.raises(ValueError, match="compiled cpu kernels"):
+            model.transformer.q8_activations = True
+        assert model.transformer.q8_activations is False
+    finally:
+        model.close()
