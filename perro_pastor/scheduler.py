@@ -356,9 +356,9 @@ class Scheduler:
                     return
                 drawn, ahead, pos = ahead, None, pos + 1
         finally:
-            for token in (drawn, ahead):
-                if token is not None:
-                    token.release()
+            for unread in (drawn, ahead):
+                if unread is not None:
+                    unread.release()
 
     def _may_run_ahead(self, s: Session, epoch: int, pos: int) -> bool:
         """Whether to start ``s``'s next pass before its current token is known: the reply will
