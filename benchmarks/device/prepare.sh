@@ -7,6 +7,10 @@
 #   device run: bash benchmarks/device/run_a.sh   carry [".gl", ".whl", ".dev/common", ".dev/vocab", ".dev/partA"]
 #   device run: bash benchmarks/device/run_b.sh   carry [".dev/common", ".dev/partB"]   (at once)
 #
+# The same two-call pattern measures NPCs in a frame loop and run-ahead on/off:
+#   device run: bash benchmarks/device/frames_a.sh   carry [".gl", ".whl", ".dev/common", ".dev/partA"]
+#   device run: bash benchmarks/device/frames_b.sh   carry [".dev/common", ".dev/vocab", ".dev/partB"]   (at once)
+#
 # run_a: GL kernel tests, the synthetic families, benches of a shape twin of the default model
 # (benchmarks/shape_twin.py) and of a 1.1B Llama twin; run_b: the real default model's bench,
 # generate, and the GL tests that need it. Figures land in $OUT (docs/figures/gl_h200_*).
