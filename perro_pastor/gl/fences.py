@@ -17,7 +17,8 @@ from ..errors import BackendError
 
 
 class Fences:
-    """At most one fence in flight: the one after the latest pass's last dispatch."""
+    """At most one fence in flight: the backend's is the one after the latest pass's last
+    dispatch; a pass run ahead keeps one of its own (``run_ahead.DrawnToken``)."""
 
     def __init__(self, software: bool) -> None:
         self.software = software

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendError
+from .fences import Fences
 
 RING = 8
 GL_BUFFER_UPDATE_BARRIER_BIT = 0x200  # copies read what shaders wrote
@@ -28,24 +28,15 @@ GL_BUFFER_UPDATE_BARRIER_BIT = 0x200  # copies read what shaders wrote
 
 class DrawnToken:
     """A token drawn on the GPU that the CPU may not have read yet: its slot in the ring of
-    drawn ids (a 4-byte buffer) and the fence after the pass that drew it (None on a CPU renderer, where a pass has
-    finished when its calls return)."""
+    drawn ids (a 4-byte buffer) and the fence after the pass that drew it (``fences.Fences``,
+    with nothing placed on a CPU renderer, where a pass has finished when its calls return)."""
 
-    def __init__(self, buffer, sync) -> None:
-        self.buffer, self._sync = buffer, sync
+    def __init__(self, buffer, fence: Fences) -> None:
+        self.buffer, self.fence = buffer, fence
 
     def ready(self) -> bool:
         """Whether the id can be read without waiting; never waits."""
-        if self._sync is None:
-            return True
-        from OpenGL import GL  # noqa: PLC0415 -- PyOpenGL: moderngl has no sync objects
-        status = GL.glClientWaitSync(self._sync, 0, 0)
-        if status == GL.GL_TIMEOUT_EXPIRED:
-            return False
-        if status == GL.GL_WAIT_FAILED:
-            raise BackendError("glClientWaitSync failed (the GL context was lost?)")
-        self.release()
-        return True
+        return self.fence.ready()
 
     def read(self) -> int:
         """The id (call when ``ready``; earlier, the read waits for the GPU)."""
@@ -53,10 +44,7 @@ class DrawnToken:
 
     def release(self) -> None:
         """Forget the fence (a dropped pass: nobody will read its id)."""
-        if self._sync is not None:
-            from OpenGL import GL  # noqa: PLC0415
-            GL.glDeleteSync(self._sync)
-            self._sync = None
+        self.fence.release()
 
 
 class DrawnRing:
@@ -74,12 +62,9 @@ class DrawnRing:
         self.next_slot = (self.next_slot + 1) % RING
         self.ctx.memory_barrier(GL_BUFFER_UPDATE_BARRIER_BIT)
         self.ctx.copy_buffer(slot, source, size=4, read_offset=4 * source_index)
-        sync = None
-        if not self.software:
-            from OpenGL import GL  # noqa: PLC0415
-            sync = GL.glFenceSync(GL.GL_SYNC_GPU_COMMANDS_COMPLETE, 0)
-            GL.glFlush()  # a fence that is never submitted never signals
-        return DrawnToken(slot, sync)
+        fence = Fences(self.software)
+        fence.place()
+        return DrawnToken(slot, fence)
 
     def copy_to(self, drawn: DrawnToken, target, target_index: int) -> None:
         """Write ``drawn``'s id into ``target[target_index]`` on the GPU (in command order: after
