@@ -18,9 +18,8 @@ only count tokens when their batch completes.
 
 On synchronous drivers (cpu, llvmpipe) a step's wall time is its cost. An asynchronous GPU backend
 exposes ``transformer.poll() -> bool`` (fences with a zero timeout): while it returns False the
-tick ends at once instead of waiting. A backend that can run decode passes ahead of the CPU
-(``run_ahead``: the GPU copies each drawn id into the next pass) gets a lone decoding session's
-batch as ``_run_ahead``, which yields IDLE (the tick ends) while no drawn id is ready.
+tick ends at once instead of waiting. A lone decoding session whose passes can run ahead of the
+CPU gets its batch from ``decode_ahead.py`` (it yields IDLE, ending the tick, while the GPU works).
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ import numpy as np
 from . import state
 from .backend import IDLE, SampleRequest, Segment, run_to_end
 from .chat import BUILTIN
+from .decode_ahead import can_run_ahead, decode_ahead
 from .sampling import Sampler, SamplerSettings
 from .session import Session
 
@@ -298,10 +298,12 @@ class Scheduler:
             plan.append((s, s.epoch, s.n_past, pending[:n], self._draw_request(s, n)))
         self._batch_members = members
         self._batch_resting = False
-        if len(plan) == 1 and len(plan[0][3]) == 1 and plan[0][4] is not None and self._runs_ahead(plan[0][0]):
+        if len(plan) == 1 and len(plan[0][3]) == 1 and plan[0][4] is not None \
+                and can_run_ahead(self.model.transformer, plan[0][0]):
             s, epoch, pos0, _, draw = plan[0]
             self._batch_key, self._batch_step = ("ahead", 1), "pass"
-            self._batch = self._run_ahead(s, epoch, pos0, draw)
+            others_wait = lambda: any(self._wants_work(o) for o in self.sessions if o is not s)  # noqa: E731
+            self._batch = decode_ahead(self.model.transformer, s, epoch, pos0, draw, others_wait, self._sample)
             return
         self._batch_key = ("batch", sum(len(p[3]) for p in plan))
         self._batch_step = 0
@@ -322,65 +324,6 @@ class Scheduler:
                 yield  # sampling is a step of its own (it costs a few ms on a 50k vocabulary)
                 if s.epoch == epoch:
                     self._sample(s, row)
-
-    def _runs_ahead(self, s: Session) -> bool:
-        """Whether ``s``'s decode, alone in its batch, runs ahead on the backend (gl on a GPU)."""
-        tr = self.model.transformer
-        return getattr(tr, "run_ahead", False) and hasattr(tr, "draw_ahead_steps") and not s.adapters
-
-    def _run_ahead(self, s: Session, epoch: int, pos: int, request: SampleRequest) -> Generator:
-        """A lone session's decode with each pass started before the CPU has read the token the
-        pass before it drew (the GPU copies it: gl/run_ahead.py). Submitting the next pass then
-        overlaps the GPU's work on this one, and an id is read only once its fence has signalled
-        (until then the batch yields IDLE: nothing to do this frame). Tokens are accepted in
-        order. A pass started for a token the reply then does not take (it ended, was cancelled
-        or replaced, or another session needs a batch) is dropped: its KV row is written again
-        later and its seed was only peeked. Steps are named ("pass", "wait") for their costs."""
-        tr = self.model.transformer
-        drawn = ahead = None
-        try:
-            drawn = yield from self._named(tr.draw_ahead_steps(Segment(s.tokens[pos:pos + 1], pos, s.kv, (), request)), "pass")
-            while True:
-                if self._may_run_ahead(s, epoch, pos):
-                    request = s.sampler.request(s.tokens + [-1], ahead=1)  # (-1: the id still on the GPU)
-                    segment = Segment([-1], pos + 1, s.kv, (), request)
-                    ahead = yield from self._named(tr.draw_ahead_steps(segment, after=drawn), "pass")
-                while not drawn.ready():
-                    yield IDLE
-                token = drawn.read()
-                if s.epoch != epoch or s.n_past != pos:
-                    return  # cancelled or replaced while in flight
-                s.n_past = pos + 1
-                self._sample(s, token)
-                if ahead is None or s.epoch != epoch or not s.busy or s.pending() != [token]:
-                    return
-                drawn, ahead, pos = ahead, None, pos + 1
-        finally:
-            for unread in (drawn, ahead):
-                if unread is not None:
-                    unread.release()
-
-    def _may_run_ahead(self, s: Session, epoch: int, pos: int) -> bool:
-        """Whether to start ``s``'s next pass before its current token is known: the reply will
-        want it (it is not at its token limit, and has no grammar), it fits the cache, and no
-        other session waits for a batch of its own."""
-        reply = s.reply
-        return (s.busy and s.epoch == epoch and reply.grammar is None
-                and len(reply.token_ids) + 1 < reply.max_tokens and pos + 1 < s.kv.n_ctx
-                and not any(self._wants_work(o) for o in self.sessions if o is not s))
-
-    @staticmethod
-    def _named(steps: Generator, name: str) -> Generator:
-        """``steps`` with its plain yields named ``name`` (a run-ahead batch's step keys)."""
-        try:
-            while True:
-                try:
-                    out = next(steps)
-                except StopIteration as done:
-                    return done.value
-                yield name if out is None else out
-        finally:
-            steps.close()
 
     def _draw_request(self, s: Session, n_tokens: int) -> SampleRequest | None:
         """The backend draws ``s``'s next token itself (gl: on the GPU, only the id read back)

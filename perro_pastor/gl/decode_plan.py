@@ -62,3 +62,23 @@ class DecodePlan:
                 return False
             last = perf_counter()
         return True
+
+
+def replay_or_record(kv, gpu, current: Callable[[], tuple], narrated: Generator,
+                     yield_every_s: float) -> Generator:
+    """A one-token pass on ``kv``: its recorded plan replayed when the plan's stamp is
+    ``current()``, else the ``narrated`` pass, recorded as the cache's new plan (not during a
+    warm-up's dry run, and kept only if nothing it binds was replaced meanwhile)."""
+    stamp = current()
+    plan = kv.plan if kv.plan is not None and kv.plan.stamp == stamp else None
+    if plan is not None:
+        replayed = yield from plan.replay(yield_every_s, lambda: current() == stamp)
+        if not replayed:  # other work between two steps replaced a buffer it binds: again
+            yield from narrated
+    elif gpu.dry_run:  # (warm-up: compiles the same programs)
+        yield from narrated
+    else:
+        plan = DecodePlan(stamp)
+        yield from plan.record(gpu, narrated)
+        if current() == stamp:  # (else a scratch buffer grew meanwhile)
+            kv.plan = plan

@@ -40,8 +40,8 @@ from .fences import Fences
 from .run_ahead import DrawnRing, DrawnToken
 from .kernels import Kernels
 from .lora_fusion import LoraCache, LoraFusion
-from .decode_plan import DecodePlan
-from .neox import LoraViews, key_layout
+from .decode_plan import replay_or_record
+from .neox import LoraViews, key_layout, keys_in_cache_order, keys_in_file_order
 from .pass_steps import PassSteps, rows_of
 from .state import GlKVCache, Scratch, buffer_offset_alignment
 from .upload import GlWeights, prepare_matrix, upload_order, upload_steps
@@ -90,9 +90,7 @@ class GlTransformer(PassSteps):
         # kernels and the cpu sampler are faster
         self.fused_decode = not glctx.limits.software if fused_decode is None else fused_decode
         self.gpu_sampling = not glctx.limits.software
-        # decode passes that start before the CPU has read the last drawn id (run_ahead.py): off
-        # until a GPU run confirms the version with one buffer per ring slot (docs/gl_backend.md)
-        self.run_ahead = False
+        self.run_ahead = False  # passes started before the last drawn id is read: off (run_ahead.py)
         self.plan_yield_s = 0.0 if glctx.limits.software else PLAN_YIELD_S  # (DecodePlan.replay)
         self.cfg, self.kv_f16 = cfg, kv_f16
         self.max_batch = max_batch or (MAX_BATCH_SOFTWARE if glctx.limits.software else MAX_BATCH)
@@ -165,19 +163,11 @@ class GlTransformer(PassSteps):
     def export_kv(self, kv: GlKVCache, n_tokens: int) -> np.ndarray:
         """Rows 0..n_tokens-1 of ``kv`` in the format of ``CpuTransformer.export_kv`` (keys in the
         file's feature order, also for NeoX-rope families: neox.py)."""
-        rows = kv.export(n_tokens)
-        layout = key_layout(self.cfg)
-        if layout is not None:
-            rows[0][..., layout] = rows[0].copy()
-        return rows
+        return keys_in_file_order(kv.export(n_tokens), self.cfg)
 
     def import_kv(self, kv: GlKVCache, array: np.ndarray) -> None:
         """Write rows 0..n-1 of ``kv`` from an ``export_kv`` array (any float dtype, any backend)."""
-        layout = key_layout(self.cfg)
-        if layout is not None and array.ndim == 5:
-            array = np.array(array)  # (not the caller's)
-            array[0] = array[0][..., layout]
-        kv.import_rows(array)
+        kv.import_rows(keys_in_cache_order(array, self.cfg))
 
     # -------------------------------------------------------------------------
     # the forward pass
@@ -266,8 +256,8 @@ class GlTransformer(PassSteps):
         s.ensure(T)
         if after is None:
             s.tokens.write(np.concatenate([np.asarray(seg.tokens, np.int32) for seg in segments]).tobytes())
-        else:  # (the id the previous pass drew, still on the GPU)
-            self.drawn_ring.copy_to(after, s.tokens, 0)
+        else:
+            self.drawn_ring.copy_to(after, s.tokens, 0)  # (the id the last pass drew, on the GPU)
         # one session's decode token: the same launches every token (only the token and its
         # position change, read from buffers), recorded once per cache and replayed (decode_plan.py)
         one_token = T == 1 and trace is None and not all_logits and not segments[0].adapters
@@ -277,21 +267,9 @@ class GlTransformer(PassSteps):
             s.positions.write(np.array([seg.pos0], np.int32).tobytes())
             narrated = self._layers(spans, T, False, fast, self.checkpoint(None, T), s.positions)
 
-            def current() -> tuple:  # what a recording depends on (decode_plan.py)
-                return fast, gpu.generation, s.capacity
-            stamp = current()
-            plan = seg.kv.plan if seg.kv.plan is not None and seg.kv.plan.stamp == stamp else None
-            if plan is not None:
-                replayed = yield from plan.replay(self.plan_yield_s, lambda: current() == stamp)
-                if not replayed:  # other work between two steps replaced a buffer it binds: again
-                    yield from narrated
-            elif gpu.dry_run:  # (warm-up: compiles the same programs)
-                yield from narrated
-            else:
-                plan = DecodePlan(stamp)
-                yield from plan.record(gpu, narrated)
-                if current() == stamp:  # (else a scratch buffer grew meanwhile)
-                    seg.kv.plan = plan
+            # what a recording depends on: the path, the launchers' scratch, the activations'
+            yield from replay_or_record(seg.kv, gpu, lambda: (fast, gpu.generation, s.capacity),
+                                        narrated, self.plan_yield_s)
         else:
             yield from self._layers(spans, T, all_logits, fast, self.checkpoint(trace, T))
         n_out = T if all_logits else len(spans)

@@ -47,6 +47,24 @@ def key_layout(cfg: Config) -> np.ndarray | None:
     return head_order(cfg.head_size, cfg.rope_dim) if cfg.family.rope_neox else None
 
 
+def keys_in_file_order(rows: np.ndarray, cfg: Config) -> np.ndarray:
+    """Exported cache rows (2, n_layers, n, n_kv_heads, head_size), keys back in the file's
+    feature order (in place)."""
+    layout = key_layout(cfg)
+    if layout is not None:
+        rows[0][..., layout] = rows[0].copy()
+    return rows
+
+
+def keys_in_cache_order(array: np.ndarray, cfg: Config) -> np.ndarray:
+    """The inverse of ``keys_in_file_order``, on a copy (not the caller's array)."""
+    layout = key_layout(cfg)
+    if layout is not None and array.ndim == 5:
+        array = np.array(array)
+        array[0] = array[0][..., layout]
+    return array
+
+
 class LoraViews:
     """Each LoRA adapter as the gl pass must see it on a NeoX-rope model: B of wq and wk with
     their rows reordered like the weights. One view per adapter, kept while the adapter lives,
