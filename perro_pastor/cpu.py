@@ -104,8 +104,8 @@ class CpuTransformer:
     @property
     def q8_activations(self) -> bool:
         """Opt-in: 4-bit matrices multiply activations rounded to 8 bits per 32 as llama.cpp does
-        (faster integer sums, llama.cpp's rounding; ``cpu_kernels.matvec_nibbles_q8``). Only with
-        the compiled kernels; prefill (BLAS on dequantized tiles) stays float."""
+        (faster integer sums, llama.cpp's rounding; ``cpu_kernels.matvec_nibbles_q8``; prefill
+        feeds the same rounded activations to BLAS). Only with the compiled kernels."""
         return getattr(self.store, "q8_activations", False)
 
     @q8_activations.setter

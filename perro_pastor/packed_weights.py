@@ -59,13 +59,6 @@ class PackedMatrix:
     def nibbles(self) -> bool:
         return self.data is not None and self.data.dtype == np.uint8
 
-    @property
-    def takes_q8(self) -> bool:
-        """Whether its products can take activations rounded to 8 bits: 4-bit weights
-        (``cpu_kernels.matvec_nibbles_q8``). 8-bit weights had an integer kernel too, 1.24x on
-        the classifier alone and no faster in the model, paired (docs/journal.md): not kept."""
-        return self.nibbles
-
     def kernel_args(self) -> tuple:
         """(data, scales, nibbles): the whole matrix as the compiled layer takes it."""
         return self.data, self.scales, self.nibbles
@@ -73,7 +66,8 @@ class PackedMatrix:
     def matmul(self, x: np.ndarray, start: int = 0, stop: int | None = None, q8: bool = False) -> np.ndarray:
         """x @ W[start:stop].T in float32: (T, cols) -> (T, stop - start). ``q8``: a 4-bit
         matrix takes x rounded to 8 bits per 32 (the mat-vec: ``cpu_kernels.matvec_nibbles_q8``;
-        more tokens: the rounded x through BLAS, the same values)."""
+        more tokens: the rounded x through BLAS, the same values). 8-bit matrices keep float x:
+        an integer kernel for them was no faster in the model (docs/journal.md)."""
         stop = self.rows if stop is None else stop
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.dense is not None:
@@ -82,7 +76,7 @@ class PackedMatrix:
         if len(x) <= MATVEC_MAX_ROWS:
             out = np.empty((len(x), (tile1 - tile0) * TILE_ROWS), np.float32)
             data, scales = self.data[tile0:tile1], self.scales[tile0:tile1]
-            if q8 and self.takes_q8:
+            if q8 and self.nibbles:
                 cpu_kernels.matvec_nibbles_q8(data, scales, *cpu_kernels.quantize_q8_groups(x), out)
             elif self.nibbles:
                 cpu_kernels.matvec_nibbles(data, scales, x, out)
@@ -90,7 +84,7 @@ class PackedMatrix:
                 cpu_kernels.matvec_bytes(data, scales, x, out)
             skip = start - tile0 * TILE_ROWS
             return out[:, skip:skip + stop - start]
-        if q8 and self.takes_q8:  # the same rounding as the mat-vec's, then float products
+        if q8 and self.nibbles:  # the same rounding as the mat-vec's, then float products
             xq, xd, _ = cpu_kernels.quantize_q8_groups(x)
             x = (xq * xd[:, :, None]).astype(np.float32).reshape(x.shape)
         out = np.empty((len(x), stop - start), np.float32)

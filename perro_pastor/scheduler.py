@@ -71,7 +71,6 @@ class Scheduler:
         self._batch_key: tuple = ()
         self._batch_step = 0
         self._batch_steps_run = 0  # ever, by any batch (a background warm-up watches it)
-        self._batch_resting = False  # the batch's last step found nothing to do until the GPU is done
         self._driver: asyncio.Task | None = None
         self._ticking = False  # a tick is running (a callback that ticks again is refused)
 
@@ -237,7 +236,7 @@ class Scheduler:
             self.step_cost[key] = cost if old is None else 0.7 * old + 0.3 * cost
             self._worst[key[0]] = max(cost, 0.9 * self._worst.get(key[0], 0.0))
             steps += 1
-            if now - start >= budget or (key[0] == "ahead" and self._batch_resting):
+            if now - start >= budget or (self._batch is not None and self._batch_step == "wait"):
                 break  # (a run-ahead batch waits for the GPU: look again next frame)
         self.tick_ms.append((now - start) * 1000.0)
         if len(self.tick_ms) > 2 * TICKS_KEPT:  # a game runs for hours: keep the latest only
@@ -297,7 +296,6 @@ class Scheduler:
                 n = min(n, len(s.prefix) - s.n_past)  # stop at the system prompt to cache it
             plan.append((s, s.epoch, s.n_past, pending[:n], self._draw_request(s, n)))
         self._batch_members = members
-        self._batch_resting = False
         if len(plan) == 1 and len(plan[0][3]) == 1 and plan[0][4] is not None \
                 and can_run_ahead(self.model.transformer, plan[0][0]):
             s, epoch, pos0, _, draw = plan[0]
@@ -359,9 +357,10 @@ class Scheduler:
         try:
             self._batch_steps_run += 1
             out = next(self._batch)
-            self._batch_resting = out is IDLE  # (a run-ahead batch waits for the GPU)
-            if self._batch_resting or isinstance(out, str):
-                self._batch_step = "wait" if self._batch_resting else out
+            if out is IDLE:  # (a run-ahead batch waits for the GPU)
+                self._batch_step = "wait"
+            elif isinstance(out, str):  # (a run-ahead batch's named step)
+                self._batch_step = out
             else:
                 self._batch_step += 1
         except StopIteration:

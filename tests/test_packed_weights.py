@@ -269,7 +269,7 @@ def test_q8_activation_products_are_the_float64_product_of_the_rounded_activatio
     x = rng.standard_normal((tokens, cols)).astype(np.float32)
     check_product(m.matmul(x, q8=True), q8_reference(x), w64, f"{qtype.name} seed={seed}")
     plain = m.matmul(x)
-    assert m.takes_q8 and not np.array_equal(plain, m.matmul(x, q8=True))  # (it did round)
+    assert m.nibbles and not np.array_equal(plain, m.matmul(x, q8=True))  # (it did round)
 
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q8_0, GGMLType.Q6_K, GGMLType.F16], ids=lambda t: t.name)
@@ -278,7 +278,7 @@ def test_matrices_without_a_q8_kernel_keep_float_activations(qtype):
     raw = random_matrix(rng, qtype, TILE_ROWS, 512)
     m = pack(raw, qtype, TILE_ROWS, 512)
     x = rng.standard_normal((1, 512)).astype(np.float32)
-    assert not m.takes_q8 and np.array_equal(m.matmul(x, q8=True), m.matmul(x))
+    assert not m.nibbles and np.array_equal(m.matmul(x, q8=True), m.matmul(x))
 
 
 def test_q8_activations_decode_close_to_float_and_keep_the_perplexity():

@@ -266,8 +266,7 @@ class GlTransformer(PassSteps):
             seg, gpu = segments[0], self.kernels.gpu
             s.positions.write(np.array([seg.pos0], np.int32).tobytes())
             narrated = self._layers(spans, T, False, fast, self.checkpoint(None, T), s.positions)
-
-            # what a recording depends on: the path, the launchers' scratch, the activations'
+            # a recording depends on the path, the launchers' scratch and the activations' capacity
             yield from replay_or_record(seg.kv, gpu, lambda: (fast, gpu.generation, s.capacity),
                                         narrated, self.plan_yield_s)
         else:
