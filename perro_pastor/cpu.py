@@ -76,6 +76,7 @@ class CpuTransformer:
         self.cfg, self.w, self.dtype = cfg, weights, np.dtype(dtype)
         self.cpu_kernels = pick_kernels(kernels, self.dtype)
         self.store = PackedWeights(mf) if self.cpu_kernels == "numba" else CpuWeights(mf, self.dtype, cache_budget)
+        self._int_activations = self.cpu_kernels == "numba"  # (the property int_activations)
         # passes of a few tokens (decode) run the per-token ops compiled too: there NumPy's
         # per-call cost, not arithmetic, dominates; longer passes keep NumPy's BLAS attention
         self.few_token_ops = cpu_kernels if self.cpu_kernels == "numba" else NUMPY_OPS
@@ -102,18 +103,20 @@ class CpuTransformer:
         self.store.matrix(t)
 
     @property
-    def q8_activations(self) -> bool:
-        """Opt-in: 4-bit matrices multiply activations rounded to 8 bits per 32 as llama.cpp does
-        (faster integer sums, llama.cpp's rounding; ``cpu_kernels.matvec_nibbles_q8``; prefill
-        feeds the same rounded activations to BLAS). Only with the compiled kernels."""
-        return getattr(self.store, "q8_activations", False)
+    def int_activations(self) -> bool:
+        """Whether decode passes (one new token per sequence) multiply 4-bit matrices by
+        activations rounded to 9 bits per 32 (as llama.cpp does with 8): integer sums, 1.2x the
+        decode speed of float activations, and logits that move by half llama.cpp's rounding
+        noise (docs/cpu_backend.md). Passes that read a prompt stay float (BLAS on float tiles
+        is their fast path, and exact), so perplexity is the float one. On by default with the
+        compiled kernels; off, every pass is float (what the gl backend and the oracle tests do)."""
+        return self._int_activations
 
-    @q8_activations.setter
-    def q8_activations(self, on: bool) -> None:
+    @int_activations.setter
+    def int_activations(self, on: bool) -> None:
         if on and self.cpu_kernels != "numba":
-            raise ValueError("q8 activations need the compiled cpu kernels (cpu_kernels='numba')")
-        if self.cpu_kernels == "numba":
-            self.store.q8_activations = bool(on)
+            raise ValueError("integer activations need the compiled cpu kernels (cpu_kernels='numba')")
+        self._int_activations = bool(on)
 
     def limit_threads(self, n_threads: int | None) -> None:
         """At most ``n_threads`` for the compiled kernels called from this thread (numba's count is
@@ -190,6 +193,8 @@ class CpuTransformer:
         ops = self.few_token_ops if T <= MATVEC_MAX_ROWS else NUMPY_OPS
         apply_rope = apply_rope_neox if family.rope_neox else ops.apply_rope
         gated = geglu if family.gelu else ops.swiglu
+        # a decode pass (one new token per sequence) rounds activations for 4-bit matrices
+        rounded = self.int_activations and T == len(segments)
 
         # the residual stream starts as each token's embedding: (T,) -> (T, dim)
         x = store.rows(w.token_embedding_table, tokens)
@@ -213,7 +218,7 @@ class CpuTransformer:
 
             # project to queries, keys and values: (T, dim) -> (T, heads, hs); one product, the
             # three matrices are stored as one block of stacked rows (the stores' fuse)
-            q, k, v = self.project(xb, l, ("wq", "wk", "wv"), segments, bounds)
+            q, k, v = self.project(xb, l, ("wq", "wk", "wv"), segments, bounds, rounded)
             extra = self.extra[l]
             if family.qkv_bias:  # (qwen2)
                 q, k, v = q + extra["bq"], k + extra["bk"], v + extra["bv"]
@@ -249,7 +254,7 @@ class CpuTransformer:
             yield
 
             # mix the heads back into the residual stream
-            (att_out,) = self.project(att.reshape(T, cfg.q_dim), l, ("wo",), segments, bounds)
+            (att_out,) = self.project(att.reshape(T, cfg.q_dim), l, ("wo",), segments, bounds, rounded)
             if family.post_norms:  # (gemma)
                 att_out = ops.rmsnorm(att_out, extra["rms_att_post"], cfg.rms_eps)
             x = x + att_out
@@ -260,11 +265,11 @@ class CpuTransformer:
             xb = ops.rmsnorm(x, self.rms_ffn[l], cfg.rms_eps)
 
             # SwiGLU (GeGLU for Gemma): a gated projection up to hidden_dim and back down
-            gate, up = self.project(xb, l, ("w1", "w3"), segments, bounds)
+            gate, up = self.project(xb, l, ("w1", "w3"), segments, bounds, rounded)
             hb = gated(gate, up)
             trace(f"L{l}.ffn_hidden", hb)
             yield
-            (ffn_out,) = self.project(hb, l, ("w2",), segments, bounds)
+            (ffn_out,) = self.project(hb, l, ("w2",), segments, bounds, rounded)
             if family.post_norms:
                 ffn_out = ops.rmsnorm(ffn_out, extra["rms_ffn_post"], cfg.rms_eps)
             x = x + ffn_out
@@ -281,7 +286,7 @@ class CpuTransformer:
         logits = np.empty((len(x), cfg.vocab_size), dtype=x.dtype)
         for start in range(0, cfg.vocab_size, OUTPUT_ROWS_PER_STEP):
             stop = min(start + OUTPUT_ROWS_PER_STEP, cfg.vocab_size)
-            logits[:, start:stop] = store.matmul(x, w.wcls, start, stop)
+            logits[:, start:stop] = store.matmul(x, w.wcls, start, stop, rounded)
             yield
         if cfg.final_softcap:
             logits = softcap(logits, cfg.final_softcap)
@@ -307,20 +312,20 @@ class CpuTransformer:
         (attention, then feed-forward), each half one call."""
         cfg = self.cfg
         wqkv, wo, w13, w2 = args
-        q8 = self.store.q8_activations
+        rounded = self.int_activations
         cpu_kernels.decode_attention(x, self.rms_att[l], cfg.rms_eps, wqkv, wo, rotation,
                                      seg.kv.key_cache[l], seg.kv.value_cache[l], seg.pos0,
-                                     cfg.n_heads, cfg.n_kv_heads, cfg.sliding_window, q8)
+                                     cfg.n_heads, cfg.n_kv_heads, cfg.sliding_window, rounded)
         yield
-        cpu_kernels.decode_ffn(x, self.rms_ffn[l], cfg.rms_eps, w13, w2, cfg.hidden_dim, q8)
+        cpu_kernels.decode_ffn(x, self.rms_ffn[l], cfg.rms_eps, w13, w2, cfg.hidden_dim, rounded)
         yield
 
     def project(self, x: np.ndarray, l: int, names: tuple[str, ...], segments: list[Segment],
-                bounds: np.ndarray) -> list[np.ndarray]:
+                bounds: np.ndarray, rounded: bool = False) -> list[np.ndarray]:
         """x @ W.T for each weight ``names`` of layer ``l`` (one product for fused ones), plus
         each segment's own LoRA deltas: y = W x + scale * B (A x). The base weights are never
-        modified."""
-        outs = self.store.matmul_fused(x, tuple(getattr(self.w.layers[l], name) for name in names))
+        modified. ``rounded``: 4-bit matrices take x rounded to 9 bits (``int_activations``)."""
+        outs = self.store.matmul_fused(x, tuple(getattr(self.w.layers[l], name) for name in names), rounded)
         for name, out in zip(names, outs):
             for seg, a, b in zip(segments, bounds[:-1], bounds[1:]):
                 for adapter in seg.adapters:

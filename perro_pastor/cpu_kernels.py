@@ -7,10 +7,10 @@ step computes, and spread row tiles over the cores (``prange``).
 Why the tiles: a tile holds ``R`` rows side by side, ``[tile, group, j, row]``, so the innermost
 loop walks ``row`` over contiguous bytes and LLVM turns it into SIMD across rows, reading the
 4-bit or 8-bit weights directly (no float32 copy of the model). Loops over one row's 32-weight
-groups vectorize badly. Activations stay float by default (exact up to float32 rounding); 4-bit
-weights can instead take them rounded to 8 bits, as llama.cpp does (``matvec_nibbles_q8``,
-int16 lanes, faster; measurements in docs/cpu_backend.md; benchmarks/bench_cpu_kernels.py
-re-checks kernel speed).
+groups vectorize badly. Activations are float (exact up to float32 rounding), except that in
+decode passes 4-bit weights take them rounded to 9 bits, as llama.cpp does with 8
+(``matvec_nibbles_int``, int16 lanes, faster; measurements in docs/cpu_backend.md;
+benchmarks/bench_cpu_kernels.py re-checks kernel speed).
 
 The NumPy twins are ``packed_weights.PackedMatrix.dequantize`` followed by a product in float64.
 """
@@ -87,42 +87,55 @@ def matvec_nibbles(data, scales, x, out):
         out[:, tile * R:(tile + 1) * R] = acc
 
 
-# The same product with the activations rounded to 8 bits first, as llama.cpp does (its Q8_0/Q8_1
-# blocks): q_x = rint(x * 127 / max|x|) per 32-group, with d = max|x| / 127 and s = d * sum(q_x).
-# Then sum_j (scale q_j + offset) x_j ~= scale d sum_j q_j q_x,j + offset s, and the integer sum
-# runs in int16 lanes (16 products of 4-bit q and 8-bit q_x stay below 2^15: 16 * 15 * 127),
-# 1.3-1.4x faster than the float kernel on the default model's matrices (docs/cpu_backend.md).
-# Opt-in (``CpuTransformer.q8_activations``): it rounds like llama.cpp, the float kernel is exact.
+# The same product with the activations rounded to integers first, as llama.cpp does (its Q8_0/Q8_1
+# blocks), but to 9 bits: q_x = rint(x * 255 / max|x|) per 32-group, with d = max|x| / 255 and
+# s = d * sum(q_x). Then sum_j (scale q_j + offset) x_j ~= scale d sum_j (q_j - 8) q_x,j
+# + (offset + 8 scale) s. The integer sums run in int16 lanes, 16 products at a time: centred
+# 4-bit weights (q - 8, at most 8 in size) times 9-bit q_x stay below 2^15 (16 * 8 * 255). The
+# loop adds q q_x to a sum that starts at -8 sum(q_x) (``round_activation_groups``' c, per half
+# group); it may wrap around 2^16 on the way, but it ends at the centred sum, which fits, so it
+# is exact (and as fast as an 8-bit kernel: the centring costs nothing in the loop).
+# 1.3-1.4x faster than the float kernel on the default model's matrices (docs/cpu_backend.md);
+# the rounding moves logits half as much as llama.cpp's 8 bits (127 levels) do.
+ACTIVATION_LEVELS = 255
+
 
 @njit(**_SMALL)
-def quantize_q8_groups(x):
-    """x: (T, n_groups * 32) float32 -> (q (T, n_groups, 32) int8, d (T, n_groups), s (T, n_groups))."""
+def round_activation_groups(x):
+    """x: (T, n_groups * 32) float32 -> (q (T, n_groups, 32) int16 within +-ACTIVATION_LEVELS,
+    d (T, n_groups), s (T, n_groups), c (T, n_groups, 2) int16) with x ~= q * d, s = d * sum(q)
+    per group, and c = -8 * sum(q) over each half group (wrapped to int16)."""
     T, cols = x.shape
     n_groups = cols // 32
-    q = np.empty((T, n_groups, 32), np.int8)
+    levels = np.float32(ACTIVATION_LEVELS)
+    q = np.empty((T, n_groups, 32), np.int16)
     d = np.empty((T, n_groups), np.float32)
     s = np.empty((T, n_groups), np.float32)
+    c = np.empty((T, n_groups, 2), np.int16)
     for t in range(T):
         for g in range(n_groups):
             amax = np.float32(0)
             for j in range(32):
                 amax = max(amax, abs(x[t, g * 32 + j]))
-            inv = np.float32(127) / amax if amax > 0 else np.float32(0)
-            total = 0
+            inv = levels / amax if amax > 0 else np.float32(0)
+            halves = np.zeros(2, np.int64)
             for j in range(32):
                 v = np.int32(np.rint(x[t, g * 32 + j] * inv))
                 q[t, g, j] = v
-                total += v
-            d[t, g] = amax / np.float32(127)
-            s[t, g] = d[t, g] * np.float32(total)
-    return q, d, s
+                halves[j // 16] += v
+            d[t, g] = amax / levels
+            s[t, g] = d[t, g] * np.float32(halves[0] + halves[1])
+            c[t, g, 0] = -8 * halves[0]
+            c[t, g, 1] = -8 * halves[1]
+    return q, d, s, c
 
 
 @njit(**_KERNEL)
-def matvec_nibbles_q8(data, scales, xq, xd, xs, out):
-    """``matvec_nibbles`` over activations from ``quantize_q8_groups``: out (T, n_tiles * R)."""
+def matvec_nibbles_int(data, scales, xq, xd, xs, xc, out):
+    """``matvec_nibbles`` over activations from ``round_activation_groups``: out (T, n_tiles * R)."""
     n_tiles, n_groups, half, R = data.shape
     T = xq.shape[0]
+    eight = np.float32(8)
     for tile in prange(n_tiles):
         acc = np.zeros((T, R), np.float32)
         low = np.empty(R, np.int16)
@@ -130,18 +143,20 @@ def matvec_nibbles_q8(data, scales, xq, xd, xs, out):
         for g in range(n_groups):
             so = scales[tile, g]
             for t in range(T):
-                low[:] = 0
-                high[:] = 0
+                low[:] = xc[t, g, 0]
+                high[:] = xc[t, g, 1]
                 for j in range(half):
-                    a = np.int16(xq[t, g, j])
-                    b = np.int16(xq[t, g, j + half])
+                    a = xq[t, g, j]
+                    b = xq[t, g, j + half]
                     for r in range(R):
                         q = data[tile, g, j, r]
                         low[r] += np.int16(q & np.uint8(0x0F)) * a
                         high[r] += np.int16(q >> np.uint8(4)) * b
                 d, s = xd[t, g], xs[t, g]
+                s8 = eight * s
                 for r in range(R):
-                    acc[t, r] += so[0, r] * d * np.float32(np.int32(low[r]) + np.int32(high[r])) + so[1, r] * s
+                    acc[t, r] += so[0, r] * (d * np.float32(np.int32(low[r]) + np.int32(high[r])) + s8) \
+                        + so[1, r] * s
         out[:, tile * R:(tile + 1) * R] = acc
 
 
@@ -286,13 +301,13 @@ def swiglu(h1, h3):
 # a whole layer for one decoding token
 
 @njit(nogil=True, cache=True)
-def _matvec(matrix, x, out, q8):
-    """The mat-vec of a packed matrix given as (data, scales, nibbles); ``q8``: 4-bit weights
-    take activations rounded to 8 bits (``matvec_nibbles_q8``)."""
+def _matvec(matrix, x, out, rounded):
+    """The mat-vec of a packed matrix given as (data, scales, nibbles); ``rounded``: 4-bit weights
+    take activations rounded to 9 bits (``matvec_nibbles_int``)."""
     data, scales, nibbles = matrix
-    if nibbles and q8:
-        xq, xd, xs = quantize_q8_groups(x)
-        matvec_nibbles_q8(data, scales, xq, xd, xs, out)
+    if nibbles and rounded:
+        xq, xd, xs, xc = round_activation_groups(x)
+        matvec_nibbles_int(data, scales, xq, xd, xs, xc, out)
     elif nibbles:
         matvec_nibbles(data, scales, x, out)
     else:
@@ -306,7 +321,7 @@ def _matvec(matrix, x, out, q8):
 
 @njit(nogil=True, cache=True)
 def decode_attention(x, att_norm, eps, wqkv, wo, rotation, k_cache, v_cache, pos,
-                     n_heads, n_kv_heads, sliding_window, q8):
+                     n_heads, n_kv_heads, sliding_window, rounded):
     """x += wo(attention(rope(q), rope(k), v)) for x: (1, dim), in place. wqkv: the stacked
     rows of wq, wk, wv; k_cache, v_cache: this layer's (n_kv_heads, n_ctx, hs)."""
     dim = x.shape[1]
@@ -317,30 +332,30 @@ def decode_attention(x, att_norm, eps, wqkv, wo, rotation, k_cache, v_cache, pos
     # attention: pre-norm, q k v in one product, RoPE, remember k v, attend, mix the heads back
     xb = rmsnorm(x, att_norm, eps)
     qkv = np.empty((1, wqkv[0].shape[0] * R), np.float32)
-    _matvec(wqkv, xb, qkv, q8)
+    _matvec(wqkv, xb, qkv, rounded)
     q = apply_rope(qkv[:, :dim].copy().reshape(1, n_heads, hs), rotation)
     k = apply_rope(qkv[:, dim:dim + kv_dim].copy().reshape(1, n_kv_heads, hs), rotation)
     k_cache[:, pos] = k[0]
     v_cache[:, pos] = qkv[0, dim + kv_dim:dim + 2 * kv_dim].reshape(n_kv_heads, hs)
     att = attention(q, k_cache, v_cache, pos, sliding_window)
     att_out = np.empty((1, wo[0].shape[0] * R), np.float32)
-    _matvec(wo, att.reshape(1, dim), att_out, q8)
+    _matvec(wo, att.reshape(1, dim), att_out, rounded)
     x += att_out[:, :dim]
     return x
 
 
 @njit(nogil=True, cache=True)
-def decode_ffn(x, ffn_norm, eps, w13, w2, hidden, q8):
+def decode_ffn(x, ffn_norm, eps, w13, w2, hidden, rounded):
     """The feed-forward half of a layer for a lone decoding token: pre-norm, w1 and w3 in one
     product, SwiGLU, w2, residual. x: (1, dim), updated in place."""
     dim = x.shape[1]
     R = w13[0].shape[3]
     xb = rmsnorm(x, ffn_norm, eps)
     gate_up = np.empty((1, w13[0].shape[0] * R), np.float32)
-    _matvec(w13, xb, gate_up, q8)
+    _matvec(w13, xb, gate_up, rounded)
     hb = swiglu(gate_up[:, :hidden], gate_up[:, hidden:2 * hidden])
     ffn_out = np.empty((1, w2[0].shape[0] * R), np.float32)
-    _matvec(w2, hb, ffn_out, q8)
+    _matvec(w2, hb, ffn_out, rounded)
     x += ffn_out[:, :dim]
     return x
 

@@ -67,8 +67,10 @@ class CpuWeights:
             self.budget_left -= nbytes
         return block
 
-    def matmul(self, x: np.ndarray, t: TensorInfo, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """x @ W[start:stop].T: (T, cols) -> (T, stop - start); all rows by default."""
+    def matmul(self, x: np.ndarray, t: TensorInfo, start: int = 0, stop: int | None = None,
+               rounded: bool = False) -> np.ndarray:
+        """x @ W[start:stop].T: (T, cols) -> (T, stop - start); all rows by default. ``rounded`` is
+        ignored: the reference keeps activations exact (PackedWeights takes it)."""
         cols, rows = t.shape
         stop = rows if stop is None else stop
         w = self.matrix(t)
@@ -78,7 +80,7 @@ class CpuWeights:
         raw = self.mf.tensor_bytes(t.name)[start * row:stop * row]
         return quant.matmul(x, raw, t.qtype, stop - start, cols)
 
-    def matmul_fused(self, x: np.ndarray, tensors: tuple[TensorInfo, ...]) -> list[np.ndarray]:
+    def matmul_fused(self, x: np.ndarray, tensors: tuple[TensorInfo, ...], rounded: bool = False) -> list[np.ndarray]:
         """[x @ W.T for W in tensors], as one product when they were fused and are cached."""
         cached = [self.matrix(t) for t in tensors]
         block = self.blocks.get(tuple(t.name for t in tensors))

@@ -63,9 +63,9 @@ class PackedMatrix:
         """(data, scales, nibbles): the whole matrix as the compiled layer takes it."""
         return self.data, self.scales, self.nibbles
 
-    def matmul(self, x: np.ndarray, start: int = 0, stop: int | None = None, q8: bool = False) -> np.ndarray:
-        """x @ W[start:stop].T in float32: (T, cols) -> (T, stop - start). ``q8``: a 4-bit
-        matrix takes x rounded to 8 bits per 32 (the mat-vec: ``cpu_kernels.matvec_nibbles_q8``;
+    def matmul(self, x: np.ndarray, start: int = 0, stop: int | None = None, rounded: bool = False) -> np.ndarray:
+        """x @ W[start:stop].T in float32: (T, cols) -> (T, stop - start). ``rounded``: a 4-bit
+        matrix takes x rounded to 9 bits per 32 (the mat-vec: ``cpu_kernels.matvec_nibbles_int``;
         more tokens: the rounded x through BLAS, the same values). 8-bit matrices keep float x:
         an integer kernel for them was no faster in the model (docs/journal.md)."""
         stop = self.rows if stop is None else stop
@@ -76,16 +76,16 @@ class PackedMatrix:
         if len(x) <= MATVEC_MAX_ROWS:
             out = np.empty((len(x), (tile1 - tile0) * TILE_ROWS), np.float32)
             data, scales = self.data[tile0:tile1], self.scales[tile0:tile1]
-            if q8 and self.nibbles:
-                cpu_kernels.matvec_nibbles_q8(data, scales, *cpu_kernels.quantize_q8_groups(x), out)
+            if rounded and self.nibbles:
+                cpu_kernels.matvec_nibbles_int(data, scales, *cpu_kernels.round_activation_groups(x), out)
             elif self.nibbles:
                 cpu_kernels.matvec_nibbles(data, scales, x, out)
             else:
                 cpu_kernels.matvec_bytes(data, scales, x, out)
             skip = start - tile0 * TILE_ROWS
             return out[:, skip:skip + stop - start]
-        if q8 and self.nibbles:  # the same rounding as the mat-vec's, then float products
-            xq, xd, _ = cpu_kernels.quantize_q8_groups(x)
+        if rounded and self.nibbles:  # the same rounding as the mat-vec's, then float products
+            xq, xd, _, _ = cpu_kernels.round_activation_groups(x)
             x = (xq * xd[:, :, None]).astype(np.float32).reshape(x.shape)
         out = np.empty((len(x), stop - start), np.float32)
         chunk_tiles = max(1, DEQUANT_CHUNK_BYTES // (4 * self.cols * TILE_ROWS))
@@ -196,7 +196,6 @@ class PackedWeights:
         self.stacked: dict[tuple[str, ...], PackedMatrix] = {}
         self.group_of: dict[str, tuple] = {}
         self._layer_args: dict[str, tuple | None] = {}  # decode_layer_args, by the layer's wq
-        self.q8_activations = False  # 4-bit mat-vecs on activations rounded to 8 bits (opt-in)
 
     def fuse(self, tensors: tuple) -> None:
         for t in tensors:
@@ -221,18 +220,19 @@ class PackedWeights:
                         self.packed[member.name] = _rows_of(stacked, group, member)
         return self.packed[t.name]
 
-    def matmul(self, x: np.ndarray, t, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self.matrix(t).matmul(x, start, stop, self.q8_activations)
+    def matmul(self, x: np.ndarray, t, start: int = 0, stop: int | None = None, rounded: bool = False) -> np.ndarray:
+        """``rounded``: 4-bit matrices take x rounded to 9 bits (PackedMatrix.matmul)."""
+        return self.matrix(t).matmul(x, start, stop, rounded)
 
-    def matmul_fused(self, x: np.ndarray, tensors: tuple) -> list[np.ndarray]:
+    def matmul_fused(self, x: np.ndarray, tensors: tuple, rounded: bool = False) -> list[np.ndarray]:
         stacked = self.stacked.get(tuple(t.name for t in tensors))
         if stacked is None:
             for t in tensors:
                 self.matrix(t)  # packing the last member stacks the group
             stacked = self.stacked.get(tuple(t.name for t in tensors))
         if stacked is None:
-            return [self.matmul(x, t) for t in tensors]
-        out, outs, first = stacked.matmul(x, q8=self.q8_activations), [], 0
+            return [self.matmul(x, t, rounded=rounded) for t in tensors]
+        out, outs, first = stacked.matmul(x, rounded=rounded), [], 0
         for t in tensors:
             outs.append(out[:, first:first + t.shape[1]])
             first += t.shape[1]

@@ -2,11 +2,17 @@
 llama.cpp in llama-cpp-python 0.3.36, on the embedded default model and on Gemma 3 270M;
 recorded below).
 
-llama.cpp multiplies Q4_1 weights by activations quantized to 8 bits, we multiply by float
-activations, so where the two best logits are within that noise the engines may legitimately pick
-different tokens. The test therefore walks llama.cpp's path token by token (teacher forcing): at
-every step llama.cpp's token must be our argmax, or within MARGIN of it; and our argmax must agree
-on most steps.
+llama.cpp multiplies Q4_1 weights by activations rounded to 8 bits per 32 values; our cpu backend
+rounds them to 9 bits in decode passes and not at all in prompt passes, the gl backend never. So
+where the two best logits are within that noise the engines may legitimately pick different
+tokens. The test therefore walks llama.cpp's path token by token (teacher forcing): at every step
+llama.cpp's token must be our argmax, or within MARGIN of it; and our argmax must agree on most
+steps.
+
+MARGIN is llama.cpp's rounding noise, measured: its 8-bit rounding, emulated over these four texts,
+shifts the gap between our best logit and the next three by 0.09 (median), 0.23 (p90) and 0.44
+(p99), against float activations. (After "The capital of France is Paris.\n\nThe", llama.cpp
+emitted " United", 0.22 below " answer" with float activations and 0.27 below with 9-bit ones.)
 """
 
 from pathlib import Path
@@ -16,7 +22,7 @@ import pytest
 
 from perro_pastor.model import load
 
-MARGIN = 0.25  # logits; llama.cpp's Q8 activation noise on this model is well below this
+MARGIN = 0.45  # logits: the p99 of llama.cpp's rounding noise on the gap between candidates (above)
 MIN_AGREEMENT = 0.75  # share of steps where our own argmax is llama.cpp's token
 
 # prompt -> llama.cpp's printed prompt + 24 greedy tokens (llama-simple -n 24)

@@ -38,12 +38,18 @@ def test_float32_matches_float64_at_every_checkpoint(model32):
 
 
 def test_prefill_in_chunks_equals_one_batch(model32):
+    """(With float activations throughout: one-token passes would otherwise round them,
+    ``CpuTransformer.int_activations``, and differ from the prompt pass by that rounding.)"""
     tokens = np.array(model32.tokenizer.encode(PROMPT))
     t = model32.transformer
-    whole = t.forward(tokens, 0, t.new_cache(64), all_logits=True)
-    kv = t.new_cache(64)
-    parts = [t.forward(tokens[:7], 0, kv, all_logits=True)]
-    parts += [t.forward(tokens[i:i + 1], i, kv, all_logits=True) for i in range(7, len(tokens))]
+    t.int_activations = False
+    try:
+        whole = t.forward(tokens, 0, t.new_cache(64), all_logits=True)
+        kv = t.new_cache(64)
+        parts = [t.forward(tokens[:7], 0, kv, all_logits=True)]
+        parts += [t.forward(tokens[i:i + 1], i, kv, all_logits=True) for i in range(7, len(tokens))]
+    finally:
+        t.int_activations = True
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-4, atol=1e-3)
 
 

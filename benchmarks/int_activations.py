@@ -1,8 +1,8 @@
-"""Decode of the cpu backend with float activations and with 8-bit activations for its 4-bit
-matrices (``CpuTransformer.q8_activations``), alternately in one process, and llama.cpp's decode
+"""Decode of the cpu backend with float activations and with 9-bit activations for its 4-bit
+matrices (``CpuTransformer.int_activations``), alternately in one process, and llama.cpp's decode
 (llama-bench, 2 threads) in the same minutes when its folder is given.
 
-    python benchmarks/q8_activations.py [MODEL] [--llama-bin DIR] [--rounds 3]
+    python benchmarks/int_activations.py [MODEL] [--llama-bin DIR] [--rounds 3]
 
 One JSON row per round (tok/s and the ratios to llama.cpp).
 """
@@ -34,12 +34,12 @@ def main() -> None:
     for round_ in range(args.rounds):
         row = {"round": round_}
         for on in (False, True):
-            model.transformer.q8_activations = on
-            row["q8" if on else "float"] = run_bench(model, 128, 64, 3)["decode_tok_s"]
+            model.transformer.int_activations = on
+            row["rounded" if on else "float"] = run_bench(model, 128, 64, 3)["decode_tok_s"]
         if args.llama_bin:
             row["llama_cpp"] = llama_cpp_decode(args.llama_bin, str(resolve_model(args.model)))
             row["ratio_float"] = round(row["float"] / row["llama_cpp"], 3)
-            row["ratio_q8"] = round(row["q8"] / row["llama_cpp"], 3)
+            row["ratio_rounded"] = round(row["rounded"] / row["llama_cpp"], 3)
         print(json.dumps(row), flush=True)
     model.close()
 
