@@ -44,10 +44,8 @@ _SMALL = dict(nogil=True, cache=True, fastmath=_FAST)  # per-token ops: one thre
 
 
 # Each group's float32 scale and offset for the R rows of a tile sit together in one array,
-# scales: (n_tiles, n_groups, 2, R). (Float16 words, as in the file, were tried: 0.125 fewer
-# bytes per weight, but widening them by hand, numba having no float16, cost more than the
-# bytes saved: 4-6% slower decode in paired runs.)
-
+# scales: (n_tiles, n_groups, 2, R). (Float16 words, as in the file, were 4-6% slower: numba
+# has no float16, and widening by hand cost more than the bytes saved.)
 
 # -----------------------------------------------------------------------------
 # 4-bit weights: byte j of a 32-weight group holds weight j (low nibble) and weight j + 16
@@ -87,16 +85,13 @@ def matvec_nibbles(data, scales, x, out):
         out[:, tile * R:(tile + 1) * R] = acc
 
 
-# The same product with the activations rounded to integers first, as llama.cpp does (its Q8_0/Q8_1
-# blocks), but to 9 bits: q_x = rint(x * 255 / max|x|) per 32-group, with d = max|x| / 255 and
-# s = d * sum(q_x). Then sum_j (scale q_j + offset) x_j ~= scale d sum_j (q_j - 8) q_x,j
-# + (offset + 8 scale) s. The integer sums run in int16 lanes, 16 products at a time: centred
-# 4-bit weights (q - 8, at most 8 in size) times 9-bit q_x stay below 2^15 (16 * 8 * 255). The
-# loop adds q q_x to a sum that starts at -8 sum(q_x) (``round_activation_groups``' c, per half
-# group); it may wrap around 2^16 on the way, but it ends at the centred sum, which fits, so it
-# is exact (and as fast as an 8-bit kernel: the centring costs nothing in the loop).
-# 1.3-1.4x faster than the float kernel on the default model's matrices (docs/cpu_backend.md);
-# the rounding moves logits half as much as llama.cpp's 8 bits (127 levels) do.
+# The same product on activations rounded to 9 bits (llama.cpp rounds to 8: its Q8 blocks):
+# q_x = rint(x * 255 / max|x|) per 32, d = max|x| / 255, s = d sum(q_x). Then sum_j (scale q_j +
+# offset) x_j ~= scale d sum_j (q_j - 8) q_x,j + (offset + 8 scale) s, summed in int16 lanes:
+# 16 products of a centred weight (|q - 8| <= 8) and a 9-bit q_x stay below 2^15. The loop adds
+# q q_x to a sum that starts at -8 sum(q_x) (c, per half group), so the centring costs nothing;
+# the sum may wrap around 2^16 on the way but ends in range: exact. 1.3-1.4x the float kernel;
+# logits move half as much as with llama.cpp's 8 bits (docs/cpu_backend.md).
 ACTIVATION_LEVELS = 255
 
 
