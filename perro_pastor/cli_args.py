@@ -171,10 +171,10 @@ def load_model(args, backend: str | None = None):
 
 def cpu_kernels_cached() -> bool:
     try:
-        from . import cpu_kernels
+        from . import cpu_kernels_warm
     except ImportError:
         return True  # no numba: nothing to compile (the cpu backend says so itself)
-    return cpu_kernels.cache_is_warm()
+    return cpu_kernels_warm.cache_is_warm()
 
 
 def adapters_from(args, model) -> tuple:

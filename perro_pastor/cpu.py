@@ -25,11 +25,11 @@ from .formats import ModelFile
 from .weights import FAMILY_VECTORS, Weights
 
 try:  # the compiled kernels (numba); without them the NumPy path below runs everything
-    from . import cpu_kernels
+    from . import cpu_kernels, cpu_kernels_warm
     from .packed_weights import MATVEC_MAX_ROWS, PackedWeights
     KERNELS_MISSING = ""
 except ImportError as exc:
-    cpu_kernels = PackedWeights = None
+    cpu_kernels = cpu_kernels_warm = PackedWeights = None
     MATVEC_MAX_ROWS = 0
     KERNELS_MISSING = str(exc)
 
@@ -81,7 +81,7 @@ class CpuTransformer:
         # per-call cost, not arithmetic, dominates; longer passes keep NumPy's BLAS attention
         self.few_token_ops = cpu_kernels if self.cpu_kernels == "numba" else NUMPY_OPS
         if self.cpu_kernels == "numba":
-            cpu_kernels.warm_up()  # compiled once per machine, then loaded from the user's cache
+            cpu_kernels_warm.warm_up()  # compiled once per machine, then loaded from the user's cache
         blas_controller()  # found now (3-15 ms), not inside the first prefill (forward_steps)
         for layer in weights.layers:
             self.store.fuse((layer.wq, layer.wk, layer.wv))

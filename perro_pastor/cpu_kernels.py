@@ -99,7 +99,7 @@ ACTIVATION_LEVELS = 255
 def round_activation_groups(x):
     """x: (T, n_groups * 32) float32 -> (q (T, n_groups, 32) int16 within +-ACTIVATION_LEVELS,
     d (T, n_groups), s (T, n_groups), c (T, n_groups, 2) int16) with x ~= q * d, s = d * sum(q)
-    per group, and c = -8 * sum(q) over each half group (wrapped to int16)."""
+    per group, and c = -8 * sum(q) over each half group."""
     T, cols = x.shape
     n_groups = cols // 32
     levels = np.float32(ACTIVATION_LEVELS)
@@ -113,15 +113,17 @@ def round_activation_groups(x):
             for j in range(32):
                 amax = max(amax, abs(x[t, g * 32 + j]))
             inv = levels / amax if amax > 0 else np.float32(0)
-            halves = np.zeros(2, np.int64)
+            total = low_total = 0
             for j in range(32):
                 v = np.int32(np.rint(x[t, g * 32 + j] * inv))
                 q[t, g, j] = v
-                halves[j // 16] += v
+                total += v
+                if j == 15:
+                    low_total = total
+            c[t, g, 0] = -8 * low_total  # (at most 8 * 16 * 255 in size: fits int16)
+            c[t, g, 1] = -8 * (total - low_total)
             d[t, g] = amax / levels
-            s[t, g] = d[t, g] * np.float32(halves[0] + halves[1])
-            c[t, g, 0] = -8 * halves[0]
-            c[t, g, 1] = -8 * halves[1]
+            s[t, g] = d[t, g] * np.float32(total)
     return q, d, s, c
 
 
@@ -309,10 +311,9 @@ def _matvec(matrix, x, out, rounded):
         matvec_bytes(data, scales, x, out)
 
 
-# For a lone decoding token, a layer runs as two calls: the attention half and the
-# feed-forward half, each the compiled twin of those lines of cpu.py's narrated pass. Between
-# separate kernel calls, Python's ~100 us a layer left the memory bus idle (~3 ms a token).
-# Matrices come as (data, scales, nibbles) (PackedMatrix.kernel_args).
+# For a lone decoding token, a layer runs as two calls: the attention half and the feed-forward
+# half, each the compiled twin of those lines of cpu.py's narrated pass (between separate calls,
+# Python's ~100 us a layer left the memory bus idle). Matrices: PackedMatrix.kernel_args.
 
 @njit(nogil=True, cache=True)
 def decode_attention(x, att_norm, eps, wqkv, wo, rotation, k_cache, v_cache, pos,
@@ -353,48 +354,3 @@ def decode_ffn(x, ffn_norm, eps, w13, w2, hidden, rounded):
     _matvec(w2, hb, ffn_out, rounded)
     x += ffn_out[:, :dim]
     return x
-
-
-# -----------------------------------------------------------------------------
-# compiling
-
-def cache_is_warm() -> bool:
-    """Whether compiled kernels of this module were cached before (a first run compiles for
-    tens of seconds; later runs load them in a fraction of a second)."""
-    import numba
-    from pathlib import Path
-    folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else Path(__file__).parent / "__pycache__"
-    return any(folder.rglob("cpu_kernels.matvec_nibbles-*.nbi"))
-
-
-def warm_up() -> None:
-    """Compile (or load from the cache) every kernel for the argument types a decode step
-    passes, so the first step does not stall on it."""
-    f32 = np.float32
-    x, out = np.ones((1, 32), f32), np.empty((1, 4), f32)
-    scales = np.ones((2, 1, 2, 2), f32)
-    for data, matvec, dequantize in ((np.zeros((2, 1, 16, 2), np.uint8), matvec_nibbles, dequantize_nibbles),
-                                     (np.zeros((2, 1, 32, 2), np.int8), matvec_bytes, dequantize_bytes)):
-        matvec(data, scales, x, out)
-        dequantize(data, scales, 0, np.empty((4, 32), f32))
-    rmsnorm(x, x[0], 1e-5)
-    # the compiled layer halves, for files of 4-bit and of 8-bit matrices (mixed files compile
-    # their combination on first use)
-    for nibbles in (True, False):
-        def matrix(rows, cols):  # tiles of 2 rows
-            shape = (rows // 2, cols // 32, 16 if nibbles else 32, 2)
-            return (np.zeros(shape, np.uint8 if nibbles else np.int8),
-                    np.ones((rows // 2, cols // 32, 2, 2), f32), nibbles)
-        x1, cache = np.ones((1, 32), f32), np.zeros((1, 4, 16), f32)  # dim 32: 2 heads, 1 kv head
-        decode_attention(x1, x1[0], 1e-5, matrix(64, 32), matrix(32, 32), np.ones((1, 8), np.complex64),
-                         cache, cache, 0, 2, 1, 0, False)
-        decode_ffn(x1, x1[0], 1e-5, matrix(64, 32), matrix(32, 32), 32, False)
-    q = np.ones((1, 2, 16), f32)
-    apply_rope(q, np.ones((1, 8), np.complex64))
-    attention(q, np.ones((1, 4, 16), f32), np.ones((1, 4, 16), f32), 0, 0)
-    swiglu(x, x)
-    # several sequences decoding together: q, k and the gate/up halves are column slices of
-    # one product (non-contiguous views, a layout numba compiles separately)
-    stacked = np.ones((2, 64), f32)
-    apply_rope(stacked[:, :32].reshape(2, 2, 16), np.ones((2, 8), np.complex64))
-    swiglu(stacked[:, :32], stacked[:, 32:])

@@ -1,0 +1,55 @@
+"""Compiling the cpu kernels (``cpu_kernels.py``) before the first step needs them: numba compiles
+a kernel for each set of argument types on its first call (tens of seconds on a first run, a
+fraction of a second from the user's cache afterwards), so ``warm_up`` calls each one once on
+tiny arrays of the types a decode step passes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .cpu_kernels import (apply_rope, attention, decode_attention, decode_ffn, dequantize_bytes,
+                          dequantize_nibbles, matvec_bytes, matvec_nibbles, matvec_nibbles_int,
+                          rmsnorm, round_activation_groups, swiglu)
+
+
+def cache_is_warm() -> bool:
+    """Whether the compiled kernels of cpu_kernels.py were cached before (a first run compiles for
+    tens of seconds; later runs load them in a fraction of a second)."""
+    import numba
+    from pathlib import Path
+    folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else Path(__file__).parent / "__pycache__"
+    return any(folder.rglob("cpu_kernels.matvec_nibbles-*.nbi"))
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel for the argument types a decode step
+    passes, so the first step does not stall on it."""
+    f32 = np.float32
+    x, out, scales = np.ones((1, 32), f32), np.empty((1, 4), f32), np.ones((2, 1, 2, 2), f32)
+    nibbles, bytes_ = np.zeros((2, 1, 16, 2), np.uint8), np.zeros((2, 1, 32, 2), np.int8)
+    matvec_nibbles(nibbles, scales, x, out)
+    matvec_nibbles_int(nibbles, scales, *round_activation_groups(x), out)  # (batched decode)
+    matvec_bytes(bytes_, scales, x, out)
+    dequantize_nibbles(nibbles, scales, 0, np.empty((4, 32), f32))
+    dequantize_bytes(bytes_, scales, 0, np.empty((4, 32), f32))
+    rmsnorm(x, x[0], 1e-5)
+    # the compiled layer halves, for files of 4-bit and of 8-bit matrices (mixed files compile
+    # their combination on first use)
+    for nibbles in (True, False):
+        def matrix(rows, cols):  # tiles of 2 rows
+            shape = (rows // 2, cols // 32, 16 if nibbles else 32, 2)
+            return (np.zeros(shape, np.uint8 if nibbles else np.int8),
+                    np.ones((rows // 2, cols // 32, 2, 2), f32), nibbles)
+        x1, cache = np.ones((1, 32), f32), np.zeros((1, 4, 16), f32)  # dim 32: 2 heads, 1 kv head
+        decode_attention(x1, x1[0], 1e-5, matrix(64, 32), matrix(32, 32), np.ones((1, 8), np.complex64),
+                         cache, cache, 0, 2, 1, 0, True)
+        decode_ffn(x1, x1[0], 1e-5, matrix(64, 32), matrix(32, 32), 32, True)
+    q = np.ones((1, 2, 16), f32)
+    apply_rope(q, np.ones((1, 8), np.complex64))
+    attention(q, np.ones((1, 4, 16), f32), np.ones((1, 4, 16), f32), 0, 0)
+    swiglu(x, x)
+    # several sequences decoding together: q, k and the gate/up halves are column slices of
+    # one product (non-contiguous views, a layout numba compiles separately)
+    stacked = np.ones((2, 64), f32)
+    apply_rope(stacked[:, :32].reshape(2, 2, 16), np.ones((2, 8), np.complex64))
+    swiglu(stacked[:, :32], stacked[:, 32:])
