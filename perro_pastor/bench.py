@@ -53,4 +53,6 @@ def run_bench(model, n_prompt: int = 128, n_gen: int = 64, repeats: int = 3, ada
     if figures is not None:  # gl only: the cpu backend has no dispatches or renderer
         row.update(figures.stats())
         figures.detach()
+    if getattr(transformer, "int_activations", False):  # cpu: decode on 9-bit activations
+        row["int_activations"] = True
     return row

@@ -111,6 +111,7 @@ def test_bench_shows_progress_and_only_the_columns_that_apply():
     assert out.returncode == 0, out.stderr
     row = json.loads(out.stdout)
     assert row["backend"] == "cpu" and None not in row.values() and "gl_renderer" not in row
+    assert row["int_activations"] is True  # (the cpu default: decode on 9-bit activations)
     progress = [line for line in out.stderr.splitlines() if line.startswith("perro-pastor: bench: ")]
     assert [line.split(": ")[2].split(" ")[0] for line in progress] == ["loading", "warm-up", "run"], out.stderr
 
