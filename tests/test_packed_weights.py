@@ -335,3 +335,29 @@ def test_int_activations_need_the_compiled_kernels():
         assert model.transformer.int_activations is False
     finally:
         model.close()
+
+
+def test_int_activations_move_logit_gaps_by_half_llama_cpp_s_noise():
+    """The 9-bit rounding's noise, a regression guard: along a text, teacher-forced, the gap
+    between the float path's best logit and each of the next three moves by a median under 0.06
+    (on this text: 0.046; with 8 bits, ACTIVATION_LEVELS = 127, 0.068; llama.cpp's own 8-bit
+    rounding, emulated on the four golden texts: 0.09)."""
+    from perro_pastor.model import load
+    model = load("default", backend="cpu")
+    try:
+        tr = model.transformer
+        tokens = model.tokenizer.encode("Once upon a time, in a small village, there was a wise old "
+                                        "wizard named Elwes. Elwes was a master of magic")
+        walks = {}
+        for on in (False, True):
+            tr.int_activations = on
+            kv = tr.new_cache(len(tokens))
+            tr.forward(np.array(tokens[:4]), 0, kv)
+            walks[on] = np.array([tr.forward(np.array([t]), i, kv) for i, t in enumerate(tokens[4:], 4)])
+        best = np.argsort(-walks[False], axis=1)[:, :4]
+        gap = {on: np.take_along_axis(walks[on], best[:, :1], 1) - np.take_along_axis(walks[on], best[:, 1:], 1)
+               for on in walks}
+        shift = np.abs(gap[True] - gap[False])
+        assert 0 < np.median(shift) < 0.06, np.median(shift)
+    finally:
+        model.close()
