@@ -109,9 +109,12 @@ def round_activation_groups(x):
     c = np.empty((T, n_groups, 2), np.int16)
     for t in range(T):
         for g in range(n_groups):
-            amax = np.float32(0)
+            amax, finite = np.float32(0), True
             for j in range(32):
                 amax = max(amax, abs(x[t, g * 32 + j]))
+                finite = finite and np.isfinite(x[t, g * 32 + j])
+            if not finite:  # NaN or inf (a broken model): NaN products, as the float kernel gives
+                amax = np.float32(np.nan)
             inv = levels / amax if amax > 0 else np.float32(0)
             total = low_total = 0
             for j in range(32):

@@ -294,6 +294,18 @@ def test_int_activation_products_are_the_float64_product_of_the_rounded_activati
     assert m.nibbles and not np.array_equal(plain, m.matmul(x, rounded=True))  # (it did round)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_int_activations_turn_nan_and_inf_into_nan_as_the_float_kernel_does(bad):
+    """A broken model's NaN or inf activation: every output is NaN (or inf) on both paths, never
+    a finite number made up by casting NaN to an integer."""
+    rng, _ = fresh_rng()
+    raw = random_matrix(rng, GGMLType.Q4_1, TILE_ROWS, 64)
+    m = pack(raw, GGMLType.Q4_1, TILE_ROWS, 64)
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    x[0, 40] = bad
+    assert not np.isfinite(m.matmul(x)).any() and not np.isfinite(m.matmul(x, rounded=True)).any()
+
+
 @pytest.mark.parametrize("qtype", [GGMLType.Q8_0, GGMLType.Q6_K, GGMLType.F16], ids=lambda t: t.name)
 def test_matrices_without_an_integer_kernel_keep_float_activations(qtype):
     rng, _ = fresh_rng()
