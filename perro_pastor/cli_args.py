@@ -162,6 +162,10 @@ def load_model(args, backend: str | None = None):
         print("perro-pastor: compiling the cpu kernels (first run only, up to a minute)...", file=sys.stderr)
     model = load(args.model, backend=backend,
                  tokenizer_path=args.tokenizer, cpu_cache_bytes=args.cpu_cache_mb << 20)
+    from .threads import blas_threads_now, blas_workers_sleep_at_once
+    if model.backend == "cpu" and blas_workers_sleep_at_once():
+        # prompts on every BLAS thread: their workers do not spin into the decode (cli.main)
+        model.transformer.prefill_blas_threads = blas_threads_now()
     try:
         return model, adapters_from(args, model)
     except BaseException:

@@ -19,7 +19,7 @@ from .config import Config, rope_inv_freq
 from .cpu_ops import (NUMPY_OPS, apply_rope, apply_rope_neox, attention, embedding, geglu, rmsnorm,  # noqa: F401
                       rope, rope_rotation, softcap, swiglu)
 from .cpu_cache import KVCache
-from .threads import blas_controller, limit_kernel_threads, steps_on_blas_threads
+from .threads import blas_controller, limit_kernel_threads, steps_on_threads
 from .float_weights import DEFAULT_CACHE_BUDGET, CpuWeights
 from .formats import ModelFile
 from .weights import FAMILY_VECTORS, Weights
@@ -162,18 +162,25 @@ class CpuTransformer:
         only attention is per sequence. Returns (via StopIteration) one logits array per segment.
 
         A pass that prefills (more tokens than sequences) runs its steps on
-        ``prefill_blas_threads`` BLAS threads when that is set (see ``steps_on_blas_threads``).
-        With the compiled kernels, a pass long enough to use BLAS runs it on one thread: OpenBLAS
-        threads spin after each call and numba's wait for the same two cores (prefill measured
-        98 tok/s on two BLAS threads, 291 on one; docs/cpu_backend.md)."""
+        ``prefill_blas_threads`` BLAS threads when that is set (see ``steps_on_threads``). With
+        the compiled kernels, a pass long enough to use BLAS takes one BLAS thread unless told
+        more, and with more BLAS threads it runs the kernels between its BLAS calls (the
+        dequantization) on one thread. Both thread pools spin after each call, and on two cores
+        they took each other's: prefill measured 97 tok/s with both on two threads, 264 with BLAS
+        on one, 343 with the kernels on one. OpenBLAS's threads also spin into the decode that
+        follows (~0.1 s: its first tokens 30% slower) unless ``OPENBLAS_THREAD_TIMEOUT`` was
+        small when NumPy loaded; so more BLAS threads is the caller's choice (the CLI makes it,
+        docs/cpu_backend.md)."""
         steps = self._pass(segments, all_logits, trace)
         n_tokens = sum(len(seg.tokens) for seg in segments)
         blas_threads = self.prefill_blas_threads if n_tokens > len(segments) else None
-        if self.cpu_kernels == "numba":
-            blas_threads = 1 if n_tokens > MATVEC_MAX_ROWS else None
+        kernel_threads = None
+        if self.cpu_kernels == "numba" and n_tokens > MATVEC_MAX_ROWS:  # BLAS does the products
+            blas_threads = blas_threads or 1
+            kernel_threads = 1 if blas_threads > 1 else None
         if blas_threads is None:
             return (yield from steps)
-        return (yield from steps_on_blas_threads(steps, blas_threads))
+        return (yield from steps_on_threads(steps, blas_threads, kernel_threads))
 
     def _pass(self, segments: list[Segment], all_logits: bool, trace: Trace | None) -> Iterator[None]:
         cfg, w, store = self.cfg, self.w, self.store

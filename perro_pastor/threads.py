@@ -5,6 +5,7 @@ thread (the loader's worker)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import Generator, Iterator
@@ -26,18 +27,56 @@ def blas_controller():
 _blas_controller = None
 
 
-def steps_on_blas_threads(steps: Iterator[None], n_threads: int) -> Generator[None, None, object]:
-    """Run the generator ``steps`` with BLAS limited to ``n_threads`` while each step runs; the
-    setting is restored between steps, so work interleaved with them keeps its own. Returns what
-    ``steps`` returns. ~30 us a step."""
-    controller = blas_controller()
+def blas_threads_now() -> int:
+    """How many threads BLAS uses now (its default: one per core, or what the environment set)."""
+    return max((lib.num_threads for lib in blas_controller().lib_controllers), default=1)
+
+
+def blas_workers_sleep_at_once() -> bool:
+    """Whether OpenBLAS's workers sleep right after a call (``OPENBLAS_THREAD_TIMEOUT`` at its
+    floor, 4, when NumPy loaded) instead of spinning ~0.1 s for the next one."""
+    try:
+        return int(os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")) <= 4
+    except ValueError:
+        return False
+
+
+def steps_on_threads(steps: Iterator[None], blas_threads: int | None,
+                     kernel_threads: int | None = None) -> Generator[None, None, object]:
+    """Run the generator ``steps`` with BLAS limited to ``blas_threads`` and the compiled kernels
+    it calls to ``kernel_threads`` while each step runs (None: as they are); both settings are
+    restored between steps, so work interleaved with them keeps its own. Returns what ``steps``
+    returns. ~30 us a step."""
     while True:
-        with controller.limit(limits=n_threads):
+        with blas_limited(blas_threads), kernels_limited(kernel_threads):
             try:
                 next(steps)
             except StopIteration as done:
                 return done.value
         yield
+
+
+@contextmanager
+def blas_limited(n_threads: int | None):
+    if n_threads is None:
+        yield
+        return
+    with blas_controller().limit(limits=n_threads):
+        yield
+
+
+@contextmanager
+def kernels_limited(n_threads: int | None):
+    if n_threads is None:
+        yield
+        return
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def limit_kernel_threads(n_threads: int | None) -> None:

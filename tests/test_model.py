@@ -1,6 +1,8 @@
 """The whole model on the cpu backend: float32 against float64 at named checkpoints, a golden
 greedy continuation, and the Python API."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -92,6 +94,48 @@ def test_prefill_on_fewer_blas_threads(model32):
     assert inside_prefill == {1}
     assert between == before and inside == before and decoding == before
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_prefill_on_more_blas_threads_runs_the_compiled_kernels_on_one(model32):
+    """With ``prefill_blas_threads`` above 1, a prefill pass on the compiled kernels runs them on
+    one thread between its BLAS calls (two spinning thread pools on two cores took each other's
+    cores); the caller's setting is back between steps, and a decode pass keeps it. Without
+    it, BLAS takes one thread and the kernels keep theirs."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    from perro_pastor.backend import Segment
+
+    t = model32.transformer
+    if t.cpu_kernels != "numba" or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs the compiled kernels and two cores")
+
+    def threads() -> tuple:
+        return numba.get_num_threads(), max(lib["num_threads"] for lib in threadpool_info()
+                                            if lib["user_api"] == "blas")
+
+    before = threads()
+    tokens = np.array(model32.tokenizer.encode(PROMPT))
+    assert len(tokens) > 8  # (a pass long enough for BLAS)
+    real_pass = t._pass
+    seen = {}
+    for setting in (2, None):
+        inside, between, decoding = set(), set(), set()
+        t.prefill_blas_threads = setting
+        t._pass = lambda *args: _recording(real_pass(*args), inside, lambda: {threads()})
+        try:
+            kv = t.new_cache(64)
+            for _ in t.forward_steps([Segment(tokens, 0, kv)]):
+                between.add(threads())
+            seen[setting] = set(inside)
+            inside.clear()
+            for _ in t.forward_steps([Segment(tokens[:1], len(tokens), kv)]):
+                decoding.add(threads())
+        finally:
+            t.prefill_blas_threads = None
+            del t._pass
+        assert between == {before} and inside == {before} and decoding == {before}
+    assert seen[2] == {(1, 2)} and seen[None] == {(before[0], 1)}
 
 
 def _recording(steps, seen: set, read):
