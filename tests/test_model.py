@@ -164,6 +164,30 @@ def test_generate_stats_and_streaming_text(model32):
     assert stats.decode_tok_s > 0 and stats.prefill_tok_s > 0
 
 
+def test_generate_reads_a_long_prompt_in_bounded_passes(model32, monkeypatch):
+    """A prompt longer than PROMPT_PASS_TOKENS is read in passes of at most that many tokens
+    (peak memory; docs/cpu_backend.md), and continues as the same prompt read in one pass does."""
+    from perro_pastor import model as model_module
+    from perro_pastor.model import PROMPT_PASS_TOKENS
+
+    prompt = model32.tokenizer.encode(PROMPT * 30)[:PROMPT_PASS_TOKENS + 60]
+    t = model32.transformer
+    real = t.forward_steps
+    passes = []
+
+    def recording(segments, *args, **kwargs):
+        passes.append(sum(len(seg.tokens) for seg in segments))
+        return real(segments, *args, **kwargs)
+
+    monkeypatch.setattr(t, "forward_steps", recording)
+    bounded = [tok.id for tok in model32.generate(prompt, 6, Sampler(GREEDY))]
+    assert passes[:2] == [PROMPT_PASS_TOKENS, 60] and max(passes) == PROMPT_PASS_TOKENS
+    monkeypatch.setattr(model_module, "PROMPT_PASS_TOKENS", 10_000)
+    passes.clear()
+    whole = [tok.id for tok in model32.generate(prompt, 6, Sampler(GREEDY))]
+    assert passes[0] == len(prompt) and whole == bounded
+
+
 def test_context_overflow_is_refused(model32):
     with pytest.raises(ValueError, match="does not fit a context of 4"):
         list(model32.generate(PROMPT, 4, n_ctx=4))
