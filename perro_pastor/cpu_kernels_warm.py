@@ -26,12 +26,12 @@ def warm_up() -> None:
     passes, so the first step does not stall on it."""
     f32 = np.float32
     x, out, scales = np.ones((1, 32), f32), np.empty((1, 4), f32), np.ones((2, 1, 2, 2), f32)
-    nibbles, bytes_ = np.zeros((2, 1, 16, 2), np.uint8), np.zeros((2, 1, 32, 2), np.int8)
-    matvec_nibbles(nibbles, scales, x, out)
-    matvec_nibbles_int(nibbles, scales, *round_activation_groups(x), out)  # (batched decode)
-    matvec_bytes(bytes_, scales, x, out)
-    dequantize_nibbles(nibbles, scales, 0, np.empty((4, 32), f32))
-    dequantize_bytes(bytes_, scales, 0, np.empty((4, 32), f32))
+    nibble_tiles, byte_tiles = np.zeros((2, 1, 16, 2), np.uint8), np.zeros((2, 1, 32, 2), np.int8)
+    matvec_nibbles(nibble_tiles, scales, x, out)
+    matvec_nibbles_int(nibble_tiles, scales, *round_activation_groups(x), out)  # (batched decode)
+    matvec_bytes(byte_tiles, scales, x, out)
+    dequantize_nibbles(nibble_tiles, scales, 0, np.empty((4, 32), f32))
+    dequantize_bytes(byte_tiles, scales, 0, np.empty((4, 32), f32))
     rmsnorm(x, x[0], 1e-5)
     # the compiled layer halves, for files of 4-bit and of 8-bit matrices (mixed files compile
     # their combination on first use)
