@@ -21,6 +21,7 @@ from .cli_args import (EXIT_BAD_MODEL, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliPar
                        int_at_least, load_model, sampler_from, was_interrupted)
 from .downloader.download import add_cli as add_download_cli
 from .errors import BackendError, DownloadError, ModelFormatError, PerroPastorError, TokenizerError
+from .threads import let_blas_workers_sleep_at_once
 
 # -----------------------------------------------------------------------------
 # commands
@@ -229,11 +230,9 @@ def play_demo(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # read by OpenBLAS when NumPy loads (later, with the model): its workers sleep right after a
-    # call instead of spinning for ~0.1 s, so a prompt's BLAS threads leave the cores to the
-    # decode that follows (cli_args.load_model gives prompts every BLAS thread; a setting the
-    # user made wins)
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    # before NumPy loads (with the model): a prompt's BLAS threads then leave the cores to the
+    # decode that follows, and cli_args.load_model gives prompts every BLAS thread
+    let_blas_workers_sleep_at_once()
     if argv[:1] == ["demo"]:  # the game is its own program (perro-pastor-demo) with its own flags
         return play_demo(argv[1:])
     args = build_parser().parse_args(argv)  # a bad flag exits 2 here, in one line

@@ -215,7 +215,7 @@ class CpuTransformer:
         for l, layer in enumerate(w.layers):
             if compiled_layers is not None:
                 # a lone decoding token: each half of the layer below in one compiled call
-                yield from self._compiled_layer(x, l, compiled_layers[l], segments[0], rotation)
+                yield from self._compiled_layer(x, l, compiled_layers[l], segments[0], rotation, rounded)
                 continue
 
             # ---------------------------------------------------------------- attention
@@ -314,12 +314,11 @@ class CpuTransformer:
         return None if None in layers else layers
 
     def _compiled_layer(self, x: np.ndarray, l: int, args: tuple, seg: Segment,
-                        rotation: np.ndarray) -> Iterator[None]:
+                        rotation: np.ndarray, rounded: bool) -> Iterator[None]:
         """Layer l for one token, x (1, dim) updated in place: the lines of the pass below
         (attention, then feed-forward), each half one call."""
         cfg = self.cfg
         wqkv, wo, w13, w2 = args
-        rounded = self.int_activations
         cpu_kernels.decode_attention(x, self.rms_att[l], cfg.rms_eps, wqkv, wo, rotation,
                                      seg.kv.key_cache[l], seg.kv.value_cache[l], seg.pos0,
                                      cfg.n_heads, cfg.n_kv_heads, cfg.sliding_window, rounded)

@@ -32,11 +32,21 @@ def blas_threads_now() -> int:
     return max((lib.num_threads for lib in blas_controller().lib_controllers), default=1)
 
 
+BLAS_WORKER_TIMEOUT = 4  # OPENBLAS_THREAD_TIMEOUT's floor: workers sleep right after a call
+
+
+def let_blas_workers_sleep_at_once() -> None:
+    """Ask OpenBLAS's workers to sleep right after each call instead of spinning ~0.1 s for the
+    next one, taking a core from whatever runs next. OpenBLAS reads this when NumPy loads, so
+    call it before; a setting the user made wins."""
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", str(BLAS_WORKER_TIMEOUT))
+
+
 def blas_workers_sleep_at_once() -> bool:
-    """Whether OpenBLAS's workers sleep right after a call (``OPENBLAS_THREAD_TIMEOUT`` at its
-    floor, 4, when NumPy loaded) instead of spinning ~0.1 s for the next one."""
+    """Whether OpenBLAS's workers sleep right after a call (``let_blas_workers_sleep_at_once``,
+    or the user's own ``OPENBLAS_THREAD_TIMEOUT`` at the floor)."""
     try:
-        return int(os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")) <= 4
+        return int(os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")) <= BLAS_WORKER_TIMEOUT
     except ValueError:
         return False
 

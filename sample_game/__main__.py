@@ -122,7 +122,8 @@ def share_the_cores(backend: str) -> None:
 
     Measured on the 2-core machine (docs/sample_game.md): 4.9-5.0 -> 6.7-6.8 tok/s, frame
     max 54 -> 40-45 ms."""
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    from perro_pastor.threads import let_blas_workers_sleep_at_once  # (imports no NumPy)
+    let_blas_workers_sleep_at_once()
     if backend != "gl":
         os.environ.setdefault("LP_NUM_THREADS", "1")
 
