@@ -308,8 +308,8 @@ class CpuTransformer:
         kernels with no LoRA and no trace (cpu_kernels.decode_attention / decode_ffn), else None."""
         if self.cpu_kernels != "numba" or trace is not None or len(segments) != 1 \
                 or len(segments[0].tokens) != 1 or segments[0].adapters or not self.cfg.family.plain \
-                or self.cfg.query_scale != 1.0:
-            return None
+                or self.cfg.query_scale != 1.0 or (self.store.vnni and not self.int_activations):
+            return None  # (tiles in VNNI order multiply only rounded activations)
         layers = [self.store.decode_layer_args(layer) for layer in self.w.layers]
         return None if None in layers else layers
 

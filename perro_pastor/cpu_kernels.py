@@ -17,35 +17,33 @@ The NumPy twins are ``packed_weights.PackedMatrix.dequantize`` followed by a pro
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-
-def _use_user_cache_folder() -> None:
-    """numba caches compiled kernels beside this file by default; an installed package folder
-    may be read-only, so use the user's cache folder unless NUMBA_CACHE_DIR says otherwise."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return
-    import numba
-    from platformdirs import user_cache_dir
-    numba.config.CACHE_DIR = os.path.join(user_cache_dir("perro_pastor"), "numba")
-
-
-_use_user_cache_folder()
-
-from numba import njit, prange  # noqa: E402  (after the cache folder is set)
-
-# Floating-point contraction (FMA) and reassociation let LLVM vectorize and fuse the
-# accumulations: ~20% faster mat-vecs, within float32 rounding of the strict order.
-_FAST = {"contract", "reassoc", "nsz"}
-_KERNEL = dict(parallel=True, nogil=True, cache=True, fastmath=_FAST)
-_SMALL = dict(nogil=True, cache=True, fastmath=_FAST)  # per-token ops: one thread, no launch cost
+from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch
+from .cpu_vnni import matvec_nibbles_vnni, round_activations_to_int8
 
 
 # Each group's float32 scale and offset for the R rows of a tile sit together in one array,
 # scales: (n_tiles, n_groups, 2, R). (Float16 words, as in the file, were 4-6% slower: numba
 # has no float16, and widening by hand cost more than the bytes saved.)
+
+# Each mat-vec streams its weights from memory once per token. Asking for a group's bytes and
+# scales PREFETCH_BYTES ahead keeps more reads in flight than the hardware prefetchers do:
+# the tied Q8_0 classifier of the default model went from 2.2-2.5 to 1.5-1.7 ms a token.
+PREFETCH_BYTES = 4096
+
+
+@njit(**SERIAL)
+def prefetch_group(tile_bytes, tile_scales, g):
+    """Prefetch what group g + (PREFETCH_BYTES ahead) of a tile will read: tile_bytes is one
+    tile's (n_groups, j, R) weights, tile_scales its (n_groups, 2, R) scales."""
+    group_bytes = tile_bytes.shape[1] * tile_bytes.shape[2]
+    for line in range(0, group_bytes, 64):
+        prefetch(tile_bytes, g * group_bytes + line + PREFETCH_BYTES)
+    group_scales = 2 * tile_scales.shape[2]  # float32 values, 16 a cache line
+    for line in range(0, group_scales, 16):
+        prefetch(tile_scales, g * group_scales + line + PREFETCH_BYTES // 4)
+
 
 # -----------------------------------------------------------------------------
 # 4-bit weights: byte j of a 32-weight group holds weight j (low nibble) and weight j + 16
@@ -53,7 +51,7 @@ _SMALL = dict(nogil=True, cache=True, fastmath=_FAST)  # per-token ops: one thre
 # a shift. numba types integer arithmetic as int64; the int32 casts below let LLVM convert
 # 8 lanes at a time through 32-bit integers (measured 1.65x faster than through int64).
 
-@njit(**_KERNEL)
+@njit(**PARALLEL)
 def matvec_nibbles(data, scales, x, out):
     """out[t, r] = sum_k W[r, k] x[t, k] with W[r, k] = scale * q + offset per 32-weight group.
 
@@ -69,8 +67,10 @@ def matvec_nibbles(data, scales, x, out):
         acc = np.empty((T, R), np.float32)
         part = np.empty(R, np.float32)
         acc[:] = 0
+        tile_bytes, tile_scales = data[tile], scales[tile]
         for g in range(n_groups):
             so = scales[tile, g]
+            prefetch_group(tile_bytes, tile_scales, g)
             for t in range(T):
                 part[:] = 0
                 for j in range(half):
@@ -95,7 +95,7 @@ def matvec_nibbles(data, scales, x, out):
 ACTIVATION_LEVELS = 255
 
 
-@njit(**_SMALL)
+@njit(**SERIAL)
 def round_activation_groups(x):
     """x: (T, n_groups * 32) float32 -> (q (T, n_groups, 32) int16 within +-ACTIVATION_LEVELS,
     d (T, n_groups), s (T, n_groups), c (T, n_groups, 2) int16) with x ~= q * d, s = d * sum(q)
@@ -130,7 +130,7 @@ def round_activation_groups(x):
     return q, d, s, c
 
 
-@njit(**_KERNEL)
+@njit(**PARALLEL)
 def matvec_nibbles_int(data, scales, xq, xd, xs, xc, out):
     """``matvec_nibbles`` over activations from ``round_activation_groups``: out (T, n_tiles * R)."""
     n_tiles, n_groups, half, R = data.shape
@@ -140,8 +140,10 @@ def matvec_nibbles_int(data, scales, xq, xd, xs, xc, out):
         acc = np.zeros((T, R), np.float32)
         low = np.empty(R, np.int16)
         high = np.empty(R, np.int16)
+        tile_bytes, tile_scales = data[tile], scales[tile]
         for g in range(n_groups):
             so = scales[tile, g]
+            prefetch_group(tile_bytes, tile_scales, g)
             for t in range(T):
                 low[:] = xc[t, g, 0]
                 high[:] = xc[t, g, 1]
@@ -160,7 +162,7 @@ def matvec_nibbles_int(data, scales, xq, xd, xs, xc, out):
         out[:, tile * R:(tile + 1) * R] = acc
 
 
-@njit(**_KERNEL)
+@njit(**PARALLEL)
 def dequantize_nibbles(data, scales, tile0, out):
     """Rows of tiles tile0.. as float32 into out: (n_rows, n_groups * 32), n_rows a multiple of R.
     Each group is decoded across rows (contiguous reads), then written row by row (32 floats)."""
@@ -181,7 +183,7 @@ def dequantize_nibbles(data, scales, tile0, out):
 # -----------------------------------------------------------------------------
 # 8-bit weights: one signed byte per weight, groups of 16 or 32
 
-@njit(**_KERNEL)
+@njit(**PARALLEL)
 def matvec_bytes(data, scales, x, out):
     """As ``matvec_nibbles`` for data: (n_tiles, n_groups, G, R) int8, one weight per byte."""
     n_tiles, n_groups, G, R = data.shape
@@ -192,8 +194,10 @@ def matvec_bytes(data, scales, x, out):
         acc = np.empty((T, R), np.float32)
         part = np.empty(R, np.float32)
         acc[:] = 0
+        tile_bytes, tile_scales = data[tile], scales[tile]
         for g in range(n_groups):
             so = scales[tile, g]
+            prefetch_group(tile_bytes, tile_scales, g)
             for t in range(T):
                 part[:] = 0
                 for j in range(G):
@@ -206,7 +210,7 @@ def matvec_bytes(data, scales, x, out):
         out[:, tile * R:(tile + 1) * R] = acc
 
 
-@njit(**_KERNEL)
+@njit(**PARALLEL)
 def dequantize_bytes(data, scales, tile0, out):
     """As ``dequantize_nibbles`` for 8-bit tiles."""
     n_tiles, n_groups, G, R = data.shape
@@ -226,7 +230,7 @@ def dequantize_bytes(data, scales, tile0, out):
 # same name in cpu.py; called there instead of it when a pass has few tokens, where NumPy's
 # per-call cost, not arithmetic, dominates)
 
-@njit(**_SMALL)
+@njit(**SERIAL)
 def rmsnorm(x, weight, eps):
     """x / sqrt(mean(x^2) + eps) * weight, over the last axis of (T, dim)."""
     out = np.empty_like(x)
@@ -240,7 +244,7 @@ def rmsnorm(x, weight, eps):
     return out
 
 
-@njit(**_SMALL)
+@njit(**SERIAL)
 def apply_rope(x, rotation):
     """Rotate pairs (x[2i], x[2i+1]) of each head by the complex rotation[t, i]; x: (T, heads, hs)."""
     out = x.copy()
@@ -254,7 +258,7 @@ def apply_rope(x, rotation):
     return out
 
 
-@njit(**_KERNEL)
+@njit(**PARALLEL)
 def attention(q, k_cache, v_cache, pos0, sliding_window):
     """Causal grouped-query attention for queries at pos0.. over head-major caches
     (n_kv_heads, n_ctx, hs); q: (T, n_heads, hs). Query heads are spread over the cores: at a
@@ -291,7 +295,7 @@ def attention(q, k_cache, v_cache, pos0, sliding_window):
     return out
 
 
-@njit(**_SMALL)
+@njit(**SERIAL)
 def swiglu(h1, h3):
     """silu(h1) * h3, with silu(x) = x * sigmoid(x)."""
     return h1 / (np.float32(1) + np.exp(-h1)) * h3
@@ -300,12 +304,19 @@ def swiglu(h1, h3):
 # -----------------------------------------------------------------------------
 # a whole layer for one decoding token
 
+BYTES, NIBBLES, VNNI_NIBBLES = 0, 1, 2  # the tile formats, as PackedMatrix.kernel_args names them
+
 @njit(nogil=True, cache=True)
 def _matvec(matrix, x, out, rounded):
-    """The mat-vec of a packed matrix given as (data, scales, nibbles); ``rounded``: 4-bit weights
-    take activations rounded to 9 bits (``matvec_nibbles_int``)."""
-    data, scales, nibbles = matrix
-    if nibbles and rounded:
+    """The mat-vec of a packed matrix given as (data, scales, kind) (``PackedMatrix.kernel_args``);
+    ``rounded``: 4-bit weights take activations rounded to 9 bits (``matvec_nibbles_int``), or to
+    8 in tiles in VNNI order (kind VNNI_NIBBLES, which only runs rounded)."""
+    data, scales, kind = matrix
+    nibbles = kind != BYTES
+    if kind == VNNI_NIBBLES:
+        xq, xd, xs = round_activations_to_int8(x)
+        matvec_nibbles_vnni(data, scales, xq, xd, xs, out)
+    elif nibbles and rounded:
         xq, xd, xs, xc = round_activation_groups(x)
         matvec_nibbles_int(data, scales, xq, xd, xs, xc, out)
     elif nibbles:

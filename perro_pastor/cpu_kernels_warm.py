@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cpu_kernels import (apply_rope, attention, decode_attention, decode_ffn, dequantize_bytes,
-                          dequantize_nibbles, matvec_bytes, matvec_nibbles, matvec_nibbles_int,
+from .cpu_kernels import (BYTES, NIBBLES, VNNI_NIBBLES, apply_rope, attention, decode_attention, decode_ffn,
+                          dequantize_bytes, dequantize_nibbles, matvec_bytes, matvec_nibbles, matvec_nibbles_int,
                           rmsnorm, round_activation_groups, swiglu)
+from .cpu_vnni import matvec_nibbles_vnni, round_activations_to_int8, vnni_available
 
 
 def cache_is_warm() -> bool:
@@ -34,12 +35,20 @@ def warm_up() -> None:
     dequantize_bytes(byte_tiles, scales, 0, np.empty((4, 32), f32))
     rmsnorm(x, x[0], 1e-5)
     # the compiled layer halves, for files of 4-bit and of 8-bit matrices (mixed files compile
-    # their combination on first use)
-    for nibbles in (True, False):
-        def matrix(rows, cols):  # tiles of 2 rows
-            shape = (rows // 2, cols // 32, 16 if nibbles else 32, 2)
+    # their combination on first use); 4-bit tiles in VNNI order where the CPU has VNNI
+    kinds = [BYTES, VNNI_NIBBLES if vnni_available() else NIBBLES]
+    if vnni_available():
+        matvec_nibbles_vnni(np.zeros((1, 1, 16, 64), np.uint8), np.ones((1, 1, 2, 64), f32),
+                            *round_activations_to_int8(x), np.empty((1, 64), f32))
+    for kind in kinds:
+        nibbles = kind != BYTES
+
+        R = 64 if kind == VNNI_NIBBLES else 2  # rows per tile (VNNI order: always 64)
+
+        def matrix(rows, cols):
+            shape = (-(-rows // R), cols // 32, 16 if nibbles else 32, R)
             return (np.zeros(shape, np.uint8 if nibbles else np.int8),
-                    np.ones((rows // 2, cols // 32, 2, 2), f32), nibbles)
+                    np.ones((shape[0], cols // 32, 2, R), f32), kind)
         x1, cache = np.ones((1, 32), f32), np.zeros((1, 4, 16), f32)  # dim 32: 2 heads, 1 kv head
         decode_attention(x1, x1[0], 1e-5, matrix(64, 32), matrix(32, 32), np.ones((1, 8), np.complex64),
                          cache, cache, 0, 2, 1, 0, True)

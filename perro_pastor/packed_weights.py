@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import cpu_kernels, quant
+from . import cpu_kernels, cpu_vnni, quant
 from .quant import GGMLType
 
 TILE_ROWS = 64
@@ -50,6 +50,7 @@ class PackedMatrix:
     data: np.ndarray | None  # (n_tiles, n_groups, 16 | G, TILE_ROWS) uint8 (nibbles) or int8 (bytes)
     scales: np.ndarray | None  # (n_tiles, n_groups, 2, TILE_ROWS) float32: scale, offset
     dense: np.ndarray | None = None  # (rows, cols) float32, for float types
+    vnni: bool = False  # nibble tiles in cpu_vnni's order (decode: matvec_nibbles_vnni)
 
     @property
     def nbytes(self) -> int:
@@ -60,23 +61,28 @@ class PackedMatrix:
         return self.data is not None and self.data.dtype == np.uint8
 
     def kernel_args(self) -> tuple:
-        """(data, scales, nibbles): the whole matrix as the compiled layer takes it."""
-        return self.data, self.scales, self.nibbles
+        """(data, scales, kind): the whole matrix as the compiled layer takes it (kind:
+        cpu_kernels.BYTES, NIBBLES or VNNI_NIBBLES)."""
+        kind = cpu_kernels.VNNI_NIBBLES if self.vnni else cpu_kernels.NIBBLES if self.nibbles else cpu_kernels.BYTES
+        return self.data, self.scales, kind
 
     def matmul(self, x: np.ndarray, start: int = 0, stop: int | None = None, rounded: bool = False) -> np.ndarray:
         """x @ W[start:stop].T in float32: (T, cols) -> (T, stop - start). ``rounded``: a 4-bit
         matrix takes x rounded to 9 bits per 32 (the mat-vec: ``cpu_kernels.matvec_nibbles_int``;
-        more tokens: the rounded x through BLAS, the same values). 8-bit matrices keep float x:
-        an integer kernel for them was no faster in the model (docs/journal.md)."""
+        more tokens: the rounded x through BLAS, the same values), or to 8 bits in VNNI order
+        (``cpu_vnni``; its float products go through BLAS on dequantized rows). 8-bit matrices
+        keep float x: an integer kernel for them was no faster in the model (docs/journal.md)."""
         stop = self.rows if stop is None else stop
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.dense is not None:
             return x @ self.dense[start:stop].T
         tile0, tile1 = start // TILE_ROWS, -(-stop // TILE_ROWS)
-        if len(x) <= MATVEC_MAX_ROWS:
+        if len(x) <= MATVEC_MAX_ROWS and (rounded or not self.vnni):
             out = np.empty((len(x), (tile1 - tile0) * TILE_ROWS), np.float32)
             data, scales = self.data[tile0:tile1], self.scales[tile0:tile1]
-            if rounded and self.nibbles:
+            if self.vnni:
+                cpu_vnni.matvec_nibbles_vnni(data, scales, *cpu_vnni.round_activations_to_int8(x), out)
+            elif rounded and self.nibbles:
                 cpu_kernels.matvec_nibbles_int(data, scales, *cpu_kernels.round_activation_groups(x), out)
             elif self.nibbles:
                 cpu_kernels.matvec_nibbles(data, scales, x, out)
@@ -84,7 +90,10 @@ class PackedMatrix:
                 cpu_kernels.matvec_bytes(data, scales, x, out)
             skip = start - tile0 * TILE_ROWS
             return out[:, skip:skip + stop - start]
-        if rounded and self.nibbles:  # the same rounding as the mat-vec's, then float products
+        if rounded and self.vnni:  # the same rounding as the mat-vec's, then float products
+            xq, xd, _ = cpu_vnni.round_activations_to_int8(x)
+            x = (xq.reshape(len(x), -1, 32) * xd[:, :, None]).astype(np.float32).reshape(x.shape)
+        elif rounded and self.nibbles:
             xq, xd, _, _ = cpu_kernels.round_activation_groups(x)
             x = (xq * xd[:, :, None]).astype(np.float32).reshape(x.shape)
         out = np.empty((len(x), stop - start), np.float32)
@@ -116,7 +125,10 @@ class PackedMatrix:
         if np.any((ids < 0) | (ids >= self.rows)):
             raise ValueError(f"row ids {ids} outside 0..{self.rows - 1}")
         tiles, lanes = ids // TILE_ROWS, ids % TILE_ROWS
-        q = self.data[tiles, :, :, lanes]  # (T, n_groups, 16 | G)
+        if self.vnni:
+            q = cpu_vnni.from_vnni_order(self.data[tiles])[np.arange(len(ids)), :, :, lanes]
+        else:
+            q = self.data[tiles, :, :, lanes]  # (T, n_groups, 16 | G)
         if self.nibbles:
             q = np.concatenate([q & np.uint8(0x0F), q >> np.uint8(4)], axis=2)
         scales = self.scales[tiles, :, :, lanes]  # (T, n_groups, 2)
@@ -126,12 +138,18 @@ class PackedMatrix:
         return w.reshape(len(ids), self.cols)
 
     def _dequantize_tiles(self, tile0: int, out: np.ndarray) -> None:
+        if self.vnni:  # (prompt passes: a few MiB of tiles back in the plain order)
+            tile1 = tile0 + len(out) // TILE_ROWS
+            cpu_kernels.dequantize_nibbles(cpu_vnni.from_vnni_order(self.data[tile0:tile1]),
+                                           self.scales[tile0:tile1], 0, out)
+            return
         kernel = cpu_kernels.dequantize_nibbles if self.nibbles else cpu_kernels.dequantize_bytes
         kernel(self.data, self.scales, tile0, out)
 
 
-def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int) -> PackedMatrix:
-    """Repack a row-major (rows, cols) GGML matrix (its raw bytes) into row tiles."""
+def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int, vnni: bool | None = None) -> PackedMatrix:
+    """Repack a row-major (rows, cols) GGML matrix (its raw bytes) into row tiles. ``vnni``:
+    4-bit tiles in cpu_vnni's order (default: where the CPU has VNNI, ``cpu_vnni.vnni_available``)."""
     qtype = GGMLType(qtype)
     row_bytes = quant.row_nbytes(qtype, cols)
     flat = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
@@ -165,7 +183,8 @@ def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int) -> PackedMatrix
         so_pad = np.zeros((n * TILE_ROWS, n_groups, 2), np.float32)
         so_pad[:r1 - r0] = np.stack([s, o], axis=-1).reshape(r1 - r0, n_groups, 2)
         scales[tiles] = so_pad.reshape(n, TILE_ROWS, n_groups, 2).transpose(0, 2, 3, 1)
-    return PackedMatrix(rows, cols, data, scales)
+    vnni = nibbles and (cpu_vnni.vnni_available() if vnni is None else vnni)
+    return PackedMatrix(rows, cols, cpu_vnni.to_vnni_order(data) if vnni else data, scales, vnni=vnni)
 
 
 def stack(matrices: list[PackedMatrix]) -> PackedMatrix | None:
@@ -175,12 +194,12 @@ def stack(matrices: list[PackedMatrix]) -> PackedMatrix | None:
     first = matrices[0]
     same = all(m.cols == first.cols and m.dense is None and first.dense is None
                and m.data.dtype == first.data.dtype and m.data.shape[1:] == first.data.shape[1:]
-               for m in matrices)
+               and m.vnni == first.vnni for m in matrices)
     if not same or any(m.rows % TILE_ROWS for m in matrices):
         return None
     return PackedMatrix(sum(m.rows for m in matrices), first.cols,
                         np.concatenate([m.data for m in matrices]),
-                        np.concatenate([m.scales for m in matrices]))
+                        np.concatenate([m.scales for m in matrices]), vnni=first.vnni)
 
 
 class PackedWeights:
@@ -190,8 +209,9 @@ class PackedWeights:
     A layer's matrices that read the same input (wq, wk, wv; w1, w3) are stacked into one packed
     matrix when their formats allow, so one kernel call reads them all."""
 
-    def __init__(self, mf):
+    def __init__(self, mf, vnni: bool | None = None):
         self.mf = mf
+        self.vnni = cpu_vnni.vnni_available() if vnni is None else vnni  # 4-bit tiles in VNNI order
         self.packed: dict[str, PackedMatrix] = {}
         self.stacked: dict[tuple[str, ...], PackedMatrix] = {}
         self.group_of: dict[str, tuple] = {}
@@ -209,7 +229,7 @@ class PackedWeights:
         every matrix, off the frame thread). The last member of a fused group stacks the group."""
         if t.name not in self.packed:
             cols, rows = t.shape
-            self.packed[t.name] = pack(self.mf.tensor_bytes(t.name), t.qtype, rows, cols)
+            self.packed[t.name] = pack(self.mf.tensor_bytes(t.name), t.qtype, rows, cols, self.vnni)
             self.mf.release_pages(t.name)  # the packed copy is all the kernels read
             group = self.group_of.get(t.name)
             if group and all(member.name in self.packed for member in group):
@@ -261,4 +281,5 @@ def _rows_of(stacked: PackedMatrix, group: tuple, member) -> PackedMatrix:
     first = sum(m.shape[1] for m in group[:group.index(member)]) // TILE_ROWS
     n = member.shape[1] // TILE_ROWS
     view = slice(first, first + n)
-    return PackedMatrix(member.shape[1], member.shape[0], stacked.data[view], stacked.scales[view])
+    return PackedMatrix(member.shape[1], member.shape[0], stacked.data[view], stacked.scales[view],
+                        vnni=stacked.vnni)

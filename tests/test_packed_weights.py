@@ -234,11 +234,10 @@ def test_a_token_outside_the_vocabulary_is_refused_in_one_line(kernels):
 # -----------------------------------------------------------------------------
 # activations rounded to 9 bits in decode passes (CpuTransformer.int_activations, on by default)
 
-def rounded_reference(x: np.ndarray) -> np.ndarray:
+def rounded_reference(x: np.ndarray, levels: int = 255) -> np.ndarray:
     """x rounded as cpu_kernels.round_activation_groups holds it, in float64: per 32 values,
     d = max|x| / L and q = round-half-even(x * L / max|x|) with L = 255 levels (llama.cpp's Q8
-    blocks: the same with 127); returns q * d."""
-    levels = 255
+    blocks and cpu_vnni.round_activations_to_int8: the same with 127); returns q * d."""
     groups = x.astype(np.float64).reshape(len(x), -1, 32)
     amax = np.abs(groups).max(axis=2, keepdims=True)
     with np.errstate(divide="ignore"):
@@ -279,28 +278,32 @@ def test_int_sums_that_wrap_around_16_bits_end_exact():
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K], ids=lambda t: t.name)
 @pytest.mark.parametrize("tokens", [1, 3, packed_weights.MATVEC_MAX_ROWS + 5])
-def test_int_activation_products_are_the_float64_product_of_the_rounded_activations(qtype, tokens):
-    """The integer sums (int16 lanes) are exact: the product equals float64 on the rounded x,
-    for the mat-vec and for the prefill path (BLAS on the rounded x)."""
+@pytest.mark.parametrize("vnni", [False, True], ids=["int16", "vnni"])
+def test_int_activation_products_are_the_float64_product_of_the_rounded_activations(qtype, tokens, vnni):
+    """The integer sums (int16 lanes at 9 bits; VNNI's int32 lanes at 8) are exact: the product
+    equals float64 on the rounded x, for the mat-vec and for the prefill path (BLAS on the
+    rounded x). On a CPU without VNNI, the VNNI order runs the intrinsic's plain LLVM twin."""
     rng, seed = fresh_rng()
     cols = 512 if qtype in K_QUANTS else 160
     rows = 2 * TILE_ROWS + 13
     raw = random_matrix(rng, qtype, rows, cols)
     w64 = oracle(raw, qtype).reshape(rows, cols).astype(np.float64)
-    m = pack(raw, qtype, rows, cols)
+    m = pack(raw, qtype, rows, cols, vnni=vnni)
     x = rng.standard_normal((tokens, cols)).astype(np.float32)
-    check_product(m.matmul(x, rounded=True), rounded_reference(x), w64, f"{qtype.name} seed={seed}")
+    check_product(m.matmul(x, rounded=True), rounded_reference(x, 127 if vnni else 255), w64,
+                  f"{qtype.name} seed={seed}")
     plain = m.matmul(x)
     assert m.nibbles and not np.array_equal(plain, m.matmul(x, rounded=True))  # (it did round)
 
 
+@pytest.mark.parametrize("vnni", [False, True], ids=["int16", "vnni"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_int_activations_turn_nan_and_inf_into_nan_as_the_float_kernel_does(bad):
+def test_int_activations_turn_nan_and_inf_into_nan_as_the_float_kernel_does(bad, vnni):
     """A broken model's NaN or inf activation: every output is NaN (or inf) on both paths, never
     a finite number made up by casting NaN to an integer."""
     rng, _ = fresh_rng()
     raw = random_matrix(rng, GGMLType.Q4_1, TILE_ROWS, 64)
-    m = pack(raw, GGMLType.Q4_1, TILE_ROWS, 64)
+    m = pack(raw, GGMLType.Q4_1, TILE_ROWS, 64, vnni=vnni)
     x = rng.standard_normal((1, 64)).astype(np.float32)
     x[0, 40] = bad
     assert not np.isfinite(m.matmul(x)).any() and not np.isfinite(m.matmul(x, rounded=True)).any()
@@ -349,12 +352,15 @@ def test_int_activations_need_the_compiled_kernels():
         model.close()
 
 
-def test_int_activations_move_logit_gaps_by_half_llama_cpp_s_noise():
-    """The 9-bit rounding's noise, a regression guard: along a text, teacher-forced, the gap
-    between the float path's best logit and each of the next three moves by a median under 0.06
-    (on this text: 0.046; with 8 bits, ACTIVATION_LEVELS = 127, 0.068; llama.cpp's own 8-bit
-    rounding, emulated on the four golden texts: 0.09)."""
+@pytest.mark.parametrize("vnni, bound", [(False, 0.06), (True, 0.09)], ids=["int16", "vnni"])
+def test_int_activations_move_logit_gaps_by_half_llama_cpp_s_noise(monkeypatch, vnni, bound):
+    """The rounding's noise, a regression guard: along a text, teacher-forced, the gap between
+    the float path's best logit and each of the next three moves by a median under ``bound``.
+    9 bits (int16 kernel): on this text 0.046, and 0.068 with 8 bits (ACTIVATION_LEVELS = 127).
+    VNNI's 8 bits: under llama.cpp's own 8-bit rounding, emulated on the four golden texts: 0.09."""
+    from perro_pastor import cpu_vnni
     from perro_pastor.model import load
+    monkeypatch.setattr(cpu_vnni, "vnni_available", lambda: vnni)
     model = load("default", backend="cpu")
     try:
         tr = model.transformer
@@ -370,6 +376,7 @@ def test_int_activations_move_logit_gaps_by_half_llama_cpp_s_noise():
         gap = {on: np.take_along_axis(walks[on], best[:, :1], 1) - np.take_along_axis(walks[on], best[:, 1:], 1)
                for on in walks}
         shift = np.abs(gap[True] - gap[False])
-        assert 0 < np.median(shift) < 0.06, np.median(shift)
+        assert tr.store.vnni == vnni
+        assert 0 < np.median(shift) < bound, np.median(shift)
     finally:
         model.close()

@@ -1,0 +1,76 @@
+"""4-bit tiles in VNNI order (perro_pastor/cpu_vnni.py): the order is a lossless rearrangement,
+every reader of the tiles decodes the same weights as gguf, and the intrinsic's two ways (the
+VNNI instruction, its plain LLVM twin) give the same sums. The products themselves are checked
+against float64 in test_packed_weights.py (test_int_activation_products_..., vnni). Fresh
+random inputs every run; the seed is in the message."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from perro_pastor import cpu_vnni  # noqa: E402
+from perro_pastor.packed_weights import TILE_ROWS, pack, stack  # noqa: E402
+from perro_pastor.quant import GGMLType  # noqa: E402
+from test_quant import fresh_rng, oracle  # noqa: E402
+from test_packed_weights import random_matrix  # noqa: E402
+
+NIBBLE_TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K]
+
+
+def test_vnni_order_is_a_lossless_rearrangement():
+    rng, seed = fresh_rng()
+    tiles = rng.integers(0, 256, (3, 5, 16, 64), dtype=np.uint8)
+    vnni = cpu_vnni.to_vnni_order(tiles)
+    assert np.array_equal(cpu_vnni.from_vnni_order(vnni), tiles), f"seed={seed}"
+    # row 16 * 2 + 5, byte j = 4 * 3 + 1 of group 4 of tile 1 sits at lane block 2, block 3, lane 5, byte 1
+    assert vnni[1, 4].reshape(-1)[2 * 256 + 3 * 64 + 5 * 4 + 1] == tiles[1, 4, 13, 37]
+
+
+@pytest.mark.parametrize("qtype", NIBBLE_TYPES, ids=lambda t: t.name)
+def test_every_reader_of_vnni_tiles_decodes_the_file_s_weights(qtype):
+    """dequantize (prompt passes), take_rows (embedding lookups), float products (BLAS on
+    dequantized rows) and stacking read the VNNI order as the plain order's twins do."""
+    rng, seed = fresh_rng()
+    rows, cols = 3 * TILE_ROWS, 512 if qtype == GGMLType.Q4_K else 96
+    raw = random_matrix(rng, qtype, rows, cols)
+    want = oracle(raw, qtype).reshape(rows, cols)
+    m = pack(raw, qtype, rows, cols, vnni=True)
+    assert m.vnni and not pack(raw, qtype, rows, cols, vnni=False).vnni
+    msg = f"{qtype.name} seed={seed}"
+    np.testing.assert_array_equal(m.dequantize(), want, err_msg=msg)
+    np.testing.assert_array_equal(m.dequantize(TILE_ROWS + 5, 2 * TILE_ROWS + 9), want[TILE_ROWS + 5:2 * TILE_ROWS + 9])
+    ids = rng.integers(0, rows, 7)
+    np.testing.assert_array_equal(m.take_rows(ids), want[ids], err_msg=msg)
+    x = rng.standard_normal((2, cols)).astype(np.float32)
+    np.testing.assert_allclose(m.matmul(x), x.astype(np.float64) @ want.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+    both = stack([m, m])
+    assert both.vnni and np.array_equal(both.dequantize(rows, 2 * rows), want)
+    assert stack([m, pack(raw, qtype, rows, cols, vnni=False)]) is None  # (one order per stack)
+
+
+def test_the_plain_llvm_twin_sums_as_the_vnni_instruction_does(monkeypatch):
+    """dot_16_rows compiled without the instruction (as on a CPU without VNNI) against NumPy,
+    and, where the CPU has VNNI, against the instruction."""
+    from numba import njit
+
+    rng, seed = fresh_rng()
+    block = rng.integers(0, 256, (16, 64), dtype=np.uint8)
+    xq = rng.integers(-127, 128, 32, dtype=np.int8)
+    order = cpu_vnni.from_vnni_order(block[None, None])[0, 0]  # (16 bytes j, 64 rows)
+    q = np.concatenate([order & 0x0F, order >> 4]).astype(np.int64)  # (32 weights, 64 rows)
+    want = (q * xq[:, None].astype(np.int64)).sum(axis=0)
+
+    def sums_of(kernel):
+        got = np.empty(64, np.int32)
+        for lane_block in range(4):
+            out = np.empty(16, np.int32)
+            kernel(block, lane_block * 256, xq, 0, out)
+            got[lane_block * 16:(lane_block + 1) * 16] = out
+        return got
+
+    as_compiled = njit(lambda *a: cpu_vnni.dot_16_rows(*a))
+    assert np.array_equal(sums_of(as_compiled), want), f"seed={seed}"
+    monkeypatch.setattr(cpu_vnni, "cpu_has_vnni", lambda: False)
+    plain_twin = njit(lambda *a: cpu_vnni.dot_16_rows(*a))
+    assert np.array_equal(sums_of(plain_twin), want), f"seed={seed}"
