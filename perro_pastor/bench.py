@@ -53,6 +53,7 @@ def run_bench(model, n_prompt: int = 128, n_gen: int = 64, repeats: int = 3, ada
     if figures is not None:  # gl only: the cpu backend has no dispatches or renderer
         row.update(figures.stats())
         figures.detach()
-    if getattr(transformer, "int_activations", False):  # cpu: decode on 9-bit activations
+    if getattr(transformer, "int_activations", False):  # cpu: decode on rounded activations
         row["int_activations"] = True
+        row["activation_bits"] = 8 if getattr(transformer.store, "vnni", False) else 9  # (VNNI: 8)
     return row
