@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch
-from .cpu_vnni import matvec_nibbles_vnni, round_activations_to_int8
+from .cpu_vnni import group_absmax, matvec_nibbles_vnni, round_activations_to_int8
 
 
 # Each group's float32 scale and offset for the R rows of a tile sit together in one array,
@@ -109,12 +109,7 @@ def round_activation_groups(x):
     c = np.empty((T, n_groups, 2), np.int16)
     for t in range(T):
         for g in range(n_groups):
-            amax, finite = np.float32(0), True
-            for j in range(32):
-                amax = max(amax, abs(x[t, g * 32 + j]))
-                finite = finite and np.isfinite(x[t, g * 32 + j])
-            if not finite:  # NaN or inf (a broken model): NaN products, as the float kernel gives
-                amax = np.float32(np.nan)
+            amax = group_absmax(x, t, g)  # (NaN where the group holds NaN or inf)
             inv = levels / amax if amax > 0 else np.float32(0)
             total = low_total = 0
             for j in range(32):

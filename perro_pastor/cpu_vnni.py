@@ -95,6 +95,18 @@ def dot_16_rows(typingctx, block, offset, xq, x_offset, sums):
 
 
 @njit(**SERIAL)
+def group_absmax(x, t, g):
+    """max |x[t, 32 g:32 g + 32]|, or NaN where one of them is NaN or infinite (a broken model):
+    the rounded group then gets a NaN scale, so its products are NaN as the float kernel's are,
+    never finite numbers made by casting NaN to an integer."""
+    amax, finite = np.float32(0), True
+    for j in range(32):
+        amax = max(amax, abs(x[t, g * 32 + j]))
+        finite = finite and np.isfinite(x[t, g * 32 + j])
+    return amax if finite else np.float32(np.nan)
+
+
+@njit(**SERIAL)
 def round_activations_to_int8(x):
     """x: (T, n_groups * 32) float32 -> (q (T, cols) int8 within +-127, d (T, n_groups),
     s (T, n_groups)) with x ~= q * d per group of 32 and s = d * sum(q). NaN or inf in a group
@@ -106,13 +118,8 @@ def round_activations_to_int8(x):
     s = np.empty((T, n_groups), np.float32)
     for t in range(T):
         for g in range(n_groups):
-            amax, finite = np.float32(0), True
-            for j in range(32):
-                amax = max(amax, abs(x[t, g * 32 + j]))
-                finite = finite and np.isfinite(x[t, g * 32 + j])
-            if not finite:
-                amax = np.float32(np.nan)
-            inv = np.float32(127) / amax if amax > 0 and finite else np.float32(0)
+            amax = group_absmax(x, t, g)
+            inv = np.float32(127) / amax if amax > 0 else np.float32(0)
             total = 0
             for j in range(32):
                 v = np.int32(np.rint(x[t, g * 32 + j] * inv))
