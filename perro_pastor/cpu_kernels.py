@@ -301,6 +301,7 @@ def swiglu(h1, h3):
 
 BYTES, NIBBLES, VNNI_NIBBLES = 0, 1, 2  # the tile formats, as PackedMatrix.kernel_args names them
 
+
 @njit(nogil=True, cache=True)
 def _matvec(matrix, x, out, rounded):
     """The mat-vec of a packed matrix given as (data, scales, kind) (``PackedMatrix.kernel_args``);

@@ -42,7 +42,6 @@ def warm_up() -> None:
                             *round_activations_to_int8(x), np.empty((1, 64), f32))
     for kind in kinds:
         nibbles = kind != BYTES
-
         R = 64 if kind == VNNI_NIBBLES else 2  # rows per tile (VNNI order: always 64)
 
         def matrix(rows, cols):
