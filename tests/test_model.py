@@ -216,11 +216,14 @@ def test_generate_reuses_a_stats_object_and_accepts_zero_tokens(model32):
     assert list(model32.generate(PROMPT, 0, Sampler(GREEDY), n_ctx=64)) == []
 
 
-def test_auto_takes_the_cpu_backend_on_a_software_renderer(capsys):
+def test_auto_takes_the_cpu_backend_on_a_software_renderer(capsys, monkeypatch):
     """llvmpipe has GL 4.3, but computes on the CPU: `auto` picks the cpu backend there and
-    says so in one line; `gl` still gets the context."""
+    says so in one line; `gl` still gets the context. (As if this machine had a GPU device:
+    without one, `auto` does not even open a context; the next test.)"""
+    from perro_pastor import model as model_module
     from perro_pastor.model import open_gl
 
+    monkeypatch.setattr(model_module, "no_gpu_device", lambda: False)
     glctx = open_gl("gl")
     try:
         assert glctx is not None and glctx.limits.software  # these machines render with llvmpipe
@@ -230,3 +233,24 @@ def test_auto_takes_the_cpu_backend_on_a_software_renderer(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "runs on the CPU; using the cpu backend" in err
     assert open_gl("cpu") is None
+
+
+def test_auto_opens_no_gl_context_on_a_machine_without_a_gpu_device(capsys, monkeypatch, tmp_path):
+    """No /dev/dri/renderD*, /dev/nvidia*, /dev/dxg: `auto` takes the cpu backend in one line
+    and never creates a GL context (it would be a software renderer); with a render node it
+    does look at the renderer."""
+    from perro_pastor import model as model_module
+
+    opened = []
+    monkeypatch.setattr(model_module, "GLContext", lambda ctx=None: opened.append(ctx) or (_ for _ in ()).throw(
+        model_module.BackendError("no GL here")))
+    monkeypatch.setattr(model_module, "GPU_DEVICE_NODES", (str(tmp_path / "renderD*"),))
+    monkeypatch.setattr(model_module.sys, "platform", "linux")
+    assert model_module.open_gl("auto") is None and opened == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no GPU device here" in err
+    (tmp_path / "renderD128").touch()
+    assert model_module.open_gl("auto") is None and opened == [None]  # looked, found no GL, fell back
+    assert "gl backend unavailable" in capsys.readouterr().err
+    with pytest.raises(model_module.BackendError):  # `gl` asks for a context whatever the devices say
+        model_module.open_gl("gl")
