@@ -70,18 +70,20 @@ class PackedMatrix:
         """x @ W[start:stop].T in float32: (T, cols) -> (T, stop - start). ``rounded``: a 4-bit
         matrix takes x rounded to 9 bits per 32 (the mat-vec: ``cpu_kernels.matvec_nibbles_int``;
         more tokens: the rounded x through BLAS, the same values), or to 8 bits in VNNI order
-        (``cpu_vnni``; its float products go through BLAS on dequantized rows). 8-bit matrices
+        (``cpu_vnni``; its float products read a plain-order copy of the tiles). 8-bit matrices
         keep float x: an integer kernel for them was no faster in the model (docs/journal.md)."""
         stop = self.rows if stop is None else stop
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.dense is not None:
             return x @ self.dense[start:stop].T
         tile0, tile1 = start // TILE_ROWS, -(-stop // TILE_ROWS)
-        if len(x) <= MATVEC_MAX_ROWS and (rounded or not self.vnni):
+        if len(x) <= MATVEC_MAX_ROWS:
             out = np.empty((len(x), (tile1 - tile0) * TILE_ROWS), np.float32)
             data, scales = self.data[tile0:tile1], self.scales[tile0:tile1]
-            if self.vnni:
+            if self.vnni and rounded:
                 cpu_vnni.matvec_nibbles_vnni(data, scales, *cpu_vnni.round_activations_to_int8(x), out)
+            elif self.vnni:  # float products: these tiles put back in the plain order (a copy)
+                cpu_kernels.matvec_nibbles(cpu_vnni.from_vnni_order(data), scales, x, out)
             elif rounded and self.nibbles:
                 cpu_kernels.matvec_nibbles_int(data, scales, *cpu_kernels.round_activation_groups(x), out)
             elif self.nibbles:
