@@ -37,8 +37,12 @@ _I8x64 = ir.VectorType(ir.IntType(8), 64)
 
 
 def cpu_has_vnni() -> bool:
-    """Whether this CPU has AVX-512 VNNI, as LLVM (which compiles the kernels) sees it."""
+    """Whether this CPU has AVX-512 VNNI, as LLVM (which compiles the kernels) sees it; False
+    when numba compiles for another CPU than this one (NUMBA_CPU_NAME, e.g. for portable caches)."""
     import llvmlite.binding as llvm
+    import numba
+    if numba.config.CPU_NAME not in (None, "host"):
+        return False
     features = llvm.get_host_cpu_features()
     return bool(features.get("avx512vnni", False) and features.get("avx512bw", False))
 
