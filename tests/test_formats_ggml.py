@@ -206,6 +206,17 @@ def test_truncation_at_every_kth_byte(tmp_path):
         assert str(e.value).startswith(str(path))
 
 
+def test_a_huge_layer_count_is_refused_at_once(tmp_path):
+    """One flipped bit made n_layer 4,194,306 (found by test_mutated_valid_file): the check for
+    missing tensors then built a set of 38 million names and ran the machine out of memory. Now
+    the header's layer count is bounded (config.MAX_LAYERS) before anything is built from it."""
+    data = bytearray(small("ggjt", 3)[0])
+    n_layer_at = 8 + 4 * 4  # magic, version, then the int32 hparams (n_vocab n_embd n_mult n_head n_layer ...)
+    struct.pack_into("<i", data, n_layer_at, 4_194_306)
+    msg = rejects(tmp_path, bytes(data), "n_layer=4194306 is more than 1024 layers")
+    assert msg.count("\n") == 0
+
+
 _SEED = small("ggjt", 3)[0]
 
 

@@ -30,6 +30,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from ..config import MAX_LAYERS
 from ..quant import TYPE_INFO, GGMLType, type_name
 from .model_file import ByteReader, ModelFile, TensorInfo, parse_mapped
 from .llama2c import llama_vocab_metadata, token_type
@@ -96,6 +97,8 @@ def _check_hparams(r: ByteReader, hp: dict[str, int]) -> None:
     bad = [k for k, v in hp.items() if v <= 0 and k != "ftype"]
     if bad or hp["ftype"] < 0:
         r.fail(f"hparams {bad or ['ftype']} out of range ({_fmt(hp)})")
+    if hp["n_layer"] > MAX_LAYERS:  # (checks below build a set of every layer's tensor names)
+        r.fail(f"n_layer={hp['n_layer']} is more than {MAX_LAYERS} layers ({_fmt(hp)})")
     if hp["n_embd"] % hp["n_head"]:
         r.fail(f"n_embd is not a multiple of n_head ({_fmt(hp)})")
     head_size = hp["n_embd"] // hp["n_head"]
