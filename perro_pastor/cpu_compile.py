@@ -53,3 +53,22 @@ def prefetch(typingctx, array, index):
         builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, keep, data
         return context.get_dummy_value()
     return sig, codegen
+
+
+# Each mat-vec streams its weights from memory once per token. Asking for a group's bytes and
+# scales PREFETCH_BYTES ahead keeps more reads in flight than the hardware prefetchers do:
+# the tied Q8_0 classifier of the default model went from 2.2-2.5 to 1.5-1.7 ms a token.
+PREFETCH_BYTES = 4096
+
+
+@njit(**SERIAL)
+def prefetch_group(tile_bytes, tile_scales, g):
+    """Prefetch what group g + (PREFETCH_BYTES ahead) of a tile will read: tile_bytes is one
+    tile's (n_groups, j, R) weights (any order within a group), tile_scales its (n_groups, 2, R)
+    float32 scales."""
+    group_bytes = tile_bytes.shape[1] * tile_bytes.shape[2]
+    for line in range(0, group_bytes, 64):
+        prefetch(tile_bytes, g * group_bytes + line + PREFETCH_BYTES)
+    group_scales = 2 * tile_scales.shape[2]  # float32 values, 16 a cache line
+    for line in range(0, group_scales, 16):
+        prefetch(tile_scales, g * group_scales + line + PREFETCH_BYTES // 4)

@@ -19,31 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch
+from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch_group
 from .cpu_vnni import group_absmax, matvec_nibbles_vnni, round_activations_to_int8
 
 
 # Each group's float32 scale and offset for the R rows of a tile sit together in one array,
 # scales: (n_tiles, n_groups, 2, R). (Float16 words, as in the file, were 4-6% slower: numba
 # has no float16, and widening by hand cost more than the bytes saved.)
-
-# Each mat-vec streams its weights from memory once per token. Asking for a group's bytes and
-# scales PREFETCH_BYTES ahead keeps more reads in flight than the hardware prefetchers do:
-# the tied Q8_0 classifier of the default model went from 2.2-2.5 to 1.5-1.7 ms a token.
-PREFETCH_BYTES = 4096
-
-
-@njit(**SERIAL)
-def prefetch_group(tile_bytes, tile_scales, g):
-    """Prefetch what group g + (PREFETCH_BYTES ahead) of a tile will read: tile_bytes is one
-    tile's (n_groups, j, R) weights, tile_scales its (n_groups, 2, R) scales."""
-    group_bytes = tile_bytes.shape[1] * tile_bytes.shape[2]
-    for line in range(0, group_bytes, 64):
-        prefetch(tile_bytes, g * group_bytes + line + PREFETCH_BYTES)
-    group_scales = 2 * tile_scales.shape[2]  # float32 values, 16 a cache line
-    for line in range(0, group_scales, 16):
-        prefetch(tile_scales, g * group_scales + line + PREFETCH_BYTES // 4)
-
 
 # -----------------------------------------------------------------------------
 # 4-bit weights: byte j of a 32-weight group holds weight j (low nibble) and weight j + 16

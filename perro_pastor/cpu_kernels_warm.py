@@ -36,8 +36,9 @@ def warm_up() -> None:
     rmsnorm(x, x[0], 1e-5)
     # the compiled layer halves, for files of 4-bit and of 8-bit matrices (mixed files compile
     # their combination on first use); 4-bit tiles in VNNI order where the CPU has VNNI
-    kinds = [BYTES, VNNI_NIBBLES if vnni_available() else NIBBLES]
-    if vnni_available():
+    vnni = vnni_available()
+    kinds = [BYTES, VNNI_NIBBLES if vnni else NIBBLES]
+    if vnni:
         matvec_nibbles_vnni(np.zeros((1, 1, 16, 64), np.uint8), np.ones((1, 1, 2, 64), f32),
                             *round_activations_to_int8(x), np.empty((1, 64), f32))
     for kind in kinds:

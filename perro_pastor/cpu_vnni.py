@@ -28,10 +28,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch
+from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch_group
 
 ROWS_PER_LANE_BLOCK = 16  # rows one vpdpbusd covers (16 int32 lanes)
-PREFETCH_BYTES = 2048  # how far ahead the kernel asks for its weights (1-4 KiB measured alike)
 _I32x16 = ir.VectorType(ir.IntType(32), 16)
 _I8x64 = ir.VectorType(ir.IntType(8), 64)
 
@@ -155,11 +154,8 @@ def matvec_nibbles_vnni(data, scales, xq, xd, xs, out):
                     block = data[tile, g]
                     scale, offset = scales[tile, g, 0], scales[tile, g, 1]
                     dx, sx = xd[t, g], xs[t, g]
+                    prefetch_group(data[tile], scales[tile], g)
                     for lane_block in range(4):
-                        for line in range(4):  # the weights PREFETCH_BYTES ahead
-                            prefetch(block, lane_block * 256 + line * 64 + PREFETCH_BYTES)
-                        for line in range(2):  # and the scales as far ahead in time
-                            prefetch(scale, lane_block * 32 + line * 16 + PREFETCH_BYTES // 8)
                         dot_16_rows(block, lane_block * 256, x_row, g * 32, sums)
                         first = lane_block * ROWS_PER_LANE_BLOCK
                         for i in range(ROWS_PER_LANE_BLOCK):
