@@ -55,6 +55,16 @@ def prefetch(typingctx, array, index):
     return sig, codegen
 
 
+@intrinsic
+def float_from_bits(typingctx, bits):
+    """The float32 whose bits are the int32 ``bits`` (a bit cast, which numba lacks for scalars)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return sig, codegen
+
+
 # Each mat-vec streams its weights from memory once per token. Asking for a group's bytes and
 # scales PREFETCH_BYTES ahead keeps more reads in flight than the hardware prefetchers do:
 # the tied Q8_0 classifier of the default model went from 2.2-2.5 to 1.5-1.7 ms a token.

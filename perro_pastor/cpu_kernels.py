@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .cpu_attention import attention  # noqa: F401  (the few-token ops: cpu.py reads cpu_kernels.attention)
 from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch_group
 from .cpu_vnni import group_absmax, matvec_nibbles_vnni, round_activations_to_int8
 
@@ -232,43 +233,6 @@ def apply_rope(x, rotation):
                 a, b = x[t, h, 2 * i], x[t, h, 2 * i + 1]
                 out[t, h, 2 * i] = a * c - b * s
                 out[t, h, 2 * i + 1] = a * s + b * c
-    return out
-
-
-@njit(**PARALLEL)
-def attention(q, k_cache, v_cache, pos0, sliding_window):
-    """Causal grouped-query attention for queries at pos0.. over head-major caches
-    (n_kv_heads, n_ctx, hs); q: (T, n_heads, hs). Query heads are spread over the cores: at a
-    few hundred positions the step streams the cache (hundreds of KB per layer) from memory, and
-    two cores stream it faster than one. Softmax in float32 after subtracting the row's max."""
-    T, n_heads, hs = q.shape
-    group = n_heads // k_cache.shape[0]
-    out = np.zeros_like(q)
-    scale = np.float32(1 / np.sqrt(hs))
-    for h in prange(n_heads):
-        keys, values = k_cache[h // group], v_cache[h // group]
-        scores = np.empty(pos0 + T, np.float32)
-        for t in range(T):
-            pos = pos0 + t
-            first = max(0, pos - sliding_window + 1) if sliding_window > 0 else 0
-            query, head_out = q[t, h], out[t, h]
-            best = np.float32(-np.inf)
-            for j in range(first, pos + 1):  # scores: q . k / sqrt(hs)
-                key = keys[j]
-                dot = np.float32(0)
-                for i in range(hs):
-                    dot += query[i] * key[i]
-                scores[j] = dot * scale
-                best = max(best, scores[j])
-            total = np.float32(0)
-            for j in range(first, pos + 1):  # softmax over the visible keys
-                scores[j] = np.exp(scores[j] - best)
-                total += scores[j]
-            for j in range(first, pos + 1):  # the probability-weighted sum of the values
-                p = scores[j] / total
-                value = values[j]
-                for i in range(hs):
-                    head_out[i] += p * value[i]
     return out
 
 
