@@ -75,10 +75,11 @@ PREFETCH_BYTES = 4096
 def prefetch_group(tile_bytes, tile_scales, g):
     """Prefetch what group g + (PREFETCH_BYTES ahead) of a tile will read: tile_bytes is one
     tile's (n_groups, j, R) weights (any order within a group), tile_scales its (n_groups, 2, R)
-    float32 scales."""
+    scales (float32, or float16 bits)."""
     group_bytes = tile_bytes.shape[1] * tile_bytes.shape[2]
     for line in range(0, group_bytes, 64):
         prefetch(tile_bytes, g * group_bytes + line + PREFETCH_BYTES)
-    group_scales = 2 * tile_scales.shape[2]  # float32 values, 16 a cache line
-    for line in range(0, group_scales, 16):
-        prefetch(tile_scales, g * group_scales + line + PREFETCH_BYTES // 4)
+    group_scales = 2 * tile_scales.shape[2]  # float32 or float16 words
+    per_line = 64 // tile_scales.itemsize
+    for line in range(0, group_scales, per_line):
+        prefetch(tile_scales, g * group_scales + line + PREFETCH_BYTES // tile_scales.itemsize)

@@ -25,8 +25,9 @@ from .cpu_vnni import group_absmax, matvec_nibbles_vnni, round_activations_to_in
 
 
 # Each group's float32 scale and offset for the R rows of a tile sit together in one array,
-# scales: (n_tiles, n_groups, 2, R). (Float16 words, as in the file, were 4-6% slower: numba
-# has no float16, and widening by hand cost more than the bytes saved.)
+# scales: (n_tiles, n_groups, 2, R). (Float16 words, as in the file, were 4-6% slower here:
+# numba has no float16, and widening by hand cost more than the bytes saved. The VNNI kernel
+# reads float16 scales through one vector instruction: cpu_vnni.scale_16_rows.)
 
 # -----------------------------------------------------------------------------
 # 4-bit weights: byte j of a 32-weight group holds weight j (low nibble) and weight j + 16

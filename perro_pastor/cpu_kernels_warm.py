@@ -38,8 +38,8 @@ def warm_up() -> None:
     # their combination on first use); 4-bit tiles in VNNI order where the CPU has VNNI
     vnni = vnni_available()
     kinds = [BYTES, VNNI_NIBBLES if vnni else NIBBLES]
-    if vnni:
-        matvec_nibbles_vnni(np.zeros((1, 1, 16, 64), np.uint8), np.ones((1, 1, 2, 64), f32),
+    if vnni:  # (scales as float16 bits, as Q4_0 and Q4_1 files pack: packed_weights.narrow_scales)
+        matvec_nibbles_vnni(np.zeros((1, 1, 16, 64), np.uint8), np.ones((1, 1, 2, 64), np.uint16),
                             *round_activations_to_int8(x), np.empty((1, 64), f32))
     for kind in kinds:
         nibbles = kind != BYTES
@@ -47,8 +47,9 @@ def warm_up() -> None:
 
         def matrix(rows, cols):
             shape = (-(-rows // R), cols // 32, 16 if nibbles else 32, R)
+            scale_type = np.uint16 if kind == VNNI_NIBBLES else f32
             return (np.zeros(shape, np.uint8 if nibbles else np.int8),
-                    np.ones((shape[0], cols // 32, 2, R), f32), kind)
+                    np.ones((shape[0], cols // 32, 2, R), scale_type), kind)
         x1, cache = np.ones((1, 32), f32), np.zeros((1, 4, 16), f32)  # dim 32: 2 heads, 1 kv head
         decode_attention(x1, x1[0], 1e-5, matrix(64, 32), matrix(32, 32), np.ones((1, 8), np.complex64),
                          cache, cache, 0, 2, 1, 0, True)

@@ -9,7 +9,8 @@ them all, without loss:
 
 Rows are grouped in tiles of ``TILE_ROWS`` laid out ``[tile, group, j, row]`` (the kernels
 vectorize across rows), with each group's float32 scale and offset ``[tile, group, 2, row]``
-beside them: a Q4_1 weight takes 0.75 bytes here (0.625 in the file). Float types (F32, F16,
+beside them: a Q4_1 weight takes 0.75 bytes here (0.625 in the file, and in VNNI tiles,
+whose scales stay float16 where the file's are: ``narrow_scales``). Float types (F32, F16,
 BF16) are kept as float32 rows and multiplied by BLAS.
 
 ``matmul`` picks the path by the number of rows of x: a few (decode, or a few sessions decoding
@@ -48,7 +49,7 @@ class PackedMatrix:
     rows: int
     cols: int
     data: np.ndarray | None  # (n_tiles, n_groups, 16 | G, TILE_ROWS) uint8 (nibbles) or int8 (bytes)
-    scales: np.ndarray | None  # (n_tiles, n_groups, 2, TILE_ROWS) float32: scale, offset
+    scales: np.ndarray | None  # (n_tiles, n_groups, 2, TILE_ROWS) float32 (float16 in VNNI order, where exact): scale, offset
     dense: np.ndarray | None = None  # (rows, cols) float32, for float types
     vnni: bool = False  # nibble tiles in cpu_vnni's order (decode: matvec_nibbles_vnni)
 
@@ -64,7 +65,7 @@ class PackedMatrix:
         """(data, scales, kind): the whole matrix as the compiled layer takes it (kind:
         cpu_kernels.BYTES, NIBBLES or VNNI_NIBBLES)."""
         kind = cpu_kernels.VNNI_NIBBLES if self.vnni else cpu_kernels.NIBBLES if self.nibbles else cpu_kernels.BYTES
-        return self.data, self.scales, kind
+        return self.data, kernel_scales(self.scales), kind
 
     def matmul(self, x: np.ndarray, start: int = 0, stop: int | None = None, rounded: bool = False) -> np.ndarray:
         """x @ W[start:stop].T in float32: (T, cols) -> (T, stop - start). ``rounded``: a 4-bit
@@ -81,9 +82,9 @@ class PackedMatrix:
             out = np.empty((len(x), (tile1 - tile0) * TILE_ROWS), np.float32)
             data, scales = self.data[tile0:tile1], self.scales[tile0:tile1]
             if self.vnni and rounded:
-                cpu_vnni.matvec_nibbles_vnni(data, scales, *cpu_vnni.round_activations_to_int8(x), out)
-            elif self.vnni:  # float products: these tiles put back in the plain order (a copy)
-                cpu_kernels.matvec_nibbles(cpu_vnni.from_vnni_order(data), scales, x, out)
+                cpu_vnni.matvec_nibbles_vnni(data, kernel_scales(scales), *cpu_vnni.round_activations_to_int8(x), out)
+            elif self.vnni:  # float products: these tiles put back in the plain order (copies)
+                cpu_kernels.matvec_nibbles(cpu_vnni.from_vnni_order(data), scales.astype(np.float32), x, out)
             elif rounded and self.nibbles:
                 cpu_kernels.matvec_nibbles_int(data, scales, *cpu_kernels.round_activation_groups(x), out)
             elif self.nibbles:
@@ -143,7 +144,7 @@ class PackedMatrix:
         if self.vnni:  # (prompt passes: a few MiB of tiles back in the plain order)
             tile1 = tile0 + len(out) // TILE_ROWS
             cpu_kernels.dequantize_nibbles(cpu_vnni.from_vnni_order(self.data[tile0:tile1]),
-                                           self.scales[tile0:tile1], 0, out)
+                                           self.scales[tile0:tile1].astype(np.float32), 0, out)
             return
         kernel = cpu_kernels.dequantize_nibbles if self.nibbles else cpu_kernels.dequantize_bytes
         kernel(self.data, self.scales, tile0, out)
@@ -186,7 +187,22 @@ def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int, vnni: bool | No
         so_pad[:r1 - r0] = np.stack([s, o], axis=-1).reshape(r1 - r0, n_groups, 2)
         scales[tiles] = so_pad.reshape(n, TILE_ROWS, n_groups, 2).transpose(0, 2, 3, 1)
     vnni = nibbles and (cpu_vnni.vnni_available() if vnni is None else vnni)
-    return PackedMatrix(rows, cols, cpu_vnni.to_vnni_order(data) if vnni else data, scales, vnni=vnni)
+    if vnni:
+        return PackedMatrix(rows, cols, cpu_vnni.to_vnni_order(data), narrow_scales(scales), vnni=True)
+    return PackedMatrix(rows, cols, data, scales)
+
+
+def narrow_scales(scales: np.ndarray) -> np.ndarray:
+    """The scales as float16 where every one is exactly a float16 (Q4_0 and Q4_1 files store
+    them so; Q4_K's products of two scales mostly are not), else as they are. Only the VNNI
+    kernel reads float16 scales: 0.625 bytes a Q4_1 weight instead of 0.75."""
+    narrow = scales.astype(np.float16)
+    return narrow if np.array_equal(narrow.astype(np.float32), scales) else scales
+
+
+def kernel_scales(scales: np.ndarray) -> np.ndarray:
+    """Scales as the compiled kernels take them: float16 as its bits (uint16; numba has no float16)."""
+    return scales.view(np.uint16) if scales.dtype == np.float16 else scales
 
 
 def stack(matrices: list[PackedMatrix]) -> PackedMatrix | None:
@@ -196,7 +212,7 @@ def stack(matrices: list[PackedMatrix]) -> PackedMatrix | None:
     first = matrices[0]
     same = all(m.cols == first.cols and m.dense is None and first.dense is None
                and m.data.dtype == first.data.dtype and m.data.shape[1:] == first.data.shape[1:]
-               and m.vnni == first.vnni for m in matrices)
+               and m.vnni == first.vnni and m.scales.dtype == first.scales.dtype for m in matrices)
     if not same or any(m.rows % TILE_ROWS for m in matrices):
         return None
     return PackedMatrix(sum(m.rows for m in matrices), first.cols,

@@ -74,3 +74,20 @@ def test_the_plain_llvm_twin_sums_as_the_vnni_instruction_does(monkeypatch):
     monkeypatch.setattr(cpu_vnni, "cpu_has_vnni", lambda: False)
     plain_twin = njit(lambda *a: cpu_vnni.dot_16_rows(*a))
     assert np.array_equal(sums_of(plain_twin), want), f"seed={seed}"
+
+
+@pytest.mark.parametrize("qtype", NIBBLE_TYPES, ids=lambda t: t.name)
+def test_vnni_tiles_keep_float16_scales_only_where_exact_and_multiply_the_same(qtype):
+    """Q4_0 and Q4_1 files store their scales as float16, so the VNNI tiles keep them so (0.625
+    bytes a weight); Q4_K's products of two scales are not float16 numbers and stay float32.
+    The kernel's products are bit for bit those of the same tiles with float32 scales."""
+    rng, seed = fresh_rng()
+    rows, cols = 2 * TILE_ROWS, 512 if qtype == GGMLType.Q4_K else 96
+    m = pack(random_matrix(rng, qtype, rows, cols), qtype, rows, cols, vnni=True)
+    assert m.scales.dtype == (np.float32 if qtype == GGMLType.Q4_K else np.float16), f"seed={seed}"
+    x = rng.standard_normal((3, cols)).astype(np.float32)
+    rounded = cpu_vnni.round_activations_to_int8(x)
+    got, wide = np.empty((3, rows), np.float32), np.empty((3, rows), np.float32)
+    cpu_vnni.matvec_nibbles_vnni(m.data, m.kernel_args()[1], *rounded, got)
+    cpu_vnni.matvec_nibbles_vnni(m.data, m.scales.astype(np.float32), *rounded, wide)
+    assert np.array_equal(got, wide), f"{qtype.name} seed={seed}"
