@@ -20,14 +20,15 @@ from __future__ import annotations
 import numpy as np
 
 from .cpu_attention import attention  # noqa: F401  (the few-token ops: cpu.py reads cpu_kernels.attention)
-from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch_group
+from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch_group, scale_16_rows
 from .cpu_vnni import group_absmax, matvec_nibbles_vnni, round_activations_to_int8
 
 
 # Each group's float32 scale and offset for the R rows of a tile sit together in one array,
-# scales: (n_tiles, n_groups, 2, R). (Float16 words, as in the file, were 4-6% slower here:
-# numba has no float16, and widening by hand cost more than the bytes saved. The VNNI kernel
-# reads float16 scales through one vector instruction: cpu_vnni.scale_16_rows.)
+# scales: (n_tiles, n_groups, 2, R), float32, or float16 (as uint16 bits) in 8-bit tiles and
+# VNNI tiles where the file's scales are float16 (packed_weights.narrow_scales): those kernels
+# widen them with one vector instruction (cpu_compile.scale_16_rows; LLVM's own loop stayed
+# scalar, which made float16 scales slower than float32 before it).
 
 # -----------------------------------------------------------------------------
 # 4-bit weights: byte j of a 32-weight group holds weight j (low nibble) and weight j + 16
@@ -164,7 +165,8 @@ def dequantize_nibbles(data, scales, tile0, out):
 
 @njit(**PARALLEL)
 def matvec_bytes(data, scales, x, out):
-    """As ``matvec_nibbles`` for data: (n_tiles, n_groups, G, R) int8, one weight per byte."""
+    """As ``matvec_nibbles`` for data: (n_tiles, n_groups, G, R) int8, one weight per byte;
+    scales float32 or float16 bits (uint16, ``packed_weights.narrow_scales``); R a multiple of 16."""
     n_tiles, n_groups, G, R = data.shape
     T = x.shape[0]
     xs = x.reshape(T, n_groups, G)
@@ -183,9 +185,8 @@ def matvec_bytes(data, scales, x, out):
                     xj = xs[t, g, j]
                     for r in range(R):
                         part[r] += np.float32(np.int32(data[tile, g, j, r])) * xj
-                s = x_sum[t, g]
-                for r in range(R):
-                    acc[t, r] += so[0, r] * part[r] + so[1, r] * s
+                for first in range(0, R, 16):  # acc += scale * part + offset * sum(x)
+                    scale_16_rows(acc[t], first, part[first:first + 16], so[0], so[1], np.float32(1), x_sum[t, g])
         out[:, tile * R:(tile + 1) * R] = acc
 
 

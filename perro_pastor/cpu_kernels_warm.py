@@ -10,6 +10,7 @@ import numpy as np
 from .cpu_kernels import (BYTES, NIBBLES, VNNI_NIBBLES, apply_rope, attention, decode_attention, decode_ffn,
                           dequantize_bytes, dequantize_nibbles, matvec_bytes, matvec_nibbles, matvec_nibbles_int,
                           rmsnorm, round_activation_groups, swiglu)
+from .cpu_compile import cpu_has_f16c
 from .cpu_vnni import matvec_nibbles_vnni, round_activations_to_int8, vnni_available
 
 
@@ -26,13 +27,15 @@ def warm_up() -> None:
     """Compile (or load from the cache) every kernel for the argument types a decode step
     passes, so the first step does not stall on it."""
     f32 = np.float32
-    x, out, scales = np.ones((1, 32), f32), np.empty((1, 4), f32), np.ones((2, 1, 2, 2), f32)
-    nibble_tiles, byte_tiles = np.zeros((2, 1, 16, 2), np.uint8), np.zeros((2, 1, 32, 2), np.int8)
+    # 8-bit tiles' scales: float16 bits where the CPU widens float16 (packed_weights.narrow_scales)
+    byte_scales = np.uint16 if cpu_has_f16c() else f32
+    x, out, scales = np.ones((1, 32), f32), np.empty((1, 128), f32), np.ones((2, 1, 2, 64), f32)
+    nibble_tiles, byte_tiles = np.zeros((2, 1, 16, 64), np.uint8), np.zeros((2, 1, 32, 64), np.int8)
     matvec_nibbles(nibble_tiles, scales, x, out)
     matvec_nibbles_int(nibble_tiles, scales, *round_activation_groups(x), out)  # (batched decode)
-    matvec_bytes(byte_tiles, scales, x, out)
-    dequantize_nibbles(nibble_tiles, scales, 0, np.empty((4, 32), f32))
-    dequantize_bytes(byte_tiles, scales, 0, np.empty((4, 32), f32))
+    matvec_bytes(byte_tiles, scales.astype(byte_scales), x, out)
+    dequantize_nibbles(nibble_tiles, scales, 0, np.empty((128, 32), f32))
+    dequantize_bytes(byte_tiles, scales, 0, np.empty((128, 32), f32))
     rmsnorm(x, x[0], 1e-5)
     # the compiled layer halves, for files of 4-bit and of 8-bit matrices (mixed files compile
     # their combination on first use); 4-bit tiles in VNNI order where the CPU has VNNI
@@ -43,11 +46,11 @@ def warm_up() -> None:
                             *round_activations_to_int8(x), np.empty((1, 64), f32))
     for kind in kinds:
         nibbles = kind != BYTES
-        R = 64 if kind == VNNI_NIBBLES else 2  # rows per tile (VNNI order: always 64)
+        R = 64  # rows per tile (packed_weights.TILE_ROWS)
 
         def matrix(rows, cols):
             shape = (-(-rows // R), cols // 32, 16 if nibbles else 32, R)
-            scale_type = np.uint16 if kind == VNNI_NIBBLES else f32
+            scale_type = np.uint16 if kind == VNNI_NIBBLES else f32 if nibbles else byte_scales
             return (np.zeros(shape, np.uint8 if nibbles else np.int8),
                     np.ones((shape[0], cols // 32, 2, R), scale_type), kind)
         x1, cache = np.ones((1, 32), f32), np.zeros((1, 4, 16), f32)  # dim 32: 2 heads, 1 kv head

@@ -29,7 +29,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch_group
+from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch_group, scale_16_rows
 
 ROWS_PER_LANE_BLOCK = 16  # rows one vpdpbusd covers (16 int32 lanes)
 _I32x16 = ir.VectorType(ir.IntType(32), 16)
@@ -95,42 +95,6 @@ def dot_16_rows(typingctx, block, offset, xq, x_offset, sums):
                     ir.Constant(_I32x16, ir.Undefined), ir.Constant(_I32x16, [0] * 16))
                 acc = _vpdpbusd(builder, acc, q, every_lane)
         builder.store(acc, builder.bitcast(sums_data, _I32x16.as_pointer()), align=4)
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-@intrinsic
-def scale_16_rows(typingctx, acc, first, sums, scale, offset, dx, sx):
-    """acc[first:first + 16] += scale[first:...] * dx * sums[0:16] + offset[first:...] * sx, as
-    16-lane vector code: scale and offset are float32, or float16 bits (uint16) widened with
-    one instruction. (Written out because LLVM left this loop scalar for float16 scales.)"""
-    if scale.dtype not in (types.float32, types.uint16) or offset.dtype != scale.dtype:
-        return None
-    sig = types.void(acc, first, sums, scale, offset, dx, sx)
-    f32x16 = ir.VectorType(ir.FloatType(), 16)
-
-    def codegen(context, builder, signature, args):
-        acc_v, first_v, sums_v, scale_v, offset_v, dx_v, sx_v = args
-        def pointer(i, value, at, vector_type):
-            data = context.make_array(signature.args[i])(context, builder, value).data
-            return builder.bitcast(builder.gep(data, [at]), vector_type.as_pointer())
-
-        def widened(i, value):
-            if signature.args[i].dtype == types.float32:
-                return builder.load(pointer(i, value, first_v, f32x16), align=4)
-            words = builder.load(pointer(i, value, first_v, ir.VectorType(ir.IntType(16), 16)), align=2)
-            return builder.fpext(builder.bitcast(words, ir.VectorType(ir.HalfType(), 16)), f32x16)
-
-        def splat(x):
-            one = builder.insert_element(ir.Constant(f32x16, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(one, ir.Constant(f32x16, ir.Undefined), ir.Constant(_I32x16, [0] * 16))
-
-        zero = ir.Constant(first_v.type, 0)
-        totals = builder.sitofp(builder.load(pointer(2, sums_v, zero, _I32x16), align=4), f32x16)
-        target = pointer(0, acc_v, first_v, f32x16)
-        step = builder.fadd(builder.fmul(builder.fmul(widened(3, scale_v), splat(dx_v)), totals),
-                            builder.fmul(widened(4, offset_v), splat(sx_v)))
-        builder.store(builder.fadd(builder.load(target, align=4), step), target, align=4)
         return context.get_dummy_value()
     return sig, codegen
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import cpu_kernels, cpu_vnni, quant
+from . import cpu_compile, cpu_kernels, cpu_vnni, quant
 from .quant import GGMLType
 
 TILE_ROWS = 64
@@ -90,7 +90,7 @@ class PackedMatrix:
             elif self.nibbles:
                 cpu_kernels.matvec_nibbles(data, scales, x, out)
             else:
-                cpu_kernels.matvec_bytes(data, scales, x, out)
+                cpu_kernels.matvec_bytes(data, kernel_scales(scales), x, out)
             skip = start - tile0 * TILE_ROWS
             return out[:, skip:skip + stop - start]
         if rounded and self.vnni:  # the same rounding as the mat-vec's, then float products
@@ -147,12 +147,19 @@ class PackedMatrix:
                                            self.scales[tile0:tile1].astype(np.float32), 0, out)
             return
         kernel = cpu_kernels.dequantize_nibbles if self.nibbles else cpu_kernels.dequantize_bytes
+        if self.scales.dtype == np.float16:  # (a prompt pass: a few MiB of tiles, float32 scales)
+            tile1 = tile0 + len(out) // TILE_ROWS
+            kernel(self.data[tile0:tile1], self.scales[tile0:tile1].astype(np.float32), 0, out)
+            return
         kernel(self.data, self.scales, tile0, out)
 
 
-def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int, vnni: bool | None = None) -> PackedMatrix:
+def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int, vnni: bool | None = None,
+         half_scales: bool | None = None) -> PackedMatrix:
     """Repack a row-major (rows, cols) GGML matrix (its raw bytes) into row tiles. ``vnni``:
-    4-bit tiles in cpu_vnni's order (default: where the CPU has VNNI, ``cpu_vnni.vnni_available``)."""
+    4-bit tiles in cpu_vnni's order (default: where the CPU has VNNI, ``cpu_vnni.vnni_available``).
+    ``half_scales``: 8-bit tiles keep float16 scales where exact (default: where the CPU widens
+    float16 in hardware, ``cpu_compile.cpu_has_f16c``); VNNI tiles always do."""
     qtype = GGMLType(qtype)
     row_bytes = quant.row_nbytes(qtype, cols)
     flat = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
@@ -187,15 +194,17 @@ def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int, vnni: bool | No
         so_pad[:r1 - r0] = np.stack([s, o], axis=-1).reshape(r1 - r0, n_groups, 2)
         scales[tiles] = so_pad.reshape(n, TILE_ROWS, n_groups, 2).transpose(0, 2, 3, 1)
     vnni = nibbles and (cpu_vnni.vnni_available() if vnni is None else vnni)
-    if vnni:
-        return PackedMatrix(rows, cols, cpu_vnni.to_vnni_order(data), narrow_scales(scales), vnni=True)
-    return PackedMatrix(rows, cols, data, scales)
+    half_scales = not nibbles and (cpu_compile.cpu_has_f16c() if half_scales is None else half_scales)
+    if vnni or half_scales:
+        scales = narrow_scales(scales)
+    return PackedMatrix(rows, cols, cpu_vnni.to_vnni_order(data) if vnni else data, scales, vnni=vnni)
 
 
 def narrow_scales(scales: np.ndarray) -> np.ndarray:
     """The scales as float16 where every one is exactly a float16 (Q4_0 and Q4_1 files store
-    them so; Q4_K's products of two scales mostly are not), else as they are. Only the VNNI
-    kernel reads float16 scales: 0.625 bytes a Q4_1 weight instead of 0.75."""
+    them so, and Q8_0, Q5_0 and Q5_1 too; the K-quants' products of two scales mostly are not),
+    else as they are. The VNNI and 8-bit kernels read them (``cpu_compile.scale_16_rows``):
+    0.625 bytes a Q4_1 weight instead of 0.75, 1.125 a Q8_0 weight instead of 1.25."""
     narrow = scales.astype(np.float16)
     return narrow if np.array_equal(narrow.astype(np.float32), scales) else scales
 
@@ -230,6 +239,7 @@ class PackedWeights:
     def __init__(self, mf, vnni: bool | None = None):
         self.mf = mf
         self.vnni = cpu_vnni.vnni_available() if vnni is None else vnni  # 4-bit tiles in VNNI order
+        self.half_scales = cpu_compile.cpu_has_f16c()  # 8-bit tiles with float16 scales (where exact)
         self.packed: dict[str, PackedMatrix] = {}
         self.stacked: dict[tuple[str, ...], PackedMatrix] = {}
         self.group_of: dict[str, tuple] = {}
@@ -247,7 +257,8 @@ class PackedWeights:
         every matrix, off the frame thread). The last member of a fused group stacks the group."""
         if t.name not in self.packed:
             cols, rows = t.shape
-            self.packed[t.name] = pack(self.mf.tensor_bytes(t.name), t.qtype, rows, cols, self.vnni)
+            self.packed[t.name] = pack(self.mf.tensor_bytes(t.name), t.qtype, rows, cols, self.vnni,
+                                          self.half_scales)
             self.mf.release_pages(t.name)  # the packed copy is all the kernels read
             group = self.group_of.get(t.name)
             if group and all(member.name in self.packed for member in group):
