@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cpu_attention import attention  # noqa: F401  (the few-token ops: cpu.py reads cpu_kernels.attention)
+from .cpu_attention import attention, exp_nonpositive  # (attention: one of the few-token ops cpu.py reads here)
 from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch_group, scale_16_rows
 from .cpu_vnni import group_absmax, matvec_nibbles_vnni, round_activations_to_int8
 
@@ -240,8 +240,19 @@ def apply_rope(x, rotation):
 
 @njit(**SERIAL)
 def swiglu(h1, h3):
-    """silu(h1) * h3, with silu(x) = x * sigmoid(x)."""
-    return h1 / (np.float32(1) + np.exp(-h1)) * h3
+    """silu(h1) * h3 for (T, hidden) arrays, with silu(x) = x * sigmoid(x). sigmoid(x) is
+    1 / (1 + e) for x >= 0 and e / (1 + e) below, with e = exp(-|x|) <= 1, the vectorized
+    exponential of cpu_attention (NumPy's is a libm call per value): 3.2 -> 1.6 us a layer of
+    the default model. Two loops, because LLVM left the one-loop form scalar."""
+    out = np.empty(h1.shape, np.float32)
+    for t in range(h1.shape[0]):
+        gate, up, row = h1[t], h3[t], out[t]
+        for i in range(row.shape[0]):
+            row[i] = exp_nonpositive(-abs(gate[i]))
+        for i in range(row.shape[0]):
+            x, e = gate[i], row[i]
+            row[i] = x * ((np.float32(1) if x >= 0 else e) / (np.float32(1) + e)) * up[i]
+    return out
 
 
 # -----------------------------------------------------------------------------
