@@ -21,7 +21,7 @@ import numpy as np
 
 from .cpu_attention import attention, exp_nonpositive  # (attention: one of the few-token ops cpu.py reads here)
 from .cpu_compile import PARALLEL, SERIAL, njit, prange, prefetch_group, scale_16_rows
-from .cpu_vnni import group_absmax, matvec_nibbles_vnni, round_activations_to_int8
+from .cpu_vnni import group_absmax, matvec_bytes_vnni, matvec_nibbles_vnni, round_activations_to_int8
 
 
 # Each group's float32 scale and offset for the R rows of a tile sit together in one array,
@@ -258,19 +258,22 @@ def swiglu(h1, h3):
 # -----------------------------------------------------------------------------
 # a whole layer for one decoding token
 
-BYTES, NIBBLES, VNNI_NIBBLES = 0, 1, 2  # the tile formats, as PackedMatrix.kernel_args names them
+BYTES, NIBBLES, VNNI_NIBBLES, VNNI_BYTES = 0, 1, 2, 3  # the tile formats, as PackedMatrix.kernel_args names them
 
 
 @njit(nogil=True, cache=True)
 def _matvec(matrix, x, out, rounded):
     """The mat-vec of a packed matrix given as (data, scales, kind) (``PackedMatrix.kernel_args``);
-    ``rounded``: 4-bit weights take activations rounded to 9 bits (``matvec_nibbles_int``), or to
-    8 in tiles in VNNI order (kind VNNI_NIBBLES, which only runs rounded)."""
+    ``rounded``: 4-bit weights take activations rounded to 9 bits (``matvec_nibbles_int``); tiles
+    in VNNI order (kinds VNNI_NIBBLES, VNNI_BYTES) only run on activations rounded to 8."""
     data, scales, kind = matrix
-    nibbles = kind != BYTES
+    nibbles = kind == NIBBLES
     if kind == VNNI_NIBBLES:
         xq, xd, xs = round_activations_to_int8(x)
         matvec_nibbles_vnni(data, scales, xq, xd, xs, out)
+    elif kind == VNNI_BYTES:
+        xq, xd, _ = round_activations_to_int8(x)
+        matvec_bytes_vnni(data, scales, xq, xd, out)
     elif nibbles and rounded:
         xq, xd, xs, xc = round_activation_groups(x)
         matvec_nibbles_int(data, scales, xq, xd, xs, xc, out)

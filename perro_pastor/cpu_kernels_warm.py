@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cpu_kernels import (BYTES, NIBBLES, VNNI_NIBBLES, apply_rope, attention, decode_attention, decode_ffn,
+from .cpu_kernels import (BYTES, NIBBLES, VNNI_BYTES, VNNI_NIBBLES, apply_rope, attention, decode_attention, decode_ffn,
                           dequantize_bytes, dequantize_nibbles, matvec_bytes, matvec_nibbles, matvec_nibbles_int,
                           rmsnorm, round_activation_groups, swiglu)
 from .cpu_compile import cpu_has_f16c
-from .cpu_vnni import matvec_nibbles_vnni, round_activations_to_int8, vnni_available
+from .cpu_vnni import matvec_bytes_vnni, matvec_nibbles_vnni, round_activations_to_int8, vnni_available
 
 
 def cache_is_warm() -> bool:
@@ -40,17 +40,20 @@ def warm_up() -> None:
     # the compiled layer halves, for files of 4-bit and of 8-bit matrices (mixed files compile
     # their combination on first use); 4-bit tiles in VNNI order where the CPU has VNNI
     vnni = vnni_available()
-    kinds = [BYTES, VNNI_NIBBLES if vnni else NIBBLES]
-    if vnni:  # (scales as float16 bits, as Q4_0 and Q4_1 files pack: packed_weights.narrow_scales)
-        matvec_nibbles_vnni(np.zeros((1, 1, 16, 64), np.uint8), np.ones((1, 1, 2, 64), np.uint16),
-                            *round_activations_to_int8(x), np.empty((1, 64), f32))
+    kinds = [VNNI_BYTES, VNNI_NIBBLES] if vnni else [BYTES, NIBBLES]
+    if vnni:  # (scales as float16 bits, as Q4_0, Q4_1 and Q8_0 files pack: packed_weights.narrow_scales)
+        xq, xd, xs = round_activations_to_int8(x)
+        matvec_nibbles_vnni(np.zeros((1, 1, 16, 64), np.uint8), np.ones((1, 1, 2, 64), np.uint16), xq, xd, xs,
+                            np.empty((1, 64), f32))
+        matvec_bytes_vnni(np.zeros((1, 1, 32, 64), np.int8), np.ones((1, 1, 2, 64), np.uint16), xq, xd,
+                          np.empty((1, 64), f32))
     for kind in kinds:
-        nibbles = kind != BYTES
+        nibbles = kind in (NIBBLES, VNNI_NIBBLES)
         R = 64  # rows per tile (packed_weights.TILE_ROWS)
 
         def matrix(rows, cols):
             shape = (-(-rows // R), cols // 32, 16 if nibbles else 32, R)
-            scale_type = np.uint16 if kind == VNNI_NIBBLES else f32 if nibbles else byte_scales
+            scale_type = np.uint16 if vnni else f32 if nibbles else byte_scales
             return (np.zeros(shape, np.uint8 if nibbles else np.int8),
                     np.ones((shape[0], cols // 32, 2, R), scale_type), kind)
         x1, cache = np.ones((1, 32), f32), np.zeros((1, 4, 16), f32)  # dim 32: 2 heads, 1 kv head

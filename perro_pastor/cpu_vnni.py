@@ -99,6 +99,39 @@ def dot_16_rows(typingctx, block, offset, xq, x_offset, sums):
     return sig, codegen
 
 
+def _dot_16_rows_of_bytes(n_blocks: int):
+    """An intrinsic like dot_16_rows for 8-bit tiles, whose groups hold 4 * n_blocks weights as
+    unsigned bytes: sums[0:16] = for 16 rows, sum of u * xq over the group, the 64 * n_blocks
+    bytes at block.flat[offset:] against xq[x_offset:x_offset + 4 * n_blocks]."""
+    @intrinsic
+    def dot(typingctx, block, offset, xq, x_offset, sums):
+        sig = types.void(block, offset, xq, x_offset, sums)
+
+        def codegen(context, builder, signature, args):
+            block_v, offset_v, xq_v, x_offset_v, sums_v = args
+            block_data = context.make_array(signature.args[0])(context, builder, block_v).data
+            xq_data = context.make_array(signature.args[2])(context, builder, xq_v).data
+            sums_data = context.make_array(signature.args[4])(context, builder, sums_v).data
+            acc = ir.Constant(_I32x16, [0] * 16)
+            for b in range(n_blocks):
+                where = builder.add(offset_v, ir.Constant(offset_v.type, 64 * b))
+                packed = builder.load(builder.bitcast(builder.gep(block_data, [where]), _I8x64.as_pointer()), align=1)
+                x_at = builder.add(x_offset_v, ir.Constant(x_offset_v.type, 4 * b))
+                four_x = builder.load(builder.bitcast(builder.gep(xq_data, [x_at]), ir.IntType(32).as_pointer()), align=1)
+                every_lane = builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(_I32x16, ir.Undefined), four_x, ir.Constant(ir.IntType(32), 0)),
+                    ir.Constant(_I32x16, ir.Undefined), ir.Constant(_I32x16, [0] * 16))
+                acc = _vpdpbusd(builder, acc, packed, every_lane)
+            builder.store(acc, builder.bitcast(sums_data, _I32x16.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return sig, codegen
+    return dot
+
+
+dot_16_rows_of_32_bytes = _dot_16_rows_of_bytes(8)  # Q8_0, Q5_0, Q5_1, Q5_K
+dot_16_rows_of_16_bytes = _dot_16_rows_of_bytes(4)  # Q2_K, Q3_K, Q6_K
+
+
 @njit(**SERIAL)
 def group_absmax(x, t, g):
     """max |x[t, 32 g:32 g + 32]|, or NaN where one of them is NaN or infinite (a broken model):
@@ -162,15 +195,70 @@ def matvec_nibbles_vnni(data, scales, xq, xd, xs, out):
                 out[t, tile * 64:(tile + 1) * 64] = acc
 
 
+# 8-bit tiles hold signed q; vpdpbusd multiplies unsigned bytes, so their VNNI order stores
+# u = q + 128 (the top bit flipped: ``to_vnni_bytes``), and each group's integer sum drops
+# 128 sum(q_x) again, exactly, before the scale and offset apply.
+BYTE_SHIFT = 128
+
+
+@njit(**PARALLEL)
+def matvec_bytes_vnni(data, scales, xq, xd, out):
+    """out[t, r] = sum_k W[r, k] xq[t, k] xd[t, k // 32] for 8-bit tiles in VNNI order.
+
+    data: (n_tiles, n_groups, G, 64) int8 holding q + 128 (``to_vnni_bytes``), groups of G = 32
+    or 16 weights; scales: as matvec_nibbles_vnni's; xq, xd: ``round_activations_to_int8``;
+    out: (T, n_tiles * 64). Per group: s_w * d_x * (sum(u q_x) - 128 sum(q_x)) + o_w * d_x * sum(q_x)."""
+    n_tiles, n_groups, G = data.shape[0], data.shape[1], data.shape[2]
+    T = xq.shape[0]
+    x_totals = np.zeros((T, n_groups), np.int32)  # sum(q_x) over each weight group
+    for t in range(T):
+        for k in range(n_groups * G):
+            x_totals[t, k // G] += xq[t, k]
+    n_chunks = min(n_tiles, 8)
+    for chunk in prange(n_chunks):
+        sums = np.empty(ROWS_PER_LANE_BLOCK, np.int32)
+        acc = np.empty(64, np.float32)
+        for tile in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
+            for t in range(T):
+                acc[:] = 0
+                x_row = xq[t]
+                for g in range(n_groups):
+                    block = data[tile, g]
+                    dx = xd[t, g * G // 32]
+                    shift = np.int32(BYTE_SHIFT) * x_totals[t, g]
+                    sx = dx * np.float32(x_totals[t, g])
+                    prefetch_group(data[tile], scales[tile], g)
+                    for lane_block in range(4):
+                        if G == 32:
+                            dot_16_rows_of_32_bytes(block, lane_block * 512, x_row, g * 32, sums)
+                        else:
+                            dot_16_rows_of_16_bytes(block, lane_block * 256, x_row, g * 16, sums)
+                        for i in range(ROWS_PER_LANE_BLOCK):
+                            sums[i] -= shift
+                        scale_16_rows(acc, lane_block * ROWS_PER_LANE_BLOCK, sums, scales[tile, g, 0],
+                                      scales[tile, g, 1], dx, sx)
+                out[t, tile * 64:(tile + 1) * 64] = acc
+
+
+def to_vnni_bytes(data: np.ndarray) -> np.ndarray:
+    """8-bit tiles (n, n_groups, G, 64) int8 -> q + 128 in VNNI order (int8 storage)."""
+    return to_vnni_order(data ^ np.int8(-BYTE_SHIFT))
+
+
+def from_vnni_bytes(data: np.ndarray) -> np.ndarray:
+    """The inverse of ``to_vnni_bytes``: the plain int8 tiles."""
+    return from_vnni_order(data) ^ np.int8(-BYTE_SHIFT)
+
+
 def to_vnni_order(data: np.ndarray) -> np.ndarray:
-    """Nibble tiles (n, n_groups, 16 bytes j, 64 rows) -> the same bytes with each 64 holding
-    16 rows x 4 consecutive j: flat index lane_block * 256 + b * 64 + row16 * 4 + jj for
-    j = 4b + jj and row = 16 lane_block + row16."""
-    n, g = data.shape[:2]
-    return np.ascontiguousarray(data.reshape(n, g, 4, 4, 4, 16).transpose(0, 1, 4, 2, 5, 3)).reshape(n, g, 16, 64)
+    """Tiles (n, n_groups, J bytes j, 64 rows) -> the same bytes with each 64 holding 16 rows x 4
+    consecutive j: flat index lane_block * 16 J + b * 64 + row16 * 4 + jj for j = 4b + jj and
+    row = 16 lane_block + row16 (J = 16 for nibbles; 32 or 16 for 8-bit tiles)."""
+    n, g, J = data.shape[:3]
+    return np.ascontiguousarray(data.reshape(n, g, J // 4, 4, 4, 16).transpose(0, 1, 4, 2, 5, 3)).reshape(n, g, J, 64)
 
 
 def from_vnni_order(data: np.ndarray) -> np.ndarray:
     """The inverse of ``to_vnni_order``."""
-    n, g = data.shape[:2]
-    return np.ascontiguousarray(data.reshape(n, g, 4, 4, 16, 4).transpose(0, 1, 3, 5, 2, 4)).reshape(n, g, 16, 64)
+    n, g, J = data.shape[:3]
+    return np.ascontiguousarray(data.reshape(n, g, 4, J // 4, 16, 4).transpose(0, 1, 3, 5, 2, 4)).reshape(n, g, J, 64)

@@ -51,7 +51,7 @@ class PackedMatrix:
     data: np.ndarray | None  # (n_tiles, n_groups, 16 | G, TILE_ROWS) uint8 (nibbles) or int8 (bytes)
     scales: np.ndarray | None  # (n_tiles, n_groups, 2, TILE_ROWS) float32 (float16 in VNNI order, where exact): scale, offset
     dense: np.ndarray | None = None  # (rows, cols) float32, for float types
-    vnni: bool = False  # nibble tiles in cpu_vnni's order (decode: matvec_nibbles_vnni)
+    vnni: bool = False  # tiles in cpu_vnni's order (decode: matvec_nibbles_vnni, matvec_bytes_vnni)
 
     @property
     def nbytes(self) -> int:
@@ -63,16 +63,27 @@ class PackedMatrix:
 
     def kernel_args(self) -> tuple:
         """(data, scales, kind): the whole matrix as the compiled layer takes it (kind:
-        cpu_kernels.BYTES, NIBBLES or VNNI_NIBBLES)."""
-        kind = cpu_kernels.VNNI_NIBBLES if self.vnni else cpu_kernels.NIBBLES if self.nibbles else cpu_kernels.BYTES
+        cpu_kernels.BYTES, NIBBLES, VNNI_BYTES or VNNI_NIBBLES)."""
+        if self.vnni:
+            kind = cpu_kernels.VNNI_NIBBLES if self.nibbles else cpu_kernels.VNNI_BYTES
+        else:
+            kind = cpu_kernels.NIBBLES if self.nibbles else cpu_kernels.BYTES
         return self.data, kernel_scales(self.scales), kind
+
+    def plain_order(self, data: np.ndarray) -> np.ndarray:
+        """Some of this matrix's tiles (``self.data[...]``) in the plain order the float kernels
+        read: a copy when they are in VNNI order, else as they are."""
+        if not self.vnni:
+            return data
+        return cpu_vnni.from_vnni_order(data) if self.nibbles else cpu_vnni.from_vnni_bytes(data)
 
     def matmul(self, x: np.ndarray, start: int = 0, stop: int | None = None, rounded: bool = False) -> np.ndarray:
         """x @ W[start:stop].T in float32: (T, cols) -> (T, stop - start). ``rounded``: a 4-bit
         matrix takes x rounded to 9 bits per 32 (the mat-vec: ``cpu_kernels.matvec_nibbles_int``;
         more tokens: the rounded x through BLAS, the same values), or to 8 bits in VNNI order
-        (``cpu_vnni``; its float products read a plain-order copy of the tiles). 8-bit matrices
-        keep float x: an integer kernel for them was no faster in the model (docs/journal.md)."""
+        (``cpu_vnni``, 4-bit and 8-bit tiles; its float products read a plain-order copy of the
+        tiles). 8-bit matrices in the plain order keep float x: an integer kernel for them was no
+        faster in the model (docs/journal.md)."""
         stop = self.rows if stop is None else stop
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.dense is not None:
@@ -82,9 +93,15 @@ class PackedMatrix:
             out = np.empty((len(x), (tile1 - tile0) * TILE_ROWS), np.float32)
             data, scales = self.data[tile0:tile1], self.scales[tile0:tile1]
             if self.vnni and rounded:
-                cpu_vnni.matvec_nibbles_vnni(data, kernel_scales(scales), *cpu_vnni.round_activations_to_int8(x), out)
-            elif self.vnni:  # float products: these tiles put back in the plain order (copies)
-                cpu_kernels.matvec_nibbles(cpu_vnni.from_vnni_order(data), scales.astype(np.float32), x, out)
+                xq, xd, xs = cpu_vnni.round_activations_to_int8(x)
+                if self.nibbles:
+                    cpu_vnni.matvec_nibbles_vnni(data, kernel_scales(scales), xq, xd, xs, out)
+                else:
+                    cpu_vnni.matvec_bytes_vnni(data, kernel_scales(scales), xq, xd, out)
+            elif self.vnni and self.nibbles:  # float products: these tiles put back in the plain order (copies)
+                cpu_kernels.matvec_nibbles(self.plain_order(data), scales.astype(np.float32), x, out)
+            elif self.vnni:
+                cpu_kernels.matvec_bytes(self.plain_order(data), kernel_scales(scales), x, out)
             elif rounded and self.nibbles:
                 cpu_kernels.matvec_nibbles_int(data, scales, *cpu_kernels.round_activation_groups(x), out)
             elif self.nibbles:
@@ -129,7 +146,7 @@ class PackedMatrix:
             raise ValueError(f"row ids {ids} outside 0..{self.rows - 1}")
         tiles, lanes = ids // TILE_ROWS, ids % TILE_ROWS
         if self.vnni:
-            q = cpu_vnni.from_vnni_order(self.data[tiles])[np.arange(len(ids)), :, :, lanes]
+            q = self.plain_order(self.data[tiles])[np.arange(len(ids)), :, :, lanes]
         else:
             q = self.data[tiles, :, :, lanes]  # (T, n_groups, 16 | G)
         if self.nibbles:
@@ -141,15 +158,11 @@ class PackedMatrix:
         return w.reshape(len(ids), self.cols)
 
     def _dequantize_tiles(self, tile0: int, out: np.ndarray) -> None:
-        if self.vnni:  # (prompt passes: a few MiB of tiles back in the plain order)
-            tile1 = tile0 + len(out) // TILE_ROWS
-            cpu_kernels.dequantize_nibbles(cpu_vnni.from_vnni_order(self.data[tile0:tile1]),
-                                           self.scales[tile0:tile1].astype(np.float32), 0, out)
-            return
         kernel = cpu_kernels.dequantize_nibbles if self.nibbles else cpu_kernels.dequantize_bytes
-        if self.scales.dtype == np.float16:  # (a prompt pass: a few MiB of tiles, float32 scales)
+        if self.vnni or self.scales.dtype == np.float16:
+            # (prompt passes: a few MiB of tiles in the plain order, with float32 scales)
             tile1 = tile0 + len(out) // TILE_ROWS
-            kernel(self.data[tile0:tile1], self.scales[tile0:tile1].astype(np.float32), 0, out)
+            kernel(self.plain_order(self.data[tile0:tile1]), self.scales[tile0:tile1].astype(np.float32), 0, out)
             return
         kernel(self.data, self.scales, tile0, out)
 
@@ -157,7 +170,7 @@ class PackedMatrix:
 def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int, vnni: bool | None = None,
          half_scales: bool | None = None) -> PackedMatrix:
     """Repack a row-major (rows, cols) GGML matrix (its raw bytes) into row tiles. ``vnni``:
-    4-bit tiles in cpu_vnni's order (default: where the CPU has VNNI, ``cpu_vnni.vnni_available``).
+    tiles in cpu_vnni's order (default: where the CPU has VNNI, ``cpu_vnni.vnni_available``).
     ``half_scales``: 8-bit tiles keep float16 scales where exact (default: where the CPU widens
     float16 in hardware, ``cpu_compile.cpu_has_f16c``); VNNI tiles always do."""
     qtype = GGMLType(qtype)
@@ -193,11 +206,13 @@ def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int, vnni: bool | No
         so_pad = np.zeros((n * TILE_ROWS, n_groups, 2), np.float32)
         so_pad[:r1 - r0] = np.stack([s, o], axis=-1).reshape(r1 - r0, n_groups, 2)
         scales[tiles] = so_pad.reshape(n, TILE_ROWS, n_groups, 2).transpose(0, 2, 3, 1)
-    vnni = nibbles and (cpu_vnni.vnni_available() if vnni is None else vnni)
+    vnni = cpu_vnni.vnni_available() if vnni is None else vnni
     half_scales = not nibbles and (cpu_compile.cpu_has_f16c() if half_scales is None else half_scales)
     if vnni or half_scales:
         scales = narrow_scales(scales)
-    return PackedMatrix(rows, cols, cpu_vnni.to_vnni_order(data) if vnni else data, scales, vnni=vnni)
+    if vnni:
+        data = cpu_vnni.to_vnni_order(data) if nibbles else cpu_vnni.to_vnni_bytes(data)
+    return PackedMatrix(rows, cols, data, scales, vnni=vnni)
 
 
 def narrow_scales(scales: np.ndarray) -> np.ndarray:
@@ -238,7 +253,7 @@ class PackedWeights:
 
     def __init__(self, mf, vnni: bool | None = None):
         self.mf = mf
-        self.vnni = cpu_vnni.vnni_available() if vnni is None else vnni  # 4-bit tiles in VNNI order
+        self.vnni = cpu_vnni.vnni_available() if vnni is None else vnni  # integer tiles in VNNI order
         self.half_scales = cpu_compile.cpu_has_f16c()  # 8-bit tiles with float16 scales (where exact)
         self.packed: dict[str, PackedMatrix] = {}
         self.stacked: dict[tuple[str, ...], PackedMatrix] = {}

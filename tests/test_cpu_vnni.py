@@ -13,9 +13,11 @@ from perro_pastor import cpu_vnni  # noqa: E402
 from perro_pastor.packed_weights import TILE_ROWS, pack, stack  # noqa: E402
 from perro_pastor.quant import GGMLType  # noqa: E402
 from test_quant import fresh_rng, oracle  # noqa: E402
-from test_packed_weights import random_matrix  # noqa: E402
+from test_packed_weights import check_product, random_matrix  # noqa: E402
 
 NIBBLE_TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K]
+BYTE_TYPES = [GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q6_K, GGMLType.Q3_K, GGMLType.Q2_K, GGMLType.Q5_K]
+K_QUANTS = (GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q3_K, GGMLType.Q2_K, GGMLType.Q5_K)
 
 
 def test_vnni_order_is_a_lossless_rearrangement():
@@ -27,12 +29,23 @@ def test_vnni_order_is_a_lossless_rearrangement():
     assert vnni[1, 4].reshape(-1)[2 * 256 + 3 * 64 + 5 * 4 + 1] == tiles[1, 4, 13, 37]
 
 
-@pytest.mark.parametrize("qtype", NIBBLE_TYPES, ids=lambda t: t.name)
-def test_every_reader_of_vnni_tiles_decodes_the_file_s_weights(qtype):
-    """dequantize (prompt passes), take_rows (embedding lookups), float products (BLAS on
-    dequantized rows) and stacking read the VNNI order as the plain order's twins do."""
+def test_8_bit_tiles_in_vnni_order_hold_q_plus_128_losslessly():
     rng, seed = fresh_rng()
-    rows, cols = 3 * TILE_ROWS, 512 if qtype == GGMLType.Q4_K else 96
+    for J in (32, 16):  # groups of 32 (Q8_0, Q5_x) and of 16 (Q2_K, Q3_K, Q6_K) weights
+        tiles = rng.integers(-128, 128, (2, 3, J, 64), dtype=np.int8)
+        vnni = cpu_vnni.to_vnni_bytes(tiles)
+        assert np.array_equal(cpu_vnni.from_vnni_bytes(vnni), tiles), f"seed={seed}"
+        # row 16 * 1 + 9, weight j = 4 * 2 + 3 of group 2 of tile 1, stored as q + 128
+        assert vnni[1, 2].reshape(-1)[1 * 16 * J + 2 * 64 + 9 * 4 + 3].view(np.uint8) == int(tiles[1, 2, 11, 25]) + 128
+
+
+@pytest.mark.parametrize("qtype", NIBBLE_TYPES + BYTE_TYPES, ids=lambda t: t.name)
+def test_every_reader_of_vnni_tiles_decodes_the_file_s_weights(qtype):
+    """dequantize (prompt passes), take_rows (embedding lookups), float products (the float
+    mat-vec on a plain copy, and BLAS on dequantized rows) and stacking read the VNNI order as
+    the plain order's twins do."""
+    rng, seed = fresh_rng()
+    rows, cols = 3 * TILE_ROWS, 512 if qtype in K_QUANTS else 96
     raw = random_matrix(rng, qtype, rows, cols)
     want = oracle(raw, qtype).reshape(rows, cols)
     m = pack(raw, qtype, rows, cols, vnni=True)
@@ -42,8 +55,9 @@ def test_every_reader_of_vnni_tiles_decodes_the_file_s_weights(qtype):
     np.testing.assert_array_equal(m.dequantize(TILE_ROWS + 5, 2 * TILE_ROWS + 9), want[TILE_ROWS + 5:2 * TILE_ROWS + 9])
     ids = rng.integers(0, rows, 7)
     np.testing.assert_array_equal(m.take_rows(ids), want[ids], err_msg=msg)
-    x = rng.standard_normal((2, cols)).astype(np.float32)
-    np.testing.assert_allclose(m.matmul(x), x.astype(np.float64) @ want.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+    for tokens in (2, 12):
+        x = rng.standard_normal((tokens, cols)).astype(np.float32)
+        check_product(m.matmul(x), x, want.astype(np.float64), f"{msg} tokens={tokens}")
     both = stack([m, m])
     assert both.vnni and np.array_equal(both.dequantize(rows, 2 * rows), want)
     assert stack([m, pack(raw, qtype, rows, cols, vnni=False)]) is None  # (one order per stack)

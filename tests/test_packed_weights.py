@@ -276,13 +276,18 @@ def test_int_sums_that_wrap_around_16_bits_end_exact():
             np.testing.assert_allclose(m.matmul(x, rounded=True), x.astype(np.float64) @ w64.T, rtol=1e-6)
 
 
-@pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K], ids=lambda t: t.name)
+INT16_TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K]
+VNNI_TYPES = INT16_TYPES + [GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q6_K, GGMLType.Q3_K]
+
+
+@pytest.mark.parametrize("qtype,vnni", [(t, False) for t in INT16_TYPES] + [(t, True) for t in VNNI_TYPES],
+                         ids=lambda v: v.name if isinstance(v, GGMLType) else "vnni" if v else "int16")
 @pytest.mark.parametrize("tokens", [1, 3, packed_weights.MATVEC_MAX_ROWS + 5])
-@pytest.mark.parametrize("vnni", [False, True], ids=["int16", "vnni"])
 def test_int_activation_products_are_the_float64_product_of_the_rounded_activations(qtype, tokens, vnni):
-    """The integer sums (int16 lanes at 9 bits; VNNI's int32 lanes at 8) are exact: the product
-    equals float64 on the rounded x, for the mat-vec and for the prefill path (BLAS on the
-    rounded x). On a CPU without VNNI, the VNNI order runs the intrinsic's plain LLVM twin."""
+    """The integer sums (int16 lanes at 9 bits for 4-bit tiles; VNNI's int32 lanes at 8 for 4-bit
+    and 8-bit tiles, groups of 32 and 16) are exact: the product equals float64 on the rounded x,
+    for the mat-vec and for the prefill path (BLAS on the rounded x). On a CPU without VNNI, the
+    VNNI order runs the intrinsic's plain LLVM twin."""
     rng, seed = fresh_rng()
     cols = 512 if qtype in K_QUANTS else 160
     rows = 2 * TILE_ROWS + 13
@@ -293,17 +298,18 @@ def test_int_activation_products_are_the_float64_product_of_the_rounded_activati
     check_product(m.matmul(x, rounded=True), rounded_reference(x, 127 if vnni else 255), w64,
                   f"{qtype.name} seed={seed}")
     plain = m.matmul(x)
-    assert m.nibbles and not np.array_equal(plain, m.matmul(x, rounded=True))  # (it did round)
+    assert not np.array_equal(plain, m.matmul(x, rounded=True))  # (it did round)
 
 
-@pytest.mark.parametrize("vnni", [False, True], ids=["int16", "vnni"])
+@pytest.mark.parametrize("qtype,vnni", [(GGMLType.Q4_1, False), (GGMLType.Q4_1, True), (GGMLType.Q8_0, True)],
+                         ids=["int16", "vnni", "vnni-bytes"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_int_activations_turn_nan_and_inf_into_nan_as_the_float_kernel_does(bad, vnni):
+def test_int_activations_turn_nan_and_inf_into_nan_as_the_float_kernel_does(bad, qtype, vnni):
     """A broken model's NaN or inf activation: every output is NaN (or inf) on both paths, never
     a finite number made up by casting NaN to an integer."""
     rng, _ = fresh_rng()
-    raw = random_matrix(rng, GGMLType.Q4_1, TILE_ROWS, 64)
-    m = pack(raw, GGMLType.Q4_1, TILE_ROWS, 64, vnni=vnni)
+    raw = random_matrix(rng, qtype, TILE_ROWS, 64)
+    m = pack(raw, qtype, TILE_ROWS, 64, vnni=vnni)
     x = rng.standard_normal((1, 64)).astype(np.float32)
     x[0, 40] = bad
     assert not np.isfinite(m.matmul(x)).any() and not np.isfinite(m.matmul(x, rounded=True)).any()
@@ -311,9 +317,10 @@ def test_int_activations_turn_nan_and_inf_into_nan_as_the_float_kernel_does(bad,
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q8_0, GGMLType.Q6_K, GGMLType.F16], ids=lambda t: t.name)
 def test_matrices_without_an_integer_kernel_keep_float_activations(qtype):
+    """8-bit tiles in the plain order (CPUs without VNNI) and float matrices."""
     rng, _ = fresh_rng()
     raw = random_matrix(rng, qtype, TILE_ROWS, 512)
-    m = pack(raw, qtype, TILE_ROWS, 512)
+    m = pack(raw, qtype, TILE_ROWS, 512, vnni=False)
     x = rng.standard_normal((1, 512)).astype(np.float32)
     assert not m.nibbles and np.array_equal(m.matmul(x, rounded=True), m.matmul(x))
 
