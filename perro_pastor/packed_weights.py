@@ -145,8 +145,12 @@ class PackedMatrix:
         if np.any((ids < 0) | (ids >= self.rows)):
             raise ValueError(f"row ids {ids} outside 0..{self.rows - 1}")
         tiles, lanes = ids // TILE_ROWS, ids % TILE_ROWS
-        if self.vnni:
-            q = self.plain_order(self.data[tiles])[np.arange(len(ids)), :, :, lanes]
+        if self.vnni:  # row r's bytes of a tile in VNNI order: [group, r // 16, j // 4, r % 16, j % 4]
+            n_tiles, n_groups, J = self.data.shape[:3]
+            blocks = self.data.reshape(n_tiles, n_groups, 4, J // 4, 16, 4)
+            q = blocks[tiles, :, lanes // 16, :, lanes % 16, :].reshape(len(ids), n_groups, J)
+            if not self.nibbles:
+                q = q ^ np.int8(-cpu_vnni.BYTE_SHIFT)
         else:
             q = self.data[tiles, :, :, lanes]  # (T, n_groups, 16 | G)
         if self.nibbles:
