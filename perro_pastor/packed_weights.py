@@ -22,6 +22,7 @@ docs/cpu_backend.md) and never holds a float32 copy of the model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -40,7 +41,7 @@ MATVEC_MAX_ROWS = 8
 DEQUANT_CHUNK_BYTES = 4 << 20
 
 # Rows packed per step at load (bounds the temporaries of quant.integer_groups).
-_PACK_CHUNK_ROWS = 16 * TILE_ROWS
+PACK_CHUNK_ROWS = 16 * TILE_ROWS
 
 
 @dataclass
@@ -172,11 +173,13 @@ class PackedMatrix:
 
 
 def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int, vnni: bool | None = None,
-         half_scales: bool | None = None) -> PackedMatrix:
+         half_scales: bool | None = None, packed_bytes: Callable[[int, int], None] | None = None) -> PackedMatrix:
     """Repack a row-major (rows, cols) GGML matrix (its raw bytes) into row tiles. ``vnni``:
     tiles in cpu_vnni's order (default: where the CPU has VNNI, ``cpu_vnni.vnni_available``).
     ``half_scales``: 8-bit tiles keep float16 scales where exact (default: where the CPU widens
-    float16 in hardware, ``cpu_compile.cpu_has_f16c``); VNNI tiles always do."""
+    float16 in hardware, ``cpu_compile.cpu_has_f16c``); VNNI tiles always do. ``packed_bytes(a,
+    b)`` hears after each chunk of rows that raw[a:b] is packed (the loader gives those file pages
+    back at once: packing the default model's 30 MB classifier held them all before)."""
     qtype = GGMLType(qtype)
     row_bytes = quant.row_nbytes(qtype, cols)
     flat = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
@@ -187,13 +190,14 @@ def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int, vnni: bool | No
                             dense=quant.dequantize(flat, qtype, rows * cols).reshape(rows, cols))
     n_tiles = -(-rows // TILE_ROWS)
     nibbles = qtype in NIBBLE_TYPES
+    vnni = cpu_vnni.vnni_available() if vnni is None else vnni
     group = 32 if nibbles else len(quant.integer_groups(flat[:row_bytes], qtype)[0][0])
     n_groups = cols // group
     data = np.zeros((n_tiles, n_groups, group // 2 if nibbles else group, TILE_ROWS),
                     np.uint8 if nibbles else np.int8)
     scales = np.zeros((n_tiles, n_groups, 2, TILE_ROWS), np.float32)
-    for r0 in range(0, rows, _PACK_CHUNK_ROWS):
-        r1 = min(rows, r0 + _PACK_CHUNK_ROWS)
+    for r0 in range(0, rows, PACK_CHUNK_ROWS):
+        r1 = min(rows, r0 + PACK_CHUNK_ROWS)
         q, s, o = quant.integer_groups(flat[r0 * row_bytes:r1 * row_bytes], qtype)
         o = np.zeros_like(s) if o is None else o
         q = q.reshape(r1 - r0, n_groups, group)
@@ -206,16 +210,18 @@ def pack(raw: np.ndarray, qtype: GGMLType, rows: int, cols: int, vnni: bool | No
         n = tiles.stop - tiles.start
         q_pad = np.zeros((n * TILE_ROWS,) + q.shape[1:], data.dtype)
         q_pad[:r1 - r0] = q.view(data.dtype)
-        data[tiles] = q_pad.reshape(n, TILE_ROWS, n_groups, -1).transpose(0, 2, 3, 1)
+        chunk = q_pad.reshape(n, TILE_ROWS, n_groups, -1).transpose(0, 2, 3, 1)
+        if vnni:  # (chunk by chunk: no whole-matrix copies, whose peak was +114 MB for the classifier)
+            chunk = cpu_vnni.to_vnni_order(chunk) if nibbles else cpu_vnni.to_vnni_bytes(chunk)
+        data[tiles] = chunk
+        if packed_bytes is not None:
+            packed_bytes(r0 * row_bytes, r1 * row_bytes)
         so_pad = np.zeros((n * TILE_ROWS, n_groups, 2), np.float32)
         so_pad[:r1 - r0] = np.stack([s, o], axis=-1).reshape(r1 - r0, n_groups, 2)
         scales[tiles] = so_pad.reshape(n, TILE_ROWS, n_groups, 2).transpose(0, 2, 3, 1)
-    vnni = cpu_vnni.vnni_available() if vnni is None else vnni
     half_scales = not nibbles and (cpu_compile.cpu_has_f16c() if half_scales is None else half_scales)
     if vnni or half_scales:
         scales = narrow_scales(scales)
-    if vnni:
-        data = cpu_vnni.to_vnni_order(data) if nibbles else cpu_vnni.to_vnni_bytes(data)
     return PackedMatrix(rows, cols, data, scales, vnni=vnni)
 
 
@@ -225,7 +231,10 @@ def narrow_scales(scales: np.ndarray) -> np.ndarray:
     else as they are. The VNNI and 8-bit kernels read them (``cpu_compile.scale_16_rows``):
     0.625 bytes a Q4_1 weight instead of 0.75, 1.125 a Q8_0 weight instead of 1.25."""
     narrow = scales.astype(np.float16)
-    return narrow if np.array_equal(narrow.astype(np.float32), scales) else scales
+    for t in range(0, len(scales), 64):  # (compared 64 tiles at a time: no whole float32 copy)
+        if not np.array_equal(narrow[t:t + 64].astype(np.float32), scales[t:t + 64]):
+            return scales
+    return narrow
 
 
 def kernel_scales(scales: np.ndarray) -> np.ndarray:
@@ -277,7 +286,7 @@ class PackedWeights:
         if t.name not in self.packed:
             cols, rows = t.shape
             self.packed[t.name] = pack(self.mf.tensor_bytes(t.name), t.qtype, rows, cols, self.vnni,
-                                          self.half_scales)
+                                       self.half_scales, lambda a, b: self.mf.release_pages(t.name, a, b))
             self.mf.release_pages(t.name)  # the packed copy is all the kernels read
             group = self.group_of.get(t.name)
             if group and all(member.name in self.packed for member in group):

@@ -49,14 +49,16 @@ class ModelFile:
         info = self.tensors[name]
         return np.frombuffer(self._mmap, dtype=np.uint8, count=info.nbytes, offset=info.offset)
 
-    def release_pages(self, name: str) -> None:
+    def release_pages(self, name: str, first: int = 0, end: int | None = None) -> None:
         """Give a tensor's mapped pages back to the OS (it was only needed to prepare a copy),
-        so the process never holds the whole file; reading it again faults the pages back in."""
+        so the process never holds the whole file; reading it again faults the pages back in.
+        ``first``, ``end``: only the whole pages within these bytes of the tensor."""
         mm, info = self._mmap, self.tensors[name]
         if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
             return
-        start = -(-info.offset // mmap.PAGESIZE) * mmap.PAGESIZE
-        stop = (info.offset + info.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = info.nbytes if end is None else min(end, info.nbytes)
+        start = -(-(info.offset + first) // mmap.PAGESIZE) * mmap.PAGESIZE
+        stop = (info.offset + end) // mmap.PAGESIZE * mmap.PAGESIZE
         if stop > start:
             try:
                 mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
