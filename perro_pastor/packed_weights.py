@@ -50,7 +50,7 @@ class PackedMatrix:
     rows: int
     cols: int
     data: np.ndarray | None  # (n_tiles, n_groups, 16 | G, TILE_ROWS) uint8 (nibbles) or int8 (bytes)
-    scales: np.ndarray | None  # (n_tiles, n_groups, 2, TILE_ROWS) float32 (float16 in VNNI order, where exact): scale, offset
+    scales: np.ndarray | None  # (n_tiles, n_groups, 2, TILE_ROWS) scale, offset: float32, or float16 (narrow_scales)
     dense: np.ndarray | None = None  # (rows, cols) float32, for float types
     vnni: bool = False  # tiles in cpu_vnni's order (decode: matvec_nibbles_vnni, matvec_bytes_vnni)
 
