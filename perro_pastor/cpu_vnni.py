@@ -82,35 +82,12 @@ def _four_in_every_lane(builder, xq_data, x_offset, first):
     return builder.shuffle_vector(one, ir.Constant(_I32x16, ir.Undefined), ir.Constant(_I32x16, [0] * 16))
 
 
-@intrinsic
-def dot_16_rows(typingctx, block, offset, xq, x_offset, sums):
-    """sums[0:16] = for 16 rows, sum over a 32-weight group of q * xq: the 256 bytes at
-    block.flat[offset:] (4 x 64, VNNI order) against xq[x_offset:x_offset + 32] (int8)."""
-    sig = types.void(block, offset, xq, x_offset, sums)
-
-    def codegen(context, builder, signature, args):
-        block_v, offset_v, xq_v, x_offset_v, sums_v = args
-        block_data = context.make_array(signature.args[0])(context, builder, block_v).data
-        xq_data = context.make_array(signature.args[2])(context, builder, xq_v).data
-        sums_data = context.make_array(signature.args[4])(context, builder, sums_v).data
-        low_nibble = ir.Constant(_I8x64, [0x0F] * 64)
-        four = ir.Constant(_I8x64, [4] * 64)
-        acc = ir.Constant(_I32x16, [0] * 16)
-        for b in range(4):
-            where = builder.add(offset_v, ir.Constant(offset_v.type, 64 * b))
-            packed = builder.load(builder.bitcast(builder.gep(block_data, [where]), _I8x64.as_pointer()), align=1)
-            for x_first, q in ((4 * b, builder.and_(packed, low_nibble)),
-                               (16 + 4 * b, builder.and_(builder.lshr(packed, four), low_nibble))):
-                acc = _vpdpbusd(builder, acc, q, _four_in_every_lane(builder, xq_data, x_offset_v, x_first))
-        builder.store(acc, builder.bitcast(sums_data, _I32x16.as_pointer()), align=4)
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-def _dot_16_rows_of_bytes(n_blocks: int):
-    """An intrinsic like dot_16_rows for 8-bit tiles, whose groups hold 4 * n_blocks weights as
-    unsigned bytes: sums[0:16] = for 16 rows, sum of u * xq over the group, the 64 * n_blocks
-    bytes at block.flat[offset:] against xq[x_offset:x_offset + 4 * n_blocks]."""
+def _dot_16_rows(n_blocks: int, nibbles: bool):
+    """An intrinsic ``(block, offset, xq, x_offset, sums)``: sums[0:16] = for 16 rows, the sum
+    over one group of weight * xq, from the n_blocks * 64 bytes at block.flat[offset:] (VNNI
+    order) against the int8 activations from xq[x_offset]. Nibble tiles: each byte holds weights
+    j (low nibble) and j + 16 (high), so each block meets two runs of four activations; 8-bit
+    tiles: one unsigned weight a byte."""
     @intrinsic
     def dot(typingctx, block, offset, xq, x_offset, sums):
         sig = types.void(block, offset, xq, x_offset, sums)
@@ -120,19 +97,27 @@ def _dot_16_rows_of_bytes(n_blocks: int):
             block_data = context.make_array(signature.args[0])(context, builder, block_v).data
             xq_data = context.make_array(signature.args[2])(context, builder, xq_v).data
             sums_data = context.make_array(signature.args[4])(context, builder, sums_v).data
+            low_nibble, four = ir.Constant(_I8x64, [0x0F] * 64), ir.Constant(_I8x64, [4] * 64)
             acc = ir.Constant(_I32x16, [0] * 16)
             for b in range(n_blocks):
                 where = builder.add(offset_v, ir.Constant(offset_v.type, 64 * b))
                 packed = builder.load(builder.bitcast(builder.gep(block_data, [where]), _I8x64.as_pointer()), align=1)
-                acc = _vpdpbusd(builder, acc, packed, _four_in_every_lane(builder, xq_data, x_offset_v, 4 * b))
+                if nibbles:
+                    runs = ((4 * b, builder.and_(packed, low_nibble)),
+                            (16 + 4 * b, builder.and_(builder.lshr(packed, four), low_nibble)))
+                else:
+                    runs = ((4 * b, packed),)
+                for x_first, weights in runs:
+                    acc = _vpdpbusd(builder, acc, weights, _four_in_every_lane(builder, xq_data, x_offset_v, x_first))
             builder.store(acc, builder.bitcast(sums_data, _I32x16.as_pointer()), align=4)
             return context.get_dummy_value()
         return sig, codegen
     return dot
 
 
-dot_16_rows_of_32_bytes = _dot_16_rows_of_bytes(8)  # Q8_0, Q5_0, Q5_1, Q5_K
-dot_16_rows_of_16_bytes = _dot_16_rows_of_bytes(4)  # Q2_K, Q3_K, Q6_K
+dot_16_rows = _dot_16_rows(4, nibbles=True)  # Q4_0, Q4_1, Q4_K: 32 weights in 4 x 64 bytes
+dot_16_rows_of_32_bytes = _dot_16_rows(8, nibbles=False)  # Q8_0, Q5_0, Q5_1, Q5_K
+dot_16_rows_of_16_bytes = _dot_16_rows(4, nibbles=False)  # Q2_K, Q3_K, Q6_K
 
 
 @njit(**SERIAL)
