@@ -2,17 +2,21 @@
 
 Two kernels, one entry point (``attention``):
 
-- **Several query tokens** (a short prompt pass, a few NPCs decoding together): each query head
-  walks its keys and values, heads spread over the cores.
-- **One query token** (a decode step, the common case in a game): the cache is read once per
-  key/value head, by all the query heads that share it (grouped-query attention: 3 per head in the
-  default model), and the visible positions are cut into parts so the cores get equal work even
-  when the key/value heads do not divide among them. Each part keeps its own softmax max, sum
-  and weighted values; a last serial step merges them (the split-softmax of flash-decoding).
-  Its exponentials are a polynomial that LLVM vectorizes (``exp_nonpositive``); NumPy's ``exp``
-  is a libm call per score, which was most of a step at long contexts.
-  Measured alone (default model's shapes, 2 cores): 1.5x the head-by-head kernel at 200
-  positions, 2.9x at 1,000 (docs/cpu_backend.md).
+- **Several query tokens** (a short prompt pass, a few NPCs decoding together), and one token
+  over fewer than ``ONE_TOKEN_MIN_POSITIONS``: each query head walks its keys and values, heads
+  spread over the cores.
+- **One query token over a longer context** (a decode step deep into an NPC's conversation):
+  the cache is read once per key/value head, by all the query heads that share it
+  (grouped-query attention: 3 per head in the default model), with software prefetch, and the
+  visible positions are cut into parts so the cores get equal work even when the key/value
+  heads do not divide among them. Each part keeps its own softmax max, sum and weighted values;
+  a last serial step merges them (the split softmax of flash-decoding). Alone (the default
+  model's shapes, 2 cores, cache cold): 1.5x the head-by-head kernel at 500 positions, 1.6-1.75x
+  at 1,000; in the model, with the exponential below, decode 1.36-1.46x at 1,000 positions
+  (docs/cpu_backend.md).
+
+Both take their exponentials from a polynomial that LLVM vectorizes (``exp_nonpositive``);
+NumPy's ``exp`` is a libm call per score.
 
 Both are the compiled twins of ``cpu_ops.attention`` (NumPy), the float64 reference in the tests.
 """
