@@ -8,10 +8,12 @@ them all, without loss:
 - **bytes** (Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q5_K, Q6_K): one int8 q per weight.
 
 Rows are grouped in tiles of ``TILE_ROWS`` laid out ``[tile, group, j, row]`` (the kernels
-vectorize across rows), with each group's float32 scale and offset ``[tile, group, 2, row]``
-beside them: a Q4_1 weight takes 0.75 bytes here (0.625 in the file, and in VNNI tiles,
-whose scales stay float16 where the file's are: ``narrow_scales``). Float types (F32, F16,
-BF16) are kept as float32 rows and multiplied by BLAS.
+vectorize across rows), with each group's scale and offset ``[tile, group, 2, row]`` beside
+them: float32, or float16 where the file's are exact float16s and the kernels widen them in
+one instruction (``narrow_scales``: VNNI tiles, and 8-bit tiles on CPUs with F16C or arm64). A
+Q4_1 weight takes 0.75 bytes with float32 scales, the file's 0.625 with float16. Where the CPU
+has VNNI, the tiles are in ``cpu_vnni``'s order. Float types (F32, F16, BF16) are kept as
+float32 rows and multiplied by BLAS.
 
 ``matmul`` picks the path by the number of rows of x: a few (decode, or a few sessions decoding
 together) run the compiled mat-vec over the tiles; more (prefill) dequantize a few MiB of rows
@@ -99,16 +101,14 @@ class PackedMatrix:
                     cpu_vnni.matvec_nibbles_vnni(data, kernel_scales(scales), xq, xd, xs, out)
                 else:
                     cpu_vnni.matvec_bytes_vnni(data, kernel_scales(scales), xq, xd, out)
-            elif self.vnni and self.nibbles:  # float products: these tiles put back in the plain order (copies)
-                cpu_kernels.matvec_nibbles(self.plain_order(data), scales.astype(np.float32), x, out)
-            elif self.vnni:
-                cpu_kernels.matvec_bytes(self.plain_order(data), kernel_scales(scales), x, out)
-            elif rounded and self.nibbles:
-                cpu_kernels.matvec_nibbles_int(data, scales, *cpu_kernels.round_activation_groups(x), out)
-            elif self.nibbles:
-                cpu_kernels.matvec_nibbles(data, scales, x, out)
             else:
-                cpu_kernels.matvec_bytes(data, kernel_scales(scales), x, out)
+                data = self.plain_order(data)  # (float products over VNNI tiles: a plain-order copy)
+                if rounded and self.nibbles:
+                    cpu_kernels.matvec_nibbles_int(data, scales, *cpu_kernels.round_activation_groups(x), out)
+                elif self.nibbles:  # (its float kernel reads float32 scales: VNNI tiles' float16 widened)
+                    cpu_kernels.matvec_nibbles(data, scales.astype(np.float32, copy=False), x, out)
+                else:
+                    cpu_kernels.matvec_bytes(data, kernel_scales(scales), x, out)
             skip = start - tile0 * TILE_ROWS
             return out[:, skip:skip + stop - start]
         if rounded and self.vnni:  # the same rounding as the mat-vec's, then float products
